@@ -1,0 +1,45 @@
+//! AWS SDK configuration shared by `register`, `rotate` and `prune`: the standard credential and
+//! region chain, `AWS_ENDPOINT_URL*` variables, an optional `--endpoint-url`, standard retries
+//! and timeouts so that nothing hangs.
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use std::time::Duration;
+
+/// Options every cloud command takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CloudArgs {
+    /// AWS region (default: the standard chain: AWS_REGION, profile).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Endpoint URL for every service (moto, Eucalyptus, a VPC endpoint).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Named profile from ~/.aws/config.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+/// Loads the SDK configuration for `args`.
+pub async fn load(args: &CloudArgs) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(8))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .operation_timeout(Duration::from_secs(300))
+                .build(),
+        );
+    if let Some(r) = &args.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &args.endpoint_url {
+        loader = loader.endpoint_url(e.clone());
+    }
+    if let Some(p) = &args.profile {
+        loader = loader.profile_name(p);
+    }
+    loader.load().await
+}

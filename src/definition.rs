@@ -1,0 +1,956 @@
+//! Image definitions: the TOML files in `images/` that decide everything about an image.
+//!
+//! [`Definition::load`] reads a file and rejects anything it does not understand, naming the
+//! file, the line and column, and the field. Values that need checking (sha256 digests, password
+//! hashes, durations, sizes) are newtypes whose deserializers validate, so their errors carry the
+//! position of the offending value too.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An error in an image definition, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the image definition: {source}")]
+    Read {
+        /// The definition file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid definition.
+    #[error("{path}:{line}:{column}: field `{field}`: {message}")]
+    Invalid {
+        /// The definition file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// Dotted path of the offending field (`system.users[0].password_hash`).
+        field: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+/// A whole image definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Name and version of the image.
+    pub image: ImageInfo,
+    /// Operating system family and release.
+    pub os: Os,
+    /// How the base layer is made.
+    pub builder: Builder,
+    /// Installer media and boot command (builder `installer`).
+    #[serde(default)]
+    pub installer: Option<Installer>,
+    /// The virtual machine used for building.
+    #[serde(default)]
+    pub machine: Machine,
+    /// Settings of the installed system.
+    pub system: System,
+    /// The service layer baked on top of the base.
+    #[serde(default)]
+    pub service: Option<Service>,
+    /// The data snapshot baked on top of the base.
+    #[serde(default)]
+    pub data: Option<DataSnapshot>,
+    /// Extra steps run during the bake, in order.
+    #[serde(default)]
+    pub provisioners: Vec<Provisioner>,
+    /// Checks that prove a built image works.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Export formats.
+    #[serde(default)]
+    pub output: Output,
+    /// Where `--register` publishes the image.
+    #[serde(default)]
+    pub publish: Publish,
+    /// Directory of the definition file; relative paths in it are resolved against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The definition file itself.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[image]`: what the image is called.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Image name: lowercase letters, digits and dashes.
+    pub name: ImageName,
+    /// Free-form version, recorded in the manifest and on cloud tags.
+    pub version: String,
+    /// Optional description, used when registering.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[os]`: family and release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Os {
+    /// `debian` or `rhel`.
+    pub family: OsFamily,
+    /// Release codename or number (`bookworm`, `9`).
+    pub release: String,
+    /// CPU architecture; only `x86_64` is built today.
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+}
+
+/// Operating system families imgforge renders answer files for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsFamily {
+    /// Debian and derivatives: preseed.
+    Debian,
+    /// Red Hat family (Rocky, Alma): kickstart.
+    Rhel,
+}
+
+/// CPU architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// 64-bit x86.
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+fn default_arch() -> Arch {
+    Arch::X86_64
+}
+
+/// `[builder]`: how the base layer is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    /// `installer` or `rootfs`.
+    pub kind: BuilderKind,
+    /// mmdebstrap variant for `rootfs` (default `minbase`).
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// The two ways of making a base layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    /// Boot the OS installer with a rendered answer file.
+    Installer,
+    /// Build the OS tree with mmdebstrap and assemble a disk; no installer.
+    Rootfs,
+}
+
+/// `[installer]`: media and boot command of the installer builder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Installer {
+    /// Installer kernel for direct kernel boot.
+    #[serde(default)]
+    pub kernel: Option<Artifact>,
+    /// Installer initrd for direct kernel boot.
+    #[serde(default)]
+    pub initrd: Option<Artifact>,
+    /// Installer ISO, booted with `boot_command` typed at its prompt.
+    #[serde(default)]
+    pub iso: Option<Artifact>,
+    /// Kernel command line for direct kernel boot; handlebars placeholders `{{http_url}}`,
+    /// `{{http_ip}}`, `{{http_port}}` and `{{answer_url}}` are filled in.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// Keys typed at the ISO's boot prompt, VeeWee/Packer syntax.
+    #[serde(default)]
+    pub boot_command: Vec<String>,
+    /// How long to wait after power-on before typing the boot command.
+    #[serde(default = "default_boot_wait")]
+    pub boot_wait: HumanDuration,
+    /// Answer-file template overriding the shipped one, relative to the definition.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+}
+
+fn default_boot_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+/// A file pinned by its sha256: a local path or a URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Local path, relative to the definition.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `http://` or `https://` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Expected sha256 of the file.
+    pub sha256: Sha256Hex,
+}
+
+/// `[machine]`: the build VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// Virtual CPUs.
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Disk size (`4G`, `8GiB`, `2048M`).
+    #[serde(default = "default_disk")]
+    pub disk_size: ByteSize,
+    /// `bios` or `uefi`.
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// `auto` (probe KVM, fall back to TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accelerator: Accelerator,
+    /// Limits on each phase.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            cpus: default_cpus(),
+            memory_mib: default_memory(),
+            disk_size: default_disk(),
+            firmware: Firmware::default(),
+            accelerator: Accelerator::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+fn default_cpus() -> u32 {
+    2
+}
+fn default_memory() -> u32 {
+    1024
+}
+fn default_disk() -> ByteSize {
+    ByteSize(4 << 30)
+}
+
+/// Boot firmware.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS), GRUB in the MBR.
+    #[default]
+    Bios,
+    /// UEFI (OVMF), GRUB on an EFI system partition.
+    Uefi,
+}
+
+/// QEMU accelerator choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Probe KVM with a tiny guest; use TCG if it does not answer.
+    #[default]
+    Auto,
+    /// Force KVM.
+    Kvm,
+    /// Force TCG (software emulation).
+    Tcg,
+}
+
+/// `[machine.timeouts]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// The whole unattended install.
+    #[serde(default = "default_install_timeout")]
+    pub install: HumanDuration,
+    /// Booting a built image until its checks pass.
+    #[serde(default = "default_boot_timeout")]
+    pub boot: HumanDuration,
+    /// The whole bake.
+    #[serde(default = "default_bake_timeout")]
+    pub bake: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            install: default_install_timeout(),
+            boot: default_boot_timeout(),
+            bake: default_bake_timeout(),
+        }
+    }
+}
+
+fn default_install_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_boot_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_bake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1200))
+}
+
+/// `[system]`: settings of the installed system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    /// Host name.
+    pub hostname: String,
+    /// DNS domain.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// IANA time zone (`Etc/UTC`, `Europe/Berlin`).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Locale (`en_US.UTF-8`).
+    #[serde(default = "default_locale")]
+    pub locale: String,
+    /// Keyboard layout (`us`).
+    #[serde(default = "default_keyboard")]
+    pub keyboard: String,
+    /// Package mirror URL.
+    pub mirror: String,
+    /// HTTP proxy for the installer and apt, if any.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Users to create.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Extra packages to install.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Debconf selections, `owner question type value` lines, applied by both builders.
+    #[serde(default)]
+    pub debconf: Vec<String>,
+}
+
+fn default_domain() -> String {
+    "localdomain".into()
+}
+fn default_timezone() -> String {
+    "Etc/UTC".into()
+}
+fn default_locale() -> String {
+    "en_US.UTF-8".into()
+}
+fn default_keyboard() -> String {
+    "us".into()
+}
+
+/// `[[system.users]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// crypt(3) hash of the password; plain text is refused.
+    #[serde(default)]
+    pub password_hash: Option<PasswordHash>,
+    /// SSH public keys for `~/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// Whether the user may use sudo.
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+/// `[service]`: the service layer, a git repository at a pinned commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Repository URL or local path (relative to the definition).
+    pub repo: String,
+    /// Branch, tag or commit; resolved to a commit at build time.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Sub-directory of the repository to install (default: all of it).
+    #[serde(default)]
+    pub subdir: Option<String>,
+    /// Where the service is installed in the image.
+    pub dest: String,
+    /// Command run in the image after the files are in place (cwd = `dest`).
+    #[serde(default)]
+    pub install: Option<String>,
+    /// Path, inside the service tree, of a systemd unit to install and enable.
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+/// `[data]`: the data snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSnapshot {
+    /// A tarball pinned by sha256.
+    #[serde(default)]
+    pub tarball: Option<Artifact>,
+    /// A git repository (`repo`, `ref`).
+    #[serde(default)]
+    pub git: Option<GitSource>,
+    /// Where the data is unpacked in the image.
+    pub dest: String,
+}
+
+/// A git repository and ref.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    /// Repository URL or local path.
+    pub repo: String,
+    /// Branch, tag or commit.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+}
+
+/// `[[provisioners]]`: extra bake steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Provisioner {
+    /// A shell script run as root in the image.
+    Shell {
+        /// Script path, relative to the definition.
+        script: PathBuf,
+        /// Run it over SSH in the booted image instead of offline.
+        #[serde(default)]
+        needs_running_system: bool,
+    },
+    /// A file copied into the image.
+    File {
+        /// Source path, relative to the definition.
+        source: PathBuf,
+        /// Absolute destination path in the image.
+        dest: String,
+        /// Octal mode (`"0644"`).
+        #[serde(default)]
+        mode: Option<String>,
+    },
+}
+
+/// `[[checks]]`: what proves a built image works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Check {
+    /// A TCP port accepts connections.
+    Tcp {
+        /// Guest port.
+        port: u16,
+    },
+    /// An HTTP GET answers 200 with a body containing `expect`.
+    Http {
+        /// Guest port.
+        port: u16,
+        /// Request path.
+        path: String,
+        /// Text the body must contain.
+        expect: String,
+    },
+}
+
+/// `[output]`: export formats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Formats to write.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<DiskFormat>,
+    /// Compress qcow2 output.
+    #[serde(default)]
+    pub compress: bool,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            formats: default_formats(),
+            compress: false,
+        }
+    }
+}
+
+fn default_formats() -> Vec<DiskFormat> {
+    vec![DiskFormat::Qcow2]
+}
+
+/// Disk image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// Raw disk.
+    Raw,
+    /// VMware, streamOptimized.
+    Vmdk,
+    /// Hyper-V / Azure VHD (qemu-img `vpc`).
+    Vhd,
+}
+
+impl DiskFormat {
+    /// File extension of the format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+            DiskFormat::Vmdk => "vmdk",
+            DiskFormat::Vhd => "vhd",
+        }
+    }
+}
+
+/// `[publish]`: registration targets used by `build --register`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// AWS target.
+    #[serde(default)]
+    pub aws: Option<AwsTarget>,
+    /// Eucalyptus target.
+    #[serde(default)]
+    pub eucalyptus: Option<EucalyptusTarget>,
+}
+
+/// `[publish.aws]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTarget {
+    /// Region to register in.
+    pub region: String,
+    /// More regions to copy the AMI to.
+    #[serde(default)]
+    pub copy_to: Vec<String>,
+    /// Accounts given launch permission.
+    #[serde(default)]
+    pub share_with: Vec<String>,
+    /// Ask for IMDSv2 only (default true).
+    #[serde(default = "default_true")]
+    pub imds_v2: bool,
+    /// Attach a TPM 2.0.
+    #[serde(default)]
+    pub tpm: bool,
+    /// `direct` (EBS direct APIs) or `import` (S3 + ImportSnapshot).
+    #[serde(default)]
+    pub upload: Option<String>,
+    /// Bucket for the `import` path.
+    #[serde(default)]
+    pub bucket: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[publish.eucalyptus]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EucalyptusTarget {
+    /// EC2-compatible endpoint URL.
+    pub endpoint: String,
+    /// S3 endpoint, when it differs from `endpoint`.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// Bucket receiving the bundle.
+    pub bucket: String,
+    /// The cloud's certificate (PEM), relative to the definition.
+    pub cloud_cert: PathBuf,
+    /// The user's certificate (PEM).
+    pub cert: PathBuf,
+    /// The user's private key (PEM).
+    pub private_key: PathBuf,
+    /// The user's account id recorded in the bundle manifest.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A lowercase sha256 digest in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sha256Hex(pub String);
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Sha256Hex(s.to_ascii_lowercase()))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{s}` is not a sha256 digest: expected 64 hex digits, as printed by `sha256sum FILE`"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A crypt(3) password hash (`$6$…`, `$y$…`, `$5$…`, `$2b$…`), or `!` for a locked password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PasswordHash(pub String);
+
+impl<'de> Deserialize<'de> for PasswordHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let is_hash = ["$6$", "$5$", "$y$", "$2b$", "$2y$", "$gy$"]
+            .iter()
+            .any(|p| s.starts_with(p) && s.len() > 20)
+            || s == "!"
+            || s == "*";
+        if is_hash {
+            Ok(PasswordHash(s))
+        } else {
+            Err(serde::de::Error::custom(
+                "this looks like a plain-text password; only crypt(3) hashes are accepted. \
+                 Make one with `mkpasswd -m sha-512` (Debian package whois) or \
+                 `openssl passwd -6`, and paste the `$6$...` string here",
+            ))
+        }
+    }
+}
+
+/// A duration written the humantime way (`90s`, `5m`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write it like \"90s\", \"5m\" or \"1h\""
+                ))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// A size in bytes written with a unit (`4G`, `4GiB`, `512M`); units are powers of 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `4G`, `4GiB`, `512M`, `1T` or a plain number of bytes.
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+            "" => 0,
+            "K" | "k" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return None,
+        };
+        n.checked_mul(1u64 << shift).map(ByteSize)
+    }
+
+    /// Size in MiB, rounded down.
+    pub fn mib(self) -> u64 {
+        self.0 >> 20
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ByteSize::parse(&s).filter(|b| b.0 > 0).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a size; write it like \"4G\", \"4GiB\" or \"2048M\""
+            ))
+        })
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}M", self.mib()))
+    }
+}
+
+/// An image name: lowercase letters, digits and dashes, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageName(pub String);
+
+impl<'de> Deserialize<'de> for ImageName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if ok {
+            Ok(ImageName(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{s}` is not an image name: use lowercase letters, digits, dots and dashes, \
+                 starting with a letter (at most 64), like \"debian-12-web\""
+            )))
+        }
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Definition {
+    /// Reads and validates the definition at `path`.
+    pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Definition::parse(&text, path)
+    }
+
+    /// Parses and validates definition text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Definition, DefinitionError> {
+        let de = toml::Deserializer::new(text);
+        let mut def: Definition = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            DefinitionError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                field: if field == "." { "(top level)".into() } else { field },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        def.path = path.to_path_buf();
+        def.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        def.check_consistency(text)?;
+        Ok(def)
+    }
+
+    /// Checks rules that span several fields, locating the error at the named table or key.
+    fn check_consistency(&self, text: &str) -> Result<(), DefinitionError> {
+        let fail = |field: &str, message: String| {
+            let (line, column) = locate_field(text, field);
+            Err(DefinitionError::Invalid {
+                path: self.path.clone(),
+                line,
+                column,
+                field: field.to_string(),
+                message,
+            })
+        };
+        match (self.builder.kind, &self.installer) {
+            (BuilderKind::Installer, None) => {
+                return fail(
+                    "builder.kind",
+                    "builder `installer` needs an [installer] table with `kernel` and `initrd`, or `iso`".into(),
+                )
+            }
+            (BuilderKind::Installer, Some(i)) => {
+                let kernel_boot = i.kernel.is_some() && i.initrd.is_some();
+                if !kernel_boot && i.iso.is_none() {
+                    return fail(
+                        "installer",
+                        "give both `kernel` and `initrd` (direct kernel boot) or `iso`".into(),
+                    );
+                }
+                if i.iso.is_some() && !kernel_boot && i.boot_command.is_empty() {
+                    return fail(
+                        "installer.boot_command",
+                        "ISO boot needs a boot_command, like [\"<esc><wait>\", \"auto url={{http_url}}/answer<enter>\"]".into(),
+                    );
+                }
+            }
+            (BuilderKind::Rootfs, _) if self.os.family != OsFamily::Debian => {
+                return fail(
+                    "builder.kind",
+                    "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel".into(),
+                )
+            }
+            _ => {}
+        }
+        for (field, artifact) in self.artifacts() {
+            if artifact.path.is_some() == artifact.url.is_some() {
+                return fail(&field, "give exactly one of `path` or `url`".into());
+            }
+        }
+        if let Some(data) = &self.data {
+            if data.tarball.is_some() == data.git.is_some() {
+                return fail("data", "give exactly one of `tarball` or `git`".into());
+            }
+        }
+        if self.output.formats.is_empty() {
+            return fail("output.formats", "name at least one of qcow2, raw, vmdk, vhd".into());
+        }
+        if self.builder.kind == BuilderKind::Rootfs
+            && self.machine.firmware == Firmware::Uefi
+            && self.machine.disk_size.mib() < 1024
+        {
+            return fail("machine.disk_size", "a UEFI disk needs at least 1G".into());
+        }
+        Ok(())
+    }
+
+    /// Every pinned file of the definition with the dotted name of its field.
+    pub fn artifacts(&self) -> Vec<(String, &Artifact)> {
+        let mut all = Vec::new();
+        if let Some(i) = &self.installer {
+            for (name, a) in [("kernel", &i.kernel), ("initrd", &i.initrd), ("iso", &i.iso)] {
+                if let Some(a) = a {
+                    all.push((format!("installer.{name}"), a));
+                }
+            }
+        }
+        if let Some(t) = self.data.as_ref().and_then(|d| d.tarball.as_ref()) {
+            all.push(("data.tarball".to_string(), t));
+        }
+        all
+    }
+
+    /// Resolves a path written in the definition against the definition's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// 1-based line and column of byte offset `pos` in `text`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before = &text[..pos.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Best-effort position of a dotted field (`builder.kind`, `installer`) in the TOML text.
+fn locate_field(text: &str, field: &str) -> (usize, usize) {
+    let mut parts = field.split('.');
+    let table = parts.next().unwrap_or_default();
+    let key = parts.last();
+    let mut in_table = false;
+    for (idx, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let name = t.trim_matches(|c| c == '[' || c == ']').trim();
+            in_table = name == table;
+            if in_table && key.is_none() {
+                return (idx + 1, line.find('[').unwrap_or(0) + 1);
+            }
+            continue;
+        }
+        if let Some(key) = key {
+            if in_table && t.split('=').next().map(str::trim) == Some(key) {
+                return (idx + 1, line.find(key).unwrap_or(0) + 1);
+            }
+        }
+    }
+    (1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[image]
+name = "t"
+version = "1"
+[os]
+family = "debian"
+release = "bookworm"
+[builder]
+kind = "rootfs"
+[system]
+hostname = "h"
+mirror = "http://deb.debian.org/debian"
+"#;
+
+    fn parse(text: &str) -> Result<Definition, DefinitionError> {
+        Definition::parse(text, Path::new("images/t.toml"))
+    }
+
+    #[test]
+    fn minimal_definition_gets_defaults() {
+        let d = parse(MINIMAL).unwrap();
+        assert_eq!(d.machine.cpus, 2);
+        assert_eq!(d.machine.disk_size.mib(), 4096);
+        assert_eq!(d.output.formats, vec![DiskFormat::Qcow2]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field() {
+        let text = MINIMAL.replace("hostname = \"h\"", "hostname = \"h\"\ncolour = \"red\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("images/t.toml:13:1: field `system"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let text = format!("{MINIMAL}[machine]\ncpus = \"two\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("images/t.toml:15:8: field `machine.cpus`"), "{e}");
+    }
+
+    #[test]
+    fn plain_password_is_refused_with_a_hint() {
+        let text = format!("{MINIMAL}[[system.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("field `system.users[0].password_hash`"), "{e}");
+        assert!(e.contains("mkpasswd"), "{e}");
+        assert!(e.contains(":16:17:"), "{e}");
+    }
+
+    #[test]
+    fn malformed_sha256_is_refused() {
+        let text = format!(
+            "{MINIMAL}[data]\ndest = \"/srv\"\ntarball = {{ path = \"d.tar\", sha256 = \"abc\" }}\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("field `data.tarball.sha256`"), "{e}");
+        assert!(e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn installer_builder_needs_media() {
+        let text = MINIMAL.replace("kind = \"rootfs\"", "kind = \"installer\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("images/t.toml:9:1: field `builder.kind`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("4G").unwrap().0, 4 << 30);
+        assert_eq!(ByteSize::parse("4GiB").unwrap().0, 4 << 30);
+        assert_eq!(ByteSize::parse("512M").unwrap().mib(), 512);
+        assert!(ByteSize::parse("4 potatoes").is_none());
+    }
+}

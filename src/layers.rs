@@ -1,0 +1,154 @@
+//! Content-addressed layer ids.
+//!
+//! Each id is the sha256 of a canonical JSON document (keys sorted, no whitespace) holding every
+//! input that decides the layer, so key order, comments and whitespace in the TOML do not
+//! matter and any change to an input gives a new id:
+//! - base: imgforge version, builder, OS, the disk-shaping machine settings, the rendered answer
+//!   file and its template, and the installer media checksums;
+//! - bake: the base id, the service commit and settings, the data digest and destination, and the
+//!   contents of every provisioner;
+//! - build: the bake id and the output settings; it names the output directory.
+
+use crate::definition::{Definition, Provisioner};
+use crate::render::AnswerFile;
+use crate::sources::{sha256_file, ResolvedData, ResolvedService};
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The ids of one build's layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LayerIds {
+    /// The OS layer, cached and shared by every bake on it.
+    pub base: String,
+    /// The service and data layer on top of the base.
+    pub bake: String,
+    /// The exported build: bake plus output settings.
+    pub build: String,
+}
+
+/// Inputs resolved outside the definition.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// The service repository at its commit.
+    pub service: Option<ResolvedService>,
+    /// The verified data snapshot.
+    pub data: Option<ResolvedData>,
+}
+
+/// sha256 of the canonical JSON form of `value`.
+pub fn digest(value: &Value) -> String {
+    // serde_json's map is a BTreeMap: keys come out sorted, which makes the form canonical.
+    let canonical = serde_json::to_string(value).expect("JSON values always serialize");
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Computes the layer ids of `def`.
+pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Result<LayerIds> {
+    let base = digest(&base_inputs(def, answer));
+    let bake = digest(&bake_inputs(def, &base, resolved)?);
+    let build = digest(&json!({
+        "bake": bake,
+        "formats": def.output.formats,
+        "compress": def.output.compress,
+    }));
+    Ok(LayerIds { base, bake, build })
+}
+
+fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
+    let media: Vec<Value> = def
+        .artifacts()
+        .into_iter()
+        .filter(|(field, _)| field.starts_with("installer."))
+        .map(|(field, a)| json!({ "field": field, "sha256": a.sha256.0 }))
+        .collect();
+    let installer = def.installer.as_ref().map(|i| {
+        json!({ "append": i.append, "boot_command": i.boot_command })
+    });
+    json!({
+        "imgforge": env!("CARGO_PKG_VERSION"),
+        "builder": def.builder,
+        "os": def.os,
+        "machine": {
+            "disk_size": def.machine.disk_size.0,
+            "firmware": def.machine.firmware,
+        },
+        "answer_file": answer.text,
+        "template": answer.template_text,
+        "installer": installer,
+        "media": media,
+    })
+}
+
+fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Value> {
+    let service = match (&def.service, &resolved.service) {
+        (Some(s), Some(r)) => json!({
+            "commit": r.commit,
+            "subdir": s.subdir,
+            "dest": s.dest,
+            "install": s.install,
+            "unit": s.unit,
+        }),
+        _ => Value::Null,
+    };
+    let data = match (&def.data, &resolved.data) {
+        (Some(d), Some(r)) => json!({ "digest": r.digest(), "dest": d.dest }),
+        _ => Value::Null,
+    };
+    let mut provisioners = Vec::new();
+    for p in &def.provisioners {
+        provisioners.push(match p {
+            Provisioner::Shell {
+                script,
+                needs_running_system,
+            } => json!({
+                "shell": sha256_file(&def.resolve(script))?,
+                "needs_running_system": needs_running_system,
+            }),
+            Provisioner::File { source, dest, mode } => json!({
+                "file": sha256_file(&def.resolve(source))?,
+                "dest": dest,
+                "mode": mode,
+            }),
+        });
+    }
+    Ok(json!({
+        "base": base,
+        "service": service,
+        "data": data,
+        "provisioners": provisioners,
+    }))
+}
+
+/// Resolves the service and data of `def` (before any VM starts) and computes its ids.
+pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(LayerIds, Resolved)> {
+    let resolved = Resolved {
+        service: def
+            .service
+            .as_ref()
+            .map(|s| crate::sources::resolve_service(def, s))
+            .transpose()?,
+        data: def
+            .data
+            .as_ref()
+            .map(|d| crate::sources::resolve_data(def, d))
+            .transpose()?,
+    };
+    let ids = compute(def, answer, &resolved)?;
+    Ok((ids, resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_ignores_key_order() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":1}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        let c: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":2}"#).unwrap();
+        assert_ne!(digest(&a), digest(&c));
+    }
+}

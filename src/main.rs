@@ -1,0 +1,184 @@
+//! The imgforge command line: parses arguments and calls the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use imgforge::definition::{Definition, DefinitionError};
+use imgforge::events::Reporter;
+use imgforge::{layers, prune, register, render, rotate};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Builds immutable VM images: render answer files, build with QEMU, bake service and data,
+/// export, register as AMI/EMI, rotate old instances.
+#[derive(Parser)]
+#[command(name = "imgforge", version, about)]
+struct Cli {
+    /// Print machine-readable JSON (one object per line) on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log what happens (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check image definitions; exits non-zero naming the file, line and field of each error.
+    Validate {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Render a definition's answer file (preseed or kickstart).
+    Render {
+        /// Definition file.
+        file: PathBuf,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print the base, bake and build ids of a definition.
+    Id {
+        /// Definition file.
+        file: PathBuf,
+    },
+    /// Build an image.
+    Build {
+        /// Definition file.
+        file: PathBuf,
+    },
+    /// Boot a built image and run its checks again.
+    Verify {
+        /// The build's manifest.json.
+        manifest: PathBuf,
+    },
+    /// Register a built image as an AMI or EMI.
+    Register(register::RegisterArgs),
+    /// Turn a Eucalyptus bundle back into the image.
+    Unbundle(register::UnbundleArgs),
+    /// Replace instances older than a maximum age with instances of the newest image.
+    Rotate(rotate::RotateArgs),
+    /// Deregister old images and delete their snapshots.
+    Prune(prune::PruneArgs),
+    /// Report what this host has for building images.
+    Doctor,
+}
+
+/// Exit code for bad input (a definition error); 1 is any other failure.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let reporter = Reporter::new(cli.json);
+    match run(cli.command, &reporter) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            reporter.finish();
+            let bad_input = e.downcast_ref::<DefinitionError>().is_some();
+            if reporter.is_json() {
+                println!("{}", json!({ "event": "error", "message": format!("{e:#}") }));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(if bad_input { EXIT_BAD_INPUT } else { 1 })
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "imgforge=info",
+        _ => "imgforge=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+fn run(command: Command, reporter: &Reporter) -> Result<()> {
+    match command {
+        Command::Validate { files } => validate(&files, reporter),
+        Command::Render { file, output } => {
+            let def = Definition::load(&file)?;
+            let answer = render::render(&def)?;
+            match output {
+                Some(out) => imgforge::atomic::write(&out, answer.text.as_bytes()),
+                None => {
+                    print!("{}", answer.text);
+                    Ok(())
+                }
+            }
+        }
+        Command::Id { file } => {
+            let def = Definition::load(&file)?;
+            let answer = render::render(&def)?;
+            let (ids, resolved) = layers::resolve_and_compute(&def, &answer)?;
+            let value = json!({
+                "name": def.image.name.0,
+                "base": ids.base,
+                "bake": ids.bake,
+                "build": ids.build,
+                "service_commit": resolved.service.as_ref().map(|s| s.commit.clone()),
+                "data_digest": resolved.data.as_ref().map(|d| d.digest().to_string()),
+            });
+            let human = format!("base  {}\nbake  {}\nbuild {}", ids.base, ids.bake, ids.build);
+            reporter.result(&human, &value);
+            Ok(())
+        }
+        Command::Build { .. } => anyhow::bail!("`imgforge build` is not built yet"),
+        Command::Verify { .. } => anyhow::bail!("`imgforge verify` is not built yet"),
+        Command::Register(args) => runtime()?.block_on(register::run(args, reporter)),
+        Command::Unbundle(args) => register::unbundle(args, reporter),
+        Command::Rotate(args) => runtime()?.block_on(rotate::run(args, reporter)),
+        Command::Prune(args) => runtime()?.block_on(prune::run(args, reporter)),
+        Command::Doctor => anyhow::bail!("`imgforge doctor` is not built yet"),
+    }
+}
+
+/// Validates every file, reporting each error, and fails if any failed.
+fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
+    let mut first_error = None;
+    for file in files {
+        let outcome = Definition::load(file).and_then(|def| {
+            render::render(&def).map_err(|e| DefinitionError::Invalid {
+                path: file.clone(),
+                line: 1,
+                column: 1,
+                field: "installer.template".into(),
+                message: format!("{e:#}"),
+            })?;
+            Ok(def)
+        });
+        match outcome {
+            Ok(def) => reporter.event(
+                "valid",
+                &format!("{}: ok ({} {})", file.display(), def.image.name, def.image.version),
+                json!({ "file": file, "valid": true }),
+            ),
+            Err(e) => {
+                reporter.event(
+                    "invalid",
+                    &format!("{e}"),
+                    json!({ "file": file, "valid": false, "error": e.to_string() }),
+                );
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

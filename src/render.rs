@@ -1,0 +1,182 @@
+//! Answer-file rendering: a definition plus a handlebars template give the Debian preseed or the
+//! kickstart an installer reads.
+//!
+//! Rendering is strict: a variable the template names but the context lacks is an error, never an
+//! empty string. The answer file carries nothing specific to one build run (the build key is
+//! fetched next to the answer file by its late command), so it can be part of the base layer id.
+
+use crate::definition::{Definition, OsFamily};
+use anyhow::{anyhow, Context, Result};
+use handlebars::Handlebars;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// A rendered answer file with the template it came from.
+#[derive(Debug, Clone)]
+pub struct AnswerFile {
+    /// File name the installer fetches (`preseed.cfg` or `ks.cfg`).
+    pub file_name: &'static str,
+    /// Rendered text.
+    pub text: String,
+    /// Template path used.
+    pub template_path: PathBuf,
+    /// Template text used (part of the base layer id).
+    pub template_text: String,
+}
+
+/// Directory holding the shipped templates (`preseed/`, `templates/`): `IMGFORGE_HOME` if set,
+/// else the directory of the crate at build time when it still exists, else the current one.
+pub fn data_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("IMGFORGE_HOME") {
+        return PathBuf::from(home);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if built.join("preseed").is_dir() {
+        built.to_path_buf()
+    } else {
+        PathBuf::from(".")
+    }
+}
+
+/// The template a definition uses: its own override or the shipped one for its OS family.
+pub fn template_path(def: &Definition) -> PathBuf {
+    if let Some(t) = def.installer.as_ref().and_then(|i| i.template.as_ref()) {
+        return def.resolve(t);
+    }
+    match def.os.family {
+        OsFamily::Debian => data_dir().join("preseed/debian.cfg.hbs"),
+        OsFamily::Rhel => data_dir().join("templates/kickstart.ks.hbs"),
+    }
+}
+
+/// Renders the definition's answer file.
+pub fn render(def: &Definition) -> Result<AnswerFile> {
+    let template_path = template_path(def);
+    let template_text = std::fs::read_to_string(&template_path)
+        .with_context(|| format!("{}: cannot read the answer-file template", template_path.display()))?;
+    let text = render_template(&template_text, &context(def)?)
+        .map_err(|e| anyhow!("{}: {e}", template_path.display()))?;
+    let file_name = match def.os.family {
+        OsFamily::Debian => "preseed.cfg",
+        OsFamily::Rhel => "ks.cfg",
+    };
+    Ok(AnswerFile {
+        file_name,
+        text,
+        template_path,
+        template_text,
+    })
+}
+
+/// Renders `template` strictly against `ctx`, without HTML escaping.
+pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.render_template(template, ctx).map_err(|e| {
+        let reason = e.reason().to_string();
+        match (e.line_no, e.column_no) {
+            (Some(l), Some(c)) => anyhow!("line {l}, column {c}: {reason}"),
+            _ => anyhow!("{reason}"),
+        }
+    })
+}
+
+/// The variables an answer-file template sees.
+pub fn context(def: &Definition) -> Result<Value> {
+    let sys = &def.system;
+    let mirror = url::Url::parse(&sys.mirror)
+        .with_context(|| format!("{}: field `system.mirror`: `{}` is not a URL", def.path.display(), sys.mirror))?;
+    let users: Vec<Value> = sys
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash.as_ref().map(|h| h.0.clone()),
+                "ssh_keys": u.ssh_keys,
+                "sudo": u.sudo,
+            })
+        })
+        .collect();
+    let first_user = users.first().cloned().unwrap_or_else(|| {
+        json!({ "name": "imgforge", "password_hash": "!", "ssh_keys": [], "sudo": false })
+    });
+    // Debian's installer wants an explicit "!" for a locked password.
+    let mut first_user = first_user;
+    if first_user["password_hash"].is_null() {
+        first_user["password_hash"] = json!("!");
+    }
+    let mut packages = vec!["openssh-server".to_string()];
+    packages.extend(sys.packages.iter().filter(|p| *p != "openssh-server").cloned());
+    let disk_mib = def.machine.disk_size.mib();
+    let uefi = def.machine.firmware == crate::definition::Firmware::Uefi;
+    // Room for the partition table (and the ESP under UEFI).
+    let root_mib = disk_mib.saturating_sub(if uefi { 202 } else { 2 });
+    Ok(json!({
+        "image_name": def.image.name.0,
+        "image_version": def.image.version,
+        "release": def.os.release,
+        "suite": suite(&def.os.release),
+        "hostname": sys.hostname,
+        "domain": sys.domain,
+        "timezone": sys.timezone,
+        "locale": sys.locale,
+        "keyboard": sys.keyboard,
+        "mirror": {
+            "url": sys.mirror,
+            "protocol": mirror.scheme(),
+            "host": match mirror.port() {
+                Some(p) => format!("{}:{p}", mirror.host_str().unwrap_or_default()),
+                None => mirror.host_str().unwrap_or_default().to_string(),
+            },
+            "directory": mirror.path().trim_end_matches('/'),
+        },
+        "proxy": sys.proxy.clone().unwrap_or_default(),
+        "users": users,
+        "first_user": first_user,
+        "packages": packages,
+        "packages_line": packages.join(" "),
+        "debconf": sys.debconf,
+        "disk_mib": disk_mib,
+        "root_mib": root_mib,
+        "uefi": uefi,
+    }))
+}
+
+/// Debian suite name for a release written as a number or a codename.
+pub fn suite(release: &str) -> String {
+    match release {
+        "11" => "bullseye",
+        "12" => "bookworm",
+        "13" => "trixie",
+        other => other,
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn missing_variable_is_an_error_not_an_empty_string() {
+        let e = render_template("host {{hostname}} {{nope}}", &json!({"hostname": "a"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn values_are_not_html_escaped() {
+        let out = render_template("{{h}}", &json!({"h": "$6$a&b<c>"})).unwrap();
+        assert_eq!(out, "$6$a&b<c>");
+    }
+
+    #[test]
+    fn numeric_releases_map_to_suites() {
+        assert_eq!(suite("12"), "bookworm");
+        assert_eq!(suite("sid"), "sid");
+    }
+}

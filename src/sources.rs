@@ -1,0 +1,217 @@
+//! Inputs from outside the definition: pinned files (local or downloaded), the service
+//! repository resolved to a commit, and the data snapshot resolved to a digest or a commit.
+//!
+//! Everything here runs before any VM starts, so a wrong checksum or a missing ref fails fast.
+
+use crate::definition::{Artifact, DataSnapshot, Definition, Service};
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The sha256 of a file, in lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Where imgforge keeps downloads and cached layers: `IMGFORGE_CACHE`, else
+/// `$XDG_CACHE_HOME/imgforge`, else `~/.cache/imgforge`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGFORGE_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("imgforge");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/imgforge")
+}
+
+/// Makes a pinned file available locally and checks its sha256; `field` names it in errors.
+///
+/// A URL is downloaded once into the cache, under its digest, through a temporary file that is
+/// renamed only after the digest matched.
+pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Result<PathBuf> {
+    let expected = &artifact.sha256.0;
+    if let Some(p) = &artifact.path {
+        let path = def.resolve(p);
+        if !path.is_file() {
+            bail!(
+                "{}: field `{field}.path`: {} does not exist",
+                def.path.display(),
+                path.display()
+            );
+        }
+        let actual = sha256_file(&path)?;
+        if &actual != expected {
+            bail!(
+                "{}: field `{field}.sha256`: {} has sha256 {actual}, but the definition pins {expected}; \
+                 if the new file is intended, put its digest in the definition",
+                def.path.display(),
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let url = artifact.url.as_deref().unwrap_or_default();
+    let dir = cache_dir().join("downloads");
+    let cached = dir.join(expected);
+    if cached.is_file() && &sha256_file(&cached)? == expected {
+        return Ok(cached);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    let resp = ureq::get(url)
+        .call()
+        .with_context(|| format!("{}: field `{field}.url`: cannot download {url}", def.path.display()))?;
+    std::io::copy(&mut resp.into_reader(), &mut tmp)
+        .with_context(|| format!("{}: field `{field}.url`: download of {url} broke off", def.path.display()))?;
+    let actual = sha256_file(tmp.path())?;
+    if &actual != expected {
+        bail!(
+            "{}: field `{field}.sha256`: {url} has sha256 {actual}, but the definition pins {expected}",
+            def.path.display()
+        );
+    }
+    tmp.persist(&cached)?;
+    Ok(cached)
+}
+
+/// The repository location as git understands it: a URL as written, a local path resolved
+/// against the definition.
+fn repo_location(def: &Definition, repo: &str) -> String {
+    if repo.contains("://") || repo.contains('@') {
+        repo.to_string()
+    } else {
+        def.resolve(Path::new(repo)).display().to_string()
+    }
+}
+
+/// Resolves `git_ref` in `repo` to a full commit id; `field` names it in errors.
+pub fn resolve_commit(def: &Definition, field: &str, repo: &str, git_ref: &str) -> Result<String> {
+    let location = repo_location(def, repo);
+    let is_local = Path::new(&location).exists();
+    let found = if is_local {
+        Command::new("git")
+            .args(["-C", &location, "rev-parse", "--verify", "--quiet"])
+            .arg(format!("{git_ref}^{{commit}}"))
+            .run()
+            .map(|o| o.text())
+            .ok()
+    } else if git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(git_ref.to_string())
+    } else {
+        let out = Command::new("git")
+            .args(["ls-remote", &location, git_ref])
+            .run()
+            .with_context(|| format!("{}: field `{field}.repo`: cannot reach {location}", def.path.display()))?;
+        out.text().lines().next().and_then(|l| l.split_whitespace().next()).map(str::to_string)
+    };
+    match found {
+        Some(c) if !c.is_empty() => Ok(c),
+        _ => bail!(
+            "{}: field `{field}.ref`: `{git_ref}` is not a branch, tag or commit of {location}",
+            def.path.display()
+        ),
+    }
+}
+
+/// The service layer with its ref resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedService {
+    /// Repository location given to git.
+    pub location: String,
+    /// Full commit id.
+    pub commit: String,
+}
+
+/// Resolves the service repository's ref to a commit.
+pub fn resolve_service(def: &Definition, service: &Service) -> Result<ResolvedService> {
+    Ok(ResolvedService {
+        location: repo_location(def, &service.repo),
+        commit: resolve_commit(def, "service", &service.repo, &service.git_ref)?,
+    })
+}
+
+/// The data snapshot, verified and resolved.
+#[derive(Debug, Clone)]
+pub enum ResolvedData {
+    /// A tarball whose sha256 matched the definition.
+    Tarball {
+        /// Local path of the verified tarball.
+        path: PathBuf,
+        /// Its sha256.
+        sha256: String,
+    },
+    /// A git repository at a commit.
+    Git {
+        /// Repository location given to git.
+        location: String,
+        /// Full commit id.
+        commit: String,
+    },
+}
+
+impl ResolvedData {
+    /// The digest that identifies the data: the tarball's sha256 or the commit id.
+    pub fn digest(&self) -> &str {
+        match self {
+            ResolvedData::Tarball { sha256, .. } => sha256,
+            ResolvedData::Git { commit, .. } => commit,
+        }
+    }
+}
+
+/// Verifies the tarball against its pinned sha256, or resolves the git ref.
+pub fn resolve_data(def: &Definition, data: &DataSnapshot) -> Result<ResolvedData> {
+    if let Some(t) = &data.tarball {
+        let path = fetch_artifact(def, "data.tarball", t)?;
+        return Ok(ResolvedData::Tarball {
+            path,
+            sha256: t.sha256.0.clone(),
+        });
+    }
+    let g = data.git.as_ref().context("data needs `tarball` or `git`")?;
+    Ok(ResolvedData::Git {
+        location: repo_location(def, &g.repo),
+        commit: resolve_commit(def, "data.git", &g.repo, &g.git_ref)?,
+    })
+}
+
+/// Writes `git archive` of `commit` (optionally only `subdir`) from `location` as a tar file.
+pub fn git_archive(location: &str, commit: &str, subdir: Option<&str>, dest_tar: &Path) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let is_local = Path::new(location).exists();
+    let repo = if is_local {
+        PathBuf::from(location)
+    } else {
+        let clone = work.path().join("repo");
+        Command::new("git")
+            .args(["clone", "--quiet", "--no-checkout", "--filter=blob:none", location])
+            .arg(&clone)
+            .run()?;
+        clone
+    };
+    let mut cmd = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["archive", "--format=tar", "-o"])
+        .arg(dest_tar);
+    match subdir {
+        Some(s) => cmd = cmd.arg(format!("{commit}:{}", s.trim_matches('/'))),
+        None => cmd = cmd.arg(commit),
+    }
+    cmd.run()?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Shared test support: the real imgforge binary, and a real moto_server on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the imgforge binary built for these tests.
+pub fn imgforge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgforge"))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A moto_server process (from the project's `.venv`, made by `scripts/setup --test`), killed on
+/// drop. With `fake_time_file`, it runs under libfaketime reading its offset from that file, so
+/// tests can launch "old" instances.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The faketime offset file, when running under faketime.
+    pub fake_time_file: Option<PathBuf>,
+}
+
+impl Moto {
+    /// Starts moto_server on a free port and waits until it answers.
+    pub fn start() -> Moto {
+        Moto::start_with(false)
+    }
+
+    /// Starts moto_server under libfaketime (offset file initially `+0`).
+    pub fn start_faketime() -> Moto {
+        Moto::start_with(true)
+    }
+
+    fn start_with(fake_time: bool) -> Moto {
+        let server = repo_root().join(".venv/bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/setup --test",
+            server.display()
+        );
+        let port = free_port();
+        let mut cmd;
+        let mut fake_time_file = None;
+        if fake_time {
+            let file = std::env::temp_dir().join(format!("imgforge-faketime-{port}"));
+            std::fs::write(&file, "+0\n").unwrap();
+            cmd = Command::new("faketime");
+            cmd.arg("-f").arg("+0").arg(&server);
+            cmd.env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            fake_time_file = Some(file);
+        } else {
+            cmd = Command::new(&server);
+        }
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start on {endpoint}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint,
+            fake_time_file,
+        }
+    }
+
+    /// Sets the fake clock offset (`-31d`, `+0`) when running under faketime.
+    pub fn set_offset(&self, offset: &str) {
+        let file = self.fake_time_file.as_ref().expect("moto started with faketime");
+        std::fs::write(file, format!("{offset}\n")).unwrap();
+    }
+
+    /// Environment for the imgforge binary and SDK clients to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// An SDK configuration pointing at this server.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(f) = &self.fake_time_file {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Runs `cmd`, returning (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
