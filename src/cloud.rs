@@ -43,3 +43,25 @@ pub async fn load(args: &CloudArgs) -> SdkConfig {
     }
     loader.load().await
 }
+
+/// Tag keys imgforge writes on images, snapshots and instances.
+pub mod tags {
+    /// Image name; on instances, the image family they are managed under.
+    pub const IMAGE: &str = "imgforge:image";
+    /// Image version.
+    pub const VERSION: &str = "imgforge:version";
+    /// Build id (the output directory's name).
+    pub const BUILD_ID: &str = "imgforge:build-id";
+    /// Base layer id.
+    pub const BASE_ID: &str = "imgforge:base-id";
+    /// Bake layer id.
+    pub const BAKE_ID: &str = "imgforge:bake-id";
+    /// Service commit.
+    pub const SERVICE_COMMIT: &str = "imgforge:service-commit";
+    /// Data snapshot digest.
+    pub const DATA_DIGEST: &str = "imgforge:data-sha256";
+    /// On a replacement instance: the instance it replaces.
+    pub const REPLACES: &str = "imgforge:replaces";
+    /// `never` on an instance exempts it from rotation.
+    pub const ROTATE: &str = "imgforge:rotate";
+}

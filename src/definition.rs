@@ -739,7 +739,11 @@ impl Definition {
                 path: path.to_path_buf(),
                 line,
                 column,
-                field: if field == "." { "(top level)".into() } else { field },
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
                 message: inner.message().trim().to_string(),
             }
         })?;
@@ -805,7 +809,10 @@ impl Definition {
             }
         }
         if self.output.formats.is_empty() {
-            return fail("output.formats", "name at least one of qcow2, raw, vmdk, vhd".into());
+            return fail(
+                "output.formats",
+                "name at least one of qcow2, raw, vmdk, vhd".into(),
+            );
         }
         if self.builder.kind == BuilderKind::Rootfs
             && self.machine.firmware == Firmware::Uefi
@@ -820,7 +827,11 @@ impl Definition {
     pub fn artifacts(&self) -> Vec<(String, &Artifact)> {
         let mut all = Vec::new();
         if let Some(i) = &self.installer {
-            for (name, a) in [("kernel", &i.kernel), ("initrd", &i.initrd), ("iso", &i.iso)] {
+            for (name, a) in [
+                ("kernel", &i.kernel),
+                ("initrd", &i.initrd),
+                ("iso", &i.iso),
+            ] {
                 if let Some(a) = a {
                     all.push((format!("installer.{name}"), a));
                 }
@@ -917,12 +928,16 @@ mirror = "http://deb.debian.org/debian"
     fn wrong_type_is_located() {
         let text = format!("{MINIMAL}[machine]\ncpus = \"two\"\n");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("images/t.toml:15:8: field `machine.cpus`"), "{e}");
+        assert!(
+            e.contains("images/t.toml:15:8: field `machine.cpus`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn plain_password_is_refused_with_a_hint() {
-        let text = format!("{MINIMAL}[[system.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n");
+        let text =
+            format!("{MINIMAL}[[system.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("field `system.users[0].password_hash`"), "{e}");
         assert!(e.contains("mkpasswd"), "{e}");

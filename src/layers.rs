@@ -63,9 +63,10 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         .filter(|(field, _)| field.starts_with("installer."))
         .map(|(field, a)| json!({ "field": field, "sha256": a.sha256.0 }))
         .collect();
-    let installer = def.installer.as_ref().map(|i| {
-        json!({ "append": i.append, "boot_command": i.boot_command })
-    });
+    let installer = def
+        .installer
+        .as_ref()
+        .map(|i| json!({ "append": i.append, "boot_command": i.boot_command }));
     json!({
         "imgforge": env!("CARGO_PKG_VERSION"),
         "builder": def.builder,

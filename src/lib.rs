@@ -20,6 +20,7 @@ pub mod cloud;
 pub mod definition;
 pub mod events;
 pub mod layers;
+pub mod manifest;
 pub mod process;
 pub mod prune;
 pub mod register;

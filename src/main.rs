@@ -80,7 +80,10 @@ fn main() -> ExitCode {
             reporter.finish();
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
-                println!("{}", json!({ "event": "error", "message": format!("{e:#}") }));
+                println!(
+                    "{}",
+                    json!({ "event": "error", "message": format!("{e:#}") })
+                );
             }
             eprintln!("error: {e:#}");
             ExitCode::from(if bad_input { EXIT_BAD_INPUT } else { 1 })
@@ -133,7 +136,10 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
                 "service_commit": resolved.service.as_ref().map(|s| s.commit.clone()),
                 "data_digest": resolved.data.as_ref().map(|d| d.digest().to_string()),
             });
-            let human = format!("base  {}\nbake  {}\nbuild {}", ids.base, ids.bake, ids.build);
+            let human = format!(
+                "base  {}\nbake  {}\nbuild {}",
+                ids.base, ids.bake, ids.build
+            );
             reporter.result(&human, &value);
             Ok(())
         }
@@ -164,7 +170,12 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
         match outcome {
             Ok(def) => reporter.event(
                 "valid",
-                &format!("{}: ok ({} {})", file.display(), def.image.name, def.image.version),
+                &format!(
+                    "{}: ok ({} {})",
+                    file.display(),
+                    def.image.name,
+                    def.image.version
+                ),
                 json!({ "file": file, "valid": true }),
             ),
             Err(e) => {

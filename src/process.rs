@@ -112,7 +112,12 @@ impl Command {
             .stderr_capture()
             .unchecked()
             .run()
-            .with_context(|| format!("cannot start `{}`: is it installed? (`imgforge doctor` checks the host)", self.program))?;
+            .with_context(|| {
+                format!(
+                    "cannot start `{}`: is it installed? (`imgforge doctor` checks the host)",
+                    self.program
+                )
+            })?;
         if !out.status.success() {
             bail!(
                 "`{}` failed ({}):\n{}",
@@ -130,7 +135,8 @@ impl Command {
     /// Starts the command in the background with output sent to `log`.
     pub fn spawn_logged(&self, log: &Path) -> Result<duct::Handle> {
         tracing::debug!(command = %self.display(), log = %log.display(), "spawn");
-        let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let err = file.try_clone()?;
         self.expression()
             .stdout_file(file)
@@ -172,7 +178,10 @@ mod tests {
 
     #[test]
     fn missing_program_says_so() {
-        let e = Command::new("imgforge-no-such-tool").run().unwrap_err().to_string();
+        let e = Command::new("imgforge-no-such-tool")
+            .run()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is it installed"), "{e}");
     }
 

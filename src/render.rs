@@ -52,8 +52,12 @@ pub fn template_path(def: &Definition) -> PathBuf {
 /// Renders the definition's answer file.
 pub fn render(def: &Definition) -> Result<AnswerFile> {
     let template_path = template_path(def);
-    let template_text = std::fs::read_to_string(&template_path)
-        .with_context(|| format!("{}: cannot read the answer-file template", template_path.display()))?;
+    let template_text = std::fs::read_to_string(&template_path).with_context(|| {
+        format!(
+            "{}: cannot read the answer-file template",
+            template_path.display()
+        )
+    })?;
     let text = render_template(&template_text, &context(def)?)
         .map_err(|e| anyhow!("{}: {e}", template_path.display()))?;
     let file_name = match def.os.family {
@@ -85,8 +89,13 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
 /// The variables an answer-file template sees.
 pub fn context(def: &Definition) -> Result<Value> {
     let sys = &def.system;
-    let mirror = url::Url::parse(&sys.mirror)
-        .with_context(|| format!("{}: field `system.mirror`: `{}` is not a URL", def.path.display(), sys.mirror))?;
+    let mirror = url::Url::parse(&sys.mirror).with_context(|| {
+        format!(
+            "{}: field `system.mirror`: `{}` is not a URL",
+            def.path.display(),
+            sys.mirror
+        )
+    })?;
     let users: Vec<Value> = sys
         .users
         .iter()
@@ -99,16 +108,21 @@ pub fn context(def: &Definition) -> Result<Value> {
             })
         })
         .collect();
-    let first_user = users.first().cloned().unwrap_or_else(|| {
-        json!({ "name": "imgforge", "password_hash": "!", "ssh_keys": [], "sudo": false })
-    });
+    let first_user = users.first().cloned().unwrap_or_else(
+        || json!({ "name": "imgforge", "password_hash": "!", "ssh_keys": [], "sudo": false }),
+    );
     // Debian's installer wants an explicit "!" for a locked password.
     let mut first_user = first_user;
     if first_user["password_hash"].is_null() {
         first_user["password_hash"] = json!("!");
     }
     let mut packages = vec!["openssh-server".to_string()];
-    packages.extend(sys.packages.iter().filter(|p| *p != "openssh-server").cloned());
+    packages.extend(
+        sys.packages
+            .iter()
+            .filter(|p| *p != "openssh-server")
+            .cloned(),
+    );
     let disk_mib = def.machine.disk_size.mib();
     let uefi = def.machine.firmware == crate::definition::Firmware::Uefi;
     // Room for the partition table (and the ESP under UEFI).

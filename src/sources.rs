@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 
 /// The sha256 of a file, in lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         if n == 0 {
             break;
         }
@@ -34,7 +37,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("imgforge");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/imgforge")
 }
 
@@ -72,11 +77,18 @@ pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Res
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    let resp = ureq::get(url)
-        .call()
-        .with_context(|| format!("{}: field `{field}.url`: cannot download {url}", def.path.display()))?;
-    std::io::copy(&mut resp.into_reader(), &mut tmp)
-        .with_context(|| format!("{}: field `{field}.url`: download of {url} broke off", def.path.display()))?;
+    let resp = ureq::get(url).call().with_context(|| {
+        format!(
+            "{}: field `{field}.url`: cannot download {url}",
+            def.path.display()
+        )
+    })?;
+    std::io::copy(&mut resp.into_reader(), &mut tmp).with_context(|| {
+        format!(
+            "{}: field `{field}.url`: download of {url} broke off",
+            def.path.display()
+        )
+    })?;
     let actual = sha256_file(tmp.path())?;
     if &actual != expected {
         bail!(
@@ -115,8 +127,17 @@ pub fn resolve_commit(def: &Definition, field: &str, repo: &str, git_ref: &str) 
         let out = Command::new("git")
             .args(["ls-remote", &location, git_ref])
             .run()
-            .with_context(|| format!("{}: field `{field}.repo`: cannot reach {location}", def.path.display()))?;
-        out.text().lines().next().and_then(|l| l.split_whitespace().next()).map(str::to_string)
+            .with_context(|| {
+                format!(
+                    "{}: field `{field}.repo`: cannot reach {location}",
+                    def.path.display()
+                )
+            })?;
+        out.text()
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
     };
     match found {
         Some(c) if !c.is_empty() => Ok(c),
@@ -190,7 +211,12 @@ pub fn resolve_data(def: &Definition, data: &DataSnapshot) -> Result<ResolvedDat
 }
 
 /// Writes `git archive` of `commit` (optionally only `subdir`) from `location` as a tar file.
-pub fn git_archive(location: &str, commit: &str, subdir: Option<&str>, dest_tar: &Path) -> Result<()> {
+pub fn git_archive(
+    location: &str,
+    commit: &str,
+    subdir: Option<&str>,
+    dest_tar: &Path,
+) -> Result<()> {
     let work = tempfile::tempdir()?;
     let is_local = Path::new(location).exists();
     let repo = if is_local {
@@ -198,7 +224,13 @@ pub fn git_archive(location: &str, commit: &str, subdir: Option<&str>, dest_tar:
     } else {
         let clone = work.path().join("repo");
         Command::new("git")
-            .args(["clone", "--quiet", "--no-checkout", "--filter=blob:none", location])
+            .args([
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--filter=blob:none",
+                location,
+            ])
             .arg(&clone)
             .run()?;
         clone
