@@ -16,14 +16,23 @@
 //! ```
 
 pub mod atomic;
+pub mod bake;
+pub mod base;
+pub mod build;
+pub mod cancel;
 pub mod cloud;
 pub mod definition;
 pub mod events;
+pub mod export;
+pub mod installer;
 pub mod layers;
 pub mod manifest;
 pub mod process;
 pub mod prune;
+pub mod qemu;
 pub mod register;
 pub mod render;
+pub mod rootfs;
 pub mod rotate;
 pub mod sources;
+pub mod verify;

@@ -2,9 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use imgforge::definition::{Definition, DefinitionError};
+use imgforge::definition::{Accelerator, Definition, DefinitionError};
 use imgforge::events::Reporter;
-use imgforge::{layers, prune, register, render, rotate};
+use imgforge::{build, layers, prune, register, render, rotate};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,15 +45,15 @@ enum Command {
         /// Definition file.
         file: PathBuf,
     },
-    /// Build an image.
-    Build {
-        /// Definition file.
-        file: PathBuf,
-    },
+    /// Build an image: base layer, bake, export, verify.
+    Build(build::BuildArgs),
     /// Boot a built image and run its checks again.
     Verify {
         /// The build's manifest.json.
         manifest: PathBuf,
+        /// Accelerator: auto, kvm or tcg.
+        #[arg(long, default_value = "auto")]
+        accelerator: String,
     },
     /// Register a built image as an AMI or EMI.
     Register(register::RegisterArgs),
@@ -143,8 +143,43 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             reporter.result(&human, &value);
             Ok(())
         }
-        Command::Build { .. } => anyhow::bail!("`imgforge build` is not built yet"),
-        Command::Verify { .. } => anyhow::bail!("`imgforge verify` is not built yet"),
+        Command::Build(args) => {
+            imgforge::cancel::install_handlers()?;
+            let outcome = build::build(&args, reporter)?;
+            let human = format!(
+                "{} {}{}",
+                if outcome.cached {
+                    "up to date:"
+                } else {
+                    "built:"
+                },
+                outcome.manifest_path.display(),
+                if outcome.cached {
+                    " (cached, nothing rebuilt)"
+                } else {
+                    ""
+                }
+            );
+            let mut value = serde_json::to_value(&outcome.manifest)?;
+            value["event"] = json!("manifest");
+            value["cached"] = json!(outcome.cached);
+            value["manifest_path"] = json!(outcome.manifest_path);
+            reporter.result(&human, &value);
+            Ok(())
+        }
+        Command::Verify {
+            manifest,
+            accelerator,
+        } => {
+            imgforge::cancel::install_handlers()?;
+            let accel = match accelerator.as_str() {
+                "auto" => Accelerator::Auto,
+                "kvm" => Accelerator::Kvm,
+                "tcg" => Accelerator::Tcg,
+                other => anyhow::bail!("--accelerator {other}: use auto, kvm or tcg"),
+            };
+            imgforge::verify::verify_manifest(&manifest, accel, reporter)
+        }
         Command::Register(args) => runtime()?.block_on(register::run(args, reporter)),
         Command::Unbundle(args) => register::unbundle(args, reporter),
         Command::Rotate(args) => runtime()?.block_on(rotate::run(args, reporter)),

@@ -1,0 +1,474 @@
+//! The bake layer: the service, the data snapshot and the provisioners applied on a qcow2
+//! overlay of the cached base (never a copy of it), then image hygiene and provenance.
+//!
+//! Like Netflix's Aminator, the bake does not wait for a full boot where it needs no running
+//! system: the base's own kernel boots with `init=/usr/lib/imgforge/bake-init`, which unpacks a
+//! bundle (a tar on a second virtio disk), runs the generated `bake.sh` and powers off. Scripts
+//! marked `needs_running_system = true` run afterwards over SSH in the fully booted image, with
+//! the build key of the base; the final hygiene pass removes that key again.
+
+use crate::base::{BaseLayer, BUILD_KEY_COMMENT};
+use crate::definition::{Definition, Firmware, Provisioner};
+use crate::events::Reporter;
+use crate::layers::{LayerIds, Resolved};
+use crate::process::Command;
+use crate::qemu::{Drive, Vm, VmConfig};
+use crate::rootfs::sh_quote;
+use crate::sources::ResolvedData;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Marker the bake init prints with the bundle's exit status.
+const STATUS_MARKER: &str = "imgforge-bake: exit status ";
+
+/// Everything the bake needs.
+pub struct BakeInput<'a> {
+    /// The definition.
+    pub def: &'a Definition,
+    /// The cached base layer.
+    pub base: &'a BaseLayer,
+    /// Resolved service and data.
+    pub resolved: &'a Resolved,
+    /// Layer ids (recorded in the provenance).
+    pub ids: &'a LayerIds,
+    /// Work directory of this build (removed by the caller).
+    pub work: &'a Path,
+    /// Console log of the whole build.
+    pub console_log: &'a Path,
+}
+
+/// Bakes and returns the path of the overlay disk holding the finished image.
+pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
+    let overlay = input.work.join("image.qcow2");
+    Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(input.base.disk())
+        .arg(&overlay)
+        .run()?;
+    let (offline, online): (Vec<_>, Vec<_>) =
+        input
+            .def
+            .provisioners
+            .iter()
+            .enumerate()
+            .partition(|(_, p)| {
+                !matches!(
+                    p,
+                    Provisioner::Shell {
+                        needs_running_system: true,
+                        ..
+                    }
+                )
+            });
+    let bundle_dir = input.work.join("bundle");
+    fs::create_dir_all(&bundle_dir)?;
+    let mut script = String::from(BAKE_PRELUDE);
+    script += &stage_service(input, &bundle_dir)?;
+    script += &stage_data(input, &bundle_dir)?;
+    for (index, p) in &offline {
+        script += &stage_provisioner(input.def, *index, p, &bundle_dir)?;
+    }
+    if online.is_empty() {
+        script += &hygiene(input, &bundle_dir)?;
+        run_offline(input, &overlay, &bundle_dir, script, "bake", reporter)?;
+        return Ok(overlay);
+    }
+    script += "echo 'imgforge-bake: offline steps done'\n";
+    run_offline(
+        input,
+        &overlay,
+        &bundle_dir,
+        script,
+        "bake (offline steps)",
+        reporter,
+    )?;
+    run_online(input, &overlay, &online, reporter)?;
+    let final_dir = input.work.join("bundle-final");
+    fs::create_dir_all(&final_dir)?;
+    let script = format!("{BAKE_PRELUDE}{}", hygiene(input, &final_dir)?);
+    run_offline(
+        input,
+        &overlay,
+        &final_dir,
+        script,
+        "image hygiene",
+        reporter,
+    )?;
+    Ok(overlay)
+}
+
+/// Shell functions every bake script starts with: step markers, failures naming the step, and
+/// the network of QEMU's user mode (10.0.2.0/24) without DHCP.
+const BAKE_PRELUDE: &str = r#"#!/bin/sh
+set -u
+B=/run/bake
+step() { echo "imgforge-bake: step $1"; }
+fail() { echo "imgforge-bake: FAILED: $1 (exit $2)"; exit "$2"; }
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+if [ -L /etc/resolv.conf ]; then
+  r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
+else
+  cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
+  echo 'nameserver 10.0.2.3' > /etc/resolv.conf
+  trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
+fi
+"#;
+
+fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
+    let (Some(service), Some(resolved)) = (&input.def.service, &input.resolved.service) else {
+        return Ok(String::new());
+    };
+    crate::sources::git_archive(
+        &resolved.location,
+        &resolved.commit,
+        service.subdir.as_deref(),
+        &bundle.join("service.tar"),
+    )
+    .context("cannot export the service repository")?;
+    let dest = sh_quote(&service.dest);
+    let mut s = format!(
+        "step service\nmkdir -p {dest} && tar -xf $B/service.tar -C {dest} || fail 'service: unpack into '{dest} $?\n"
+    );
+    if let Some(cmd) = &service.install {
+        s += &format!(
+            "step service.install\n(cd {dest} && sh -ec {}) || fail 'service.install: '{} $?\n",
+            sh_quote(cmd),
+            sh_quote(cmd)
+        );
+    }
+    if let Some(unit) = &service.unit {
+        let name = Path::new(unit)
+            .file_name()
+            .context("service.unit has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        s += &format!(
+            "step service.unit\ninstall -m 0644 {dest}/{} /etc/systemd/system/{} && systemctl enable {} || fail 'service.unit: '{} $?\n",
+            sh_quote(unit),
+            sh_quote(&name),
+            sh_quote(&name),
+            sh_quote(unit)
+        );
+    }
+    Ok(s)
+}
+
+fn stage_data(input: &BakeInput, bundle: &Path) -> Result<String> {
+    let (Some(data), Some(resolved)) = (&input.def.data, &input.resolved.data) else {
+        return Ok(String::new());
+    };
+    let tar = bundle.join("data.tar");
+    match resolved {
+        ResolvedData::Tarball { path, .. } => crate::base::copy_file(path, &tar)?,
+        ResolvedData::Git { location, commit } => {
+            crate::sources::git_archive(location, commit, None, &tar)?
+        }
+    }
+    let dest = sh_quote(&data.dest);
+    Ok(format!(
+        "step data\nmkdir -p {dest} && tar -xf $B/data.tar -C {dest} || fail 'data: unpack into '{dest} $?\n"
+    ))
+}
+
+fn stage_provisioner(
+    def: &Definition,
+    index: usize,
+    p: &Provisioner,
+    bundle: &Path,
+) -> Result<String> {
+    let dir = bundle.join("provisioners");
+    fs::create_dir_all(&dir)?;
+    let staged = dir.join(index.to_string());
+    match p {
+        Provisioner::Shell { script, .. } => {
+            let src = def.resolve(script);
+            crate::base::copy_file(&src, &staged).with_context(|| {
+                format!(
+                    "{}: field `provisioners[{index}].script`",
+                    def.path.display()
+                )
+            })?;
+            let label = sh_quote(&format!("provisioners[{index}] ({})", script.display()));
+            Ok(format!(
+                "step {label}\nsh -e $B/provisioners/{index} || fail {label} $?\n"
+            ))
+        }
+        Provisioner::File { source, dest, mode } => {
+            let src = def.resolve(source);
+            crate::base::copy_file(&src, &staged).with_context(|| {
+                format!(
+                    "{}: field `provisioners[{index}].source`",
+                    def.path.display()
+                )
+            })?;
+            let label = sh_quote(&format!("provisioners[{index}] (file {dest})"));
+            let d = sh_quote(dest);
+            let mode = mode.as_deref().unwrap_or("0644");
+            Ok(format!(
+                "step {label}\nmkdir -p \"$(dirname {d})\" && install -m {} $B/provisioners/{index} {d} || fail {label} $?\n",
+                sh_quote(mode)
+            ))
+        }
+    }
+}
+
+/// The last step of every bake: build key, machine id, host keys, caches and logs removed,
+/// provenance written to `/etc/imgforge/build.json`.
+fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
+    let def = input.def;
+    let provenance = json!({
+        "name": def.image.name.0,
+        "version": def.image.version,
+        "build_id": input.ids.build,
+        "base_id": input.ids.base,
+        "bake_id": input.ids.bake,
+        "service": input.resolved.service.as_ref().map(|s| json!({
+            "repo": def.service.as_ref().map(|d| d.repo.clone()),
+            "commit": s.commit,
+        })),
+        "data_sha256": input.resolved.data.as_ref().map(|d| d.digest().to_string()),
+        "imgforge_version": env!("CARGO_PKG_VERSION"),
+        "built_at": crate::export::now_rfc3339(),
+        "packages": "@PACKAGES@",
+    });
+    fs::write(
+        bundle.join("build.json"),
+        serde_json::to_string_pretty(&provenance)?,
+    )?;
+    Ok(format!(
+        r#"step hygiene
+if [ -f /root/.ssh/authorized_keys ]; then
+  sed -i '/{BUILD_KEY_COMMENT}/d' /root/.ssh/authorized_keys
+  [ -s /root/.ssh/authorized_keys ] || rm -f /root/.ssh/authorized_keys
+fi
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
+apt-get clean >/dev/null 2>&1
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/* /var/tmp/*
+find /var/log -type f -exec truncate -s 0 {{}} +
+step provenance
+pk=$(dpkg-query -W -f='"${{Package}}=${{Version}}",' | sed 's/,$//')
+mkdir -p /etc/imgforge
+sed "s|\"@PACKAGES@\"|[$pk]|" $B/build.json > /etc/imgforge/build.json || fail provenance $?
+fstrim / >/dev/null 2>&1
+echo 'imgforge-bake: all steps done'
+"#
+    ))
+}
+
+/// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init.
+fn run_offline(
+    input: &BakeInput,
+    overlay: &Path,
+    bundle_dir: &Path,
+    script: String,
+    what: &str,
+    reporter: &Reporter,
+) -> Result<()> {
+    reporter.phase(what);
+    fs::write(bundle_dir.join("bake.sh"), script)?;
+    let bundle_tar = bundle_dir.with_extension("tar");
+    {
+        let file = fs::File::create(&bundle_tar)?;
+        let mut builder = tar::Builder::new(file);
+        builder.append_dir_all(".", bundle_dir)?;
+        builder.into_inner()?.sync_all()?;
+    }
+    let def = input.def;
+    let cfg = VmConfig {
+        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
+        cpus: def.machine.cpus,
+        memory_mib: def.machine.memory_mib,
+        firmware: Firmware::Bios,
+        drives: vec![
+            Drive {
+                path: overlay.to_path_buf(),
+                format: "qcow2",
+                read_only: false,
+            },
+            Drive {
+                path: bundle_tar.clone(),
+                format: "raw",
+                read_only: true,
+            },
+        ],
+        kernel: Some((
+            input.base.kernel(),
+            input.base.initrd(),
+            format!(
+                "{} rw init=/usr/lib/imgforge/bake-init net.ifnames=0 panic=-1",
+                input.base.info.kernel_cmdline.replace(" ro ", " ")
+            ),
+        )),
+        cdrom: None,
+        forwards: vec![],
+    };
+    let run_dir = input.work.join(format!("vm-{}", what.replace(' ', "-")));
+    fs::create_dir_all(&run_dir)?;
+    let serial = run_dir.join("console.log");
+    let mut vm = Vm::start(&cfg, &run_dir, &serial)?;
+    let waited = vm.wait_poweroff(def.machine.timeouts.bake.0, &|line| reporter.detail(line));
+    let console = crate::qemu::strip_control(&vm.console());
+    append_log(input.console_log, &format!("===== {what} =====\n{console}"))?;
+    waited?;
+    let status = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(STATUS_MARKER))
+        .map(|s| s.trim().parse::<i32>().unwrap_or(-1));
+    match status {
+        Some(0) => Ok(()),
+        Some(code) => {
+            let failed = console
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("imgforge-bake: FAILED: "))
+                .unwrap_or("the bake script")
+                .to_string();
+            bail!(
+                "{}: {failed} failed (exit status {code}); its output:\n{}",
+                def.path.display(),
+                step_output(&console)
+            )
+        }
+        None => bail!(
+            "the {what} VM powered off without reporting a result; last console lines:\n{}",
+            crate::process::tail_lines(&console, 20)
+        ),
+    }
+}
+
+/// The console lines of the last step that started (its output), at most 40.
+fn step_output(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains("imgforge-bake: step "))
+        .map_or(0, |i| i + 1);
+    let end = lines
+        .iter()
+        .rposition(|l| l.contains("imgforge-bake: FAILED"))
+        .unwrap_or(lines.len());
+    let part = &lines[start..end.max(start)];
+    part[part.len().saturating_sub(40)..].join("\n")
+}
+
+/// Appends `text` to the build's console log.
+pub fn append_log(log: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+/// SSH options for the build VM: no host key checks (the VM is new each time), key only.
+fn ssh_command(key: &Path, port: u16) -> Command {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+        ])
+}
+
+/// Boots the overlay fully and runs the scripts that need a running system over SSH.
+fn run_online(
+    input: &BakeInput,
+    overlay: &Path,
+    scripts: &[(usize, &Provisioner)],
+    reporter: &Reporter,
+) -> Result<()> {
+    reporter.phase("bake (running system, SSH)");
+    let def = input.def;
+    let port = crate::verify::free_port()?;
+    let cfg = VmConfig {
+        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
+        cpus: def.machine.cpus,
+        memory_mib: def.machine.memory_mib,
+        firmware: def.machine.firmware,
+        drives: vec![Drive {
+            path: overlay.to_path_buf(),
+            format: "qcow2",
+            read_only: false,
+        }],
+        kernel: None,
+        cdrom: None,
+        forwards: vec![(port, 22)],
+    };
+    let run_dir = input.work.join("vm-ssh");
+    fs::create_dir_all(&run_dir)?;
+    let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
+    let key = input.base.build_key();
+    let outcome = (|| -> Result<()> {
+        let deadline = Instant::now() + def.machine.timeouts.boot.0;
+        while ssh_command(&key, port).arg("true").run().is_err() {
+            if Instant::now() > deadline || crate::cancel::requested() {
+                bail!(
+                    "sshd in the build VM did not answer on 127.0.0.1:{port} within {}; last console lines:\n{}",
+                    humantime::format_duration(def.machine.timeouts.boot.0),
+                    vm.console_tail(15)
+                );
+            }
+            reporter.detail(&vm.console_last_line());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        for (index, p) in scripts {
+            let Provisioner::Shell { script, .. } = p else {
+                continue;
+            };
+            let body = fs::read(def.resolve(script)).with_context(|| {
+                format!(
+                    "{}: field `provisioners[{index}].script`",
+                    def.path.display()
+                )
+            })?;
+            reporter.println(&format!(
+                "    provisioners[{index}] ({}) over SSH",
+                script.display()
+            ));
+            let out = ssh_command(&key, port).arg("sh -es").stdin(body).run();
+            match out {
+                Ok(o) => append_log(
+                    input.console_log,
+                    &format!(
+                        "===== provisioners[{index}] over SSH =====\n{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                )?,
+                Err(e) => bail!(
+                    "{}: provisioners[{index}] ({}) failed over SSH: {e:#}",
+                    def.path.display(),
+                    script.display()
+                ),
+            }
+        }
+        let _ = ssh_command(&key, port).arg("systemctl poweroff").run();
+        vm.wait_poweroff(Duration::from_secs(120), &|_| {})
+    })();
+    append_log(
+        input.console_log,
+        &format!(
+            "===== bake over SSH =====\n{}",
+            crate::qemu::strip_control(&vm.console())
+        ),
+    )?;
+    outcome
+}

@@ -1,0 +1,185 @@
+//! The base layer: the operating system, built once per base id and cached.
+//!
+//! A cached base is a directory `<cache>/base/<base-id>/` holding `disk.qcow2`, the kernel and
+//! initrd that boot it directly (for the offline bake), the build key the bake uses, and
+//! `base.json`. It is assembled in a temporary directory beside it and renamed into place only
+//! when complete, so an interrupted build leaves no half-made base.
+
+use crate::definition::{BuilderKind, Definition};
+use crate::events::Reporter;
+use crate::layers::LayerIds;
+use crate::process::Command;
+use crate::render::AnswerFile;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Facts about a built base layer, stored as `base.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseInfo {
+    /// The base layer id.
+    pub id: String,
+    /// Which builder made it.
+    pub builder: BuilderKind,
+    /// UUID of the root filesystem.
+    pub root_uuid: String,
+    /// Kernel command line that boots the disk directly (without `init=`).
+    pub kernel_cmdline: String,
+    /// Seconds the build took.
+    pub build_seconds: f64,
+    /// Tool versions used.
+    pub tools: std::collections::BTreeMap<String, String>,
+}
+
+/// A base layer in the cache.
+#[derive(Debug, Clone)]
+pub struct BaseLayer {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its facts.
+    pub info: BaseInfo,
+}
+
+impl BaseLayer {
+    /// The disk, to be used only as a backing file.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    /// The kernel for direct boot.
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+    /// The initrd for direct boot.
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.img")
+    }
+    /// Private half of the build key authorised for root in the base.
+    pub fn build_key(&self) -> PathBuf {
+        self.dir.join("build-key")
+    }
+
+    /// Opens the cached base `id`, if it is complete.
+    pub fn open(id: &str) -> Option<BaseLayer> {
+        let dir = cache_root().join(id);
+        let text = std::fs::read_to_string(dir.join("base.json")).ok()?;
+        let info: BaseInfo = serde_json::from_str(&text).ok()?;
+        Some(BaseLayer { dir, info })
+    }
+}
+
+/// Directory of cached base layers.
+pub fn cache_root() -> PathBuf {
+    crate::sources::cache_dir().join("base")
+}
+
+/// A base layer under construction: a temporary directory beside the cache entry, removed if
+/// the build does not finish.
+pub struct BaseStaging {
+    /// The temporary directory.
+    pub dir: tempfile::TempDir,
+    /// The id it will be stored under.
+    pub id: String,
+}
+
+impl BaseStaging {
+    /// Starts a staging directory for base `id` and makes its build key.
+    pub fn new(id: &str) -> Result<BaseStaging> {
+        let root = cache_root();
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".building-")
+            .tempdir_in(&root)?;
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                BUILD_KEY_COMMENT,
+                "-f",
+            ])
+            .arg(dir.path().join("build-key"))
+            .run()
+            .context("cannot make the build key")?;
+        Ok(BaseStaging {
+            dir,
+            id: id.to_string(),
+        })
+    }
+
+    /// Path inside the staging directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The public build key.
+    pub fn public_key(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.path("build-key.pub"))?
+            .trim()
+            .to_string())
+    }
+
+    /// Writes `base.json` and moves the directory into the cache.
+    pub fn commit(self, info: BaseInfo) -> Result<BaseLayer> {
+        crate::atomic::write(
+            &self.path("base.json"),
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
+        let final_dir = cache_root().join(&self.id);
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        let tmp = self.dir.keep();
+        std::fs::rename(&tmp, &final_dir).with_context(|| {
+            format!("cannot move the new base layer to {}", final_dir.display())
+        })?;
+        Ok(BaseLayer {
+            dir: final_dir,
+            info,
+        })
+    }
+}
+
+/// Comment on the build key, so hygiene can remove exactly its authorized_keys line.
+pub const BUILD_KEY_COMMENT: &str = "imgforge-build-key";
+
+/// Returns the cached base layer for `ids.base`, building it first if needed.
+pub fn ensure(
+    def: &Definition,
+    answer: &AnswerFile,
+    ids: &LayerIds,
+    reporter: &Reporter,
+) -> Result<(BaseLayer, bool)> {
+    if let Some(base) = BaseLayer::open(&ids.base) {
+        reporter.event(
+            "base_cached",
+            &format!(
+                "base layer {} is cached: the OS is not rebuilt",
+                short(&ids.base)
+            ),
+            serde_json::json!({ "base": ids.base, "cached": true }),
+        );
+        return Ok((base, true));
+    }
+    let staging = BaseStaging::new(&ids.base)?;
+    let info = match def.builder.kind {
+        BuilderKind::Rootfs => crate::rootfs::build(def, &staging, reporter)?,
+        BuilderKind::Installer => crate::installer::build(def, answer, &staging, reporter)?,
+    };
+    Ok((staging.commit(info)?, false))
+}
+
+/// The first 12 characters of an id, for messages.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Copies `from` to `to` keeping nothing but the bytes.
+pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}

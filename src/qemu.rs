@@ -1,0 +1,463 @@
+//! The QEMU driver: starts `qemu-system-x86_64`, talks QMP on its unix socket, writes the
+//! serial console to a log file, and waits for text, power-off or a timeout.
+//!
+//! A [`Vm`] kills its QEMU process when dropped, so no guest outlives a failed or interrupted
+//! step. [`choose_accelerator`] probes KVM with a tiny guest (SeaBIOS printing its banner on the
+//! debug console) under a short timeout and falls back to TCG.
+
+use crate::cancel;
+use crate::definition::{Accelerator, Firmware};
+use crate::process::{tail_lines, Command};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The QEMU system emulator imgforge runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How long the KVM probe waits for the firmware banner.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// OVMF firmware for UEFI guests (Debian package `ovmf`).
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The accelerator QEMU will use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl Accel {
+    fn arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Resolves the definition's accelerator choice; `auto` probes KVM once per process.
+pub fn choose_accelerator(choice: Accelerator) -> Accel {
+    static PROBED: OnceLock<Accel> = OnceLock::new();
+    match choice {
+        Accelerator::Kvm => Accel::Kvm,
+        Accelerator::Tcg => Accel::Tcg,
+        Accelerator::Auto => *PROBED.get_or_init(|| match probe_kvm() {
+            Ok(()) => Accel::Kvm,
+            Err(reason) => {
+                tracing::warn!(
+                    "KVM is not usable ({reason:#}); using TCG software emulation, which is slower"
+                );
+                eprintln!("warning: KVM is not usable ({reason:#}); using TCG software emulation");
+                Accel::Tcg
+            }
+        }),
+    }
+}
+
+/// Boots SeaBIOS under KVM and waits for its banner on the debug console.
+pub fn probe_kvm() -> Result<()> {
+    if !Path::new("/dev/kvm").exists() {
+        bail!("/dev/kvm does not exist");
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .context("/dev/kvm cannot be opened")?;
+    let dir = tempfile::tempdir()?;
+    let debug_log = dir.path().join("debugcon.log");
+    let handle = Command::new(QEMU)
+        .args([
+            "-accel",
+            "kvm",
+            "-display",
+            "none",
+            "-m",
+            "64",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .arg("-chardev")
+        .arg(format!("file,id=dbg,path={}", debug_log.display()))
+        .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])
+        .spawn_logged(&dir.path().join("qemu.log"))?;
+    let deadline = Instant::now() + KVM_PROBE_TIMEOUT;
+    let outcome = loop {
+        let text = std::fs::read_to_string(&debug_log).unwrap_or_default();
+        if text.contains("SeaBIOS") {
+            break Ok(());
+        }
+        if let Ok(Some(out)) = handle.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default();
+            break Err(anyhow!(
+                "a KVM guest exited at once ({}): {}",
+                out.status,
+                tail_lines(&log, 3)
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow!(
+                "a KVM guest printed nothing in {}s (no nested virtualisation?)",
+                KVM_PROBE_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = handle.kill();
+    outcome
+}
+
+/// A disk attached to the VM.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    /// Image file.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: &'static str,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Accelerator.
+    pub accel: Accel,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Firmware.
+    pub firmware: Firmware,
+    /// Disks, attached as virtio in order (`vda`, `vdb`, …).
+    pub drives: Vec<Drive>,
+    /// Direct kernel boot: kernel, initrd, command line.
+    pub kernel: Option<(PathBuf, PathBuf, String)>,
+    /// ISO attached as a CD-ROM and booted first.
+    pub cdrom: Option<PathBuf>,
+    /// Host ports on 127.0.0.1 forwarded to guest ports.
+    pub forwards: Vec<(u16, u16)>,
+}
+
+/// A running QEMU guest; killed when dropped.
+pub struct Vm {
+    handle: Option<duct::Handle>,
+    qmp_socket: PathBuf,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    _vars: Option<tempfile::NamedTempFile>,
+}
+
+impl Vm {
+    /// Starts a VM; its serial console goes to `serial_log`, its QMP socket and QEMU's own
+    /// output into `run_dir`.
+    pub fn start(cfg: &VmConfig, run_dir: &Path, serial_log: &Path) -> Result<Vm> {
+        let qmp_socket = run_dir.join("qmp.sock");
+        let qemu_log = run_dir.join("qemu.log");
+        let _ = std::fs::remove_file(&qmp_socket);
+        let mut cmd = Command::new(QEMU)
+            .args(["-accel", cfg.accel.arg(), "-machine", "q35", "-cpu", "max"])
+            .args([
+                "-smp",
+                &cfg.cpus.to_string(),
+                "-m",
+                &cfg.memory_mib.to_string(),
+            ])
+            .args(["-display", "none", "-no-reboot", "-vga", "std"])
+            .arg("-chardev")
+            .arg(format!("file,id=serial0,path={}", serial_log.display()))
+            .args(["-serial", "chardev:serial0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+            .args(["-device", "virtio-rng-pci"]);
+        let mut vars = None;
+        if cfg.firmware == Firmware::Uefi {
+            let copy = tempfile::NamedTempFile::new_in(run_dir)?;
+            std::fs::copy(OVMF_VARS, copy.path()).with_context(|| {
+                format!("{OVMF_VARS} is missing: install the Debian package ovmf")
+            })?;
+            cmd = cmd
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    copy.path().display()
+                ));
+            vars = Some(copy);
+        }
+        for (i, d) in cfg.drives.iter().enumerate() {
+            cmd = cmd.arg("-drive").arg(format!(
+                "file={},format={},if=virtio,index={i},cache=unsafe,discard=unmap{}",
+                d.path.display(),
+                d.format,
+                if d.read_only { ",readonly=on" } else { "" }
+            ));
+        }
+        if let Some(iso) = &cfg.cdrom {
+            cmd = cmd
+                .arg("-drive")
+                .arg(format!(
+                    "file={},media=cdrom,readonly=on,if=ide,index=2",
+                    iso.display()
+                ))
+                .args(["-boot", "order=dc"]);
+        }
+        if let Some((kernel, initrd, append)) = &cfg.kernel {
+            cmd = cmd
+                .arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(append);
+        }
+        let mut netdev = "user,id=net0".to_string();
+        for (host, guest) in &cfg.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        cmd = cmd
+            .arg("-netdev")
+            .arg(netdev)
+            .args(["-device", "virtio-net-pci,netdev=net0"]);
+        let handle = cmd.spawn_logged(&qemu_log)?;
+        Ok(Vm {
+            handle: Some(handle),
+            qmp_socket,
+            serial_log: serial_log.to_path_buf(),
+            qemu_log,
+            _vars: vars,
+        })
+    }
+
+    /// The serial console text so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned()
+    }
+
+    /// The last `n` non-empty console lines.
+    pub fn console_tail(&self, n: usize) -> String {
+        tail_lines(&strip_control(&self.console()), n)
+    }
+
+    /// The last console line, for progress displays.
+    pub fn console_last_line(&self) -> String {
+        self.console_tail(1)
+    }
+
+    fn exited(&self) -> Result<Option<String>> {
+        let Some(h) = &self.handle else {
+            return Ok(Some("killed".into()));
+        };
+        match h.try_wait()? {
+            Some(out) if out.status.success() => Ok(Some(String::new())),
+            Some(out) => {
+                let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+                bail!("QEMU failed ({}): {}", out.status, tail_lines(&log, 10))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn check_deadline(&mut self, deadline: Instant, what: &str, timeout: Duration) -> Result<()> {
+        if cancel::requested() {
+            self.kill();
+            bail!("interrupted while waiting for {what}; the VM was stopped");
+        }
+        if Instant::now() > deadline {
+            self.kill();
+            bail!(
+                "timed out after {} waiting for {what}; last console lines:\n{}",
+                humantime::format_duration(timeout),
+                self.console_tail(15)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until the guest powers itself off (QEMU exits), calling `tick` about every second
+    /// with the console's last line.
+    pub fn wait_poweroff(&mut self, timeout: Duration, tick: &dyn Fn(&str)) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_tick = Instant::now();
+        loop {
+            if self.exited()?.is_some() {
+                self.handle = None;
+                return Ok(());
+            }
+            self.check_deadline(deadline, "the guest to power off", timeout)?;
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                tick(&self.console_last_line());
+                last_tick = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `text` appears on the serial console.
+    pub fn wait_for_text(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(text) {
+                return Ok(());
+            }
+            if self.exited()?.is_some() {
+                bail!(
+                    "the guest stopped before printing \"{text}\"; last console lines:\n{}",
+                    self.console_tail(15)
+                );
+            }
+            self.check_deadline(deadline, &format!("\"{text}\" on the console"), timeout)?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Connects to QMP (retrying while QEMU starts).
+    pub fn qmp(&self) -> Result<Qmp> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Qmp::connect(&self.qmp_socket) {
+                Ok(q) => return Ok(q),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Asks the guest to power off (ACPI) and waits; kills it if it does not within `grace`.
+    pub fn shutdown(&mut self, grace: Duration) -> Result<()> {
+        if self.handle.is_none() {
+            return Ok(());
+        }
+        if let Ok(mut q) = self.qmp() {
+            let _ = q.execute("system_powerdown", json!({}));
+        }
+        if self.wait_poweroff(grace, &|_| {}).is_err() {
+            self.kill();
+        }
+        Ok(())
+    }
+
+    /// Stops QEMU at once.
+    pub fn kill(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.kill();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes ANSI escape sequences and carriage returns from console text.
+pub fn strip_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(&n) = chars.peek() {
+                        chars.next();
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A QMP connection.
+pub struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects and negotiates capabilities.
+    pub fn connect(socket: &Path) -> Result<Qmp> {
+        let stream = UnixStream::connect(socket)
+            .with_context(|| format!("cannot connect to QMP at {}", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut qmp = Qmp {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        };
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            bail!("unexpected QMP greeting: {greeting}");
+        }
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("QMP connection closed");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Runs a command and returns its `return` value; events that arrive meanwhile are skipped.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let msg = json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{msg}")?;
+        loop {
+            let reply = self.read_message()?;
+            if let Some(r) = reply.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = reply.get("error") {
+                bail!("QMP {command} failed: {e}");
+            }
+        }
+    }
+
+    /// Presses keys together (QMP `send-key` with qcodes, e.g. `["shift", "a"]`).
+    pub fn send_key(&mut self, qcodes: &[&str]) -> Result<()> {
+        let keys: Vec<Value> = qcodes
+            .iter()
+            .map(|k| json!({ "type": "qcode", "data": k }))
+            .collect();
+        self.execute("send-key", json!({ "keys": keys, "hold-time": 20 }))?;
+        Ok(())
+    }
+}
+
+/// `qemu-system-x86_64 --version`, first line.
+pub fn version() -> Result<String> {
+    let out = Command::new(QEMU).arg("--version").run()?;
+    Ok(out.text().lines().next().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_sequences_are_removed() {
+        assert_eq!(strip_control("\u{1b}[1;32mok\u{1b}[0m\r\n"), "ok\n");
+    }
+}

@@ -1,0 +1,437 @@
+//! The `rootfs` builder: the OS tree made by mmdebstrap (no installer), assembled into a
+//! bootable disk without loop devices or mounts: `sfdisk` writes the partition table,
+//! `mkfs.ext4 -d` fills the root filesystem at its offset, GRUB's core image goes into the MBR
+//! gap (BIOS) or onto a FAT EFI system partition written with mtools (UEFI).
+
+use crate::base::{BaseInfo, BaseStaging};
+use crate::definition::{Definition, Firmware};
+use crate::events::Reporter;
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Instant;
+
+/// Packages every rootfs base gets: a kernel, systemd, networking, SSH, and what the offline
+/// bake and the checks need.
+const BASE_PACKAGES: &[&str] = &[
+    "linux-image-amd64",
+    "systemd-sysv",
+    "systemd-resolved",
+    "udev",
+    "kmod",
+    "iproute2",
+    "openssh-server",
+    "ca-certificates",
+    "locales",
+    "sudo",
+    "tzdata",
+];
+
+/// Offset of the first partition: 1 MiB, leaving the MBR gap for GRUB's core image.
+const FIRST_PARTITION_BYTES: u64 = 1 << 20;
+/// Size of the EFI system partition under UEFI.
+const ESP_BYTES: u64 = 200 << 20;
+
+/// The kernel command line of every image imgforge assembles.
+fn kernel_cmdline(uuid: &str) -> String {
+    format!("root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8")
+}
+
+/// Builds the base layer into `staging` and returns its facts.
+pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
+    let started = Instant::now();
+    let uuid = new_uuid()?;
+    let tree = staging.path("tree");
+    reporter.phase("mmdebstrap");
+    let hook = staging.path("customize.sh");
+    fs::write(&hook, customize_script(def, &uuid, &staging.public_key()?)?)?;
+    let selections = staging.path("debconf.txt");
+    fs::write(&selections, def.system.debconf.join("\n") + "\n")?;
+    let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+    packages.extend(def.system.packages.iter().cloned());
+    let mut cmd = Command::new("mmdebstrap")
+        .arg(format!(
+            "--variant={}",
+            def.builder.variant.as_deref().unwrap_or("minbase")
+        ))
+        .arg(format!("--include={}", packages.join(",")))
+        .arg("--components=main")
+        .arg(format!(
+            "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
+            selections.display()
+        ))
+        .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
+        .arg(crate::render::suite(&def.os.release))
+        .arg(&tree)
+        .arg(&def.system.mirror);
+    if let Some(proxy) = &def.system.proxy {
+        cmd = cmd.env("http_proxy", proxy).env("https_proxy", proxy);
+    }
+    cmd.run()
+        .context("mmdebstrap could not build the OS tree")?;
+
+    reporter.phase("assemble disk");
+    copy_boot_files(&tree, staging)?;
+    let raw = staging.path("disk.raw");
+    assemble_disk(def, &tree, &raw, &uuid)?;
+    fs::remove_dir_all(&tree).ok();
+    Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(staging.path("disk.qcow2"))
+        .run()?;
+    fs::remove_file(&raw).ok();
+
+    let mut tools = BTreeMap::new();
+    tools.insert(
+        "mmdebstrap".to_string(),
+        tool_version("mmdebstrap", "--version"),
+    );
+    tools.insert("mke2fs".to_string(), tool_version("mke2fs", "-V"));
+    Ok(BaseInfo {
+        id: staging.id.clone(),
+        builder: crate::definition::BuilderKind::Rootfs,
+        root_uuid: uuid.clone(),
+        kernel_cmdline: kernel_cmdline(&uuid),
+        build_seconds: started.elapsed().as_secs_f64(),
+        tools,
+    })
+}
+
+fn tool_version(program: &str, flag: &str) -> String {
+    Command::new(program)
+        .arg(flag)
+        .run()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                &o.stderr
+            } else {
+                &o.stdout
+            };
+            String::from_utf8_lossy(text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn new_uuid() -> Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .context("cannot read a random UUID from /proc")?
+        .trim()
+        .to_string())
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r#"'\''"#))
+}
+
+/// The mmdebstrap customize hook: system settings, users, the build key, first-boot SSH host
+/// keys, the offline bake init, and GRUB's configuration.
+fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<String> {
+    let sys = &def.system;
+    let mut s = String::from(
+        "#!/bin/sh\n# imgforge customize hook; $1 is the new root.\nset -eu\nR=\"$1\"\n",
+    );
+    let q = sh_quote;
+    s += &format!("echo {} > \"$R/etc/hostname\"\n", q(&sys.hostname));
+    s += &format!(
+        "printf '127.0.0.1 localhost\\n127.0.1.1 %s.%s %s\\n::1 localhost ip6-localhost ip6-loopback\\n' {h} {d} {h} > \"$R/etc/hosts\"\n",
+        h = q(&sys.hostname),
+        d = q(&sys.domain)
+    );
+    s += &format!(
+        "[ -e \"$R/usr/share/zoneinfo/\"{tz} ] || {{ echo \"unknown time zone \"{tz} >&2; exit 1; }}\nln -sf /usr/share/zoneinfo/{tz} \"$R/etc/localtime\"\necho {tz} > \"$R/etc/timezone\"\n",
+        tz = q(&sys.timezone)
+    );
+    s += &format!(
+        "sed -i \"s/^# *\\({loc}\\)/\\1/\" \"$R/etc/locale.gen\"\ngrep -q \"^\"{loc} \"$R/etc/locale.gen\" || echo {loc}' UTF-8' >> \"$R/etc/locale.gen\"\nchroot \"$R\" locale-gen >/dev/null\necho LANG={loc} > \"$R/etc/default/locale\"\n",
+        loc = q(&sys.locale)
+    );
+    s += &format!(
+        "printf 'XKBMODEL=pc105\\nXKBLAYOUT=%s\\n' {} > \"$R/etc/default/keyboard\"\n",
+        q(&sys.keyboard)
+    );
+    s += &format!("echo 'UUID={uuid} / ext4 errors=remount-ro 0 1' > \"$R/etc/fstab\"\n");
+    if def.machine.firmware == Firmware::Uefi {
+        s += "echo 'LABEL=ESP /boot/efi vfat umask=0077,nofail 0 2' >> \"$R/etc/fstab\"\nmkdir -p \"$R/boot/efi\"\n";
+    }
+    s += "mkdir -p \"$R/etc/systemd/network\"\nprintf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > \"$R/etc/systemd/network/80-dhcp.network\"\nchroot \"$R\" systemctl enable systemd-networkd systemd-resolved >/dev/null 2>&1\n";
+    if let Some(proxy) = &sys.proxy {
+        s += &format!(
+            "echo 'Acquire::http::Proxy \"'{}'\";' > \"$R/etc/apt/apt.conf.d/80proxy\"\n",
+            q(proxy)
+        );
+    }
+    for u in &sys.users {
+        let name = q(&u.name);
+        s += &format!("chroot \"$R\" useradd -m -s /bin/bash {name}\n");
+        if let Some(h) = &u.password_hash {
+            s += &format!("chroot \"$R\" usermod -p {} {name}\n", q(&h.0));
+        }
+        if u.sudo {
+            s += &format!("chroot \"$R\" usermod -aG sudo {name}\n");
+        }
+        s += &format!("install -d -m 700 \"$R/home/\"{name}/.ssh\n: > \"$R/home/\"{name}/.ssh/authorized_keys\n");
+        for k in &u.ssh_keys {
+            s += &format!("echo {} >> \"$R/home/\"{name}/.ssh/authorized_keys\n", q(k));
+        }
+        s += &format!(
+            "chmod 600 \"$R/home/\"{name}/.ssh/authorized_keys\nchroot \"$R\" chown -R {name}: /home/{name}/.ssh\n"
+        );
+    }
+    s += &format!(
+        "install -d -m 700 \"$R/root/.ssh\"\necho {} >> \"$R/root/.ssh/authorized_keys\"\nchmod 600 \"$R/root/.ssh/authorized_keys\"\n",
+        q(build_key)
+    );
+    s += &format!(
+        "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
+    );
+    s += &format!(
+        "install -d \"$R/usr/lib/imgforge\"\ncat > \"$R/usr/lib/imgforge/bake-init\" <<'EOF'\n{BAKE_INIT}EOF\nchmod 755 \"$R/usr/lib/imgforge/bake-init\"\n"
+    );
+    let platform = match def.machine.firmware {
+        Firmware::Bios => "i386-pc",
+        Firmware::Uefi => "x86_64-efi",
+    };
+    s += &format!(
+        "install -d \"$R/boot/grub\"\ncp -r /usr/lib/grub/{platform} \"$R/boot/grub/\"\ncat > \"$R/boot/grub/grub.cfg\" <<'EOF'\n{}EOF\n",
+        grub_cfg(uuid)
+    );
+    s += "chroot \"$R\" apt-get clean\nrm -rf \"$R\"/var/lib/apt/lists/*\n";
+    Ok(s)
+}
+
+/// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
+const HOSTKEYS_UNIT: &str = "[Unit]
+Description=imgforge: generate SSH host keys on first boot
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// PID 1 of an offline bake: applies the bundle on the second disk and powers off.
+const BAKE_INIT: &str = r#"#!/bin/sh
+# imgforge offline bake: runs as init, applies the bake bundle (a tar on /dev/vdb), powers off.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -o remount,rw /
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+exec > /dev/ttyS0 2>&1
+mkdir -p /run/bake
+i=0
+while [ ! -b /dev/vdb ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+if tar -xf /dev/vdb -C /run/bake && [ -f /run/bake/bake.sh ]; then
+  (cd /run/bake && sh ./bake.sh)
+  rc=$?
+else
+  echo "imgforge-bake: no bake bundle on /dev/vdb"
+  rc=99
+fi
+echo "imgforge-bake: exit status $rc"
+sync
+mount -o remount,ro / 2>/dev/null
+sync
+echo o > /proc/sysrq-trigger
+sleep 30
+"#;
+
+fn grub_cfg(uuid: &str) -> String {
+    format!(
+        "# Written by imgforge: boots /vmlinuz with the serial console on.
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=1
+search --no-floppy --fs-uuid --set=root {uuid}
+menuentry 'Debian GNU/Linux' {{
+  linux /vmlinuz {cmdline} quiet
+  initrd /initrd.img
+}}
+",
+        cmdline = kernel_cmdline(uuid)
+    )
+}
+
+/// Copies the kernel and initrd out of the tree for direct kernel boot.
+fn copy_boot_files(tree: &Path, staging: &BaseStaging) -> Result<()> {
+    for (link, name) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd.img")] {
+        let target = fs::read_link(tree.join(link))
+            .with_context(|| format!("the OS tree has no /{link}: was a kernel installed?"))?;
+        let target = tree.join(target.strip_prefix("/").unwrap_or(&target));
+        crate::base::copy_file(&target, &staging.path(name))?;
+    }
+    Ok(())
+}
+
+/// Makes the raw disk: partition table, ext4 root from `tree`, and the boot loader.
+fn assemble_disk(def: &Definition, tree: &Path, raw: &Path, uuid: &str) -> Result<()> {
+    let size = def.machine.disk_size.0;
+    let f = fs::File::create(raw).with_context(|| format!("cannot create {}", raw.display()))?;
+    f.set_len(size)?;
+    drop(f);
+    let uefi = def.machine.firmware == Firmware::Uefi;
+    let first = FIRST_PARTITION_BYTES / 512;
+    let table = if uefi {
+        let esp = ESP_BYTES / 512;
+        format!(
+            "label: gpt\nstart={first}, size={esp}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\nstart={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n",
+            first + esp
+        )
+    } else {
+        format!("label: dos\nstart={first}, type=83, bootable\n")
+    };
+    Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(raw)
+        .stdin(table.into_bytes())
+        .run()?;
+    let root_offset = FIRST_PARTITION_BYTES + if uefi { ESP_BYTES } else { 0 };
+    // Keep 1 MiB free at the end for the GPT backup header.
+    let root_kib = (size - root_offset - (1 << 20)) / 1024;
+    Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "root", "-U", uuid])
+        .arg("-E")
+        .arg(format!("offset={root_offset}"))
+        .arg("-d")
+        .arg(tree)
+        .arg(raw)
+        .arg(format!("{root_kib}k"))
+        .run()
+        .context("mkfs.ext4 could not fill the root filesystem")?;
+    let early = raw.with_extension("early.cfg");
+    fs::write(
+        &early,
+        format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"),
+    )?;
+    if uefi {
+        install_grub_efi(raw, &early)?;
+    } else {
+        install_grub_bios(raw, &early)?;
+    }
+    fs::remove_file(&early).ok();
+    Ok(())
+}
+
+/// GRUB modules built into the core image, so the boot needs nothing else to find the root.
+const CORE_MODULES: &[&str] = &[
+    "part_msdos",
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "configfile",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+    "gzio",
+];
+
+/// Writes GRUB's boot.img into the MBR and core.img into the gap after it, patching the
+/// sector pointers the way grub-bios-setup does.
+fn install_grub_bios(raw: &Path, early: &Path) -> Result<()> {
+    let dir = "/usr/lib/grub/i386-pc";
+    let core = raw.with_extension("core.img");
+    Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-d", dir, "-p", "/boot/grub", "-c"])
+        .arg(early)
+        .arg("-o")
+        .arg(&core)
+        .arg("biosdisk")
+        .args(CORE_MODULES)
+        .run()?;
+    let mut core_img = fs::read(&core)?;
+    fs::remove_file(&core).ok();
+    let mut boot_img =
+        fs::read(format!("{dir}/boot.img")).context("grub-pc-bin is not installed")?;
+    let sectors = core_img.len().div_ceil(512);
+    if sectors as u64 >= FIRST_PARTITION_BYTES / 512 {
+        bail!(
+            "GRUB's core image ({} sectors) does not fit before the first partition",
+            sectors
+        );
+    }
+    // boot.img: the LBA of core.img's first sector, and the floppy drive check turned off.
+    boot_img[0x5c..0x64].copy_from_slice(&1u64.to_le_bytes());
+    boot_img[0x66] = 0x90;
+    boot_img[0x67] = 0x90;
+    // core.img's first sector loads the rest: a blocklist (start LBA, sector count) at its end.
+    let list = 512 - 12;
+    core_img[list..list + 8].copy_from_slice(&2u64.to_le_bytes());
+    core_img[list + 8..list + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
+    let mut disk = fs::OpenOptions::new().write(true).open(raw)?;
+    disk.write_all(&boot_img[..0x1b8])?;
+    disk.seek(SeekFrom::Start(512))?;
+    disk.write_all(&core_img)?;
+    disk.sync_all()?;
+    Ok(())
+}
+
+/// Builds GRUB as `EFI/BOOT/BOOTX64.EFI` on a FAT EFI system partition written with mtools.
+fn install_grub_efi(raw: &Path, early: &Path) -> Result<()> {
+    let efi = raw.with_extension("BOOTX64.EFI");
+    Command::new("grub-mkimage")
+        .args([
+            "-O",
+            "x86_64-efi",
+            "-d",
+            "/usr/lib/grub/x86_64-efi",
+            "-p",
+            "/boot/grub",
+            "-c",
+        ])
+        .arg(early)
+        .arg("-o")
+        .arg(&efi)
+        .args(["fat", "efi_gop", "all_video"])
+        .args(CORE_MODULES)
+        .run()
+        .context("grub-mkimage for UEFI failed: is grub-efi-amd64-bin installed?")?;
+    let image = format!("{}@@{}", raw.display(), FIRST_PARTITION_BYTES);
+    let sectors = (ESP_BYTES / 512).to_string();
+    Command::new("mformat")
+        .args([
+            "-i", &image, "-F", "-v", "ESP", "-T", &sectors, "-h", "64", "-s", "32", "::",
+        ])
+        .run()?;
+    Command::new("mmd")
+        .args(["-i", &image, "::/EFI", "::/EFI/BOOT"])
+        .run()?;
+    Command::new("mcopy")
+        .args(["-i", &image])
+        .arg(&efi)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .run()?;
+    fs::remove_file(&efi).ok();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_single_quotes() {
+        assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
+    }
+}
