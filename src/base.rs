@@ -169,6 +169,7 @@ pub fn ensure(
         BuilderKind::Rootfs => crate::rootfs::build(def, &staging, reporter)?,
         BuilderKind::Installer => crate::installer::build(def, answer, &staging, reporter)?,
     };
+    crate::cancel::check()?;
     Ok((staging.commit(info)?, false))
 }
 

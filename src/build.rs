@@ -99,6 +99,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
     let (base, base_cached) = crate::base::ensure(&def, &answer, &ids, reporter)?;
     timings.insert("base".to_string(), t.elapsed().as_secs_f64());
 
+    crate::cancel::check()?;
     let t = Instant::now();
     let disk = crate::bake::bake(
         &crate::bake::BakeInput {
@@ -113,10 +114,12 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
     )?;
     timings.insert("bake".to_string(), t.elapsed().as_secs_f64());
 
+    crate::cancel::check()?;
     let t = Instant::now();
     let artifacts = crate::export::export(&def, &disk, staging.path(), reporter)?;
     timings.insert("export".to_string(), t.elapsed().as_secs_f64());
 
+    crate::cancel::check()?;
     if !args.no_verify {
         let t = Instant::now();
         let bootable = artifacts
@@ -146,6 +149,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
         )?;
         timings.insert("verify".to_string(), t.elapsed().as_secs_f64());
     }
+    crate::cancel::check()?;
     timings.insert("total".to_string(), started.elapsed().as_secs_f64());
 
     let mut tools = base.info.tools.clone();

@@ -1,6 +1,7 @@
 //! Ctrl-C and SIGTERM: a long step checks [`requested`] and stops, and its clean-up runs as on
 //! any other failure (QEMU killed, temporary files and partial outputs removed).
 
+use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -21,4 +22,12 @@ pub fn install_handlers() -> std::io::Result<()> {
 /// Whether SIGINT or SIGTERM arrived.
 pub fn requested() -> bool {
     flag().load(Ordering::Relaxed)
+}
+
+/// Fails if SIGINT or SIGTERM arrived: called between the steps of a build.
+pub fn check() -> Result<()> {
+    if requested() {
+        bail!("interrupted (SIGINT or SIGTERM): stopped and cleaned up");
+    }
+    Ok(())
 }

@@ -1,18 +1,165 @@
-//! The `installer` builder: boots the OS installer in QEMU with the rendered answer file served
-//! over HTTP, and waits for it to power off.
+//! The `installer` builder: boots the OS installer in QEMU, serves it the rendered answer file
+//! (and the build key its late command fetches) from the build's HTTP server, and waits for
+//! the unattended install to power the machine off, under the definition's timeout.
+//!
+//! Two boot modes: direct kernel boot (installer kernel + initrd + an append line carrying
+//! `url=` or `inst.ks=`), or an ISO whose boot prompt gets a typed boot command.
 
 use crate::base::{BaseInfo, BaseStaging};
-use crate::definition::Definition;
+use crate::definition::{BuilderKind, Definition};
 use crate::events::Reporter;
+use crate::httpserve::{FileServer, GUEST_HOST_IP};
+use crate::process::Command;
+use crate::qemu::{Drive, Vm, VmConfig};
 use crate::render::AnswerFile;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Pause between typed keys, like Packer's `boot_key_interval`.
+const KEY_INTERVAL: Duration = Duration::from_millis(60);
 
 /// Builds the base layer by running the installer.
 pub fn build(
-    _def: &Definition,
-    _answer: &AnswerFile,
-    _staging: &BaseStaging,
-    _reporter: &Reporter,
+    def: &Definition,
+    answer: &AnswerFile,
+    staging: &BaseStaging,
+    reporter: &Reporter,
 ) -> Result<BaseInfo> {
-    bail!("the installer builder is not built yet; use builder kind = \"rootfs\" for Debian")
+    let started = Instant::now();
+    let installer = def
+        .installer
+        .as_ref()
+        .context("builder `installer` needs an [installer] table")?;
+    let fetch = |field: &str, a: &Option<crate::definition::Artifact>| -> Result<Option<PathBuf>> {
+        a.as_ref()
+            .map(|a| crate::sources::fetch_artifact(def, field, a))
+            .transpose()
+    };
+    let kernel = fetch("installer.kernel", &installer.kernel)?;
+    let initrd = fetch("installer.initrd", &installer.initrd)?;
+    let iso = fetch("installer.iso", &installer.iso)?;
+
+    let mut files = BTreeMap::new();
+    files.insert(
+        answer.file_name.to_string(),
+        answer.text.clone().into_bytes(),
+    );
+    files.insert(
+        "build-key.pub".to_string(),
+        format!("{}\n", staging.public_key()?).into_bytes(),
+    );
+    let server = FileServer::start(files)?;
+    let ctx = json!({
+        "http_ip": GUEST_HOST_IP,
+        "http_port": server.port(),
+        "http_url": server.guest_url(),
+        "answer_url": format!("{}/{}", server.guest_url(), answer.file_name),
+    });
+    reporter.event(
+        "http_server",
+        &format!(
+            "    serving the answer file at {}/{}",
+            server.guest_url(),
+            answer.file_name
+        ),
+        json!({ "url": server.guest_url() }),
+    );
+
+    let disk = staging.path("disk.qcow2");
+    Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg(def.machine.disk_size.0.to_string())
+        .run()?;
+    let kernel_boot = match (kernel, initrd) {
+        (Some(k), Some(i)) => {
+            let append =
+                crate::render::render_template(installer.append.as_deref().unwrap_or(""), &ctx)
+                    .with_context(|| format!("{}: field `installer.append`", def.path.display()))?;
+            Some((k, i, append))
+        }
+        _ => None,
+    };
+    let cfg = VmConfig {
+        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
+        cpus: def.machine.cpus,
+        memory_mib: def.machine.memory_mib,
+        firmware: def.machine.firmware,
+        drives: vec![Drive {
+            path: disk.clone(),
+            format: "qcow2",
+            read_only: false,
+        }],
+        cdrom: if kernel_boot.is_none() { iso } else { None },
+        kernel: kernel_boot,
+        forwards: vec![],
+    };
+    reporter.phase("install");
+    let run_dir = staging.path("vm");
+    std::fs::create_dir_all(&run_dir)?;
+    let console_log = staging.path("install-console.log");
+    let mut vm = Vm::start(&cfg, &run_dir, &console_log)?;
+    let outcome = (|| -> Result<()> {
+        if cfg.cdrom.is_some() {
+            std::thread::sleep(installer.boot_wait.0);
+            let command = crate::render::render_template(&installer.boot_command.concat(), &ctx)
+                .with_context(|| {
+                    format!("{}: field `installer.boot_command`", def.path.display())
+                })?;
+            let actions = crate::bootcmd::parse(&command).with_context(|| {
+                format!("{}: field `installer.boot_command`", def.path.display())
+            })?;
+            reporter.println("    typing the boot command");
+            crate::bootcmd::type_into(&mut vm, &actions, KEY_INTERVAL)?;
+        }
+        vm.wait_poweroff(def.machine.timeouts.install.0, &|line| {
+            reporter.detail(line)
+        })
+    })();
+    let kept_log = keep_console_log(&console_log, &staging.id);
+    if let Err(e) = outcome {
+        bail!(
+            "{e:#}\nthe installer's console log is kept at {}",
+            kept_log.display()
+        );
+    }
+    if !server.fetched(answer.file_name) {
+        bail!(
+            "the installer powered off without fetching its answer file {}; console log: {}",
+            answer.file_name,
+            kept_log.display()
+        );
+    }
+    reporter.event(
+        "installed",
+        &format!(
+            "    the installer fetched {} and powered off",
+            answer.file_name
+        ),
+        json!({ "answer_file_fetched": true, "requests": server.requests() }),
+    );
+    let mut tools = BTreeMap::new();
+    tools.insert(
+        "qemu".to_string(),
+        crate::qemu::version().unwrap_or_default(),
+    );
+    Ok(BaseInfo {
+        id: staging.id.clone(),
+        builder: BuilderKind::Installer,
+        root_uuid: String::new(),
+        kernel_cmdline: String::new(),
+        build_seconds: started.elapsed().as_secs_f64(),
+        tools,
+    })
+}
+
+/// Copies an installer console log to `<cache>/logs/`, where it outlives a failed build.
+fn keep_console_log(log: &std::path::Path, base_id: &str) -> PathBuf {
+    let dir = crate::sources::cache_dir().join("logs");
+    let kept = dir.join(format!("install-{}.log", crate::base::short(base_id)));
+    let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(log, &kept));
+    kept
 }

@@ -39,9 +39,33 @@ pub struct Resolved {
 
 /// sha256 of the canonical JSON form of `value`.
 pub fn digest(value: &Value) -> String {
-    // serde_json's map is a BTreeMap: keys come out sorted, which makes the form canonical.
-    let canonical = serde_json::to_string(value).expect("JSON values always serialize");
-    hex::encode(Sha256::digest(canonical.as_bytes()))
+    hex::encode(Sha256::digest(canonical_json(value).as_bytes()))
+}
+
+/// JSON with object keys sorted at every level and no whitespace. Sorting here, rather than
+/// relying on the map type, keeps ids stable whether or not serde_json's `preserve_order`
+/// feature is switched on by some dependency.
+pub fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// Computes the layer ids of `def`.
@@ -143,6 +167,12 @@ pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(Lay
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_form_sorts_keys_at_every_level() {
+        let v: Value = serde_json::from_str(r#"{"b":[{"z":1,"a":2}],"a":"x"}"#).unwrap();
+        assert_eq!(canonical_json(&v), r#"{"a":"x","b":[{"a":2,"z":1}]}"#);
+    }
 
     #[test]
     fn digest_ignores_key_order() {

@@ -18,12 +18,15 @@
 pub mod atomic;
 pub mod bake;
 pub mod base;
+pub mod bootcmd;
 pub mod build;
 pub mod cancel;
 pub mod cloud;
 pub mod definition;
+pub mod doctor;
 pub mod events;
 pub mod export;
+pub mod httpserve;
 pub mod installer;
 pub mod layers;
 pub mod manifest;

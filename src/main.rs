@@ -184,7 +184,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Unbundle(args) => register::unbundle(args, reporter),
         Command::Rotate(args) => runtime()?.block_on(rotate::run(args, reporter)),
         Command::Prune(args) => runtime()?.block_on(prune::run(args, reporter)),
-        Command::Doctor => anyhow::bail!("`imgforge doctor` is not built yet"),
+        Command::Doctor => imgforge::doctor::run(reporter),
     }
 }
 

@@ -104,20 +104,33 @@ impl Command {
     }
 
     /// Runs to completion, capturing output; a non-zero exit is an error quoting stderr.
+    ///
+    /// On SIGINT or SIGTERM (see [`crate::cancel`]) the program is asked to stop with SIGTERM,
+    /// then killed if it has not stopped within a few seconds.
     pub fn run(&self) -> Result<Output> {
         tracing::debug!(command = %self.display(), "run");
-        let out = self
+        let handle = self
             .expression()
             .stdout_capture()
             .stderr_capture()
             .unchecked()
-            .run()
+            .start()
             .with_context(|| {
                 format!(
                     "cannot start `{}`: is it installed? (`imgforge doctor` checks the host)",
                     self.program
                 )
             })?;
+        let out = loop {
+            if let Some(out) = handle.try_wait()? {
+                break out.clone();
+            }
+            if crate::cancel::requested() {
+                stop(&handle);
+                bail!("interrupted: `{}` was stopped", self.program);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         if !out.status.success() {
             bail!(
                 "`{}` failed ({}):\n{}",
@@ -145,6 +158,24 @@ impl Command {
             .start()
             .with_context(|| format!("cannot start `{}`: is it installed?", self.program))
     }
+}
+
+/// Asks a running child to stop (SIGTERM), then kills it after a grace period.
+fn stop(handle: &duct::Handle) {
+    for pid in handle.pids() {
+        // SAFETY: kill(2) with a pid we started; at worst the process is already gone.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if matches!(handle.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = handle.kill();
 }
 
 /// The last `n` lines of `text`.

@@ -2,8 +2,9 @@
 //! serial console to a log file, and waits for text, power-off or a timeout.
 //!
 //! A [`Vm`] kills its QEMU process when dropped, so no guest outlives a failed or interrupted
-//! step. [`choose_accelerator`] probes KVM with a tiny guest (SeaBIOS printing its banner on the
-//! debug console) under a short timeout and falls back to TCG.
+//! step. [`choose_accelerator`] probes KVM with a tiny guest of the same machine and CPU model
+//! (SeaBIOS getting through POST, as its debug console shows) under a short timeout, and falls
+//! back to TCG.
 
 use crate::cancel;
 use crate::definition::{Accelerator, Firmware};
@@ -18,6 +19,11 @@ use std::time::{Duration, Instant};
 
 /// The QEMU system emulator imgforge runs.
 pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Machine type of every guest (the KVM probe uses the same).
+const MACHINE: &str = "q35";
+/// CPU model of every guest (the KVM probe uses the same).
+const CPU: &str = "max";
 
 /// How long the KVM probe waits for the firmware banner.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
@@ -74,6 +80,16 @@ pub fn probe_kvm() -> Result<()> {
         .write(true)
         .open("/dev/kvm")
         .context("/dev/kvm cannot be opened")?;
+    // KVM on x86 needs the CPU's virtualisation extensions; a nested VM whose host hides them
+    // can still have /dev/kvm, but its guests hang.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    if !flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+        bail!("the CPU shows no vmx or svm flag in /proc/cpuinfo (no nested virtualisation)");
+    }
     let dir = tempfile::tempdir()?;
     let debug_log = dir.path().join("debugcon.log");
     let handle = Command::new(QEMU)
@@ -94,7 +110,8 @@ pub fn probe_kvm() -> Result<()> {
     let deadline = Instant::now() + KVM_PROBE_TIMEOUT;
     let outcome = loop {
         let text = std::fs::read_to_string(&debug_log).unwrap_or_default();
-        if text.contains("SeaBIOS") {
+        // The banner shows the CPU runs; reaching the boot attempt shows it gets through POST.
+        if text.contains("SeaBIOS") && text.contains("Booting from") {
             break Ok(());
         }
         if let Ok(Some(out)) = handle.try_wait() {
@@ -166,7 +183,7 @@ impl Vm {
         let qemu_log = run_dir.join("qemu.log");
         let _ = std::fs::remove_file(&qmp_socket);
         let mut cmd = Command::new(QEMU)
-            .args(["-accel", cfg.accel.arg(), "-machine", "q35", "-cpu", "max"])
+            .args(["-accel", cfg.accel.arg(), "-machine", MACHINE, "-cpu", CPU])
             .args([
                 "-smp",
                 &cfg.cpus.to_string(),

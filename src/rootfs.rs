@@ -49,7 +49,7 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     let hook = staging.path("customize.sh");
     fs::write(&hook, customize_script(def, &uuid, &staging.public_key()?)?)?;
     let selections = staging.path("debconf.txt");
-    fs::write(&selections, def.system.debconf.join("\n") + "\n")?;
+    fs::write(&selections, debconf_selections(def))?;
     let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
     packages.extend(def.system.packages.iter().cloned());
     let mut cmd = Command::new("mmdebstrap")
@@ -99,6 +99,17 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
     })
+}
+
+/// The locale's own selections (so `locales` configures cleanly), then the definition's.
+fn debconf_selections(def: &Definition) -> String {
+    let locale = &def.system.locale;
+    let mut lines = vec![
+        format!("locales locales/locales_to_be_generated multiselect {locale} UTF-8"),
+        format!("locales locales/default_environment_locale select {locale}"),
+    ];
+    lines.extend(def.system.debconf.iter().cloned());
+    lines.join("\n") + "\n"
 }
 
 fn tool_version(program: &str, flag: &str) -> String {

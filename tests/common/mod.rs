@@ -18,7 +18,11 @@ pub fn imgforge() -> Command {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A moto_server process (from the project's `.venv`, made by `scripts/setup --test`), killed on
@@ -73,7 +77,10 @@ impl Moto {
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on {endpoint}");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on {endpoint}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto {
@@ -85,7 +92,10 @@ impl Moto {
 
     /// Sets the fake clock offset (`-31d`, `+0`) when running under faketime.
     pub fn set_offset(&self, offset: &str) {
-        let file = self.fake_time_file.as_ref().expect("moto started with faketime");
+        let file = self
+            .fake_time_file
+            .as_ref()
+            .expect("moto started with faketime");
         std::fs::write(file, format!("{offset}\n")).unwrap();
     }
 

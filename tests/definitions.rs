@@ -1,0 +1,445 @@
+//! Image definitions, answer files and build ids, through the real binary.
+
+mod common;
+
+use common::{imgforge, repo_root, run};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn shipped_definitions() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(repo_root().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    assert!(
+        v.len() >= 4,
+        "expected the four shipped definitions, found {v:?}"
+    );
+    v
+}
+
+#[test]
+fn every_shipped_definition_validates() {
+    let (code, _, err) = run(imgforge().arg("validate").args(shipped_definitions()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches(": ok (").count(),
+        shipped_definitions().len(),
+        "{err}"
+    );
+}
+
+/// Writes `text` as a definition in a fresh directory and validates it.
+fn validate_text(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, text).unwrap();
+    let (code, _, err) = run(imgforge().arg("validate").arg(&path));
+    (code, err.replace(&dir.path().display().to_string(), "DIR"))
+}
+
+const GOOD: &str = r#"[image]
+name = "t"
+version = "1"
+
+[os]
+family = "debian"
+release = "bookworm"
+
+[builder]
+kind = "rootfs"
+
+[system]
+hostname = "h"
+mirror = "http://deb.debian.org/debian"
+"#;
+
+#[test]
+fn unknown_key_is_refused_with_file_line_and_field() {
+    let (code, err) =
+        validate_text(&GOOD.replace("hostname = \"h\"", "hostname = \"h\"\nhostnme = \"typo\""));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("DIR/bad.toml:14:1: field `system"), "{err}");
+    assert!(err.contains("unknown field `hostnme`"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_refused_with_file_line_and_field() {
+    let (code, err) = validate_text(&format!("{GOOD}\n[machine]\nmemory_mib = \"lots\"\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("DIR/bad.toml:17:14: field `machine.memory_mib`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_text_password_is_refused_with_a_hint() {
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[[system.users]]\nname = \"ops\"\npassword_hash = \"correct horse\"\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("DIR/bad.toml:18:17: field `system.users[0].password_hash`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("plain-text password") && err.contains("mkpasswd -m sha-512"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_sha256_is_refused() {
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[data]\ndest = \"/srv\"\ntarball = {{ path = \"d.tar\", sha256 = \"12345\" }}\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("DIR/bad.toml:18:"), "{err}");
+    assert!(
+        err.contains("field `data.tarball.sha256`") && err.contains("64 hex digits"),
+        "{err}"
+    );
+}
+
+#[test]
+fn one_bad_file_fails_validation_of_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    fs::write(&bad, GOOD.replace("rootfs", "chroot")).unwrap();
+    let mut files = shipped_definitions();
+    files.push(bad);
+    let (code, _, err) = run(imgforge().arg("validate").args(&files));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `builder.kind`") && err.contains("unknown variant `chroot`"),
+        "{err}"
+    );
+}
+
+fn render(def: &Path) -> String {
+    let (code, out, err) = run(imgforge().arg("render").arg(def));
+    assert_eq!(code, 0, "render {}: {err}", def.display());
+    out
+}
+
+#[test]
+fn rendered_preseeds_pass_debconf_checkonly() {
+    for def in shipped_definitions() {
+        let text = fs::read_to_string(&def).unwrap();
+        if !text.contains("family = \"debian\"") {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("preseed.cfg");
+        let (code, _, err) = run(imgforge().arg("render").arg(&def).arg("-o").arg(&out));
+        assert_eq!(code, 0, "{err}");
+        let check = Command::new("debconf-set-selections")
+            .arg("--checkonly")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}: debconf-set-selections --checkonly: {}",
+            def.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let preseed = fs::read_to_string(&out).unwrap();
+        assert!(preseed.contains("d-i debian-installer/exit/poweroff boolean true"));
+        assert!(preseed.contains("preseed_fetch build-key.pub"));
+    }
+}
+
+#[test]
+fn debconf_checkonly_catches_a_broken_preseed() {
+    // The peer check is real: a malformed line is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.cfg");
+    fs::write(&bad, "d-i this-line-has-no-type-or-value\n").unwrap();
+    let check = Command::new("debconf-set-selections")
+        .arg("--checkonly")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+}
+
+fn ksvalidator(file: &Path) -> std::process::Output {
+    Command::new(repo_root().join(".venv/bin/ksvalidator"))
+        .args(["-v", "RHEL9"])
+        .arg(file)
+        .output()
+        .expect("ksvalidator from .venv: run scripts/setup --test")
+}
+
+#[test]
+fn rendered_kickstart_passes_ksvalidator_rhel9() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ks.cfg");
+    let def = repo_root().join("images/rocky-9-kickstart.toml");
+    let (code, _, err) = run(imgforge().arg("render").arg(&def).arg("-o").arg(&out));
+    assert_eq!(code, 0, "{err}");
+    let check = ksvalidator(&out);
+    assert!(
+        check.status.success(),
+        "ksvalidator: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let ks = fs::read_to_string(&out).unwrap();
+    assert!(ks.contains("\npoweroff\n") && ks.contains("%packages") && ks.contains("%post"));
+    // And the validator does fail on a broken kickstart.
+    fs::write(
+        &out,
+        ks.replace("timezone Etc/UTC --utc", "timezone --no-such-option"),
+    )
+    .unwrap();
+    assert!(!ksvalidator(&out).status.success());
+}
+
+/// Rendered answer files are kept stable by snapshots in tests/snapshots;
+/// `IMGFORGE_UPDATE_SNAPSHOTS=1` rewrites them after an intended change.
+#[test]
+fn rendered_answer_files_match_snapshots() {
+    for (def, snap) in [
+        (
+            "images/debian-12-installer.toml",
+            "debian-12-installer.preseed.cfg",
+        ),
+        ("images/debian-12-web.toml", "debian-12-web.preseed.cfg"),
+        ("images/rocky-9-kickstart.toml", "rocky-9-kickstart.ks.cfg"),
+    ] {
+        let text = render(&repo_root().join(def));
+        let path = repo_root().join("tests/snapshots").join(snap);
+        if std::env::var_os("IMGFORGE_UPDATE_SNAPSHOTS").is_some() {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, &text).unwrap();
+        }
+        let expected = fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            text == expected,
+            "{def} renders differently from {}; if intended, run with IMGFORGE_UPDATE_SNAPSHOTS=1",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn template_strictness_reaches_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("t.hbs"),
+        "d-i netcfg/get_hostname string {{hostnam}}\n",
+    )
+    .unwrap();
+    let def = GOOD.replace("kind = \"rootfs\"", "kind = \"installer\"")
+        + "\n[installer]\niso = { path = \"x.iso\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\nboot_command = [\"<enter>\"]\ntemplate = \"t.hbs\"\n";
+    fs::write(dir.path().join("d.toml"), def).unwrap();
+    let (code, _, err) = run(imgforge().arg("render").arg(dir.path().join("d.toml")));
+    assert_ne!(code, 0);
+    assert!(err.contains("t.hbs") && err.contains("hostnam"), "{err}");
+}
+
+/// A self-contained definition with a service repository and a data tarball in `dir`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("svc");
+        fs::create_dir_all(&repo).unwrap();
+        fs::write(repo.join("run.sh"), "echo hi\n").unwrap();
+        for args in [
+            vec!["init", "-q", "-b", "main"],
+            vec!["add", "."],
+            vec![
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "one",
+            ],
+        ] {
+            assert!(Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(&args)
+                .status()
+                .unwrap()
+                .success());
+        }
+        fs::write(dir.path().join("data.tar"), b"snapshot v1").unwrap();
+        fs::write(
+            dir.path().join("debian.cfg.hbs"),
+            "d-i netcfg/get_hostname string {{hostname}}\n",
+        )
+        .unwrap();
+        Fixture { dir }
+    }
+
+    fn sha(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            fs::read(self.dir.path().join("data.tar")).unwrap(),
+        ))
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::write(&p, text.replace("@SHA@", &self.sha())).unwrap();
+        p
+    }
+
+    fn ids(&self, def: &Path) -> serde_json::Value {
+        let (code, out, err) = run(imgforge().args(["id", "--json"]).arg(def));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(out.trim()).unwrap()
+    }
+}
+
+const ID_DEF: &str = r#"# the definition as first written
+[image]
+name = "idtest"
+version = "1"
+
+[os]
+family = "debian"
+release = "bookworm"
+
+[builder]
+kind = "rootfs"
+
+[system]
+hostname = "h"
+mirror = "http://deb.debian.org/debian"
+packages = ["curl", "jq"]
+
+[service]
+repo = "svc"
+ref = "main"
+dest = "/opt/svc"
+
+[data]
+dest = "/srv"
+tarball = { path = "data.tar", sha256 = "@SHA@" }
+"#;
+
+/// The same definition: tables and keys in another order, other comments and spacing.
+const ID_DEF_REORDERED: &str = r#"
+[data]
+tarball   = { sha256 = "@SHA@", path = "data.tar" }   # pinned
+dest = "/srv"
+
+[service]
+dest = "/opt/svc"
+ref = "main"
+repo = "svc"
+
+[system]
+packages = [ "curl",   "jq" ]
+mirror = "http://deb.debian.org/debian"
+hostname = "h"
+
+[builder]
+kind = "rootfs"
+[os]
+release = "bookworm"
+family = "debian"
+[image]
+version = "1"
+name = "idtest"
+"#;
+
+#[test]
+fn ids_ignore_key_order_comments_and_whitespace() {
+    let f = Fixture::new();
+    let a = f.ids(&f.write("a.toml", ID_DEF));
+    let b = f.ids(&f.write("b.toml", ID_DEF_REORDERED));
+    assert_eq!(a["base"], b["base"]);
+    assert_eq!(a["bake"], b["bake"]);
+    assert_eq!(a["build"], b["build"]);
+    assert_eq!(a["base"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn a_one_byte_change_to_the_data_changes_the_bake_id_only() {
+    let f = Fixture::new();
+    let before = f.ids(&f.write("a.toml", ID_DEF));
+    fs::write(f.dir.path().join("data.tar"), b"snapshot v2").unwrap();
+    let after = f.ids(&f.write("a.toml", ID_DEF));
+    assert_eq!(
+        before["base"], after["base"],
+        "the OS layer does not depend on the data"
+    );
+    assert_ne!(before["bake"], after["bake"]);
+    assert_ne!(before["build"], after["build"]);
+}
+
+#[test]
+fn a_one_byte_change_to_the_template_changes_the_base_id() {
+    let f = Fixture::new();
+    let with_template = ID_DEF.replace("kind = \"rootfs\"", "kind = \"installer\"")
+        + "\n[installer]\niso = { path = \"data.tar\", sha256 = \"@SHA@\" }\nboot_command = [\"<enter>\"]\ntemplate = \"debian.cfg.hbs\"\n";
+    let def = f.write("a.toml", &with_template);
+    let before = f.ids(&def);
+    fs::write(
+        f.dir.path().join("debian.cfg.hbs"),
+        "d-i netcfg/get_hostname string  {{hostname}}\n",
+    )
+    .unwrap();
+    let after = f.ids(&def);
+    assert_ne!(before["base"], after["base"]);
+    assert_ne!(before["bake"], after["bake"], "the bake sits on the base");
+}
+
+#[test]
+fn a_new_service_commit_changes_the_bake_id() {
+    let f = Fixture::new();
+    let def = f.write("a.toml", ID_DEF);
+    let before = f.ids(&def);
+    let repo = f.dir.path().join("svc");
+    fs::write(repo.join("run.sh"), "echo hello\n").unwrap();
+    assert!(Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qam",
+            "two"
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let after = f.ids(&def);
+    assert_eq!(before["base"], after["base"]);
+    assert_ne!(before["bake"], after["bake"]);
+    assert_ne!(before["service_commit"], after["service_commit"]);
+}
+
+#[test]
+fn a_wrong_data_checksum_names_the_file_and_both_digests() {
+    let f = Fixture::new();
+    let pinned = f.sha();
+    let def = f.write("a.toml", ID_DEF);
+    fs::write(f.dir.path().join("data.tar"), b"tampered").unwrap();
+    let actual = f.sha();
+    let (code, _, err) = run(imgforge().arg("id").arg(&def));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("data.tar") && err.contains("field `data.tarball.sha256`"),
+        "{err}"
+    );
+    assert!(err.contains(&pinned) && err.contains(&actual), "{err}");
+}
