@@ -8,7 +8,7 @@
 //! the build key of the base; the final hygiene pass removes that key again.
 
 use crate::base::{BaseLayer, BUILD_KEY_COMMENT};
-use crate::definition::{Definition, Firmware, Provisioner};
+use crate::definition::{BuilderKind, Definition, Firmware, Provisioner};
 use crate::events::Reporter;
 use crate::layers::{LayerIds, Resolved};
 use crate::process::Command;
@@ -71,6 +71,18 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
     for (index, p) in &offline {
         script += &stage_provisioner(input.def, *index, p, &bundle_dir)?;
     }
+    let final_dir = input.work.join("bundle-final");
+    fs::create_dir_all(&final_dir)?;
+    if input.base.info.builder == BuilderKind::Installer {
+        // An installer-made base has no bake init: every step runs in the booted system.
+        let session = SshSession::boot(input, &overlay, reporter)?;
+        session.run_bundle(&bundle_dir, script, "bake")?;
+        session.run_scripts(&online, reporter)?;
+        let hygiene_script = format!("{BAKE_PRELUDE}{}", hygiene(input, &final_dir)?);
+        session.run_bundle(&final_dir, hygiene_script, "image hygiene")?;
+        session.poweroff()?;
+        return Ok(overlay);
+    }
     if online.is_empty() {
         script += &hygiene(input, &bundle_dir)?;
         run_offline(input, &overlay, &bundle_dir, script, "bake", reporter)?;
@@ -85,9 +97,9 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
         "bake (offline steps)",
         reporter,
     )?;
-    run_online(input, &overlay, &online, reporter)?;
-    let final_dir = input.work.join("bundle-final");
-    fs::create_dir_all(&final_dir)?;
+    let session = SshSession::boot(input, &overlay, reporter)?;
+    session.run_scripts(&online, reporter)?;
+    session.poweroff()?;
     let script = format!("{BAKE_PRELUDE}{}", hygiene(input, &final_dir)?);
     run_offline(
         input,
@@ -100,21 +112,24 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
     Ok(overlay)
 }
 
-/// Shell functions every bake script starts with: step markers, failures naming the step, and
-/// the network of QEMU's user mode (10.0.2.0/24) without DHCP.
+/// Shell functions every bake script starts with: step markers, failures naming the step, and,
+/// offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
 const BAKE_PRELUDE: &str = r#"#!/bin/sh
 set -u
 B=/run/bake
 step() { echo "imgforge-bake: step $1"; }
 fail() { echo "imgforge-bake: FAILED: $1 (exit $2)"; exit "$2"; }
-ip link set lo up
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-if [ -L /etc/resolv.conf ]; then
-  r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
-else
-  cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
-  echo 'nameserver 10.0.2.3' > /etc/resolv.conf
-  trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
+if [ "$(cat /proc/1/comm)" != systemd ]; then
+  # Offline (the bake init is PID 1): bring up QEMU's user network by hand.
+  ip link set lo up
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+  if [ -L /etc/resolv.conf ]; then
+    r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
+  else
+    cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
+    echo 'nameserver 10.0.2.3' > /etc/resolv.conf
+    trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
+  fi
 fi
 "#;
 
@@ -260,6 +275,17 @@ echo 'imgforge-bake: all steps done'
     ))
 }
 
+/// Writes `script` as the bundle's `bake.sh` and packs the bundle into a tar beside it.
+fn pack_bundle(bundle_dir: &Path, script: String) -> Result<PathBuf> {
+    fs::write(bundle_dir.join("bake.sh"), script)?;
+    let bundle_tar = bundle_dir.with_extension("tar");
+    let file = fs::File::create(&bundle_tar)?;
+    let mut builder = tar::Builder::new(file);
+    builder.append_dir_all(".", bundle_dir)?;
+    builder.into_inner()?.sync_all()?;
+    Ok(bundle_tar)
+}
+
 /// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init.
 fn run_offline(
     input: &BakeInput,
@@ -270,14 +296,7 @@ fn run_offline(
     reporter: &Reporter,
 ) -> Result<()> {
     reporter.phase(what);
-    fs::write(bundle_dir.join("bake.sh"), script)?;
-    let bundle_tar = bundle_dir.with_extension("tar");
-    {
-        let file = fs::File::create(&bundle_tar)?;
-        let mut builder = tar::Builder::new(file);
-        builder.append_dir_all(".", bundle_dir)?;
-        builder.into_inner()?.sync_all()?;
-    }
+    let bundle_tar = pack_bundle(bundle_dir, script)?;
     let def = input.def;
     let cfg = VmConfig {
         accel: crate::qemu::choose_accelerator(def.machine.accelerator),
@@ -388,47 +407,101 @@ fn ssh_command(key: &Path, port: u16) -> Command {
         ])
 }
 
-/// Boots the overlay fully and runs the scripts that need a running system over SSH.
-fn run_online(
-    input: &BakeInput,
-    overlay: &Path,
-    scripts: &[(usize, &Provisioner)],
-    reporter: &Reporter,
-) -> Result<()> {
-    reporter.phase("bake (running system, SSH)");
-    let def = input.def;
-    let port = crate::verify::free_port()?;
-    let cfg = VmConfig {
-        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
-        cpus: def.machine.cpus,
-        memory_mib: def.machine.memory_mib,
-        firmware: def.machine.firmware,
-        drives: vec![Drive {
-            path: overlay.to_path_buf(),
-            format: "qcow2",
-            read_only: false,
-        }],
-        kernel: None,
-        cdrom: None,
-        forwards: vec![(port, 22)],
-    };
-    let run_dir = input.work.join("vm-ssh");
-    fs::create_dir_all(&run_dir)?;
-    let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
-    let key = input.base.build_key();
-    let outcome = (|| -> Result<()> {
+/// A fully booted build VM reached over SSH with the base's build key.
+struct SshSession<'a> {
+    input: &'a BakeInput<'a>,
+    vm: Vm,
+    port: u16,
+}
+
+impl<'a> SshSession<'a> {
+    /// Boots the overlay through its firmware and waits until sshd answers.
+    fn boot(
+        input: &'a BakeInput<'a>,
+        overlay: &Path,
+        reporter: &Reporter,
+    ) -> Result<SshSession<'a>> {
+        reporter.phase("bake (running system, SSH)");
+        let def = input.def;
+        let port = crate::verify::free_port()?;
+        let cfg = VmConfig {
+            accel: crate::qemu::choose_accelerator(def.machine.accelerator),
+            cpus: def.machine.cpus,
+            memory_mib: def.machine.memory_mib,
+            firmware: def.machine.firmware,
+            drives: vec![Drive {
+                path: overlay.to_path_buf(),
+                format: "qcow2",
+                read_only: false,
+            }],
+            kernel: None,
+            cdrom: None,
+            forwards: vec![(port, 22)],
+        };
+        let run_dir = input.work.join("vm-ssh");
+        fs::create_dir_all(&run_dir)?;
+        let vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
+        let session = SshSession { input, vm, port };
         let deadline = Instant::now() + def.machine.timeouts.boot.0;
-        while ssh_command(&key, port).arg("true").run().is_err() {
+        while session.ssh().arg("true").run().is_err() {
             if Instant::now() > deadline || crate::cancel::requested() {
+                let tail = session.vm.console_tail(15);
+                session.keep_console()?;
                 bail!(
-                    "sshd in the build VM did not answer on 127.0.0.1:{port} within {}; last console lines:\n{}",
+                    "sshd in the build VM did not answer on 127.0.0.1:{port} within {}; last console lines:\n{tail}",
                     humantime::format_duration(def.machine.timeouts.boot.0),
-                    vm.console_tail(15)
                 );
             }
-            reporter.detail(&vm.console_last_line());
+            reporter.detail(&session.vm.console_last_line());
             std::thread::sleep(Duration::from_secs(2));
         }
+        Ok(session)
+    }
+
+    fn ssh(&self) -> Command {
+        ssh_command(&self.input.base.build_key(), self.port)
+    }
+
+    /// Runs `remote` with `stdin`, logging its output; a failure names `what` and quotes it.
+    fn run(&self, what: &str, remote: &str, stdin: Vec<u8>) -> Result<()> {
+        let (code, out) = self.ssh().arg(remote).stdin(stdin).run_unchecked()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        append_log(
+            self.input.console_log,
+            &format!("===== {what} over SSH =====\n{text}"),
+        )?;
+        if code != 0 {
+            let failed = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("imgforge-bake: FAILED: "))
+                .unwrap_or(what)
+                .to_string();
+            bail!(
+                "{}: {failed} failed over SSH (exit status {code}); its output:\n{}",
+                self.input.def.path.display(),
+                step_output(&text)
+            );
+        }
+        Ok(())
+    }
+
+    /// Unpacks a bundle in the running system and runs its `bake.sh`.
+    fn run_bundle(&self, bundle_dir: &Path, script: String, what: &str) -> Result<()> {
+        let tar = pack_bundle(bundle_dir, script)?;
+        self.run(
+            what,
+            "rm -rf /run/bake && mkdir -p /run/bake && tar -xf - -C /run/bake && sh /run/bake/bake.sh 2>&1",
+            fs::read(&tar)?,
+        )
+    }
+
+    /// Runs the provisioners that need a running system, in order.
+    fn run_scripts(&self, scripts: &[(usize, &Provisioner)], reporter: &Reporter) -> Result<()> {
+        let def = self.input.def;
         for (index, p) in scripts {
             let Provisioner::Shell { script, .. } = p else {
                 continue;
@@ -439,36 +512,28 @@ fn run_online(
                     def.path.display()
                 )
             })?;
-            reporter.println(&format!(
-                "    provisioners[{index}] ({}) over SSH",
-                script.display()
-            ));
-            let out = ssh_command(&key, port).arg("sh -es").stdin(body).run();
-            match out {
-                Ok(o) => append_log(
-                    input.console_log,
-                    &format!(
-                        "===== provisioners[{index}] over SSH =====\n{}{}",
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    ),
-                )?,
-                Err(e) => bail!(
-                    "{}: provisioners[{index}] ({}) failed over SSH: {e:#}",
-                    def.path.display(),
-                    script.display()
-                ),
-            }
+            let what = format!("provisioners[{index}] ({})", script.display());
+            reporter.println(&format!("    {what} over SSH"));
+            self.run(&what, "sh -es 2>&1", body)?;
         }
-        let _ = ssh_command(&key, port).arg("systemctl poweroff").run();
-        vm.wait_poweroff(Duration::from_secs(120), &|_| {})
-    })();
-    append_log(
-        input.console_log,
-        &format!(
-            "===== bake over SSH =====\n{}",
-            crate::qemu::strip_control(&vm.console())
-        ),
-    )?;
-    outcome
+        Ok(())
+    }
+
+    /// Powers the VM off and waits for it.
+    fn poweroff(mut self) -> Result<()> {
+        let _ = self.ssh().arg("systemctl poweroff").run_unchecked();
+        let waited = self.vm.wait_poweroff(Duration::from_secs(120), &|_| {});
+        self.keep_console()?;
+        waited
+    }
+
+    fn keep_console(&self) -> Result<()> {
+        append_log(
+            self.input.console_log,
+            &format!(
+                "===== bake VM console =====\n{}",
+                crate::qemu::strip_control(&self.vm.console())
+            ),
+        )
+    }
 }

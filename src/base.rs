@@ -29,6 +29,9 @@ pub struct BaseInfo {
     pub build_seconds: f64,
     /// Tool versions used.
     pub tools: std::collections::BTreeMap<String, String>,
+    /// For the installer builder: whether the installer fetched its answer file.
+    #[serde(default)]
+    pub answer_file_fetched: Option<bool>,
 }
 
 /// A base layer in the cache.

@@ -30,6 +30,9 @@ pub struct BuildArgs {
     /// Do not boot the exported image to run its checks.
     #[arg(long)]
     pub no_verify: bool,
+    /// Build (or find) the base layer only, and report where it is.
+    #[arg(long)]
+    pub base_only: bool,
 }
 
 /// What a build produced.
@@ -43,13 +46,31 @@ pub struct BuildOutcome {
     pub cached: bool,
 }
 
+/// What `imgforge build` produced.
+#[derive(Debug, Clone)]
+pub enum BuildResult {
+    /// A whole image.
+    Image(Box<BuildOutcome>),
+    /// Only the base layer (`--base-only`).
+    Base {
+        /// The cached base layer.
+        base: crate::base::BaseLayer,
+        /// Whether it was already cached.
+        cached: bool,
+    },
+}
+
 /// Runs the pipeline.
-pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
+pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
     let started = Instant::now();
     let mut timings = BTreeMap::new();
     let def = Definition::load(&args.file)?;
     let answer = crate::render::render(&def)?;
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
+    if args.base_only {
+        let (base, cached) = crate::base::ensure(&def, &answer, &ids, reporter)?;
+        return Ok(BuildResult::Base { base, cached });
+    }
     let name_dir = args.output_dir.join(&def.image.name.0);
     let final_dir = name_dir.join(&ids.build);
     let manifest_path = final_dir.join(FILE_NAME);
@@ -76,11 +97,11 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
             ),
             json!({ "manifest": manifest_path, "cached": true }),
         );
-        return Ok(BuildOutcome {
+        return Ok(BuildResult::Image(Box::new(BuildOutcome {
             manifest_path,
             manifest,
             cached: true,
-        });
+        })));
     }
 
     std::fs::create_dir_all(&name_dir)
@@ -198,11 +219,11 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildOutcome> {
         serde_json::to_string_pretty(&value)?.as_bytes(),
     )?;
     publish_dir(staging, &final_dir)?;
-    Ok(BuildOutcome {
+    Ok(BuildResult::Image(Box::new(BuildOutcome {
         manifest_path,
         manifest,
         cached: false,
-    })
+    })))
 }
 
 /// Moves the finished staging directory to its final name, replacing an older one (`--force`).

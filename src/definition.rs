@@ -865,7 +865,7 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 fn locate_field(text: &str, field: &str) -> (usize, usize) {
     let mut parts = field.split('.');
     let table = parts.next().unwrap_or_default();
-    let key = parts.last();
+    let key = parts.next_back();
     let mut in_table = false;
     for (idx, line) in text.lines().enumerate() {
         let t = line.trim();

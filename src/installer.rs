@@ -153,6 +153,7 @@ pub fn build(
         kernel_cmdline: String::new(),
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
+        answer_file_fetched: Some(true),
     })
 }
 

@@ -102,6 +102,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -145,26 +146,39 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         }
         Command::Build(args) => {
             imgforge::cancel::install_handlers()?;
-            let outcome = build::build(&args, reporter)?;
-            let human = format!(
-                "{} {}{}",
-                if outcome.cached {
-                    "up to date:"
-                } else {
-                    "built:"
-                },
-                outcome.manifest_path.display(),
-                if outcome.cached {
-                    " (cached, nothing rebuilt)"
-                } else {
-                    ""
+            match build::build(&args, reporter)? {
+                build::BuildResult::Image(outcome) => {
+                    let human = format!(
+                        "{} {}{}",
+                        if outcome.cached {
+                            "up to date:"
+                        } else {
+                            "built:"
+                        },
+                        outcome.manifest_path.display(),
+                        if outcome.cached {
+                            " (cached, nothing rebuilt)"
+                        } else {
+                            ""
+                        }
+                    );
+                    let mut value = serde_json::to_value(&outcome.manifest)?;
+                    value["event"] = json!("manifest");
+                    value["cached"] = json!(outcome.cached);
+                    value["manifest_path"] = json!(outcome.manifest_path);
+                    reporter.result(&human, &value);
                 }
-            );
-            let mut value = serde_json::to_value(&outcome.manifest)?;
-            value["event"] = json!("manifest");
-            value["cached"] = json!(outcome.cached);
-            value["manifest_path"] = json!(outcome.manifest_path);
-            reporter.result(&human, &value);
+                build::BuildResult::Base { base, cached } => {
+                    let value = json!({
+                        "event": "base",
+                        "cached": cached,
+                        "dir": base.dir,
+                        "disk": base.disk(),
+                        "info": base.info,
+                    });
+                    reporter.result(&format!("base layer: {}", base.disk().display()), &value);
+                }
+            }
             Ok(())
         }
         Command::Verify {

@@ -104,10 +104,23 @@ impl Command {
     }
 
     /// Runs to completion, capturing output; a non-zero exit is an error quoting stderr.
+    pub fn run(&self) -> Result<Output> {
+        let (code, out) = self.run_unchecked()?;
+        if code != 0 {
+            bail!(
+                "`{}` failed (exit status: {code}):\n{}",
+                self.display(),
+                tail_lines(&String::from_utf8_lossy(&out.stderr), QUOTED_LINES)
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs to completion, capturing output, and returns the exit code (-1 for a signal) with it.
     ///
     /// On SIGINT or SIGTERM (see [`crate::cancel`]) the program is asked to stop with SIGTERM,
     /// then killed if it has not stopped within a few seconds.
-    pub fn run(&self) -> Result<Output> {
+    pub fn run_unchecked(&self) -> Result<(i32, Output)> {
         tracing::debug!(command = %self.display(), "run");
         let handle = self
             .expression()
@@ -121,28 +134,20 @@ impl Command {
                     self.program
                 )
             })?;
-        let out = loop {
+        loop {
             if let Some(out) = handle.try_wait()? {
-                break out.clone();
+                let output = Output {
+                    stdout: out.stdout.clone(),
+                    stderr: out.stderr.clone(),
+                };
+                return Ok((out.status.code().unwrap_or(-1), output));
             }
             if crate::cancel::requested() {
                 stop(&handle);
                 bail!("interrupted: `{}` was stopped", self.program);
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        if !out.status.success() {
-            bail!(
-                "`{}` failed ({}):\n{}",
-                self.display(),
-                out.status,
-                tail_lines(&String::from_utf8_lossy(&out.stderr), QUOTED_LINES)
-            );
         }
-        Ok(Output {
-            stdout: out.stdout,
-            stderr: out.stderr,
-        })
     }
 
     /// Starts the command in the background with output sent to `log`.

@@ -63,7 +63,6 @@ pub fn choose_accelerator(choice: Accelerator) -> Accel {
                 tracing::warn!(
                     "KVM is not usable ({reason:#}); using TCG software emulation, which is slower"
                 );
-                eprintln!("warning: KVM is not usable ({reason:#}); using TCG software emulation");
                 Accel::Tcg
             }
         }),

@@ -136,6 +136,8 @@ pub fn context(def: &Definition) -> Result<Value> {
         "domain": sys.domain,
         "timezone": sys.timezone,
         "locale": sys.locale,
+        "language": locale_part(&sys.locale, 0),
+        "country": locale_part(&sys.locale, 1),
         "keyboard": sys.keyboard,
         "mirror": {
             "url": sys.mirror,
@@ -156,6 +158,23 @@ pub fn context(def: &Definition) -> Result<Value> {
         "root_mib": root_mib,
         "uefi": uefi,
     }))
+}
+
+/// The language (`index` 0) or country (1) of a locale like `en_US.UTF-8`; `en` and `US` when the
+/// locale has no such part (`C.UTF-8`).
+fn locale_part(locale: &str, index: usize) -> String {
+    let name = locale.split(['.', '@']).next().unwrap_or_default();
+    let mut parts = name.split('_');
+    let part = if index == 0 {
+        parts.next()
+    } else {
+        parts.nth(1)
+    };
+    match part {
+        Some(p) if p.len() >= 2 && p.chars().all(|c| c.is_ascii_alphabetic()) => p.to_string(),
+        _ if index == 0 => "en".into(),
+        _ => "US".into(),
+    }
 }
 
 /// Debian suite name for a release written as a number or a codename.
@@ -186,6 +205,13 @@ mod tests {
     fn values_are_not_html_escaped() {
         let out = render_template("{{h}}", &json!({"h": "$6$a&b<c>"})).unwrap();
         assert_eq!(out, "$6$a&b<c>");
+    }
+
+    #[test]
+    fn locales_split_into_language_and_country() {
+        assert_eq!(locale_part("de_AT.UTF-8", 0), "de");
+        assert_eq!(locale_part("de_AT.UTF-8", 1), "AT");
+        assert_eq!(locale_part("C.UTF-8", 1), "US");
     }
 
     #[test]
