@@ -920,7 +920,7 @@ mirror = "http://deb.debian.org/debian"
     fn unknown_key_names_file_line_and_field() {
         let text = MINIMAL.replace("hostname = \"h\"", "hostname = \"h\"\ncolour = \"red\"");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.starts_with("images/t.toml:13:1: field `system"), "{e}");
+        assert!(e.starts_with("images/t.toml:12:1: field `system"), "{e}");
         assert!(e.contains("unknown field `colour`"), "{e}");
     }
 
@@ -929,7 +929,7 @@ mirror = "http://deb.debian.org/debian"
         let text = format!("{MINIMAL}[machine]\ncpus = \"two\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("images/t.toml:15:8: field `machine.cpus`"),
+            e.contains("images/t.toml:14:8: field `machine.cpus`"),
             "{e}"
         );
     }
@@ -941,7 +941,7 @@ mirror = "http://deb.debian.org/debian"
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("field `system.users[0].password_hash`"), "{e}");
         assert!(e.contains("mkpasswd"), "{e}");
-        assert!(e.contains(":16:17:"), "{e}");
+        assert!(e.contains(":15:17:"), "{e}");
     }
 
     #[test]
