@@ -96,11 +96,13 @@ impl Reporter {
     /// Prints a final result: JSON value on stdout in JSON mode, else `human` on stdout.
     pub fn result(&self, human: &str, value: &Value) {
         self.finish();
-        if self.json {
-            println!("{value}");
+        // A closed stdout (a reader that went away) is not worth a panic.
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(out, "{value}")
         } else {
-            println!("{human}");
-        }
+            writeln!(out, "{human}")
+        };
     }
 }
 

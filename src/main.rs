@@ -6,6 +6,7 @@ use imgforge::definition::{Accelerator, Definition, DefinitionError};
 use imgforge::events::Reporter;
 use imgforge::{build, layers, prune, register, render, rotate};
 use serde_json::json;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -80,10 +81,8 @@ fn main() -> ExitCode {
             reporter.finish();
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
-                println!(
-                    "{}",
-                    json!({ "event": "error", "message": format!("{e:#}") })
-                );
+                let line = json!({ "event": "error", "message": format!("{e:#}") });
+                let _ = writeln!(std::io::stdout(), "{line}");
             }
             eprintln!("error: {e:#}");
             ExitCode::from(if bad_input { EXIT_BAD_INPUT } else { 1 })
@@ -120,7 +119,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             match output {
                 Some(out) => imgforge::atomic::write(&out, answer.text.as_bytes()),
                 None => {
-                    print!("{}", answer.text);
+                    let _ = std::io::stdout().write_all(answer.text.as_bytes());
                     Ok(())
                 }
             }
