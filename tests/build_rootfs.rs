@@ -214,6 +214,35 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         .arg(m3["manifest_path"].as_str().unwrap())
         .env("IMGFORGE_CACHE", cache_dir()));
     assert_eq!(code, 0, "{err}");
+
+    // A script that needs a running system runs over SSH in the booted image, after the
+    // offline steps; the build key is gone from the result all the same.
+    fs::write(
+        web.dir.path().join("running.sh"),
+        "state=$(systemctl is-system-running --wait || true)\n\
+         echo \"baked while systemd was $state\" > /srv/web/running.txt\n",
+    )
+    .unwrap();
+    let def = fs::read_to_string(web.definition()).unwrap();
+    fs::write(
+        web.definition(),
+        def.replace(
+            "[[checks]]",
+            "[[provisioners]]\ntype = \"shell\"\nscript = \"running.sh\"\nneeds_running_system = true\n\n\
+             [[checks]]\ntype = \"http\"\nport = 80\npath = \"/running.txt\"\nexpect = \"baked while systemd was running\"\n\n[[checks]]",
+        ),
+    )
+    .unwrap();
+    let (code, events, err) = web.build(&[]);
+    assert_eq!(code, 0, "bake with an SSH provisioner failed:\n{err}");
+    let m4 = last_manifest(&events);
+    assert_eq!(m4["ids"]["base"], m1["ids"]["base"]);
+    assert!(events.iter().any(|e| e["phase"] == "bake (running system, SSH)"));
+    assert!(events.iter().any(|e| e["event"] == "check_passed" && e["check"]["path"] == "/running.txt"));
+    let dir4 = PathBuf::from(m4["manifest_path"].as_str().unwrap()).parent().unwrap().to_path_buf();
+    let raw = dir4.join("debian-12-web-1.0.0.raw");
+    assert!(!read_from_image(&raw, "/root/.ssh/authorized_keys").contains("imgforge-build-key"));
+    assert_eq!(read_from_image(&raw, "/etc/machine-id"), "");
 }
 
 #[test]
