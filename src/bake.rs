@@ -298,23 +298,9 @@ fn run_offline(
     reporter.phase(what);
     let bundle_tar = pack_bundle(bundle_dir, script)?;
     let def = input.def;
-    let cfg = VmConfig {
-        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
-        cpus: def.machine.cpus,
-        memory_mib: def.machine.memory_mib,
+    let mut cfg = VmConfig {
+        // Direct kernel boot: the firmware does not matter.
         firmware: Firmware::Bios,
-        drives: vec![
-            Drive {
-                path: overlay.to_path_buf(),
-                format: "qcow2",
-                read_only: false,
-            },
-            Drive {
-                path: bundle_tar.clone(),
-                format: "raw",
-                read_only: true,
-            },
-        ],
         kernel: Some((
             input.base.kernel(),
             input.base.initrd(),
@@ -323,9 +309,13 @@ fn run_offline(
                 input.base.info.kernel_cmdline.replace(" ro ", " ")
             ),
         )),
-        cdrom: None,
-        forwards: vec![],
+        ..VmConfig::for_machine(&def.machine, overlay)
     };
+    cfg.drives.push(Drive {
+        path: bundle_tar.clone(),
+        format: "raw",
+        read_only: true,
+    });
     let run_dir = input.work.join(format!("vm-{}", what.replace(' ', "-")));
     fs::create_dir_all(&run_dir)?;
     let serial = run_dir.join("console.log");
@@ -425,18 +415,8 @@ impl<'a> SshSession<'a> {
         let def = input.def;
         let port = crate::verify::free_port()?;
         let cfg = VmConfig {
-            accel: crate::qemu::choose_accelerator(def.machine.accelerator),
-            cpus: def.machine.cpus,
-            memory_mib: def.machine.memory_mib,
-            firmware: def.machine.firmware,
-            drives: vec![Drive {
-                path: overlay.to_path_buf(),
-                format: "qcow2",
-                read_only: false,
-            }],
-            kernel: None,
-            cdrom: None,
             forwards: vec![(port, 22)],
+            ..VmConfig::for_machine(&def.machine, overlay)
         };
         let run_dir = input.work.join("vm-ssh");
         fs::create_dir_all(&run_dir)?;

@@ -9,7 +9,6 @@
 use crate::definition::Definition;
 use crate::events::Reporter;
 use crate::manifest::{Manifest, ServiceRecord, FILE_NAME};
-use crate::verify::VerifyMachine;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -153,16 +152,9 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
             })
             .map(|a| staging.path().join(&a.file))
             .unwrap_or_else(|| disk.clone());
-        let machine = VerifyMachine {
-            accelerator: def.machine.accelerator,
-            cpus: def.machine.cpus,
-            memory_mib: def.machine.memory_mib,
-            firmware: def.machine.firmware,
-            timeout: def.machine.timeouts.boot.0,
-        };
         crate::verify::verify(
             &bootable,
-            &machine,
+            &def.machine,
             &def.checks,
             work.path(),
             &console_log,

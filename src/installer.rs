@@ -10,7 +10,7 @@ use crate::definition::{BuilderKind, Definition};
 use crate::events::Reporter;
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
 use crate::process::Command;
-use crate::qemu::{Drive, Vm, VmConfig};
+use crate::qemu::{Vm, VmConfig};
 use crate::render::AnswerFile;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -84,18 +84,9 @@ pub fn build(
         _ => None,
     };
     let cfg = VmConfig {
-        accel: crate::qemu::choose_accelerator(def.machine.accelerator),
-        cpus: def.machine.cpus,
-        memory_mib: def.machine.memory_mib,
-        firmware: def.machine.firmware,
-        drives: vec![Drive {
-            path: disk.clone(),
-            format: "qcow2",
-            read_only: false,
-        }],
         cdrom: if kernel_boot.is_none() { iso } else { None },
         kernel: kernel_boot,
-        forwards: vec![],
+        ..VmConfig::for_machine(&def.machine, &disk)
     };
     reporter.phase("install");
     let run_dir = staging.path("vm");

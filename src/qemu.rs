@@ -7,7 +7,7 @@
 //! back to TCG.
 
 use crate::cancel;
-use crate::definition::{Accelerator, Firmware};
+use crate::definition::{Accelerator, Firmware, Machine};
 use crate::process::{tail_lines, Command};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -163,6 +163,27 @@ pub struct VmConfig {
     pub cdrom: Option<PathBuf>,
     /// Host ports on 127.0.0.1 forwarded to guest ports.
     pub forwards: Vec<(u16, u16)>,
+}
+
+impl VmConfig {
+    /// A VM sized by the definition's machine settings with one qcow2 disk, and nothing else
+    /// attached: no kernel, no CD-ROM, no port forwards.
+    pub fn for_machine(machine: &Machine, disk: &Path) -> VmConfig {
+        VmConfig {
+            accel: choose_accelerator(machine.accelerator),
+            cpus: machine.cpus,
+            memory_mib: machine.memory_mib,
+            firmware: machine.firmware,
+            drives: vec![Drive {
+                path: disk.to_path_buf(),
+                format: "qcow2",
+                read_only: false,
+            }],
+            kernel: None,
+            cdrom: None,
+            forwards: vec![],
+        }
+    }
 }
 
 /// A running QEMU guest; killed when dropped.

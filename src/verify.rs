@@ -2,11 +2,11 @@
 //! through its firmware and boot loader, and wait for the definition's checks to pass through
 //! port forwards on 127.0.0.1.
 
-use crate::definition::{Accelerator, Check, Firmware};
+use crate::definition::{Accelerator, Check, Machine};
 use crate::events::Reporter;
 use crate::manifest::Manifest;
 use crate::process::Command;
-use crate::qemu::{Drive, Vm, VmConfig};
+use crate::qemu::{Vm, VmConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -19,25 +19,10 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The VM that runs a verification.
-#[derive(Debug, Clone)]
-pub struct VerifyMachine {
-    /// Accelerator choice.
-    pub accelerator: Accelerator,
-    /// Virtual CPUs.
-    pub cpus: u32,
-    /// Memory in MiB.
-    pub memory_mib: u32,
-    /// Firmware of the image.
-    pub firmware: Firmware,
-    /// How long the checks may take to pass.
-    pub timeout: Duration,
-}
-
 /// Boots `disk` and waits until every check passes; the console goes to `console_log`.
 pub fn verify(
     disk: &Path,
-    machine: &VerifyMachine,
+    machine: &Machine,
     checks: &[Check],
     work: &Path,
     console_log: &Path,
@@ -71,23 +56,14 @@ pub fn verify(
         }
     }
     let cfg = VmConfig {
-        accel: crate::qemu::choose_accelerator(machine.accelerator),
-        cpus: machine.cpus,
-        memory_mib: machine.memory_mib,
-        firmware: machine.firmware,
-        drives: vec![Drive {
-            path: overlay.clone(),
-            format: "qcow2",
-            read_only: false,
-        }],
-        kernel: None,
-        cdrom: None,
         forwards: ports.iter().map(|(g, h)| (*h, *g)).collect(),
+        ..VmConfig::for_machine(machine, &overlay)
     };
     let run_dir = work.join("vm-verify");
     std::fs::create_dir_all(&run_dir)?;
     let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
-    let deadline = Instant::now() + machine.timeout;
+    let timeout = machine.timeouts.boot.0;
+    let deadline = Instant::now() + timeout;
     let mut pending: Vec<&Check> = checks.iter().collect();
     let mut last_error = String::new();
     let outcome = loop {
@@ -114,7 +90,7 @@ pub fn verify(
         if Instant::now() > deadline {
             break Err(anyhow::anyhow!(
                 "the image did not pass its checks within {}: {last_error}; last console lines:\n{}",
-                humantime::format_duration(machine.timeout),
+                humantime::format_duration(timeout),
                 vm.console_tail(15)
             ));
         }
@@ -199,12 +175,10 @@ pub fn verify_manifest(
         )
     })?;
     let work = tempfile::tempdir()?;
-    let machine = VerifyMachine {
+    let machine = Machine {
         accelerator,
-        cpus: 2,
-        memory_mib: 1024,
         firmware: manifest.firmware,
-        timeout: Duration::from_secs(300),
+        ..Machine::default()
     };
     verify(
         &disk,

@@ -68,6 +68,13 @@ impl WebFixture {
         fs::write(self.definition(), def + extra).unwrap();
     }
 
+    /// Adds `toml` (provisioners, checks) to the definition, before its first check.
+    fn insert_before_checks(&self, toml: &str) {
+        let def = fs::read_to_string(self.definition()).unwrap();
+        let def = def.replacen("[[checks]]", &format!("{toml}\n[[checks]]"), 1);
+        fs::write(self.definition(), def).unwrap();
+    }
+
     fn build(&self, extra_args: &[&str]) -> (i32, Vec<Value>, String) {
         let (code, out, err) = run(imgforge()
             .args(["build", "--json", "--output-dir"])
@@ -223,16 +230,10 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
          echo \"baked while systemd was $state\" > /srv/web/running.txt\n",
     )
     .unwrap();
-    let def = fs::read_to_string(web.definition()).unwrap();
-    fs::write(
-        web.definition(),
-        def.replace(
-            "[[checks]]",
-            "[[provisioners]]\ntype = \"shell\"\nscript = \"running.sh\"\nneeds_running_system = true\n\n\
-             [[checks]]\ntype = \"http\"\nport = 80\npath = \"/running.txt\"\nexpect = \"baked while systemd was running\"\n\n[[checks]]",
-        ),
-    )
-    .unwrap();
+    web.insert_before_checks(
+        "[[provisioners]]\ntype = \"shell\"\nscript = \"running.sh\"\nneeds_running_system = true\n\n\
+         [[checks]]\ntype = \"http\"\nport = 80\npath = \"/running.txt\"\nexpect = \"baked while systemd was running\"\n",
+    );
     let (code, events, err) = web.build(&[]);
     assert_eq!(code, 0, "bake with an SSH provisioner failed:\n{err}");
     let m4 = last_manifest(&events);
@@ -281,15 +282,7 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
         "echo 'provisioner was here'\necho 'disk is full, giving up' >&2\nexit 7\n",
     )
     .unwrap();
-    let def = fs::read_to_string(web.definition()).unwrap();
-    fs::write(
-        web.definition(),
-        def.replace(
-            "[[checks]]",
-            "[[provisioners]]\ntype = \"shell\"\nscript = \"fail.sh\"\n\n[[checks]]",
-        ),
-    )
-    .unwrap();
+    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"fail.sh\"\n");
     let (code, _, err) = web.build(&[]);
     assert_ne!(code, 0);
     assert!(
