@@ -330,3 +330,23 @@ fn a_missing_raw_artifact_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_import_route_needs_an_existing_bucket() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"8".repeat(64), &[(0, vec![1])], BLOCK);
+    let (code, _out, stderr) = register(&moto, &manifest, &["--upload", "import"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--upload import needs --bucket"),
+        "{stderr}"
+    );
+    let (code, _out, stderr) = register(
+        &moto,
+        &manifest,
+        &["--upload", "import", "--bucket", "nope"],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("bucket `nope` does not exist"), "{stderr}");
+}

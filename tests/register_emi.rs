@@ -328,3 +328,52 @@ async fn register_to_emi_uploads_a_bundle_that_unbundles_and_registers_it_once()
         .len();
     assert_eq!(images_before, images_after);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ebs_backed_emi_goes_through_the_snapshot_route() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(&dir.path().join("disk.raw"), 3 * 512 * 1024);
+    let build_id = "7".repeat(64);
+    let manifest = manifest_json(dir.path(), &build_id, data.len() as u64);
+    let mut cmd = imgforge();
+    cmd.arg("--json")
+        .arg("register")
+        .arg(&manifest)
+        .args(["--to", "emi", "--ebs"])
+        .envs(moto.env());
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let result: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .unwrap();
+    assert_eq!(result["target"], "emi");
+    let snapshot_id = result["snapshot_id"].as_str().unwrap();
+    let ebs = aws_sdk_ebs::Client::new(&moto.sdk_config().await);
+    let blocks = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(snapshot_id)
+        .send()
+        .await
+        .unwrap()
+        .blocks
+        .unwrap_or_default();
+    // The zeroed middle third covers half of block 1 only: all three blocks hold data.
+    assert_eq!(blocks.len(), 3);
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
+    let img = ec2
+        .describe_images()
+        .image_ids(result["image_id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap()
+        .remove(0);
+    assert!(img
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(&*build_id)));
+}

@@ -163,7 +163,7 @@ impl SnapshotUploader {
         let hash_nanos = Arc::new(AtomicU64::new(0));
         let image = Arc::new(image.to_path_buf());
         // Bytes the progress bar covers: holes are skipped at once.
-        progress.inc(len - candidates.len() as u64 * BLOCK_SIZE as u64);
+        progress.inc(len.saturating_sub(candidates.len() as u64 * BLOCK_SIZE as u64));
         let mut digests: Vec<(u64, [u8; 32])> = futures::stream::iter(candidates)
             .map(|index| {
                 let file = Arc::clone(&file);

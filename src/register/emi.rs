@@ -99,29 +99,18 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
         .collect();
     let progress = Progress::new(reporter, "upload", made.bundled_size);
     let started = Instant::now();
-    let uploaded = futures::stream::iter(files.iter().zip(&keys_in_bucket))
-        .map(|(file, key)| {
-            let progress = &progress;
-            async move {
-                let size = std::fs::metadata(file)?.len();
-                let body = ByteStream::from_path(file)
-                    .await
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                p.s3.put_object()
-                    .bucket(p.bucket)
-                    .key(key)
-                    .acl(ObjectCannedAcl::AwsExecRead)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(e, &format!("S3 PutObject s3://{}/{key}", p.bucket)))?;
-                progress.inc(size);
-                Ok::<_, anyhow::Error>(())
-            }
-        })
+    // Parts first, in parallel; the manifest last, so the cloud never sees a manifest whose
+    // parts are still missing.
+    let (manifest_key, part_keys) = keys_in_bucket.split_last().expect("a manifest");
+    let parts = futures::stream::iter(made.parts.iter().zip(part_keys))
+        .map(|(file, key)| put(p, file, key, &progress))
         .buffer_unordered(PART_UPLOADS)
         .try_collect::<Vec<()>>()
         .await;
+    let uploaded = match parts {
+        Ok(_) => put(p, &made.manifest, manifest_key, &progress).await,
+        Err(e) => Err(e),
+    };
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     if let Err(e) = uploaded {
@@ -161,6 +150,24 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
             Err(e)
         }
     }
+}
+
+/// Uploads `file` as `key` with the canned ACL `aws-exec-read`.
+async fn put(p: &Publish<'_>, file: &Path, key: &str, progress: &Progress<'_>) -> Result<()> {
+    let size = std::fs::metadata(file)?.len();
+    let body = ByteStream::from_path(file)
+        .await
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    p.s3.put_object()
+        .bucket(p.bucket)
+        .key(key)
+        .acl(ObjectCannedAcl::AwsExecRead)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("S3 PutObject s3://{}/{key}", p.bucket)))?;
+    progress.inc(size);
+    Ok(())
 }
 
 /// Fails with a clear message when `bucket` does not exist or cannot be reached.

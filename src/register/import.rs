@@ -123,10 +123,7 @@ async fn import_and_wait(i: &Import<'_>) -> Result<String> {
         .map_err(|e| {
             let code = e.code().unwrap_or_default().to_string();
             let message = e.message().unwrap_or_default().to_string();
-            if code.contains("AccessDenied")
-                || code == "UnauthorizedOperation"
-                || message.contains("vmimport")
-            {
+            if refused(&code, &message) {
                 anyhow!("EC2 ImportSnapshot was refused ({code}: {message}): {VMIMPORT_HELP}")
             } else {
                 sdk_error(e, "EC2 ImportSnapshot")
@@ -162,6 +159,12 @@ async fn import_and_wait(i: &Import<'_>) -> Result<String> {
             _ => tokio::time::sleep(POLL).await,
         }
     }
+}
+
+/// Whether an ImportSnapshot error means "not allowed" (no point retrying): access denied, or
+/// the `vmimport` role missing or lacking permissions.
+fn refused(code: &str, message: &str) -> bool {
+    code.contains("AccessDenied") || code == "UnauthorizedOperation" || message.contains("vmimport")
 }
 
 async fn upload(i: &Import<'_>, reporter: &Reporter) -> Result<UploadStats> {
@@ -263,4 +266,20 @@ async fn upload(i: &Import<'_>, reporter: &Reporter) -> Result<UploadStats> {
         seconds: started.elapsed().as_secs_f64(),
         hash_seconds: 0.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn access_denied_and_a_missing_vmimport_role_are_refusals() {
+        assert!(super::refused(
+            "UnauthorizedOperation",
+            "You are not authorized"
+        ));
+        assert!(super::refused(
+            "InvalidParameter",
+            "The service role vmimport provided does not exist or does not have sufficient permissions"
+        ));
+        assert!(!super::refused("InternalError", "try again"));
+    }
 }
