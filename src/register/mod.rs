@@ -1,0 +1,753 @@
+//! Registration of built images: AWS AMIs through the EBS direct APIs ([`ebs_upload`]) or S3 +
+//! ImportSnapshot ([`import`]), and Eucalyptus EMIs through bundles ([`bundle`], [`emi`]).
+//! [`ami`] builds the RegisterImage call for either cloud.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use imgforge::register::{register_manifest, RegisterOptions, Target};
+//! let reporter = imgforge::events::Reporter::new(false);
+//! let opts = RegisterOptions::new(Target::Ami);
+//! let image = register_manifest("output/x/manifest.json".as_ref(), &opts, &reporter).await?;
+//! println!("{} (reused: {})", image.image_id, image.reused);
+//! # Ok(()) }
+//! ```
+
+pub mod ami;
+pub mod bundle;
+pub mod ebs_upload;
+pub mod emi;
+pub mod import;
+
+use crate::cloud::{self, CloudArgs};
+use crate::definition::{DiskFormat, Firmware};
+use crate::events::Reporter;
+use crate::manifest::Manifest;
+use ami::{BootMode, Flavor, ImageSpec, Root};
+use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_ec2::config::ProvideCredentials;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where an image is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// An AWS AMI.
+    Ami,
+    /// A Eucalyptus EMI.
+    Emi,
+}
+
+/// How an AMI's snapshot is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadPath {
+    /// The EBS direct APIs (default): only non-zero blocks are sent.
+    Direct,
+    /// S3 multipart upload, then ImportSnapshot (needs the `vmimport` role).
+    Import,
+}
+
+/// `imgforge register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// The build's manifest.json.
+    pub manifest: PathBuf,
+    /// `ami` or `emi`.
+    #[arg(long, value_enum)]
+    pub to: Target,
+    /// AMI snapshot route: `direct` (EBS direct APIs) or `import` (S3 + ImportSnapshot).
+    #[arg(long, value_enum, default_value = "direct")]
+    pub upload: UploadPath,
+    /// Bucket for the EMI bundle or the `import` route.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// S3 endpoint when it differs from --endpoint-url (Eucalyptus' object storage).
+    #[arg(long)]
+    pub s3_endpoint_url: Option<String>,
+    /// EMI: the cloud's certificate (PEM).
+    #[arg(long)]
+    pub cloud_cert: Option<PathBuf>,
+    /// EMI: the user's certificate (PEM).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// EMI: the user's private key (PEM).
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// EMI: the account id recorded in the bundle manifest.
+    #[arg(long, env = "EC2_USER_ID")]
+    pub user: Option<String>,
+    /// EMI: register an EBS-backed EMI from a snapshot made with the EBS direct APIs.
+    #[arg(long)]
+    pub ebs: bool,
+    /// AMI: copy the image to these regions too.
+    #[arg(long, value_delimiter = ',')]
+    pub copy_to: Vec<String>,
+    /// AMI: give these account ids launch permission.
+    #[arg(long, value_delimiter = ',')]
+    pub share_with: Vec<String>,
+    /// Boot mode (default: from the build's firmware: bios → legacy-bios, uefi → uefi).
+    #[arg(long, value_enum)]
+    pub boot_mode: Option<BootMode>,
+    /// Do not require IMDSv2 on instances of the image.
+    #[arg(long)]
+    pub no_imds_v2: bool,
+    /// Attach a TPM 2.0 (UEFI only).
+    #[arg(long)]
+    pub tpm: bool,
+    /// Blocks (or parts) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// On failure keep the incomplete snapshot / uploaded objects (for debugging).
+    #[arg(long)]
+    pub keep_partial: bool,
+    /// Cloud connection.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// `imgforge unbundle`.
+#[derive(Debug, clap::Args)]
+pub struct UnbundleArgs {
+    /// The bundle's manifest XML (its parts next to it).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// The user's private key (PEM).
+    #[arg(long)]
+    pub private_key: PathBuf,
+    /// Where to write the image.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// The Eucalyptus bundle's keys and owner.
+#[derive(Debug, Clone)]
+pub struct EucaKeys {
+    /// The cloud's certificate.
+    pub cloud_cert: PathBuf,
+    /// The user's certificate.
+    pub cert: PathBuf,
+    /// The user's private key.
+    pub private_key: PathBuf,
+    /// The account id written in the manifest.
+    pub user: String,
+}
+
+/// What to register and how; the library form of [`RegisterArgs`].
+#[derive(Debug, Clone)]
+pub struct RegisterOptions {
+    /// AMI or EMI.
+    pub target: Target,
+    /// AMI snapshot route.
+    pub upload: UploadPath,
+    /// Bucket for bundles or the import route.
+    pub bucket: Option<String>,
+    /// S3 endpoint override.
+    pub s3_endpoint_url: Option<String>,
+    /// Keys for an EMI bundle.
+    pub euca: Option<EucaKeys>,
+    /// EMI from a snapshot instead of a bundle.
+    pub ebs: bool,
+    /// Regions to copy an AMI to.
+    pub copy_to: Vec<String>,
+    /// Accounts given launch permission.
+    pub share_with: Vec<String>,
+    /// Boot mode override.
+    pub boot_mode: Option<BootMode>,
+    /// Require IMDSv2.
+    pub imds_v2: bool,
+    /// Attach a TPM 2.0.
+    pub tpm: bool,
+    /// Parallel uploads.
+    pub concurrency: usize,
+    /// Keep partial uploads on failure.
+    pub keep_partial: bool,
+    /// How long to wait for the image to become available.
+    pub wait: Duration,
+    /// Cloud connection.
+    pub cloud: CloudArgs,
+}
+
+impl RegisterOptions {
+    /// Defaults for `target`: direct upload, IMDSv2, 64 blocks in flight.
+    pub fn new(target: Target) -> RegisterOptions {
+        RegisterOptions {
+            target,
+            upload: UploadPath::Direct,
+            bucket: None,
+            s3_endpoint_url: None,
+            euca: None,
+            ebs: false,
+            copy_to: Vec::new(),
+            share_with: Vec::new(),
+            boot_mode: None,
+            imds_v2: true,
+            tpm: false,
+            concurrency: 64,
+            keep_partial: false,
+            wait: Duration::from_secs(3600),
+            cloud: CloudArgs::default(),
+        }
+    }
+
+    /// The targets of a manifest's `[publish]` table (for `build --register`); relative key and
+    /// certificate paths are resolved against the definition's directory.
+    pub fn from_publish(manifest: &Manifest) -> Result<Vec<RegisterOptions>> {
+        let base = manifest.definition.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        if let Some(aws) = &manifest.publish.aws {
+            let mut o = RegisterOptions::new(Target::Ami);
+            o.cloud.region = Some(aws.region.clone());
+            o.copy_to = aws.copy_to.clone();
+            o.share_with = aws.share_with.clone();
+            o.imds_v2 = aws.imds_v2;
+            o.tpm = aws.tpm;
+            o.bucket = aws.bucket.clone();
+            o.upload = match aws.upload.as_deref() {
+                None | Some("direct") => UploadPath::Direct,
+                Some("import") => UploadPath::Import,
+                Some(other) => bail!(
+                    "{}: [publish.aws] upload = `{other}`: expected `direct` or `import`",
+                    manifest.definition.display()
+                ),
+            };
+            out.push(o);
+        }
+        if let Some(e) = &manifest.publish.eucalyptus {
+            let mut o = RegisterOptions::new(Target::Emi);
+            o.cloud.endpoint_url = Some(e.endpoint.clone());
+            o.s3_endpoint_url = e.s3_endpoint.clone();
+            o.bucket = Some(e.bucket.clone());
+            o.euca = Some(EucaKeys {
+                cloud_cert: base.join(&e.cloud_cert),
+                cert: base.join(&e.cert),
+                private_key: base.join(&e.private_key),
+                user: e.user.clone().ok_or_else(|| {
+                    anyhow!(
+                        "{}: [publish.eucalyptus] needs `user` (the account id) for the bundle",
+                        manifest.definition.display()
+                    )
+                })?,
+            });
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    fn from_args(args: &RegisterArgs) -> Result<RegisterOptions> {
+        let euca = if args.to == Target::Emi && !args.ebs {
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone().ok_or_else(|| {
+                    anyhow!(
+                        "--to emi needs {flag} (PEM) to make the bundle (or --ebs for a snapshot)"
+                    )
+                })
+            };
+            Some(EucaKeys {
+                cloud_cert: need(&args.cloud_cert, "--cloud-cert")?,
+                cert: need(&args.cert, "--cert")?,
+                private_key: need(&args.private_key, "--private-key")?,
+                user: args.user.clone().ok_or_else(|| {
+                    anyhow!(
+                        "--to emi needs --user ACCOUNT_ID (or EC2_USER_ID) for the bundle manifest"
+                    )
+                })?,
+            })
+        } else {
+            None
+        };
+        Ok(RegisterOptions {
+            target: args.to,
+            upload: args.upload,
+            bucket: args.bucket.clone(),
+            s3_endpoint_url: args.s3_endpoint_url.clone(),
+            euca,
+            ebs: args.ebs,
+            copy_to: args.copy_to.clone(),
+            share_with: args.share_with.clone(),
+            boot_mode: args.boot_mode,
+            imds_v2: !args.no_imds_v2,
+            tpm: args.tpm,
+            concurrency: args.concurrency,
+            keep_partial: args.keep_partial,
+            wait: Duration::from_secs(3600),
+            cloud: args.cloud.clone(),
+        })
+    }
+}
+
+/// How the bytes got to the cloud.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadStats {
+    /// `direct`, `import` or `bundle`.
+    pub route: String,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Seconds spent sending them.
+    pub seconds: f64,
+    /// CPU seconds spent hashing (all threads).
+    pub hash_seconds: f64,
+}
+
+/// A registered image.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisteredImage {
+    /// AMI or EMI.
+    pub target: Target,
+    /// The image id.
+    pub image_id: String,
+    /// Region registered in, when known.
+    pub region: Option<String>,
+    /// The root snapshot, for snapshot-backed images made by this run.
+    pub snapshot_id: Option<String>,
+    /// `bucket/prefix.manifest.xml`, for bundled EMIs made by this run.
+    pub image_location: Option<String>,
+    /// True when an image of this build already existed and was reused.
+    pub reused: bool,
+    /// Copies in other regions: (region, image id).
+    pub copies: Vec<(String, String)>,
+    /// Upload measurements, when this run uploaded.
+    pub upload: Option<UploadStats>,
+}
+
+/// Registers the build at `manifest_path` as `opts` says; reuses an image tagged with the same
+/// build id if one exists. This is what `build --register` calls (with
+/// [`RegisterOptions::from_publish`]).
+pub async fn register_manifest(
+    manifest_path: &Path,
+    opts: &RegisterOptions,
+    reporter: &Reporter,
+) -> Result<RegisteredImage> {
+    let manifest = Manifest::load(manifest_path)?;
+    let config = cloud::load(&opts.cloud).await;
+    check_config(&config).await?;
+    let region = config.region().map(|r| r.to_string());
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let spec = image_spec(&manifest, opts);
+    if opts.target == Target::Ami {
+        spec.validate()?;
+    }
+    let build_id = &manifest.ids.build;
+
+    reporter.phase("register: look for an image of this build");
+    if let Some(image_id) = ami::find_existing(&ec2, build_id).await? {
+        reporter.event(
+            "image-reused",
+            &format!("{image_id} already holds build {build_id}; reusing it, nothing uploaded"),
+            json!({ "image_id": image_id, "build_id": build_id }),
+        );
+        ami::share(&ec2, &image_id, &opts.share_with).await?;
+        return Ok(RegisteredImage {
+            target: opts.target,
+            image_id,
+            region,
+            snapshot_id: None,
+            image_location: None,
+            reused: true,
+            copies: Vec::new(),
+            upload: None,
+        });
+    }
+
+    let raw = RawImage::prepare(manifest_path, &manifest, reporter).await?;
+    let flavor = match opts.target {
+        Target::Ami => Flavor::Aws,
+        Target::Emi => Flavor::Eucalyptus,
+    };
+    let mut out = RegisteredImage {
+        target: opts.target,
+        image_id: String::new(),
+        region: region.clone(),
+        snapshot_id: None,
+        image_location: None,
+        reused: false,
+        copies: Vec::new(),
+        upload: None,
+    };
+    if opts.target == Target::Emi && !opts.ebs {
+        let keys = opts.euca.as_ref().ok_or_else(|| {
+            anyhow!(
+                "an EMI bundle needs the cloud certificate, the user's certificate and private key"
+            )
+        })?;
+        let bucket = opts
+            .bucket
+            .as_deref()
+            .ok_or_else(|| anyhow!("--to emi needs --bucket: the bundle is uploaded there"))?;
+        let s3 = s3_client(&config, opts);
+        let published = emi::publish(
+            &emi::Publish {
+                s3: &s3,
+                ec2: &ec2,
+                image: &raw.path,
+                keys,
+                bucket,
+                prefix: &bundle_prefix(&manifest),
+                arch: arch_name(&manifest),
+                spec: &spec,
+                keep_partial: opts.keep_partial,
+                wait: opts.wait,
+            },
+            reporter,
+        )
+        .await?;
+        out.image_id = published.image_id;
+        out.image_location = Some(published.location);
+        out.upload = Some(published.stats);
+    } else {
+        let uploaded = match opts.upload {
+            UploadPath::Direct => {
+                let ebs = aws_sdk_ebs::Client::new(&config);
+                let uploader = ebs_upload::SnapshotUploader::new(ebs, ec2.clone());
+                reporter.phase("register: upload blocks with the EBS direct APIs");
+                let len = std::fs::metadata(&raw.path)?.len();
+                let progress = Progress::new(reporter, "upload", len);
+                let params = ebs_upload::UploadParams {
+                    concurrency: opts.concurrency,
+                    keep_partial: opts.keep_partial,
+                    ..Default::default()
+                };
+                let req = ebs_upload::SnapshotRequest {
+                    image: raw.path.clone(),
+                    volume_size: manifest.disk_size,
+                    description: format!("{} (imgforge build {build_id})", spec.name),
+                    tags: manifest.provenance_tags(),
+                };
+                let done = uploader.upload(&req, &params, &progress).await?;
+                progress.finish();
+                let stats = UploadStats {
+                    route: "direct".into(),
+                    bytes_sent: done.blocks_sent * ebs_upload::BLOCK_SIZE as u64,
+                    seconds: done.upload_seconds,
+                    hash_seconds: done.hash_seconds,
+                };
+                reporter.event(
+                    "uploaded",
+                    &format!(
+                        "snapshot {}: {} of {} blocks sent in {:.1} s (hashing {:.2} CPU s)",
+                        done.snapshot_id,
+                        done.blocks_sent,
+                        done.blocks_total,
+                        done.upload_seconds,
+                        done.hash_seconds
+                    ),
+                    json!({ "snapshot_id": done.snapshot_id, "blocks_sent": done.blocks_sent,
+                            "blocks_total": done.blocks_total, "stats": stats }),
+                );
+                (done.snapshot_id, done.volume_size_gib as i32, stats)
+            }
+            UploadPath::Import => {
+                let bucket = opts.bucket.as_deref().ok_or_else(|| {
+                    anyhow!("--upload import needs --bucket: the image is uploaded there first")
+                })?;
+                let s3 = s3_client(&config, opts);
+                import::import(
+                    &import::Import {
+                        s3: &s3,
+                        ec2: &ec2,
+                        image: &raw.path,
+                        bucket,
+                        key: &format!("imgforge/{build_id}/{}.raw", spec.name),
+                        description: &spec.name,
+                        tags: &manifest.provenance_tags(),
+                        concurrency: opts.concurrency.clamp(1, 16),
+                        keep_partial: opts.keep_partial,
+                        disk_size: manifest.disk_size,
+                    },
+                    reporter,
+                )
+                .await?
+            }
+        };
+        let (snapshot_id, volume_size_gib, stats) = uploaded;
+        reporter.phase("register: RegisterImage");
+        let root = Root::Snapshot {
+            snapshot_id: snapshot_id.clone(),
+            volume_size_gib,
+        };
+        let progress = Progress::new(reporter, "register", 0);
+        match ami::register(&ec2, flavor, &spec, &root, opts.wait, &progress).await {
+            Ok(id) => out.image_id = id,
+            Err(e) => {
+                if opts.keep_partial {
+                    reporter.println(&format!("kept snapshot {snapshot_id} (--keep-partial)"));
+                } else {
+                    delete_snapshot(&ec2, &snapshot_id, &progress).await;
+                }
+                return Err(e);
+            }
+        }
+        out.snapshot_id = Some(snapshot_id);
+        out.upload = Some(stats);
+    }
+    reporter.event(
+        "image-registered",
+        &format!("registered {} as {}", spec.name, out.image_id),
+        json!({ "image_id": out.image_id, "build_id": build_id, "name": spec.name }),
+    );
+    if opts.target == Target::Ami {
+        ami::share(&ec2, &out.image_id, &opts.share_with).await?;
+        let source = region.clone().unwrap_or_default();
+        for r in &opts.copy_to {
+            let id = ami::copy_to(&config, &source, r, &out.image_id, &spec).await?;
+            reporter.event(
+                "image-copied",
+                &format!("copying {} to {r} as {id}", out.image_id),
+                json!({ "region": r, "image_id": id }),
+            );
+            out.copies.push((r.clone(), id));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `imgforge register`.
+pub async fn run(args: RegisterArgs, reporter: &Reporter) -> Result<()> {
+    let opts = RegisterOptions::from_args(&args)?;
+    let image = register_manifest(&args.manifest, &opts, reporter).await?;
+    let human = if image.reused {
+        format!("{} (existing image of this build)", image.image_id)
+    } else {
+        image.image_id.clone()
+    };
+    reporter.result(&human, &serde_json::to_value(&image)?);
+    Ok(())
+}
+
+/// Runs `imgforge unbundle`.
+pub fn unbundle(args: UnbundleArgs, reporter: &Reporter) -> Result<()> {
+    let key = bundle::load_private_key(&args.private_key)?;
+    reporter.phase("unbundle");
+    let done = bundle::unbundle(&args.manifest, &key, &args.output)?;
+    reporter.result(
+        &format!(
+            "{}: {} bytes from {} parts, digests and signature verified",
+            args.output.display(),
+            done.size,
+            done.parts
+        ),
+        &json!({ "output": args.output, "name": done.name, "size": done.size, "parts": done.parts }),
+    );
+    Ok(())
+}
+
+/// Fails early, and clearly, when there is no region or no credentials.
+async fn check_config(config: &aws_config::SdkConfig) -> Result<()> {
+    if config.region().is_none() {
+        bail!("no AWS region: pass --region or set AWS_REGION (or a region in the profile)");
+    }
+    let provider = config
+        .credentials_provider()
+        .ok_or_else(|| anyhow!("no AWS credentials provider is configured"))?;
+    provider.provide_credentials().await.map_err(|e| {
+        anyhow!(
+            "no AWS credentials found ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or AWS_PROFILE / --profile, or run with an instance role",
+            DisplayErrorContext(e)
+        )
+    })?;
+    Ok(())
+}
+
+fn s3_client(config: &aws_config::SdkConfig, opts: &RegisterOptions) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(config).force_path_style(true);
+    if let Some(e) = &opts.s3_endpoint_url {
+        b = b.endpoint_url(e);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
+}
+
+fn arch_name(manifest: &Manifest) -> &'static str {
+    match manifest.arch {
+        crate::definition::Arch::X86_64 => "x86_64",
+    }
+}
+
+/// What RegisterImage is told about this build.
+pub fn image_spec(manifest: &Manifest, opts: &RegisterOptions) -> ImageSpec {
+    let short = &manifest.ids.build[..manifest.ids.build.len().min(12)];
+    ImageSpec {
+        name: format!("{}-{}-{short}", manifest.name, manifest.version),
+        description: manifest
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("{} {} built by imgforge", manifest.name, manifest.version)),
+        arch: arch_name(manifest).into(),
+        boot_mode: opts.boot_mode.unwrap_or(match manifest.firmware {
+            Firmware::Bios => BootMode::LegacyBios,
+            Firmware::Uefi => BootMode::Uefi,
+        }),
+        imds_v2: opts.imds_v2,
+        tpm: opts.tpm,
+        tags: manifest.provenance_tags(),
+    }
+}
+
+fn bundle_prefix(manifest: &Manifest) -> String {
+    let short = &manifest.ids.build[..manifest.ids.build.len().min(12)];
+    format!("{}-{}-{short}", manifest.name, manifest.version)
+}
+
+/// The build's raw image: the raw artifact, or the qcow2 one converted into a temporary file.
+struct RawImage {
+    path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl RawImage {
+    async fn prepare(
+        manifest_path: &Path,
+        manifest: &Manifest,
+        reporter: &Reporter,
+    ) -> Result<RawImage> {
+        if let Some(p) = manifest.artifact_path(manifest_path, DiskFormat::Raw) {
+            if !p.is_file() {
+                bail!(
+                    "{}: the raw artifact {} is missing; rebuild, or remove it from the manifest",
+                    manifest_path.display(),
+                    p.display()
+                );
+            }
+            return Ok(RawImage {
+                path: p,
+                _tmp: None,
+            });
+        }
+        let Some(qcow2) = manifest.artifact_path(manifest_path, DiskFormat::Qcow2) else {
+            bail!(
+                "{}: the build has neither a raw nor a qcow2 artifact; add `raw` to [output] formats",
+                manifest_path.display()
+            );
+        };
+        reporter.phase("register: convert qcow2 to raw");
+        let dir = qcow2.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".imgforge-register-")
+            .tempdir_in(dir)
+            .with_context(|| format!("cannot make a temporary directory in {}", dir.display()))?;
+        let raw = tmp.path().join("disk.raw");
+        let cmd = crate::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&qcow2)
+            .arg(&raw);
+        tokio::task::spawn_blocking(move || cmd.run())
+            .await
+            .context("qemu-img runner panicked")??;
+        Ok(RawImage {
+            path: raw,
+            _tmp: Some(tmp),
+        })
+    }
+}
+
+/// Deletes a snapshot this run made, reporting (not failing) if that is impossible.
+pub(crate) async fn delete_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    progress: &Progress<'_>,
+) {
+    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+        Ok(_) => progress.println(&format!("deleted the incomplete snapshot {snapshot_id}")),
+        Err(e) => progress.println(&format!(
+            "warning: could not delete snapshot {snapshot_id}: {}; delete it by hand",
+            DisplayErrorContext(e)
+        )),
+    }
+}
+
+/// Turns an SDK error into one that says what failed and what to do about it.
+pub(crate) fn sdk_error<E, R>(err: SdkError<E, R>, what: &str) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let code = err.code().unwrap_or_default().to_string();
+    let hint = match code.as_str() {
+        "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+            ": the credentials in use are not allowed to do this; check the IAM policy of the user or role"
+        }
+        "NoSuchBucket" => ": the bucket does not exist; create it or pass another --bucket",
+        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "InvalidAccessKeyId" => {
+            ": the cloud rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
+        }
+        c if c.contains("Throttl") || c == "RequestLimitExceeded" || c == "SlowDown" => {
+            ": still throttled after retries with backoff; lower --concurrency or try again later"
+        }
+        _ => match &err {
+            SdkError::DispatchFailure(_) => {
+                ": cannot reach the endpoint; check --endpoint-url / AWS_ENDPOINT_URL* and the network"
+            }
+            SdkError::TimeoutError(_) => ": the request timed out",
+            _ => "",
+        },
+    };
+    anyhow!("{what} failed: {}{hint}", DisplayErrorContext(&err))
+}
+
+/// Progress of one transfer: a bar with bytes and throughput on a terminal, events otherwise.
+pub struct Progress<'a> {
+    reporter: &'a Reporter,
+    bar: ProgressBar,
+}
+
+impl<'a> Progress<'a> {
+    /// A progress bar over `total` bytes (0: no bar).
+    pub fn new(reporter: &'a Reporter, label: &str, total: u64) -> Progress<'a> {
+        let visible = total > 0 && !reporter.is_json() && std::io::stderr().is_terminal();
+        let bar = if visible {
+            reporter.finish();
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("static template"),
+            );
+            b.set_prefix(label.to_string());
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress { reporter, bar }
+    }
+
+    /// Counts `n` more bytes done.
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    /// A handle on the bar for a blocking thread (hidden when there is no bar).
+    pub(crate) fn bar_handle(&self) -> ProgressBar {
+        self.bar.clone()
+    }
+
+    /// Ends the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// A line for people, above the bar.
+    pub fn println(&self, message: &str) {
+        if self.bar.is_hidden() {
+            self.reporter.println(message);
+        } else {
+            self.bar.println(message);
+        }
+    }
+
+    /// An event (JSON line, or a line for people above the bar).
+    pub fn event(&self, kind: &str, message: &str, fields: Value) {
+        if self.reporter.is_json() {
+            self.reporter.event(kind, message, fields);
+        } else {
+            self.println(message);
+        }
+    }
+}

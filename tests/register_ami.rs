@@ -1,0 +1,352 @@
+//! `imgforge register --to ami` against a real moto_server through the real SDK: the snapshot's
+//! blocks read back with GetSnapshotBlock, tags, idempotency, and clear errors.
+
+mod common;
+
+use common::{imgforge, run, Moto};
+use serde_json::{json, Value};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const BLOCK: u64 = 512 * 1024;
+
+/// Writes a sparse raw image and a manifest.json naming it; returns the manifest path.
+fn fixture(dir: &Path, build_id: &str, extents: &[(u64, Vec<u8>)], len: u64) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&raw)
+        .unwrap();
+    f.set_len(len).unwrap();
+    for (offset, bytes) in extents {
+        f.write_all_at(bytes, *offset).unwrap();
+    }
+    f.sync_all().unwrap();
+    let manifest = json!({
+        "imgforge_version": "0.1.0",
+        "name": "regtest",
+        "version": "1.2.3",
+        "description": "register test image",
+        "definition": "images/regtest.toml",
+        "ids": { "base": "a".repeat(64), "bake": "b".repeat(64), "build": build_id },
+        "firmware": "bios",
+        "arch": "x86_64",
+        "disk_size": len,
+        "artifacts": [{ "format": "raw", "file": "disk.raw", "size": len, "sha256": "0".repeat(64) }],
+        "built_at": "2026-11-25T10:00:00Z",
+    });
+    let path = dir.join("manifest.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    path
+}
+
+fn register(moto: &Moto, manifest: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = imgforge();
+    cmd.arg("--json")
+        .arg("register")
+        .arg(manifest)
+        .args(["--to", "ami"])
+        .args(extra)
+        .envs(moto.env());
+    run(&mut cmd)
+}
+
+/// The final JSON result line of a `--json` run.
+fn result_line(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .unwrap_or_else(|| panic!("no result line in:\n{stdout}"))
+}
+
+async fn snapshot_count(ec2: &aws_sdk_ec2::Client) -> usize {
+    ec2.describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots
+        .unwrap_or_default()
+        .len()
+}
+
+async fn image_count(ec2: &aws_sdk_ec2::Client) -> usize {
+    ec2.describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap_or_default()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_upload_sends_only_nonzero_blocks_and_registering_again_reuses_the_image() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let build_id = "c0ffee".repeat(10) + "abcd";
+    let len = 8 * BLOCK + 1000; // nine blocks, the last one partial
+    let full_block: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8 + 1).collect();
+    let manifest = fixture(
+        dir.path(),
+        &build_id,
+        &[
+            (17, b"boot sector bytes".to_vec()),
+            (2 * BLOCK, vec![0u8; BLOCK as usize]), // written, but all zeros
+            (3 * BLOCK, full_block.clone()),
+            (8 * BLOCK + 10, vec![0x5a; 500]), // in the partial last block
+        ],
+        len,
+    );
+    let image = std::fs::read(dir.path().join("disk.raw")).unwrap();
+
+    let config = moto.sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let ebs = aws_sdk_ebs::Client::new(&config);
+
+    let (code, stdout, stderr) = register(&moto, &manifest, &["--concurrency", "3"]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let result = result_line(&stdout);
+    assert_eq!(result["reused"], false);
+    let image_id = result["image_id"].as_str().unwrap().to_string();
+    let snapshot_id = result["snapshot_id"].as_str().unwrap().to_string();
+    assert!(snapshot_id.starts_with("snap-"), "{result}");
+
+    // The snapshot holds exactly the non-zero blocks, with the image's bytes (last one padded).
+    let listed = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(&snapshot_id)
+        .send()
+        .await
+        .unwrap();
+    let mut indexes: Vec<i32> = listed
+        .blocks
+        .unwrap_or_default()
+        .iter()
+        .map(|b| b.block_index.unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [0, 3, 8],
+        "blocks 1, 2 and 4-7 are zeros and must not be sent"
+    );
+    for (index, token) in ebs
+        .list_snapshot_blocks()
+        .snapshot_id(&snapshot_id)
+        .send()
+        .await
+        .unwrap()
+        .blocks
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.block_index.unwrap(), b.block_token.unwrap()))
+    {
+        let got = ebs
+            .get_snapshot_block()
+            .snapshot_id(&snapshot_id)
+            .block_index(index)
+            .block_token(token)
+            .send()
+            .await
+            .unwrap()
+            .block_data
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let start = index as usize * BLOCK as usize;
+        let mut want = image[start..image.len().min(start + BLOCK as usize)].to_vec();
+        want.resize(BLOCK as usize, 0);
+        assert_eq!(got.len(), want.len(), "block {index} length");
+        assert!(got == want, "block {index} differs from the image");
+    }
+
+    // The image carries its provenance.
+    let described = ec2
+        .describe_images()
+        .image_ids(&image_id)
+        .send()
+        .await
+        .unwrap();
+    let img = &described.images.unwrap()[0];
+    let tags: Vec<(String, String)> = img
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert!(
+        tags.contains(&("imgforge:build-id".into(), build_id.clone())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&("imgforge:version".into(), "1.2.3".into())),
+        "{tags:?}"
+    );
+    assert_eq!(
+        img.name(),
+        Some(&*format!("regtest-1.2.3-{}", &build_id[..12]))
+    );
+
+    // The snapshot is tagged too.
+    let snap = ec2
+        .describe_snapshots()
+        .snapshot_ids(&snapshot_id)
+        .send()
+        .await
+        .unwrap()
+        .snapshots
+        .unwrap();
+    assert_eq!(snap[0].state().map(|s| s.as_str()), Some("completed"));
+    assert!(snap[0]
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(&*build_id)));
+
+    // Registering the same manifest again creates nothing new.
+    let (snaps, images) = (snapshot_count(&ec2).await, image_count(&ec2).await);
+    let (code, stdout, stderr) = register(&moto, &manifest, &[]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let again = result_line(&stdout);
+    assert_eq!(again["reused"], true, "{again}");
+    assert_eq!(again["image_id"], image_id.as_str());
+    assert!(stdout.contains("\"event\":\"image-reused\""), "{stdout}");
+    assert_eq!(snapshot_count(&ec2).await, snaps, "no new snapshot");
+    assert_eq!(image_count(&ec2).await, images, "no new image");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qcow2_only_build_is_converted_and_its_data_uploaded() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 4 * BLOCK;
+    let manifest = fixture(
+        dir.path(),
+        &"d".repeat(64),
+        &[(BLOCK + 3, vec![7u8; 4000])],
+        len,
+    );
+    // Replace the raw artifact by a qcow2 one.
+    let raw = dir.path().join("disk.raw");
+    let qcow2 = dir.path().join("disk.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .expect("qemu-img is installed");
+    assert!(status.success());
+    std::fs::remove_file(&raw).unwrap();
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["artifacts"] =
+        json!([{ "format": "qcow2", "file": "disk.qcow2", "size": 0, "sha256": "0".repeat(64) }]);
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let (code, stdout, stderr) = register(&moto, &manifest, &[]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let snapshot_id = result_line(&stdout)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ebs = aws_sdk_ebs::Client::new(&moto.sdk_config().await);
+    let blocks = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(&snapshot_id)
+        .send()
+        .await
+        .unwrap()
+        .blocks
+        .unwrap_or_default();
+    let indexes: Vec<i32> = blocks.iter().map(|b| b.block_index.unwrap()).collect();
+    assert_eq!(indexes, [1]);
+    // The temporary raw file is gone.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".imgforge"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn missing_credentials_are_named_with_what_to_set() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"e".repeat(64), &[(0, vec![1])], BLOCK);
+    let mut cmd = imgforge();
+    cmd.arg("register")
+        .arg(&manifest)
+        .args([
+            "--to",
+            "ami",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto.endpoint,
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", dir.path())
+        .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("no-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let (code, _out, stderr) = run(&mut cmd);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no AWS credentials found"), "{stderr}");
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
+}
+
+#[test]
+fn tpm_with_legacy_bios_is_refused_before_anything_is_uploaded() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"f".repeat(64), &[(0, vec![1])], BLOCK);
+    let (code, _out, stderr) = register(&moto, &manifest, &["--tpm"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("TPM 2.0 needs UEFI"), "{stderr}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&rt.block_on(moto.sdk_config()));
+    assert_eq!(rt.block_on(snapshot_count(&ec2)), 0, "nothing was uploaded");
+}
+
+#[test]
+fn a_missing_raw_artifact_is_named() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"9".repeat(64), &[(0, vec![1])], BLOCK);
+    std::fs::remove_file(dir.path().join("disk.raw")).unwrap();
+    let (code, _out, stderr) = register(&moto, &manifest, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("disk.raw") && stderr.contains("missing"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_import_route_needs_an_existing_bucket() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"8".repeat(64), &[(0, vec![1])], BLOCK);
+    let (code, _out, stderr) = register(&moto, &manifest, &["--upload", "import"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--upload import needs --bucket"),
+        "{stderr}"
+    );
+    let (code, _out, stderr) = register(
+        &moto,
+        &manifest,
+        &["--upload", "import", "--bucket", "nope"],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("bucket `nope` does not exist"), "{stderr}");
+}

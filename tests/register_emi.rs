@@ -1,0 +1,379 @@
+//! Eucalyptus EMIs: bundles made by imgforge round-trip bit for bit through `imgforge unbundle`,
+//! tampering is detected, and `register --to emi` uploads and registers the bundle on a real
+//! moto_server (S3 + EC2) through the real SDK. Keys and certificates are made by the test.
+
+mod common;
+
+use common::{imgforge, run, Moto};
+use imgforge::register::bundle::{self, BundleKeys, BundleSpec};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Makes an RSA key and a self-signed certificate with openssl; returns (key, cert).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}-pk.pem"));
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", &format!("/CN={name}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    (key, cert)
+}
+
+/// An image of `len` bytes: pseudo-random data (incompressible, so the bundle has several
+/// parts) with a zero stretch in the middle.
+fn image(path: &Path, len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    data[len / 3..len / 2].fill(0);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+struct Keys {
+    cloud_key: PathBuf,
+    cloud_cert: PathBuf,
+    user_key: PathBuf,
+    user_cert: PathBuf,
+}
+
+fn keys(dir: &Path) -> Keys {
+    let (cloud_key, cloud_cert) = keypair(dir, "cloud");
+    let (user_key, user_cert) = keypair(dir, "user");
+    Keys {
+        cloud_key,
+        cloud_cert,
+        user_key,
+        user_cert,
+    }
+}
+
+fn unbundle_cli(manifest: &Path, key: &Path, out: &Path) -> (i32, String, String) {
+    let mut cmd = imgforge();
+    cmd.arg("unbundle")
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--private-key")
+        .arg(key)
+        .arg("-o")
+        .arg(out);
+    run(&mut cmd)
+}
+
+#[test]
+fn a_bundle_round_trips_and_any_flipped_byte_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let img = dir.path().join("disk.raw");
+    let data = image(&img, 26 * 1024 * 1024 + 123);
+    let out_dir = dir.path().join("bundle");
+    std::fs::create_dir(&out_dir).unwrap();
+    let keys = BundleKeys::load(&k.cloud_cert, &k.user_cert, &k.user_key).unwrap();
+    let spec = BundleSpec {
+        name: "regtest-1.0".into(),
+        user: "123456789012".into(),
+        arch: "x86_64".into(),
+        prefix: "regtest".into(),
+    };
+    let made = bundle::create(&img, &out_dir, &spec, &keys, &|_| {}).unwrap();
+    assert_eq!(
+        made.parts.len(),
+        3,
+        "about 21.7 MiB of incompressible data is three 10 MiB parts"
+    );
+    assert_eq!(made.image_size, data.len() as u64);
+    let names: Vec<String> = made
+        .parts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["regtest.part.00", "regtest.part.01", "regtest.part.02"]
+    );
+    let manifest_text = std::fs::read_to_string(&made.manifest).unwrap();
+    assert!(manifest_text.contains("<version>2007-10-10</version>"));
+    assert!(manifest_text.contains("<architecture>x86_64</architecture>"));
+
+    // Round trip with the user's key, and with the cloud's key (ec2_encrypted_key).
+    let restored = dir.path().join("restored.raw");
+    let (code, _o, e) = unbundle_cli(&made.manifest, &k.user_key, &restored);
+    assert_eq!(code, 0, "{e}");
+    assert!(std::fs::read(&restored).unwrap() == data, "bit for bit");
+    let cloud_key = bundle::load_private_key(&k.cloud_key).unwrap();
+    // The signature is the user's, so the cloud's key alone cannot verify it.
+    let e = bundle::unbundle(&made.manifest, &cloud_key, &dir.path().join("x.raw"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("signature"), "{e}");
+
+    // A flipped byte in any part is detected, and nothing is written.
+    for part in &made.parts {
+        let original = std::fs::read(part).unwrap();
+        let mut bad = original.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x01;
+        std::fs::write(part, &bad).unwrap();
+        let out = dir.path().join("tampered.raw");
+        let (code, _o, e) = unbundle_cli(&made.manifest, &k.user_key, &out);
+        assert_ne!(code, 0);
+        let name = part.file_name().unwrap().to_string_lossy();
+        assert!(e.contains(&*name) && e.contains("corrupt"), "{e}");
+        assert!(!out.exists(), "no output after a failed unbundle");
+        std::fs::write(part, &original).unwrap();
+    }
+
+    // An altered manifest fails the signature check.
+    let altered = manifest_text.replace("<name>regtest-1.0</name>", "<name>regtest-6.6</name>");
+    std::fs::write(&made.manifest, altered).unwrap();
+    let (code, _o, e) = unbundle_cli(&made.manifest, &k.user_key, &dir.path().join("y.raw"));
+    assert_ne!(code, 0);
+    assert!(e.contains("signature does not verify"), "{e}");
+}
+
+#[test]
+fn mismatched_or_malformed_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let e = BundleKeys::load(&k.cloud_cert, &k.user_cert, &k.cloud_key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("does not belong to the certificate"), "{e}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let e = BundleKeys::load(&junk, &k.user_cert, &k.user_key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("junk.pem") && e.contains("not a PEM X.509 certificate"),
+        "{e}"
+    );
+    let e = BundleKeys::load(&k.cloud_cert, &k.user_cert, &junk)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("junk.pem") && e.contains("RSA private key"),
+        "{e}"
+    );
+}
+
+fn manifest_json(dir: &Path, build_id: &str, len: u64) -> PathBuf {
+    let m = json!({
+        "imgforge_version": "0.1.0",
+        "name": "emitest",
+        "version": "2.0.0",
+        "definition": "images/emitest.toml",
+        "ids": { "base": "a".repeat(64), "bake": "b".repeat(64), "build": build_id },
+        "firmware": "bios",
+        "arch": "x86_64",
+        "disk_size": len,
+        "artifacts": [{ "format": "raw", "file": "disk.raw", "size": len, "sha256": "0".repeat(64) }],
+        "built_at": "2026-11-25T10:00:00Z",
+    });
+    let p = dir.join("manifest.json");
+    std::fs::write(&p, m.to_string()).unwrap();
+    p
+}
+
+fn register_emi(moto: &Moto, manifest: &Path, k: &Keys, bucket: &str) -> (i32, String, String) {
+    let mut cmd = imgforge();
+    cmd.arg("--json")
+        .arg("register")
+        .arg(manifest)
+        .args(["--to", "emi", "--bucket", bucket, "--user", "123456789012"])
+        .arg("--cloud-cert")
+        .arg(&k.cloud_cert)
+        .arg("--cert")
+        .arg(&k.user_cert)
+        .arg("--private-key")
+        .arg(&k.user_key)
+        .envs(moto.env());
+    run(&mut cmd)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_to_emi_uploads_a_bundle_that_unbundles_and_registers_it_once() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let data = image(&dir.path().join("disk.raw"), 12 * 1024 * 1024 + 7);
+    let build_id = "e".repeat(64);
+    let manifest = manifest_json(dir.path(), &build_id, data.len() as u64);
+    let config = moto.sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+
+    // No bucket yet: a clear error, nothing registered.
+    let (code, _o, e) = register_emi(&moto, &manifest, &k, "images");
+    assert_ne!(code, 0);
+    assert!(e.contains("bucket `images` does not exist"), "{e}");
+
+    s3.create_bucket().bucket("images").send().await.unwrap();
+    let (code, stdout, stderr) = register_emi(&moto, &manifest, &k, "images");
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let result: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .unwrap();
+    let prefix = format!("emitest-2.0.0-{}", &build_id[..12]);
+    assert_eq!(
+        result["image_location"],
+        format!("images/{prefix}.manifest.xml").as_str()
+    );
+    let image_id = result["image_id"].as_str().unwrap();
+
+    // Registered, and tagged afterwards with CreateTags.
+    let img = ec2
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap()
+        .remove(0);
+    assert!(img
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(&*build_id)));
+
+    // The manifest and parts are in the bucket; fetched back, they unbundle bit for bit.
+    let listed = s3.list_objects_v2().bucket("images").send().await.unwrap();
+    let mut keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}.manifest.xml"),
+            format!("{prefix}.part.00"),
+            format!("{prefix}.part.01"),
+        ]
+    );
+    let fetched = dir.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    for key in &keys {
+        let body = s3
+            .get_object()
+            .bucket("images")
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        std::fs::write(fetched.join(key), body).unwrap();
+    }
+    let restored = dir.path().join("restored.raw");
+    let (code, _o, e) = unbundle_cli(
+        &fetched.join(format!("{prefix}.manifest.xml")),
+        &k.user_key,
+        &restored,
+    );
+    assert_eq!(code, 0, "{e}");
+    assert!(std::fs::read(&restored).unwrap() == data);
+
+    // Again: the image of this build is reused, nothing new is uploaded or registered.
+    let images_before = ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap_or_default()
+        .len();
+    let (code, stdout, _e) = register_emi(&moto, &manifest, &k, "images");
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"reused\":true"), "{stdout}");
+    let images_after = ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap_or_default()
+        .len();
+    assert_eq!(images_before, images_after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ebs_backed_emi_goes_through_the_snapshot_route() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(&dir.path().join("disk.raw"), 3 * 512 * 1024);
+    let build_id = "7".repeat(64);
+    let manifest = manifest_json(dir.path(), &build_id, data.len() as u64);
+    let mut cmd = imgforge();
+    cmd.arg("--json")
+        .arg("register")
+        .arg(&manifest)
+        .args(["--to", "emi", "--ebs"])
+        .envs(moto.env());
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let result: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .unwrap();
+    assert_eq!(result["target"], "emi");
+    let snapshot_id = result["snapshot_id"].as_str().unwrap();
+    let ebs = aws_sdk_ebs::Client::new(&moto.sdk_config().await);
+    let blocks = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(snapshot_id)
+        .send()
+        .await
+        .unwrap()
+        .blocks
+        .unwrap_or_default();
+    // The zeroed middle third covers half of block 1 only: all three blocks hold data.
+    assert_eq!(blocks.len(), 3);
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
+    let img = ec2
+        .describe_images()
+        .image_ids(result["image_id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap()
+        .remove(0);
+    assert!(img
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(&*build_id)));
+}
