@@ -239,8 +239,8 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     Ok(())
 }
 
-/// Reports the final summary with the count of cloud API calls made.
-fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
+/// Reports a command's final `summary` event with the count of cloud API calls it made.
+pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
     let mut fields = fields;
     if let Some(o) = fields.as_object_mut() {
         o.insert("api_calls".into(), json!(calls.total()));
