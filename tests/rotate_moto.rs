@@ -591,3 +591,117 @@ fn max_age_takes_only_s_m_h_d_w() {
         assert!(err.contains("`30d`, `12h` or `2w`"), "{bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
+    use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag as AsgTag};
+    use aws_sdk_ec2::types::RequestLaunchTemplateData;
+
+    let moto = Moto::start_faketime();
+    let sdk = moto.sdk_config().await;
+    let ec2 = Client::new(&sdk);
+    let asg = aws_sdk_autoscaling::Client::new(&sdk);
+    let group = "web-asg";
+
+    moto.set_offset("-31d");
+    let v1 = register(&ec2, "build-1").await;
+    let data = |image: &str| {
+        RequestLaunchTemplateData::builder()
+            .image_id(image)
+            .instance_type(InstanceType::T3Small)
+            .build()
+    };
+    ec2.create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(data(&v1))
+        .send()
+        .await
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(group)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_name("web")
+                .version("$Latest")
+                .build(),
+        )
+        .min_size(2)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .tags(
+            AsgTag::builder()
+                .key("imgforge:image")
+                .value(NAME)
+                .propagate_at_launch(true)
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    moto.set_offset("+0");
+    let v2 = register(&ec2, "build-2").await;
+    ec2.create_launch_template_version()
+        .launch_template_name("web")
+        .launch_template_data(data(&v2))
+        .send()
+        .await
+        .unwrap();
+    let old: BTreeSet<String> = instances(&ec2, vec![filter("tag:imgforge:image", &[NAME])])
+        .await
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(old.len(), 2, "the group's members carry the image tag");
+
+    let (stop, poller) = start_poller(ec2.clone());
+    let (code, out, err) = imgforge(
+        &moto,
+        &[
+            "--json",
+            "rotate",
+            "--max-age",
+            "30d",
+            "--image-name",
+            NAME,
+            "--max-surge",
+            "1",
+        ],
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (min, samples) = poller.await.unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(samples > 1);
+    assert!(min >= 2, "running managed instances fell to {min}");
+    let ev = events(&out);
+    assert_eq!(events_of(&ev, "asg-surge").len(), 2, "{out}");
+    assert!(
+        events_of(&ev, "launch").is_empty(),
+        "no RunInstances behind the group's back"
+    );
+
+    let g = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .unwrap();
+    let g = &g.auto_scaling_groups()[0];
+    assert_eq!(g.desired_capacity(), Some(2));
+    let members: BTreeSet<String> = g
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(members.len(), 2);
+    assert!(members.is_disjoint(&old), "old members remain: {members:?}");
+    for id in &members {
+        assert_eq!(instance(&ec2, id).await.image_id(), Some(v2.as_str()));
+    }
+    for id in &old {
+        assert_ne!(state(&instance(&ec2, id).await), "running", "{id}");
+    }
+}
