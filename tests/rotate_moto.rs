@@ -430,7 +430,8 @@ async fn replaces_exactly_the_old_instances_keeping_the_floor_then_does_nothing(
         Some(f.v1.as_str())
     );
 
-    // A second run right after changes nothing and says so.
+    // A second run right after changes nothing and says so; selected here by a filter alone
+    // (any instance with an imgforge:image tag and team=web).
     let all_after = instances(&ec2, vec![]).await;
     let (code, out, err) = imgforge(
         &moto,
@@ -439,16 +440,21 @@ async fn replaces_exactly_the_old_instances_keeping_the_floor_then_does_nothing(
             "rotate",
             "--max-age",
             "30d",
-            "--image-name",
-            NAME,
-            "--max-surge",
-            "2",
+            "--filter",
+            "tag:team=web",
         ],
     )
     .await;
     assert_eq!(code, 0, "{err}");
     let ev = events(&out);
     assert_eq!(events_of(&ev, "noop").len(), 1, "{out}");
+    assert_eq!(
+        events_of(&ev, "plan")[0]["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        managed
+    );
     assert!(events_of(&ev, "launch").is_empty());
     let again = instances(&ec2, vec![]).await;
     assert_eq!(again.len(), all_after.len());

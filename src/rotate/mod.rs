@@ -191,7 +191,7 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     };
     reporter.phase("replace");
     let ec2_outcome = replace::execute(&clients, &plan, &settings, reporter).await?;
-    let asg_outcome = if plan.has_asg_work() {
+    let asg_outcome = if plan.has_asg_work() && ec2_outcome.failures.is_empty() {
         reporter.phase("auto scaling");
         let asg_settings = asg::Settings {
             max_surge: args.max_surge as usize,

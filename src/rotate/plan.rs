@@ -156,6 +156,8 @@ impl Plan {
                         "image": i.instance.image_id(),
                         "image_name": i.image_name,
                         "target": self.target(i).map(|t| &t.image_id),
+                        "target_build_id": self.target(i).and_then(|t| t.build_id.as_ref()),
+                        "target_created": self.target(i).and_then(|t| t.created.as_ref()),
                         "action": action_kind(&i.action),
                         "detail": row[3],
                     })

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// Ids per batched Describe*/Terminate call.
 const BATCH: usize = 100;
+/// How often a `waiting` event reports progress while replacements are in flight.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// How replacements are paced and checked.
 #[derive(Debug, Clone)]
@@ -90,6 +92,7 @@ pub async fn execute(
     let mut outcome = Outcome::default();
     let mut inflight: Vec<InFlight> = Vec::new();
     let mut stopped = false;
+    let mut last_progress = Instant::now();
     let probe_timeout = settings
         .poll_interval
         .clamp(Duration::from_secs(1), Duration::from_secs(5));
@@ -216,13 +219,25 @@ pub async fn execute(
             }
         }
 
-        reporter.detail(
-            &inflight
-                .iter()
-                .map(|f| format!("{} {}", f.new_id, f.waiting_for))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
+        let waiting = inflight
+            .iter()
+            .map(|f| format!("{} {}", f.new_id, f.waiting_for))
+            .collect::<Vec<_>>()
+            .join(", ");
+        reporter.detail(&waiting);
+        if !inflight.is_empty() && last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            reporter.event(
+                "waiting",
+                &format!(
+                    "waiting for {} replacement(s), {} queued: {waiting}",
+                    inflight.len(),
+                    queue.len()
+                ),
+                json!({ "in_flight": inflight.len(), "queued": queue.len(),
+                        "replaced": outcome.replaced.len() }),
+            );
+        }
     }
     outcome.not_started = queue.len();
     Ok(outcome)
