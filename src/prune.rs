@@ -37,6 +37,10 @@ pub struct PruneArgs {
     /// List what would go and why each kept image is kept; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
+    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    pub page_size: i32,
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -48,7 +52,7 @@ type Reasons = BTreeMap<String, Vec<String>>;
 /// Runs `imgforge prune`.
 pub async fn run(args: PruneArgs, reporter: &Reporter) -> Result<()> {
     let calls = ApiCalls::default();
-    let clients = calls.clients(&cloud::load(&args.cloud).await);
+    let clients = calls.clients(&cloud::load(&args.cloud).await, args.page_size);
     reporter.phase("find images and their users");
     let mut images = images_of(&clients, &args.image_name).await?;
     images.sort_by_key(|i| {

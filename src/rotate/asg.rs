@@ -7,11 +7,12 @@
 //! `--asg-instance-refresh`, StartInstanceRefresh does the whole job (launch before terminate)
 //! and DescribeInstanceRefreshes is followed to its end.
 
-use super::plan::{Action, Item, Plan};
+use super::plan::{describe_instances, Action, Item, Plan};
 use super::Clients;
 use crate::events::Reporter;
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, RefreshPreferences};
+use aws_sdk_ec2::types::Filter;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ pub async fn execute(
             refresh(clients, group, old.len(), settings, reporter).await?;
             outcome.replaced += old.len();
         } else {
-            outcome.replaced += step(clients, group, &old, settings, reporter).await?;
+            outcome.replaced += step(clients, plan, group, &old, settings, reporter).await?;
         }
     }
     Ok(outcome)
@@ -93,6 +94,7 @@ fn in_service(group: &AutoScalingGroup) -> BTreeSet<String> {
 /// Rotates `old` (oldest first) through `name`, `max_surge` at a time; returns how many.
 async fn step(
     clients: &Clients,
+    plan: &Plan,
     name: &str,
     old: &[&Item],
     settings: &Settings,
@@ -163,6 +165,9 @@ async fn step(
                 );
             }
         };
+        if let Some(target) = batch.first().and_then(|i| plan.target(i)) {
+            warn_if_not_on(clients, name, &fresh, &target.image_id, reporter).await?;
+        }
         for item in batch.iter().take(surge as usize) {
             terminate_member(clients, &item.id).await?;
             done += 1;
@@ -178,6 +183,40 @@ async fn step(
         }
     }
     Ok(done)
+}
+
+/// Reports new members that run another image than `target`: the group's launch template
+/// decides what it launches, and imgforge does not change launch templates.
+async fn warn_if_not_on(
+    clients: &Clients,
+    name: &str,
+    members: &[String],
+    target: &str,
+    reporter: &Reporter,
+) -> Result<()> {
+    let found = describe_instances(
+        clients,
+        vec![Filter::builder()
+            .name("instance-id")
+            .set_values(Some(members.to_vec()))
+            .build()],
+    )
+    .await?;
+    for i in found {
+        let image = i.image_id().unwrap_or("?");
+        if image != target {
+            let id = i.instance_id().unwrap_or("?");
+            reporter.event(
+                "warning",
+                &format!(
+                    "{name}: new member {id} runs {image}, not the target {target}: point the \
+                     group's launch template at {target} and rotate again"
+                ),
+                json!({ "group": name, "instance": id, "image": image, "target": target }),
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn terminate_member(clients: &Clients, id: &str) -> Result<()> {

@@ -21,11 +21,14 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     /// Auto Scaling.
     pub asg: aws_sdk_autoscaling::Client,
+    /// MaxResults per DescribeInstances page.
+    pub page_size: i32,
 }
 
 impl ApiCalls {
-    /// Clients built from `sdk` that report their calls to this counter.
-    pub fn clients(&self, sdk: &SdkConfig) -> Clients {
+    /// Clients built from `sdk` that report their calls to this counter, asking for
+    /// `page_size` instances per DescribeInstances page.
+    pub fn clients(&self, sdk: &SdkConfig, page_size: i32) -> Clients {
         let ec2 = aws_sdk_ec2::config::Builder::from(sdk)
             .interceptor(self.clone())
             .build();
@@ -35,6 +38,7 @@ impl ApiCalls {
         Clients {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             asg: aws_sdk_autoscaling::Client::from_conf(asg),
+            page_size,
         }
     }
 

@@ -41,7 +41,8 @@ pub struct RotateArgs {
     /// How many replacements run at once (launched before any old instance is terminated).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_surge: u32,
-    /// Floor on healthy managed instances, as a percentage of the fleet; never crossed.
+    /// Floor on healthy managed instances, as a percentage of the fleet: rotation refuses to
+    /// start below it and, launching before terminating, never goes below it.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub min_healthy_percent: u32,
     /// After status checks pass, also require a TCP connection to this port on the replacement.
@@ -68,6 +69,10 @@ pub struct RotateArgs {
     #[arg(long, hide = true, env = "IMGFORGE_POLL_INTERVAL", default_value = "15s",
           value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
+    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    pub page_size: i32,
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -141,7 +146,7 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     }
     let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
     let calls = ApiCalls::default();
-    let clients = calls.clients(&cloud::load(&args.cloud).await);
+    let clients = calls.clients(&cloud::load(&args.cloud).await, args.page_size);
 
     reporter.phase("plan");
     let selection = plan::Selection {
@@ -163,6 +168,15 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
         );
         return Ok(());
     }
+    if plan.healthy < plan.floor {
+        bail!(
+            "only {} of the {} managed instances are healthy (status checks not impaired), below              the floor of {} (--min-healthy-percent {}): investigate the impaired ones, or lower              --min-healthy-percent to rotate anyway",
+            plan.healthy,
+            plan.items.len(),
+            plan.floor,
+            args.min_healthy_percent
+        );
+    }
     if plan.is_noop() {
         reporter.event(
             "noop",
@@ -183,7 +197,6 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
 
     let settings = replace::Settings {
         max_surge: args.max_surge as usize,
-        floor: plan.floor,
         health,
         health_address: args.health_address,
         health_timeout: args.health_timeout,

@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 const CONCURRENCY: usize = 8;
 /// Instance ids per DescribeAutoScalingInstances call (the API's maximum).
 const ASG_BATCH: usize = 50;
+/// Instance ids per DescribeInstanceStatus call (the API's maximum).
+const STATUS_BATCH: usize = 100;
 
 /// What the user asked to rotate.
 #[derive(Debug, Clone)]
@@ -97,6 +99,8 @@ pub struct Plan {
     pub targets: BTreeMap<String, Target>,
     /// The fewest healthy managed instances allowed at any time.
     pub floor: usize,
+    /// Managed instances whose status checks are not impaired.
+    pub healthy: usize,
     /// The age limit.
     pub max_age: Duration,
 }
@@ -166,15 +170,16 @@ impl Plan {
             reporter.event(
                 "plan",
                 &format!("{} managed instance(s)", self.items.len()),
-                json!({ "instances": items, "floor": self.floor,
+                json!({ "instances": items, "floor": self.floor, "healthy": self.healthy,
                         "max_age_s": self.max_age.as_secs() }),
             );
         } else {
             reporter.finish();
             println!("{}", table(&rows));
             println!(
-                "{} managed instance(s), floor {} healthy, max age {}",
+                "{} managed instance(s), {} healthy, floor {}, max age {}",
                 self.items.len(),
+                self.healthy,
                 self.floor,
                 format_age(self.max_age)
             );
@@ -263,7 +268,7 @@ pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Resu
         .ec2
         .describe_instances()
         .set_filters(Some(filters))
-        .max_results(1000)
+        .max_results(clients.page_size)
         .into_paginator()
         .items()
         .send()
@@ -395,6 +400,33 @@ async fn groups_of(clients: &Clients, ids: &[String]) -> Result<HashMap<String, 
         }
     }
     Ok(groups)
+}
+
+/// How many of `ids` have an impaired instance or system status check.
+async fn impaired(clients: &Clients, ids: &[String]) -> Result<usize> {
+    let mut count = 0;
+    for chunk in ids.chunks(STATUS_BATCH) {
+        let statuses: Vec<_> = clients
+            .ec2
+            .describe_instance_status()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context("DescribeInstanceStatus failed")?;
+        count += statuses
+            .iter()
+            .filter(|s| {
+                let bad = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                    x.and_then(|x| x.status()).map(|s| s.as_str()) == Some("impaired")
+                };
+                bad(s.instance_status()) || bad(s.system_status())
+            })
+            .count();
+    }
+    Ok(count)
 }
 
 /// Builds the plan at time `now`.
@@ -529,10 +561,13 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
     }
 
     let floor = (items.len() * selection.min_healthy_percent as usize).div_ceil(100);
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let healthy = ids.len() - impaired(clients, &ids).await?;
     Ok(Plan {
         items,
         targets,
         floor,
+        healthy,
         max_age: selection.max_age,
     })
 }

@@ -1,6 +1,8 @@
 //! Step 2 of a rotation: replace the planned standalone instances, launch before terminate.
 //!
-//! Uses: the [`Plan`]. Produces: an [`Outcome`]. At most `max_surge` replacements are in flight;
+//! Uses: the [`Plan`]. Produces: an [`Outcome`]. Launch before terminate: an old instance goes
+//! only once its replacement is healthy, so the count of healthy managed instances never falls
+//! (the plan refuses to start below the floor). At most `max_surge` replacements are in flight;
 //! one loop polls all of them with batched DescribeInstanceStatus calls, runs their health checks
 //! concurrently, and terminates the old instances of those that became healthy in one batched
 //! call. A replacement that is not healthy within the timeout is terminated, its old instance
@@ -11,7 +13,7 @@ use super::plan::{self, Action, Item, Plan, Target};
 use super::Clients;
 use crate::cloud::tags;
 use crate::events::Reporter;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
     InstanceMetadataOptionsRequest, Placement, ResourceType, RunInstancesMonitoringEnabled, Tag,
@@ -33,8 +35,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 pub struct Settings {
     /// Replacements in flight at once (at least 1).
     pub max_surge: usize,
-    /// The fewest healthy managed instances allowed.
-    pub floor: usize,
     /// Health check after the status checks, if any.
     pub health: Option<HealthCheck>,
     /// Address the health check connects to.
@@ -88,7 +88,6 @@ pub async fn execute(
         .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
         .collect();
     let volumes = describe_volumes(clients, &volume_ids).await?;
-    let mut healthy = plan.items.len();
     let mut outcome = Outcome::default();
     let mut inflight: Vec<InFlight> = Vec::new();
     let mut stopped = false;
@@ -185,20 +184,11 @@ pub async fn execute(
         }
 
         if !done.is_empty() {
-            healthy += done.len();
-            if healthy - done.len() < settings.floor {
-                bail!(
-                    "terminating {} would leave {} healthy managed instance(s), below the floor \
-                     of {}; nothing was terminated, run imgforge rotate again to resume",
-                    done.join(", "),
-                    healthy - done.len(),
-                    settings.floor
-                );
-            }
+            // The floor holds by construction: an old instance is terminated only after its
+            // replacement passed every check, so the healthy count never goes down.
             terminate(clients, &done).await.with_context(|| {
                 format!("cannot terminate the old instance(s) {}", done.join(", "))
             })?;
-            healthy -= done.len();
             for old in done {
                 let f = inflight
                     .iter()
