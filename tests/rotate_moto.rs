@@ -712,3 +712,52 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
         assert_ne!(state(&instance(&ec2, id).await), "running", "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_image_is_the_target_and_a_missing_one_is_named() {
+    let moto = Moto::start_faketime();
+    let ec2 = Client::new(&moto.sdk_config().await);
+    let s = settings(&ec2).await;
+    moto.set_offset("-31d");
+    let v1 = register(&ec2, "build-1").await;
+    let old = launch(&ec2, &s, &v1, "web-0", &[("imgforge:image", NAME)]).await;
+    moto.set_offset("+0");
+    register(&ec2, "build-2").await;
+    let pinned = register(&ec2, "build-0-hotfix").await;
+
+    let (code, out, err) = imgforge(
+        &moto,
+        &[
+            "rotate",
+            "--max-age",
+            "30d",
+            "--image-name",
+            NAME,
+            "--image",
+            &pinned,
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with(old.as_str())).unwrap();
+    assert!(line.ends_with(&format!("replace from {pinned}")), "{line}");
+
+    let (code, _, err) = imgforge(
+        &moto,
+        &[
+            "rotate",
+            "--max-age",
+            "30d",
+            "--image-name",
+            NAME,
+            "--image",
+            "ami-12345678",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("ami-12345678"), "{err}");
+    assert_eq!(state(&instance(&ec2, &old).await), "running");
+    assert_eq!(instances(&ec2, vec![]).await.len(), 1, "nothing launched");
+}
