@@ -7,7 +7,7 @@
 
 use crate::cloud::{self, tags, CloudArgs};
 use crate::events::Reporter;
-use crate::rotate::plan::{describe_instances, tag};
+use crate::rotate::plan::{describe_instances, table, tag};
 use crate::rotate::{format_age, parse_age, summary, ApiCalls, Clients};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
@@ -524,12 +524,14 @@ fn report(reporter: &Reporter, images: &[Image], reasons: &Reasons, dry_run: boo
             };
             reporter.event(kind, &format!("{id}: {action}"), fields);
         }
-        rows.push(format!("{id}  {created}  {build}  {action}"));
+        rows.push([
+            id.to_string(),
+            created.to_string(),
+            build.to_string(),
+            action,
+        ]);
     }
     if !reporter.is_json() {
-        println!("IMAGE  CREATED  BUILD  ACTION");
-        for row in rows {
-            println!("{row}");
-        }
+        println!("{}", table(["IMAGE", "CREATED", "BUILD", "ACTION"], &rows));
     }
 }

@@ -175,7 +175,7 @@ impl Plan {
             );
         } else {
             reporter.finish();
-            println!("{}", table(&rows));
+            println!("{}", table(["INSTANCE", "AGE", "IMAGE", "ACTION"], &rows));
             println!(
                 "{} managed instance(s), {} healthy, floor {}, max age {}",
                 self.items.len(),
@@ -222,8 +222,9 @@ fn action_kind(action: &Action) -> &'static str {
     }
 }
 
-fn table(rows: &[[String; 4]]) -> String {
-    let header = ["INSTANCE", "AGE", "IMAGE", "ACTION"].map(String::from);
+/// Four columns aligned for people; the second is right-aligned (ages, dates).
+pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
+    let header = header.map(String::from);
     let mut widths = [0usize; 4];
     for row in std::iter::once(&header).chain(rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -592,7 +593,7 @@ mod tests {
                 "keep".into(),
             ],
         ];
-        let t = table(&rows);
+        let t = table(["INSTANCE", "AGE", "IMAGE", "ACTION"], &rows);
         let lines: Vec<_> = t.lines().collect();
         assert_eq!(lines[0], "INSTANCE  AGE  IMAGE   ACTION");
         assert_eq!(lines[1], "i-1       31d  ami-a   replace");
