@@ -25,6 +25,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// libfaketime for multi-threaded programs (Debian package `faketime`).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 /// A moto_server process (from the project's `.venv`, made by `scripts/setup --test`), killed on
 /// drop. With `fake_time_file`, it runs under libfaketime reading its offset from that file, so
 /// tests can launch "old" instances.
@@ -58,11 +61,18 @@ impl Moto {
         let mut cmd;
         let mut fake_time_file = None;
         if fake_time {
+            assert!(
+                std::path::Path::new(FAKETIME_LIB).exists(),
+                "{FAKETIME_LIB} is missing: install the Debian package faketime"
+            );
             let file = std::env::temp_dir().join(format!("imgforge-faketime-{port}"));
             std::fs::write(&file, "+0\n").unwrap();
-            cmd = Command::new("faketime");
-            cmd.arg("-f").arg("+0").arg(&server);
-            cmd.env("FAKETIME_TIMESTAMP_FILE", &file)
+            // libfaketime preloaded directly: the `faketime -f` wrapper sets FAKETIME, which
+            // takes precedence over the file, so switching the file's offset would do nothing.
+            // The MT variant because moto_server answers on threads.
+            cmd = Command::new(&server);
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             fake_time_file = Some(file);

@@ -1,0 +1,319 @@
+//! `imgforge rotate`: replaces instances older than a maximum age with instances of the newest
+//! image, never dropping below the capacity floor.
+//!
+//! The run is a sequence of steps: [`plan`] selects the managed instances and decides an action
+//! for each; [`replace`] launches replacements (launch before terminate, at most `--max-surge` at
+//! once), waits for status and health checks, and only then terminates the old instances;
+//! instances in an Auto Scaling group go through [`asg`] instead. A re-run resumes: replacements
+//! carry `imgforge:replaces=<old id>` and are found instead of launched twice.
+
+pub mod asg;
+pub mod calls;
+pub mod health;
+pub mod plan;
+pub mod replace;
+
+use crate::cloud::{self, CloudArgs};
+use crate::events::Reporter;
+use anyhow::{bail, Result};
+use aws_sdk_ec2::types::Filter;
+use serde_json::json;
+use std::time::{Duration, SystemTime};
+
+pub use calls::{ApiCalls, Clients};
+
+/// `imgforge rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Replace instances older than this (`30d`, `12h`, `2w`; units s, m, h, d, w).
+    #[arg(long, value_parser = parse_age)]
+    pub max_age: Duration,
+    /// Image name whose instances are managed (instances tagged `imgforge:image=NAME`).
+    #[arg(long)]
+    pub image_name: Option<String>,
+    /// Target image id (default: the newest available image of the instance's image name).
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: Option<String>,
+    /// EC2 filter narrowing the selection: `tag:team=web`, `instance-type=t3.micro,t3.small` or
+    /// `Name=availability-zone,Values=us-east-1a`. Repeatable.
+    #[arg(long = "filter", value_name = "FILTER", value_parser = parse_filter)]
+    pub filters: Vec<Filter>,
+    /// How many replacements run at once (launched before any old instance is terminated).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_surge: u32,
+    /// Floor on healthy managed instances, as a percentage of the fleet: rotation refuses to
+    /// start below it and, launching before terminating, never goes below it.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub min_healthy_percent: u32,
+    /// After status checks pass, also require a TCP connection to this port on the replacement.
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// After status checks pass, also require HTTP 2xx for GET on this path (port
+    /// `--health-port`, default 80).
+    #[arg(long, value_name = "PATH")]
+    pub health_url: Option<String>,
+    /// Which address of the replacement the health check connects to.
+    #[arg(long, value_enum, default_value_t = health::AddressKind::Private)]
+    pub health_address: health::AddressKind,
+    /// How long a replacement may take from launch to healthy before rotation stops.
+    #[arg(long, default_value = "10m", value_parser = parse_age)]
+    pub health_timeout: Duration,
+    /// Hand Auto Scaling group members to StartInstanceRefresh (AWS) instead of rotating them
+    /// step by step through the group.
+    #[arg(long)]
+    pub asg_instance_refresh: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Interval between polls while waiting (tests use milliseconds).
+    #[arg(long, hide = true, env = "IMGFORGE_POLL_INTERVAL", default_value = "15s",
+          value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
+    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    pub page_size: i32,
+    /// Cloud connection.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Parses an age such as `30d`, `12h` or `2w` (units s, m, h, d, w).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let refuse = || {
+        format!(
+            "`{text}` is not an age: write a whole number and one of the units s, m, h, d, w, \
+             e.g. `30d`, `12h` or `2w`"
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(refuse)?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| refuse())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(refuse()),
+    };
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(refuse)
+}
+
+/// Formats an age for people: `31d`, `5h`, `12m`, `40s` (largest whole unit).
+pub fn format_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Parses an EC2 filter: `tag:team=web`, `name=v1,v2` or `Name=name,Values=v1,v2`.
+pub fn parse_filter(text: &str) -> Result<Filter, String> {
+    let refuse = || {
+        format!(
+            "`{text}` is not an EC2 filter: write NAME=VALUE[,VALUE…] such as `tag:team=web`, \
+             or `Name=instance-type,Values=t3.micro,t3.small`"
+        )
+    };
+    let (name, values) = match text.strip_prefix("Name=") {
+        Some(rest) => rest.split_once(",Values=").ok_or_else(refuse)?,
+        None => text.split_once('=').ok_or_else(refuse)?,
+    };
+    if name.is_empty() || values.is_empty() {
+        return Err(refuse());
+    }
+    Ok(Filter::builder()
+        .name(name)
+        .set_values(Some(values.split(',').map(str::to_string).collect()))
+        .build())
+}
+
+/// Runs `imgforge rotate`.
+pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
+    if args.image_name.is_none() && args.filters.is_empty() {
+        bail!(
+            "say which instances to rotate: --image-name NAME (instances tagged \
+             imgforge:image=NAME) and/or --filter, e.g. --filter tag:team=web"
+        );
+    }
+    let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
+    let calls = ApiCalls::default();
+    let clients = calls.clients(&cloud::load(&args.cloud).await, args.page_size);
+
+    reporter.phase("plan");
+    let selection = plan::Selection {
+        image_name: args.image_name.clone(),
+        image: args.image.clone(),
+        filters: args.filters.clone(),
+        max_age: args.max_age,
+        min_healthy_percent: args.min_healthy_percent,
+    };
+    let plan = plan::build(&clients, &selection, SystemTime::now()).await?;
+    plan.report(reporter);
+    if args.dry_run {
+        reporter.finish();
+        summary(
+            reporter,
+            &calls,
+            "dry run: nothing changed",
+            json!({ "dry_run": true }),
+        );
+        return Ok(());
+    }
+    if plan.healthy < plan.floor {
+        bail!(
+            "only {} of the {} managed instances are healthy (status checks not impaired), below              the floor of {} (--min-healthy-percent {}): investigate the impaired ones, or lower              --min-healthy-percent to rotate anyway",
+            plan.healthy,
+            plan.items.len(),
+            plan.floor,
+            args.min_healthy_percent
+        );
+    }
+    if plan.is_noop() {
+        reporter.event(
+            "noop",
+            &format!(
+                "nothing to do: none of the {} managed instance(s) needs replacing",
+                plan.items.len()
+            ),
+            json!({ "instances": plan.items.len() }),
+        );
+        summary(
+            reporter,
+            &calls,
+            "nothing changed",
+            json!({ "changed": false }),
+        );
+        return Ok(());
+    }
+
+    let settings = replace::Settings {
+        max_surge: args.max_surge as usize,
+        health,
+        health_address: args.health_address,
+        health_timeout: args.health_timeout,
+        poll_interval: args.poll_interval,
+    };
+    reporter.phase("replace");
+    let ec2_outcome = replace::execute(&clients, &plan, &settings, reporter).await?;
+    let asg_outcome = if plan.has_asg_work() && ec2_outcome.failures.is_empty() {
+        reporter.phase("auto scaling");
+        let asg_settings = asg::Settings {
+            max_surge: args.max_surge as usize,
+            min_healthy_percent: args.min_healthy_percent,
+            instance_refresh: args.asg_instance_refresh,
+            timeout: args.health_timeout,
+            poll_interval: args.poll_interval,
+        };
+        asg::execute(&clients, &plan, &asg_settings, reporter).await
+    } else {
+        Ok(asg::Outcome::default())
+    };
+    reporter.finish();
+
+    let asg_replaced = asg_outcome.as_ref().map(|o| o.replaced).unwrap_or(0);
+    let replaced = ec2_outcome.replaced.len() + asg_replaced;
+    let failed = ec2_outcome.failures.len();
+    summary(
+        reporter,
+        &calls,
+        &format!(
+            "replaced {replaced}, failed {failed}, not started {}, skipped {}",
+            ec2_outcome.not_started,
+            plan.skipped()
+        ),
+        json!({
+            "replaced": replaced,
+            "failed": failed,
+            "not_started": ec2_outcome.not_started,
+            "skipped": plan.skipped(),
+        }),
+    );
+    if let Some(first) = ec2_outcome.failures.first() {
+        bail!(
+            "rotation stopped: {first}{}; the old instance(s) kept running. Fix the image or \
+             the health check, then run imgforge rotate again",
+            if failed > 1 {
+                format!(" (and {} more failure(s))", failed - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    asg_outcome?;
+    Ok(())
+}
+
+/// Reports a command's final `summary` event with the count of cloud API calls it made.
+pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
+    let mut fields = fields;
+    if let Some(o) = fields.as_object_mut() {
+        o.insert("api_calls".into(), json!(calls.total()));
+        o.insert("api_calls_by_operation".into(), calls.by_operation());
+    }
+    reporter.event(
+        "summary",
+        &format!("{message} ({} API calls)", calls.total()),
+        fields,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_the_five_units() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn other_ages_are_refused_with_an_example() {
+        for bad in [
+            "30",
+            "d",
+            "30 d",
+            "1y",
+            "1.5d",
+            "30days",
+            "-3d",
+            "",
+            "99999999999999999w",
+        ] {
+            let err = parse_age(bad).unwrap_err();
+            assert!(err.contains("`30d`"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ages_are_formatted_by_their_largest_unit() {
+        assert_eq!(format_age(Duration::from_secs(31 * 86_400 + 7200)), "31d");
+        assert_eq!(format_age(Duration::from_secs(7300)), "2h");
+        assert_eq!(format_age(Duration::from_secs(59)), "59s");
+    }
+
+    #[test]
+    fn filters_take_short_and_cli_forms() {
+        let f = parse_filter("tag:team=web").unwrap();
+        assert_eq!(f.name(), Some("tag:team"));
+        assert_eq!(f.values(), ["web"]);
+        let f = parse_filter("Name=instance-type,Values=t3.micro,t3.small").unwrap();
+        assert_eq!(f.name(), Some("instance-type"));
+        assert_eq!(f.values(), ["t3.micro", "t3.small"]);
+        assert!(parse_filter("team").is_err());
+        assert!(parse_filter("Name=x").is_err());
+        assert!(parse_filter("=web").is_err());
+    }
+}

@@ -1,0 +1,602 @@
+//! Step 1 of a rotation: select the managed instances, find the target image of each image name,
+//! and decide an action per instance.
+//!
+//! Uses: the selection flags and the clock. Produces: a [`Plan`], which changes nothing.
+
+use super::{format_age, Clients};
+use crate::cloud::tags;
+use crate::events::Reporter;
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, Image, Instance, Tag};
+use futures::{stream, StreamExt, TryStreamExt};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+/// How many per-instance calls (termination-protection lookups) run at once.
+const CONCURRENCY: usize = 8;
+/// Instance ids per DescribeAutoScalingInstances call (the API's maximum).
+const ASG_BATCH: usize = 50;
+/// Instance ids per DescribeInstanceStatus call (the API's maximum).
+const STATUS_BATCH: usize = 100;
+
+/// What the user asked to rotate.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Instances tagged `imgforge:image=NAME`; without it, any instance with that tag key.
+    pub image_name: Option<String>,
+    /// An explicit target image id.
+    pub image: Option<String>,
+    /// Extra EC2 filters.
+    pub filters: Vec<Filter>,
+    /// Instances older than this are replaced.
+    pub max_age: Duration,
+    /// Floor on healthy managed instances, in percent.
+    pub min_healthy_percent: u32,
+}
+
+/// The image replacements are launched from.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Image id.
+    pub image_id: String,
+    /// Its `imgforge:build-id` tag, if any.
+    pub build_id: Option<String>,
+    /// Its creation date (RFC 3339).
+    pub created: Option<String>,
+    /// Its block device mappings (root volume size and snapshot).
+    pub block_devices: Vec<BlockDeviceMapping>,
+}
+
+/// What happens to one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Left alone.
+    Keep {
+        /// Why.
+        reason: String,
+    },
+    /// Old, but exempt; reported.
+    Skip {
+        /// Why.
+        reason: String,
+    },
+    /// Replaced by a new instance of the target image.
+    Replace,
+    /// A replacement from an earlier run exists: wait for it, then terminate this one.
+    Resume {
+        /// The replacement's id.
+        replacement: String,
+    },
+    /// Member of an Auto Scaling group: rotated through the group.
+    AutoScaling {
+        /// The group's name.
+        group: String,
+    },
+}
+
+/// One managed instance and its action.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The instance as DescribeInstances returned it.
+    pub instance: Instance,
+    /// Its id.
+    pub id: String,
+    /// Its `imgforge:image` tag.
+    pub image_name: String,
+    /// Time since launch.
+    pub age: Duration,
+    /// What happens to it.
+    pub action: Action,
+}
+
+/// The plan of a rotation.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every running managed instance, oldest first.
+    pub items: Vec<Item>,
+    /// Target image by image name.
+    pub targets: BTreeMap<String, Target>,
+    /// The fewest healthy managed instances allowed at any time.
+    pub floor: usize,
+    /// Managed instances whose status checks are not impaired.
+    pub healthy: usize,
+    /// The age limit.
+    pub max_age: Duration,
+}
+
+impl Plan {
+    /// Whether nothing would change.
+    pub fn is_noop(&self) -> bool {
+        self.items
+            .iter()
+            .all(|i| matches!(i.action, Action::Keep { .. } | Action::Skip { .. }))
+    }
+
+    /// Whether some instance is rotated through an Auto Scaling group.
+    pub fn has_asg_work(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i.action, Action::AutoScaling { .. }))
+    }
+
+    /// How many old instances are exempt.
+    pub fn skipped(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| matches!(i.action, Action::Skip { .. }))
+            .count()
+    }
+
+    /// The target image for `item`.
+    pub fn target(&self, item: &Item) -> Option<&Target> {
+        self.targets.get(&item.image_name)
+    }
+
+    /// Prints the plan: a table for people (stdout), a `plan` event and one `skip` event per
+    /// exempt instance in JSON mode.
+    pub fn report(&self, reporter: &Reporter) {
+        let rows: Vec<[String; 4]> = self
+            .items
+            .iter()
+            .map(|i| {
+                [
+                    i.id.clone(),
+                    format_age(i.age),
+                    i.instance.image_id().unwrap_or("-").to_string(),
+                    self.describe_action(i),
+                ]
+            })
+            .collect();
+        if reporter.is_json() {
+            let items: Vec<_> = self
+                .items
+                .iter()
+                .zip(&rows)
+                .map(|(i, row)| {
+                    json!({
+                        "instance": i.id,
+                        "age_s": i.age.as_secs(),
+                        "image": i.instance.image_id(),
+                        "image_name": i.image_name,
+                        "target": self.target(i).map(|t| &t.image_id),
+                        "target_build_id": self.target(i).and_then(|t| t.build_id.as_ref()),
+                        "target_created": self.target(i).and_then(|t| t.created.as_ref()),
+                        "action": action_kind(&i.action),
+                        "detail": row[3],
+                    })
+                })
+                .collect();
+            reporter.event(
+                "plan",
+                &format!("{} managed instance(s)", self.items.len()),
+                json!({ "instances": items, "floor": self.floor, "healthy": self.healthy,
+                        "max_age_s": self.max_age.as_secs() }),
+            );
+        } else {
+            reporter.finish();
+            println!("{}", table(["INSTANCE", "AGE", "IMAGE", "ACTION"], &rows));
+            println!(
+                "{} managed instance(s), {} healthy, floor {}, max age {}",
+                self.items.len(),
+                self.healthy,
+                self.floor,
+                format_age(self.max_age)
+            );
+        }
+        for i in &self.items {
+            if let Action::Skip { reason } = &i.action {
+                reporter.event(
+                    "skip",
+                    &format!("skipped {}: {reason}", i.id),
+                    json!({ "instance": i.id, "reason": reason }),
+                );
+            }
+        }
+    }
+
+    fn describe_action(&self, item: &Item) -> String {
+        let target = self
+            .target(item)
+            .map(|t| t.image_id.as_str())
+            .unwrap_or("?");
+        match &item.action {
+            Action::Keep { reason } => format!("keep: {reason}"),
+            Action::Skip { reason } => format!("skip: {reason}"),
+            Action::Replace => format!("replace from {target}"),
+            Action::Resume { replacement } => {
+                format!("resume: wait for replacement {replacement}, then terminate")
+            }
+            Action::AutoScaling { group } => format!("replace through auto scaling group {group}"),
+        }
+    }
+}
+
+fn action_kind(action: &Action) -> &'static str {
+    match action {
+        Action::Keep { .. } => "keep",
+        Action::Skip { .. } => "skip",
+        Action::Replace => "replace",
+        Action::Resume { .. } => "resume",
+        Action::AutoScaling { .. } => "auto-scaling",
+    }
+}
+
+/// Four columns aligned for people; the second is right-aligned (ages, dates).
+pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
+    let header = header.map(String::from);
+    let mut widths = [0usize; 4];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|row| {
+            format!(
+                "{:<w0$}  {:>w1$}  {:<w2$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of tag `key`.
+pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+        .build()
+}
+
+/// Every instance matching `filters` (all pages).
+pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Result<Vec<Instance>> {
+    let reservations = clients
+        .ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .max_results(clients.page_size)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .context("DescribeInstances failed")?;
+    Ok(reservations
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .collect())
+}
+
+/// Replacements launched by earlier runs that are still pending or running: old id → new id.
+pub async fn replacements(clients: &Clients) -> Result<HashMap<String, String>> {
+    let found = describe_instances(
+        clients,
+        vec![
+            filter("tag-key", &[tags::REPLACES]),
+            filter("instance-state-name", &["pending", "running"]),
+        ],
+    )
+    .await?;
+    Ok(found
+        .iter()
+        .filter_map(|i| {
+            let old = tag(i.tags(), tags::REPLACES)?;
+            Some((old.to_string(), i.instance_id()?.to_string()))
+        })
+        .collect())
+}
+
+fn target_of(image: &Image) -> Result<Target> {
+    Ok(Target {
+        image_id: image
+            .image_id()
+            .context("DescribeImages returned an image without an id")?
+            .to_string(),
+        build_id: tag(image.tags(), tags::BUILD_ID).map(str::to_string),
+        created: image.creation_date().map(str::to_string),
+        block_devices: image.block_device_mappings().to_vec(),
+    })
+}
+
+/// The newest available image tagged `imgforge:image=name` with a build id (by creation date,
+/// then build id), if any.
+pub async fn newest_image(clients: &Clients, name: &str) -> Result<Option<Target>> {
+    let images: Vec<Image> = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter(&format!("tag:{}", tags::IMAGE), &[name]))
+        .filters(filter("state", &["available"]))
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .with_context(|| format!("DescribeImages for image name {name} failed"))?;
+    let newest = images
+        .iter()
+        .filter(|i| tag(i.tags(), tags::BUILD_ID).is_some())
+        .max_by_key(|i| {
+            (
+                i.creation_date().map(str::to_string),
+                tag(i.tags(), tags::BUILD_ID),
+            )
+        });
+    newest.map(target_of).transpose()
+}
+
+async fn explicit_image(clients: &Clients, id: &str) -> Result<Target> {
+    let out = clients
+        .ec2
+        .describe_images()
+        .image_ids(id)
+        .send()
+        .await
+        .with_context(|| format!("cannot describe image {id}: check the id and the region"))?;
+    let image = out
+        .images()
+        .first()
+        .with_context(|| format!("image {id} not found: check the id and the region"))?;
+    if image.state().map(|s| s.as_str()) != Some("available") {
+        bail!(
+            "image {id} is {}, not available: wait for it or pick another with --image",
+            image
+                .state()
+                .map(|s| s.as_str())
+                .unwrap_or("in an unknown state")
+        );
+    }
+    target_of(image)
+}
+
+async fn termination_protected(clients: &Clients, id: &str) -> Result<bool> {
+    let out = clients
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::DisableApiTermination)
+        .send()
+        .await
+        .with_context(|| format!("cannot read the termination protection of {id}"))?;
+    Ok(out
+        .disable_api_termination()
+        .and_then(|v| v.value())
+        .unwrap_or(false))
+}
+
+/// Auto Scaling group of each of `ids` that belongs to one.
+async fn groups_of(clients: &Clients, ids: &[String]) -> Result<HashMap<String, String>> {
+    let mut groups = HashMap::new();
+    for chunk in ids.chunks(ASG_BATCH) {
+        let found: Vec<_> = clients
+            .asg
+            .describe_auto_scaling_instances()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .max_records(ASG_BATCH as i32)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context("DescribeAutoScalingInstances failed")?;
+        for i in found {
+            if let (Some(id), Some(group)) = (i.instance_id, i.auto_scaling_group_name) {
+                groups.insert(id, group);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// How many of `ids` have an impaired instance or system status check.
+async fn impaired(clients: &Clients, ids: &[String]) -> Result<usize> {
+    let mut count = 0;
+    for chunk in ids.chunks(STATUS_BATCH) {
+        let statuses: Vec<_> = clients
+            .ec2
+            .describe_instance_status()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context("DescribeInstanceStatus failed")?;
+        count += statuses
+            .iter()
+            .filter(|s| {
+                let bad = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                    x.and_then(|x| x.status()).map(|s| s.as_str()) == Some("impaired")
+                };
+                bad(s.instance_status()) || bad(s.system_status())
+            })
+            .count();
+    }
+    Ok(count)
+}
+
+/// Builds the plan at time `now`.
+pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) -> Result<Plan> {
+    let mut filters = vec![filter("instance-state-name", &["running"])];
+    filters.push(match &selection.image_name {
+        Some(name) => filter(&format!("tag:{}", tags::IMAGE), &[name]),
+        None => filter("tag-key", &[tags::IMAGE]),
+    });
+    filters.extend(selection.filters.iter().cloned());
+    let instances = describe_instances(clients, filters).await?;
+
+    let names: BTreeSet<String> = instances
+        .iter()
+        .filter_map(|i| tag(i.tags(), tags::IMAGE).map(str::to_string))
+        .collect();
+    let mut targets = BTreeMap::new();
+    match &selection.image {
+        Some(id) => {
+            let target = explicit_image(clients, id).await?;
+            for name in &names {
+                targets.insert(name.clone(), target.clone());
+            }
+        }
+        None => {
+            for name in &names {
+                if let Some(t) = newest_image(clients, name).await? {
+                    targets.insert(name.clone(), t);
+                }
+            }
+        }
+    }
+
+    let mut items: Vec<Item> = instances
+        .into_iter()
+        .filter_map(|instance| {
+            let id = instance.instance_id()?.to_string();
+            let image_name = tag(instance.tags(), tags::IMAGE)?.to_string();
+            let launched = instance
+                .launch_time()
+                .and_then(|t| SystemTime::try_from(*t).ok());
+            let age = launched
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            Some(Item {
+                instance,
+                id,
+                image_name,
+                age,
+                action: Action::Replace,
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
+
+    let max_age = format_age(selection.max_age);
+    for item in &mut items {
+        if item.age > selection.max_age {
+            if tag(item.instance.tags(), tags::ROTATE) == Some("never") {
+                item.action = Action::Skip {
+                    reason: format!("tagged {}=never", tags::ROTATE),
+                };
+            }
+            continue;
+        }
+        let current = item.instance.image_id().unwrap_or("");
+        item.action = Action::Keep {
+            reason: match targets.get(&item.image_name) {
+                Some(t) if t.image_id == current => {
+                    format!("on the target image, younger than {max_age}")
+                }
+                Some(t) => format!("younger than {max_age} (newest image is {})", t.image_id),
+                None => format!("younger than {max_age}"),
+            },
+        };
+    }
+
+    let candidates: Vec<String> = items
+        .iter()
+        .filter(|i| i.action == Action::Replace)
+        .map(|i| i.id.clone())
+        .collect();
+    let protected: BTreeSet<String> = stream::iter(candidates.iter().cloned())
+        .map(|id| async move {
+            Ok::<_, anyhow::Error>((termination_protected(clients, &id).await?, id))
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_filter_map(|(p, id)| async move { Ok(p.then_some(id)) })
+        .try_collect()
+        .await?;
+    let groups = if candidates.is_empty() {
+        HashMap::new()
+    } else {
+        groups_of(clients, &candidates).await?
+    };
+    let resumable = if candidates.is_empty() {
+        HashMap::new()
+    } else {
+        replacements(clients).await?
+    };
+    for item in &mut items {
+        if item.action != Action::Replace {
+            continue;
+        }
+        item.action = if protected.contains(&item.id) {
+            Action::Skip {
+                reason: "termination protection is on".into(),
+            }
+        } else if let Some(group) = groups.get(&item.id) {
+            Action::AutoScaling {
+                group: group.clone(),
+            }
+        } else if let Some(new) = resumable.get(&item.id) {
+            Action::Resume {
+                replacement: new.clone(),
+            }
+        } else {
+            Action::Replace
+        };
+        if matches!(item.action, Action::Replace | Action::Resume { .. })
+            && !targets.contains_key(&item.image_name)
+        {
+            bail!(
+                "no available image tagged {}={} with an {} tag to replace {} with: register \
+                 one with `imgforge register`, or name one with --image ami-…",
+                tags::IMAGE,
+                item.image_name,
+                tags::BUILD_ID,
+                item.id
+            );
+        }
+    }
+
+    let floor = (items.len() * selection.min_healthy_percent as usize).div_ceil(100);
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let healthy = ids.len() - impaired(clients, &ids).await?;
+    Ok(Plan {
+        items,
+        targets,
+        floor,
+        healthy,
+        max_age: selection.max_age,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            [
+                "i-1".to_string(),
+                "31d".into(),
+                "ami-a".into(),
+                "replace".into(),
+            ],
+            [
+                "i-22222".to_string(),
+                "2h".into(),
+                "ami-bb".into(),
+                "keep".into(),
+            ],
+        ];
+        let t = table(["INSTANCE", "AGE", "IMAGE", "ACTION"], &rows);
+        let lines: Vec<_> = t.lines().collect();
+        assert_eq!(lines[0], "INSTANCE  AGE  IMAGE   ACTION");
+        assert_eq!(lines[1], "i-1       31d  ami-a   replace");
+        assert_eq!(lines[2], "i-22222    2h  ami-bb  keep");
+    }
+}
