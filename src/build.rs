@@ -32,6 +32,9 @@ pub struct BuildArgs {
     /// Build (or find) the base layer only, and report where it is.
     #[arg(long)]
     pub base_only: bool,
+    /// After the build, register the image with the definition's `[publish]` targets.
+    #[arg(long, conflicts_with = "base_only")]
+    pub register: bool,
 }
 
 /// What a build produced.

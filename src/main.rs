@@ -166,6 +166,9 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
                     value["cached"] = json!(outcome.cached);
                     value["manifest_path"] = json!(outcome.manifest_path);
                     reporter.result(&human, &value);
+                    if args.register {
+                        register_build(&args.file, &outcome, reporter)?;
+                    }
                 }
                 build::BuildResult::Base { base, cached } => {
                     let value = json!({
@@ -199,6 +202,33 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Prune(args) => runtime()?.block_on(prune::run(args, reporter)),
         Command::Doctor => imgforge::doctor::run(reporter),
     }
+}
+
+/// `build --register`: publishes a build to every target of its definition's `[publish]`.
+fn register_build(
+    file: &std::path::Path,
+    outcome: &build::BuildOutcome,
+    reporter: &Reporter,
+) -> Result<()> {
+    let targets = register::RegisterOptions::from_publish(&outcome.manifest)?;
+    if targets.is_empty() {
+        anyhow::bail!(
+            "{}: --register needs a [publish.aws] or [publish.eucalyptus] table",
+            file.display()
+        );
+    }
+    let rt = runtime()?;
+    for opts in &targets {
+        let image = rt.block_on(register::register_manifest(
+            &outcome.manifest_path,
+            opts,
+            reporter,
+        ))?;
+        let mut value = serde_json::to_value(&image)?;
+        value["event"] = json!("registered");
+        reporter.result(&format!("registered: {}", image.image_id), &value);
+    }
+    Ok(())
 }
 
 /// Validates every file, reporting each error, and fails if any failed.

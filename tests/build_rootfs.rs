@@ -51,11 +51,21 @@ impl WebFixture {
         assert!(out.status.success());
         let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let shipped = fs::read_to_string(repo_root().join("images/debian-12-web.toml")).unwrap();
+        // The service at the commit checked out when the fixture is made, so that a commit made
+        // while the tests run does not change the bake.
+        let head = Command::new("git")
+            .arg("-C")
+            .arg(repo_root())
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
         let def = shipped
             .replace(
                 "repo = \"..\"",
                 &format!("repo = \"{}\"", repo_root().display()),
             )
+            .replace("ref = \"HEAD\"", &format!("ref = \"{head}\""))
             .replace("path = \"data/web-data.tar\"", "path = \"web-data.tar\"")
             .replace(
                 "c4fcf6c433c107c25eb609c247248f47dc2cd67d3e1d508cb197a310d1cb4845",
@@ -238,9 +248,16 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert_eq!(code, 0, "bake with an SSH provisioner failed:\n{err}");
     let m4 = last_manifest(&events);
     assert_eq!(m4["ids"]["base"], m1["ids"]["base"]);
-    assert!(events.iter().any(|e| e["phase"] == "bake (running system, SSH)"));
-    assert!(events.iter().any(|e| e["event"] == "check_passed" && e["check"]["path"] == "/running.txt"));
-    let dir4 = PathBuf::from(m4["manifest_path"].as_str().unwrap()).parent().unwrap().to_path_buf();
+    assert!(events
+        .iter()
+        .any(|e| e["phase"] == "bake (running system, SSH)"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "check_passed" && e["check"]["path"] == "/running.txt"));
+    let dir4 = PathBuf::from(m4["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let raw = dir4.join("debian-12-web-1.0.0.raw");
     assert!(!read_from_image(&raw, "/root/.ssh/authorized_keys").contains("imgforge-build-key"));
     assert_eq!(read_from_image(&raw, "/etc/machine-id"), "");
