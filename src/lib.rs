@@ -38,4 +38,5 @@ pub mod render;
 pub mod rootfs;
 pub mod rotate;
 pub mod sources;
+pub mod sparse;
 pub mod verify;

@@ -7,25 +7,43 @@ use crate::definition::{Artifact, DataSnapshot, Definition, Service};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// The sha256 of a file, in lowercase hex.
+/// The sha256 of a file, in lowercase hex. Holes of sparse files (disk images) are hashed as the
+/// zeros they read as, without reading them.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
+    let read_error = || format!("{}: cannot read", path.display());
+    let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file.metadata().with_context(read_error)?.len();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
+    let mut pos = 0;
+    for (start, end) in crate::sparse::data_extents(&file, len).with_context(read_error)? {
+        hash_zeros(&mut h, start - pos);
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)
+                .with_context(read_error)?;
+            h.update(&buf[..n]);
+            at += n as u64;
         }
-        h.update(&buf[..n]);
+        pos = end;
     }
+    hash_zeros(&mut h, len - pos);
     Ok(hex::encode(h.finalize()))
+}
+
+/// Feeds `count` zero bytes to `h`.
+fn hash_zeros(h: &mut Sha256, mut count: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while count > 0 {
+        let n = count.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        count -= n as u64;
+    }
 }
 
 /// Where imgforge keeps downloads and cached layers: `IMGFORGE_CACHE`, else
@@ -246,4 +264,28 @@ pub fn git_archive(
     }
     cmd.run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_file_hashes_like_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len((8 << 20) + 3).unwrap();
+        f.write_all_at(&[7u8; 5000], 1 << 20).unwrap();
+        f.write_all_at(b"end", 8 << 20).unwrap();
+        drop(f);
+        let want = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+        assert_eq!(sha256_file(&path).unwrap(), want);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(
+            sha256_file(&empty).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }

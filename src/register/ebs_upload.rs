@@ -5,7 +5,7 @@
 //! the snapshot is `completed`. A failed upload deletes its snapshot unless asked to keep it.
 
 use super::{sdk_error, Progress};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use aws_sdk_ebs::operation::put_snapshot_block::PutSnapshotBlockError;
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
@@ -15,7 +15,6 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -302,37 +301,16 @@ fn read_block(
     Ok(Some((data, digest)))
 }
 
-/// Indexes of the blocks that may hold data: blocks overlapping a data extent
-/// (`SEEK_DATA`/`SEEK_HOLE`), or every block where the file system cannot say.
+/// Indexes of the blocks that may hold data: blocks overlapping a data extent of the file, or
+/// every block where the file system cannot say.
 pub fn data_blocks(file: &File, len: u64) -> Result<Vec<u64>> {
     let bs = BLOCK_SIZE as u64;
-    let all = || (0..len.div_ceil(bs)).collect::<Vec<_>>();
-    let fd = file.as_raw_fd();
-    let mut blocks = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < len {
-        // SAFETY: lseek on a file descriptor we own; no memory is passed.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENXIO) => Ok(blocks),
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(all()),
-                _ => Err(err).context("cannot look for data in the image"),
-            };
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Ok(all());
-        }
-        let (data, hole) = (data as u64, (hole as u64).min(len));
+    let mut blocks: Vec<u64> = Vec::new();
+    for (data, end) in
+        crate::sparse::data_extents(file, len).context("cannot look for data in the image")?
+    {
         let first = (data / bs).max(blocks.last().map_or(0, |l| l + 1));
-        blocks.extend(first..hole.div_ceil(bs));
-        pos = hole;
-        if hole <= data {
-            bail!("the file system reported an empty data extent at {data}");
-        }
+        blocks.extend(first..end.div_ceil(bs));
     }
     Ok(blocks)
 }
