@@ -163,6 +163,9 @@ pub struct VmConfig {
     pub cdrom: Option<PathBuf>,
     /// Host ports on 127.0.0.1 forwarded to guest ports.
     pub forwards: Vec<(u16, u16)>,
+    /// Attach a VGA device (boot menus and installers draw on it); a guest that only uses its
+    /// serial console boots faster without one.
+    pub vga: bool,
 }
 
 impl VmConfig {
@@ -182,6 +185,7 @@ impl VmConfig {
             kernel: None,
             cdrom: None,
             forwards: vec![],
+            vga: true,
         }
     }
 }
@@ -210,7 +214,9 @@ impl Vm {
                 "-m",
                 &cfg.memory_mib.to_string(),
             ])
-            .args(["-display", "none", "-no-reboot", "-vga", "std"])
+            // Only the devices asked for below: no default CD-ROM, floppy or parallel port.
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .args(["-vga", if cfg.vga { "std" } else { "none" }])
             .arg("-chardev")
             .arg(format!("file,id=serial0,path={}", serial_log.display()))
             .args(["-serial", "chardev:serial0"])
