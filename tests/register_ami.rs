@@ -350,3 +350,75 @@ fn the_import_route_needs_an_existing_bucket() {
     assert_ne!(code, 0);
     assert!(stderr.contains("bucket `nope` does not exist"), "{stderr}");
 }
+
+/// Ids of the images tagged with `build_id` in `region`.
+async fn images_of_build(moto: &Moto, region: &str, build_id: &str) -> Vec<String> {
+    let config = moto
+        .sdk_config()
+        .await
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    aws_sdk_ec2::Client::new(&config)
+        .describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:imgforge:build-id")
+                .values(build_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.image_id.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_reach_each_region_once_and_a_rerun_reuses_them() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let build_id = "5eed".repeat(16);
+    let manifest = fixture(dir.path(), &build_id, &[(0, b"boot".to_vec())], 2 * BLOCK);
+    let regions = ["us-west-2", "eu-west-1"];
+
+    let (code, stdout, stderr) = register(&moto, &manifest, &["--copy-to", &regions.join(",")]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let first = result_line(&stdout);
+    let copies: Vec<(String, String)> = serde_json::from_value(first["copies"].clone()).unwrap();
+    assert_eq!(
+        copies.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        regions
+    );
+    // Each region holds exactly one image of the build, tagged so the next run can find it.
+    for (region, id) in &copies {
+        assert_eq!(
+            images_of_build(&moto, region, &build_id).await,
+            [id.as_str()],
+            "{region}"
+        );
+    }
+
+    // A second run (the build was registered and copied before) copies nothing again.
+    let (code, stdout, stderr) = register(&moto, &manifest, &["--copy-to", &regions.join(",")]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let again = result_line(&stdout);
+    assert_eq!(again["reused"], true, "{again}");
+    assert_eq!(again["copies"], first["copies"], "{stdout}");
+    assert!(!stdout.contains("\"event\":\"image-copied\""), "{stdout}");
+    for (region, id) in &copies {
+        assert_eq!(
+            images_of_build(&moto, region, &build_id).await,
+            [id.as_str()],
+            "{region}"
+        );
+    }
+    assert_eq!(
+        images_of_build(&moto, "us-east-1", &build_id).await,
+        [first["image_id"].as_str().unwrap().to_string()]
+    );
+}

@@ -256,20 +256,25 @@ pub async fn share(ec2: &aws_sdk_ec2::Client, image_id: &str, accounts: &[String
     Ok(())
 }
 
-/// Copies `image_id` from `source_region` into `region` (with its tags); returns the new id.
+/// Copies `image_id` from `source_region` into `region` unless that region already holds an
+/// image of `build_id`; returns the regional image id and whether a copy was started.
 pub async fn copy_to(
     config: &aws_config::SdkConfig,
     source_region: &str,
     region: &str,
     image_id: &str,
     spec: &ImageSpec,
-) -> Result<String> {
+    build_id: &str,
+) -> Result<(String, bool)> {
     let regional = config
         .to_builder()
         .region(aws_config::Region::new(region.to_string()))
         .build();
     let ec2 = aws_sdk_ec2::Client::new(&regional);
-    let out = ec2
+    if let Some(existing) = find_existing(&ec2, build_id).await? {
+        return Ok((existing, false));
+    }
+    let copy_id = ec2
         .copy_image()
         .source_region(source_region)
         .source_image_id(image_id)
@@ -278,7 +283,16 @@ pub async fn copy_to(
         .copy_image_tags(true)
         .send()
         .await
-        .map_err(|e| sdk_error(e, &format!("EC2 CopyImage {image_id} to {region}")))?;
-    out.image_id
-        .ok_or_else(|| anyhow!("CopyImage to {region} returned no image id"))
+        .map_err(|e| sdk_error(e, &format!("EC2 CopyImage {image_id} to {region}")))?
+        .image_id
+        .ok_or_else(|| anyhow!("CopyImage to {region} returned no image id"))?;
+    // Tagged explicitly as well: not every EC2-compatible cloud honours CopyImageTags, and the
+    // build-id tag is how the next run finds this copy instead of copying again.
+    ec2.create_tags()
+        .resources(&copy_id)
+        .set_tags(Some(ec2_tags(&spec.tags)))
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("EC2 CreateTags on {copy_id} in {region}")))?;
+    Ok((copy_id, true))
 }

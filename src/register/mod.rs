@@ -343,7 +343,8 @@ pub async fn register_manifest(
             &format!("{image_id} already holds build {build_id}; reusing it, nothing uploaded"),
             json!({ "image_id": image_id, "build_id": build_id }),
         );
-        ami::share(&ec2, &image_id, &opts.share_with).await?;
+        let copies =
+            share_and_copy(&config, &ec2, &image_id, &spec, build_id, opts, reporter).await?;
         return Ok(RegisteredImage {
             target: opts.target,
             image_id,
@@ -351,7 +352,7 @@ pub async fn register_manifest(
             snapshot_id: None,
             image_location: None,
             reused: true,
-            copies: Vec::new(),
+            copies,
             upload: None,
         });
     }
@@ -364,7 +365,7 @@ pub async fn register_manifest(
     let mut out = RegisteredImage {
         target: opts.target,
         image_id: String::new(),
-        region: region.clone(),
+        region,
         snapshot_id: None,
         image_location: None,
         reused: false,
@@ -492,20 +493,56 @@ pub async fn register_manifest(
         &format!("registered {} as {}", spec.name, out.image_id),
         json!({ "image_id": out.image_id, "build_id": build_id, "name": spec.name }),
     );
-    if opts.target == Target::Ami {
-        ami::share(&ec2, &out.image_id, &opts.share_with).await?;
-        let source = region.clone().unwrap_or_default();
-        for r in &opts.copy_to {
-            let id = ami::copy_to(&config, &source, r, &out.image_id, &spec).await?;
-            reporter.event(
-                "image-copied",
-                &format!("copying {} to {r} as {id}", out.image_id),
-                json!({ "region": r, "image_id": id }),
-            );
-            out.copies.push((r.clone(), id));
-        }
-    }
+    out.copies = share_and_copy(
+        &config,
+        &ec2,
+        &out.image_id,
+        &spec,
+        build_id,
+        opts,
+        reporter,
+    )
+    .await?;
     Ok(out)
+}
+
+/// Gives `--share-with` accounts launch permission on the image and, for an AMI, makes sure each
+/// `--copy-to` region holds a copy (one already there for this build is reused); returns
+/// (region, image id) per copy.
+async fn share_and_copy(
+    config: &aws_config::SdkConfig,
+    ec2: &aws_sdk_ec2::Client,
+    image_id: &str,
+    spec: &ImageSpec,
+    build_id: &str,
+    opts: &RegisterOptions,
+    reporter: &Reporter,
+) -> Result<Vec<(String, String)>> {
+    ami::share(ec2, image_id, &opts.share_with).await?;
+    let mut copies = Vec::new();
+    if opts.target != Target::Ami {
+        return Ok(copies);
+    }
+    let source = config.region().map(|r| r.to_string()).unwrap_or_default();
+    for region in &opts.copy_to {
+        let (id, copied) = ami::copy_to(config, &source, region, image_id, spec, build_id).await?;
+        let message = if copied {
+            format!("copying {image_id} to {region} as {id}")
+        } else {
+            format!("{region} already holds build {build_id} as {id}; not copied again")
+        };
+        reporter.event(
+            if copied {
+                "image-copied"
+            } else {
+                "image-copy-reused"
+            },
+            &message,
+            json!({ "region": region, "image_id": id }),
+        );
+        copies.push((region.clone(), id));
+    }
+    Ok(copies)
 }
 
 /// Runs `imgforge register`.
