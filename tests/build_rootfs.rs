@@ -1,6 +1,6 @@
-//! The default build with real mmdebstrap and QEMU: a cold build verified by its HTTP check,
-//! a cached no-op, a re-bake on the cached base serving new data, and failures that leave
-//! nothing behind.
+//! The rootfs builder with real mmdebstrap and QEMU: a cold build verified by its HTTP check,
+//! a cached no-op, a re-bake on the cached base serving new data, failures that leave nothing
+//! behind, and a UEFI image booted through OVMF.
 //!
 //! The base layer is cached in `target/imgforge-test-cache`, shared by the tests here; the
 //! first test to need it builds it while the others wait.
@@ -326,4 +326,69 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
         0,
         "work directories removed"
     );
+}
+
+#[test]
+fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = fs::read_to_string(repo_root().join("images/debian-12-minimal.toml")).unwrap();
+    let def = dir.path().join("uefi.toml");
+    fs::write(
+        &def,
+        shipped
+            .replace("firmware = \"bios\"", "firmware = \"uefi\"")
+            .replace("formats = [\"qcow2\"]", "formats = [\"raw\"]"),
+    )
+    .unwrap();
+    let (code, out, err) = run(imgforge()
+        .args(["build", "--json", "--output-dir"])
+        .arg(dir.path().join("output"))
+        .arg(&def)
+        .env("IMGFORGE_CACHE", cache_dir()));
+    assert_eq!(code, 0, "UEFI build failed:\n{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The check (sshd answering on port 22) passed in a boot under OVMF.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "check_passed" && e["check"]["port"] == 22),
+        "{events:?}"
+    );
+    let m = last_manifest(&events);
+    let raw = PathBuf::from(m["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .join("debian-12-minimal-1.0.0.raw");
+
+    // A GPT disk: an EFI system partition holding GRUB as the removable-media boot loader, and
+    // no BIOS boot code in the protective MBR, so only the UEFI path can have booted it.
+    let table = Command::new("sfdisk")
+        .arg("--json")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let table: Value = serde_json::from_slice(&table.stdout).unwrap();
+    assert_eq!(table["partitiontable"]["label"], "gpt", "{table}");
+    let esp = &table["partitiontable"]["partitions"][0];
+    assert_eq!(
+        esp["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+        "{table}"
+    );
+    let offset = esp["start"].as_u64().unwrap() * 512;
+    let listing = Command::new("mdir")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", raw.display()))
+        .arg("::/EFI/BOOT")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("BOOTX64"), "{listing}");
+    let mut mbr = [0u8; 440];
+    std::io::Read::read_exact(&mut fs::File::open(&raw).unwrap(), &mut mbr).unwrap();
+    assert!(mbr.iter().all(|&b| b == 0), "BIOS boot code in the MBR");
 }
