@@ -239,8 +239,9 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     );
     if let Some(first) = ec2_outcome.failures.first() {
         bail!(
-            "rotation stopped: {first}{}; the old instance(s) kept running. Fix the image or \
-             the health check, then run imgforge rotate again",
+            "rotation stopped: {first}{}; the old instance(s) kept running. Fix the cause \
+             (the image, the health check, or the cloud's answer above) and run imgforge rotate \
+             again: it resumes from the replacements already made",
             if failed > 1 {
                 format!(" (and {} more failure(s))", failed - 1)
             } else {
