@@ -304,16 +304,19 @@ fn run_offline(
         kernel: Some((
             input.base.kernel(),
             input.base.initrd(),
-            // Only the serial console, and only the kernel's warnings: under TCG every line
-            // the kernel prints costs boot time. The bake's own output is still shown.
+            // The image's own arguments but read-write, with only the serial console and only
+            // the kernel's warnings: under TCG every line the kernel prints costs boot time.
+            // The bake's own output is still shown.
             format!(
                 "{} rw init=/usr/lib/imgforge/bake-init net.ifnames=0 panic=-1 loglevel=4",
                 input
                     .base
                     .info
                     .kernel_cmdline
-                    .replace(" ro ", " ")
-                    .replace("console=tty0 ", "")
+                    .split_whitespace()
+                    .filter(|arg| !matches!(*arg, "ro" | "console=tty0"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         )),
         vga: false,

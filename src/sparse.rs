@@ -2,13 +2,14 @@
 //! neither read nor sent. Reading a hole is not free: the kernel fills the page cache with zero
 //! pages, which for a fresh 3 GiB image takes longer than hashing its data.
 
-use anyhow::{bail, Context, Result};
 use std::fs::File;
+use std::io;
 use std::os::fd::AsRawFd;
 
 /// The data extents among the first `len` bytes of `file`, as ordered `(start, end)` byte
 /// ranges, from `SEEK_DATA`/`SEEK_HOLE`; the whole range where the file system cannot tell.
-pub fn data_extents(file: &File, len: u64) -> Result<Vec<(u64, u64)>> {
+/// Callers add what the file is to the error.
+pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let whole = || if len == 0 { vec![] } else { vec![(0, len)] };
     let mut extents = Vec::new();
@@ -17,11 +18,11 @@ pub fn data_extents(file: &File, len: u64) -> Result<Vec<(u64, u64)>> {
         // SAFETY: lseek on a file descriptor we own; no memory is passed.
         let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
         if data < 0 {
-            let err = std::io::Error::last_os_error();
+            let err = io::Error::last_os_error();
             return match err.raw_os_error() {
                 Some(libc::ENXIO) => Ok(extents),
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(whole()),
-                _ => Err(err).context("cannot look for data in the file"),
+                _ => Err(err),
             };
         }
         let data = data as u64;
@@ -35,7 +36,9 @@ pub fn data_extents(file: &File, len: u64) -> Result<Vec<(u64, u64)>> {
         }
         let hole = (hole as u64).min(len);
         if hole <= data {
-            bail!("the file system reported an empty data extent at {data}");
+            return Err(io::Error::other(format!(
+                "the file system reported an empty data extent at {data}"
+            )));
         }
         extents.push((data, hole));
         pos = hole;
