@@ -29,9 +29,10 @@ pub struct BaseInfo {
     pub build_seconds: f64,
     /// Tool versions used.
     pub tools: std::collections::BTreeMap<String, String>,
-    /// For the installer builder: whether the installer fetched its answer file.
+    /// For the installer builder: when the build's HTTP server first served the answer file,
+    /// in seconds after the server started (just before the installer's VM).
     #[serde(default)]
-    pub answer_file_fetched: Option<bool>,
+    pub answer_file_fetched_after_s: Option<f64>,
 }
 
 /// A base layer in the cache.

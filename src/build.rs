@@ -90,20 +90,32 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
     );
     if manifest_path.is_file() && !args.force {
         let manifest = Manifest::load(&manifest_path)?;
-        reporter.event(
-            "cached",
-            &format!(
-                "build {} is up to date: {}",
-                crate::base::short(&ids.build),
-                manifest_path.display()
+        match manifest.quick_check(&manifest_path) {
+            Ok(()) => {
+                reporter.event(
+                    "cached",
+                    &format!(
+                        "build {} is up to date: {}",
+                        crate::base::short(&ids.build),
+                        manifest_path.display()
+                    ),
+                    json!({ "manifest": manifest_path, "cached": true }),
+                );
+                return Ok(BuildResult::Image(Box::new(BuildOutcome {
+                    manifest_path,
+                    manifest,
+                    cached: true,
+                })));
+            }
+            Err(damage) => reporter.event(
+                "output_damaged",
+                &format!(
+                    "build {} is not intact, building it again: {damage}",
+                    crate::base::short(&ids.build)
+                ),
+                json!({ "manifest": manifest_path, "problem": damage.to_string() }),
             ),
-            json!({ "manifest": manifest_path, "cached": true }),
-        );
-        return Ok(BuildResult::Image(Box::new(BuildOutcome {
-            manifest_path,
-            manifest,
-            cached: true,
-        })));
+        }
     }
 
     std::fs::create_dir_all(&name_dir)
@@ -145,14 +157,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
     crate::cancel::check()?;
     if !args.no_verify {
         let t = Instant::now();
-        let bootable = artifacts
-            .iter()
-            .find(|a| {
-                matches!(
-                    a.format,
-                    crate::definition::DiskFormat::Qcow2 | crate::definition::DiskFormat::Raw
-                )
-            })
+        let bootable = crate::manifest::bootable(&artifacts)
             .map(|a| staging.path().join(&a.file))
             .unwrap_or_else(|| disk.clone());
         crate::verify::verify(
@@ -206,6 +211,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
         tools,
         checks: def.checks.clone(),
         publish: def.publish.clone(),
+        machine: Some(def.machine.clone()),
     };
     let mut value = serde_json::to_value(&manifest)?;
     value["base_cached"] = json!(base_cached);

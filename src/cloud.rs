@@ -2,9 +2,12 @@
 //! region chain, `AWS_ENDPOINT_URL*` variables, an optional `--endpoint-url`, standard retries
 //! and timeouts so that nothing hangs.
 
+use anyhow::{anyhow, bail, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::config::ProvideCredentials;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use std::time::Duration;
 
 /// Options every cloud command takes.
@@ -21,8 +24,27 @@ pub struct CloudArgs {
     pub profile: Option<String>,
 }
 
-/// Loads the SDK configuration for `args`.
-pub async fn load(args: &CloudArgs) -> SdkConfig {
+/// Loads the SDK configuration for `args`, and fails early, naming what to set, when it has
+/// no region or no credentials.
+pub async fn load(args: &CloudArgs) -> Result<SdkConfig> {
+    let config = load_unchecked(args).await;
+    if config.region().is_none() {
+        bail!("no AWS region: pass --region or set AWS_REGION (or a region in the profile)");
+    }
+    let provider = config
+        .credentials_provider()
+        .ok_or_else(|| anyhow!("no AWS credentials provider is configured"))?;
+    provider.provide_credentials().await.map_err(|e| {
+        tracing::info!("the credential chain said: {}", DisplayErrorContext(e));
+        anyhow!(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+             AWS_PROFILE / --profile, or run with an instance role (-v shows what was tried)"
+        )
+    })?;
+    Ok(config)
+}
+
+async fn load_unchecked(args: &CloudArgs) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(8))
         .timeout_config(

@@ -35,6 +35,14 @@ pub enum DefinitionError {
         /// What was wrong and what was expected.
         message: String,
     },
+    /// Some of several definitions were invalid (each was reported as it was read).
+    #[error("{invalid} of {total} definitions are invalid")]
+    Several {
+        /// How many were invalid.
+        invalid: usize,
+        /// How many were read.
+        total: usize,
+    },
 }
 
 /// A whole image definition.
@@ -379,7 +387,7 @@ pub struct Service {
     #[serde(default)]
     pub subdir: Option<String>,
     /// Where the service is installed in the image.
-    pub dest: String,
+    pub dest: GuestPath,
     /// Command run in the image after the files are in place (cwd = `dest`).
     #[serde(default)]
     pub install: Option<String>,
@@ -399,7 +407,7 @@ pub struct DataSnapshot {
     #[serde(default)]
     pub git: Option<GitSource>,
     /// Where the data is unpacked in the image.
-    pub dest: String,
+    pub dest: GuestPath,
 }
 
 /// A git repository and ref.
@@ -430,7 +438,7 @@ pub enum Provisioner {
         /// Source path, relative to the definition.
         source: PathBuf,
         /// Absolute destination path in the image.
-        dest: String,
+        dest: GuestPath,
         /// Octal mode (`"0644"`).
         #[serde(default)]
         mode: Option<String>,
@@ -616,6 +624,46 @@ impl<'de> Deserialize<'de> for PasswordHash {
                  `openssl passwd -6`, and paste the `$6$...` string here",
             ))
         }
+    }
+}
+
+/// An absolute path inside the image, without `..`: a destination that cannot land outside
+/// the place it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct GuestPath(String);
+
+impl<'de> Deserialize<'de> for GuestPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let path = Path::new(&s);
+        if !path.is_absolute() {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` is a relative path; a destination in the image must be absolute, like \"/srv/{s}\""
+            )));
+        }
+        if path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` contains `..`; name the destination directly, without parent-directory steps"
+            )));
+        }
+        Ok(GuestPath(s))
+    }
+}
+
+impl std::ops::Deref for GuestPath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GuestPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

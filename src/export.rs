@@ -3,7 +3,7 @@
 
 use crate::definition::{Definition, DiskFormat};
 use crate::events::Reporter;
-use crate::manifest::ArtifactRecord;
+use crate::manifest::{ArtifactRecord, SUMS_FILE_NAME};
 use crate::process::Command;
 use crate::sources::sha256_file;
 use anyhow::Result;
@@ -69,6 +69,6 @@ pub fn export(
         .iter()
         .map(|r| format!("{}  {}\n", r.sha256, r.file))
         .collect();
-    crate::atomic::write(&out_dir.join("SHA256SUMS"), sums.as_bytes())?;
+    crate::atomic::write(&out_dir.join(SUMS_FILE_NAME), sums.as_bytes())?;
     Ok(records)
 }

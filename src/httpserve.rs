@@ -23,12 +23,25 @@ pub struct Request {
     pub path: String,
     /// Status answered.
     pub status: u16,
+    /// Seconds after the server started.
+    pub at_s: f64,
 }
 
-#[derive(Default)]
 struct Shared {
     files: BTreeMap<String, Vec<u8>>,
     log: Vec<Request>,
+    started: std::time::Instant,
+}
+
+impl Shared {
+    fn record(&mut self, path: String, status: StatusCode) {
+        let at_s = self.started.elapsed().as_secs_f64();
+        self.log.push(Request {
+            path,
+            status: status.as_u16(),
+            at_s,
+        });
+    }
 }
 
 /// A running server; stops when dropped.
@@ -50,6 +63,7 @@ impl FileServer {
         let shared = Arc::new(Mutex::new(Shared {
             files,
             log: Vec::new(),
+            started: std::time::Instant::now(),
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -95,11 +109,11 @@ impl FileServer {
         self.shared.lock().unwrap().log.clone()
     }
 
-    /// Whether `name` was served successfully at least once.
-    pub fn fetched(&self, name: &str) -> bool {
+    /// The first successful request for `name`, if it was served.
+    pub fn first_fetch(&self, name: &str) -> Option<Request> {
         self.requests()
-            .iter()
-            .any(|r| r.path == name && r.status == 200)
+            .into_iter()
+            .find(|r| r.path == name && r.status == 200)
     }
 }
 
@@ -115,10 +129,7 @@ async fn serve(
         StatusCode::NOT_FOUND
     };
     tracing::info!(file = %name, status = status.as_u16(), "http request");
-    s.log.push(Request {
-        path: name,
-        status: status.as_u16(),
-    });
+    s.record(name, status);
     (status, body.unwrap_or_default())
 }
 
@@ -127,10 +138,10 @@ async fn not_found(
     uri: axum::http::Uri,
 ) -> impl IntoResponse {
     tracing::warn!(path = %uri.path(), "http request outside this build's prefix");
-    shared.lock().unwrap().log.push(Request {
-        path: uri.path().to_string(),
-        status: 404,
-    });
+    shared
+        .lock()
+        .unwrap()
+        .record(uri.path().to_string(), StatusCode::NOT_FOUND);
     StatusCode::NOT_FOUND
 }
 
@@ -143,14 +154,15 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert("preseed.cfg".to_string(), b"d-i x string y\n".to_vec());
         let server = FileServer::start(files).unwrap();
-        assert!(!server.fetched("preseed.cfg"));
+        assert!(server.first_fetch("preseed.cfg").is_none());
         let body = ureq::get(&format!("{}/preseed.cfg", server.host_url()))
             .call()
             .unwrap()
             .into_string()
             .unwrap();
         assert_eq!(body, "d-i x string y\n");
-        assert!(server.fetched("preseed.cfg"));
+        let first = server.first_fetch("preseed.cfg").unwrap();
+        assert!(first.at_s > 0.0 && first.at_s < 60.0, "{first:?}");
         let guess = ureq::get(&format!("http://127.0.0.1:{}/preseed.cfg", server.port())).call();
         assert!(matches!(guess, Err(ureq::Error::Status(404, _))));
         let missing = ureq::get(&format!("{}/other", server.host_url())).call();

@@ -93,6 +93,24 @@ pub fn build(
     std::fs::create_dir_all(&run_dir)?;
     let console_log = staging.path("install-console.log");
     let mut vm = Vm::start(&cfg, &run_dir, &console_log)?;
+    // Reported as it happens, so that a CI log shows the install's progress.
+    let fetched = std::cell::Cell::new(None);
+    let announce_fetch = || {
+        if fetched.get().is_some() {
+            return;
+        }
+        if let Some(request) = server.first_fetch(answer.file_name) {
+            fetched.set(Some(request.at_s));
+            reporter.event(
+                "answer_file_fetched",
+                &format!(
+                    "    the installer fetched {} after {:.1} s",
+                    answer.file_name, request.at_s
+                ),
+                json!({ "file": answer.file_name, "after_s": request.at_s }),
+            );
+        }
+    };
     let outcome = (|| -> Result<()> {
         if cfg.cdrom.is_some() {
             std::thread::sleep(installer.boot_wait.0);
@@ -107,9 +125,11 @@ pub fn build(
             crate::bootcmd::type_into(&mut vm, &actions, KEY_INTERVAL)?;
         }
         vm.wait_poweroff(def.machine.timeouts.install.0, &|line| {
-            reporter.detail(line)
+            reporter.detail(line);
+            announce_fetch();
         })
     })();
+    announce_fetch();
     let kept_log = keep_console_log(&console_log, &staging.id);
     if let Err(e) = outcome {
         bail!(
@@ -117,20 +137,17 @@ pub fn build(
             kept_log.display()
         );
     }
-    if !server.fetched(answer.file_name) {
+    let Some(fetched_after_s) = fetched.get() else {
         bail!(
             "the installer powered off without fetching its answer file {}; console log: {}",
             answer.file_name,
             kept_log.display()
         );
-    }
+    };
     reporter.event(
         "installed",
-        &format!(
-            "    the installer fetched {} and powered off",
-            answer.file_name
-        ),
-        json!({ "answer_file_fetched": true, "requests": server.requests() }),
+        "    the installer powered off",
+        json!({ "requests": server.requests() }),
     );
     let mut tools = BTreeMap::new();
     tools.insert(
@@ -144,7 +161,7 @@ pub fn build(
         kernel_cmdline: String::new(),
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
-        answer_file_fetched: Some(true),
+        answer_file_fetched_after_s: Some(fetched_after_s),
     })
 }
 

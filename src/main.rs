@@ -52,9 +52,18 @@ enum Command {
     Verify {
         /// The build's manifest.json.
         manifest: PathBuf,
-        /// Accelerator: auto, kvm or tcg.
-        #[arg(long, default_value = "auto")]
-        accelerator: String,
+        /// Accelerator: auto, kvm or tcg (default: the one the manifest records).
+        #[arg(long)]
+        accelerator: Option<String>,
+        /// Virtual CPUs (default: the build's).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory in MiB (default: the build's).
+        #[arg(long)]
+        memory_mib: Option<u32>,
+        /// How long the checks may take to pass, like 90s or 5m (default: the build's boot timeout).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        boot_timeout: Option<std::time::Duration>,
     },
     /// Register a built image as an AMI or EMI.
     Register(register::RegisterArgs),
@@ -186,15 +195,25 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Verify {
             manifest,
             accelerator,
+            cpus,
+            memory_mib,
+            boot_timeout,
         } => {
             imgforge::cancel::install_handlers()?;
-            let accel = match accelerator.as_str() {
-                "auto" => Accelerator::Auto,
-                "kvm" => Accelerator::Kvm,
-                "tcg" => Accelerator::Tcg,
-                other => anyhow::bail!("--accelerator {other}: use auto, kvm or tcg"),
+            let accelerator = match accelerator.as_deref() {
+                None => None,
+                Some("auto") => Some(Accelerator::Auto),
+                Some("kvm") => Some(Accelerator::Kvm),
+                Some("tcg") => Some(Accelerator::Tcg),
+                Some(other) => anyhow::bail!("--accelerator {other}: use auto, kvm or tcg"),
             };
-            imgforge::verify::verify_manifest(&manifest, accel, reporter)
+            let overrides = imgforge::verify::VerifyOverrides {
+                accelerator,
+                cpus,
+                memory_mib,
+                boot_timeout,
+            };
+            imgforge::verify::verify_manifest(&manifest, &overrides, reporter)
         }
         Command::Register(args) => runtime()?.block_on(register::run(args, reporter)),
         Command::Unbundle(args) => register::unbundle(args, reporter),
@@ -233,7 +252,7 @@ fn register_build(
 
 /// Validates every file, reporting each error, and fails if any failed.
 fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
-    let mut first_error = None;
+    let mut invalid = 0;
     for file in files {
         let outcome = Definition::load(file).and_then(|def| {
             render::render(&def).map_err(|e| DefinitionError::Invalid {
@@ -262,12 +281,16 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
                     &format!("{e}"),
                     json!({ "file": file, "valid": false, "error": e.to_string() }),
                 );
-                first_error.get_or_insert(e);
+                invalid += 1;
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    match invalid {
+        0 => Ok(()),
+        _ => Err(DefinitionError::Several {
+            invalid,
+            total: files.len(),
+        }
+        .into()),
     }
 }

@@ -1,7 +1,7 @@
 //! `manifest.json`: the record of one build, written next to its artifacts and read by
 //! `verify`, `register` and `rotate`.
 
-use crate::definition::{Arch, Check, DiskFormat, Firmware, Publish};
+use crate::definition::{Arch, Check, DiskFormat, Firmware, Machine, Publish};
 use crate::layers::LayerIds;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,65 @@ use std::path::{Path, PathBuf};
 
 /// File name of the manifest inside a build's output directory.
 pub const FILE_NAME: &str = "manifest.json";
+
+/// File name of the digest list beside the manifest (`sha256sum -c` reads it).
+pub const SUMS_FILE_NAME: &str = "SHA256SUMS";
+
+/// An artifact on disk that is not what its build recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The file is gone.
+    #[error("{path}: the artifact is missing; {remedy}")]
+    Missing {
+        /// The artifact's path.
+        path: PathBuf,
+        /// What to do about it.
+        remedy: String,
+    },
+    /// The file's length differs from the recorded size.
+    #[error(
+        "{path}: the artifact has {actual} bytes, but {manifest} records {expected}; {remedy}"
+    )]
+    Size {
+        /// The artifact's path.
+        path: PathBuf,
+        /// The manifest.
+        manifest: PathBuf,
+        /// Recorded size.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+        /// What to do about it.
+        remedy: String,
+    },
+    /// The file's sha256 differs from the recorded one.
+    #[error(
+        "{path}: the artifact's sha256 is {actual}, but {recorded_in} records {expected}: \
+         it changed after the build; {remedy}"
+    )]
+    Digest {
+        /// The artifact's path.
+        path: PathBuf,
+        /// The file that recorded the expected digest (manifest.json or SHA256SUMS).
+        recorded_in: PathBuf,
+        /// Recorded digest.
+        expected: String,
+        /// Digest of the bytes on disk.
+        actual: String,
+        /// What to do about it.
+        remedy: String,
+    },
+    /// `SHA256SUMS` is missing, unreadable or does not list the artifact.
+    #[error("{sums}: {problem}; {remedy}")]
+    Sums {
+        /// The SHA256SUMS file.
+        sums: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        remedy: String,
+    },
+}
 
 /// Everything known about one build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +114,10 @@ pub struct Manifest {
     /// The definition's publish targets, for `build --register`.
     #[serde(default)]
     pub publish: Publish,
+    /// The machine the checks ran on (CPUs, memory, accelerator choice, boot timeout), which
+    /// `imgforge verify` boots again; absent in manifests of imgforge before 0.1.0's verify.
+    #[serde(default)]
+    pub machine: Option<Machine>,
 }
 
 /// The baked service's origin.
@@ -79,6 +142,21 @@ pub struct ArtifactRecord {
     pub sha256: String,
 }
 
+/// The artifact QEMU boots to verify a build: the qcow2 if there is one, else the raw.
+pub fn bootable(artifacts: &[ArtifactRecord]) -> Option<&ArtifactRecord> {
+    [DiskFormat::Qcow2, DiskFormat::Raw]
+        .into_iter()
+        .find_map(|f| artifacts.iter().find(|a| a.format == f))
+}
+
+/// The directory holding a build's manifest and artifacts.
+fn build_dir(manifest_path: &Path) -> &Path {
+    match manifest_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 impl Manifest {
     /// Reads a manifest.
     pub fn load(path: &Path) -> Result<Manifest> {
@@ -90,11 +168,122 @@ impl Manifest {
 
     /// The path of the artifact of `format`, resolved against the manifest at `manifest_path`.
     pub fn artifact_path(&self, manifest_path: &Path, format: DiskFormat) -> Option<PathBuf> {
-        let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        self.artifacts
-            .iter()
-            .find(|a| a.format == format)
-            .map(|a| dir.join(&a.file))
+        self.artifact(format)
+            .map(|a| build_dir(manifest_path).join(&a.file))
+    }
+
+    /// The record of the artifact of `format`.
+    pub fn artifact(&self, format: DiskFormat) -> Option<&ArtifactRecord> {
+        self.artifacts.iter().find(|a| a.format == format)
+    }
+
+    /// The artifact QEMU boots to verify the build (see [`bootable`]).
+    pub fn bootable_artifact(&self) -> Option<&ArtifactRecord> {
+        bootable(&self.artifacts)
+    }
+
+    /// The command that makes this build's output again, for error messages.
+    pub fn rebuild_hint(&self) -> String {
+        format!(
+            "rebuild it with `imgforge build --force {}`",
+            self.definition.display()
+        )
+    }
+
+    /// Reads `record`'s file in full and compares its size and sha256 with this manifest and
+    /// with `SHA256SUMS`; returns its path. Every consumer calls this before using an artifact.
+    pub fn checked_artifact(
+        &self,
+        manifest_path: &Path,
+        record: &ArtifactRecord,
+    ) -> Result<PathBuf, ArtifactError> {
+        let path = self.checked_size(manifest_path, record)?;
+        let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
+        let listed = self.sums_entry(&sums, &record.file)?;
+        let actual = crate::sources::sha256_file(&path).map_err(|e| ArtifactError::Missing {
+            path: path.clone(),
+            remedy: format!("it cannot be read ({e:#}); {}", self.rebuild_hint()),
+        })?;
+        for (expected, recorded_in) in [
+            (&record.sha256, manifest_path.to_path_buf()),
+            (&listed, sums),
+        ] {
+            if &actual != expected {
+                return Err(ArtifactError::Digest {
+                    path,
+                    recorded_in,
+                    expected: expected.clone(),
+                    actual,
+                    remedy: self.rebuild_hint(),
+                });
+            }
+        }
+        Ok(path)
+    }
+
+    /// A cheap look at every artifact: present, of the recorded size, listed in `SHA256SUMS`
+    /// with the manifest's digest, and not written after the manifest; an artifact that fails
+    /// the last two is hashed in full before it is trusted.
+    pub fn quick_check(&self, manifest_path: &Path) -> Result<(), ArtifactError> {
+        let manifest_mtime = std::fs::metadata(manifest_path)
+            .and_then(|m| m.modified())
+            .ok();
+        let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
+        for record in &self.artifacts {
+            let path = self.checked_size(manifest_path, record)?;
+            let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let written_later = match (mtime, manifest_mtime) {
+                (Some(a), Some(m)) => a > m,
+                _ => true,
+            };
+            if written_later || self.sums_entry(&sums, &record.file)? != record.sha256 {
+                self.checked_artifact(manifest_path, record)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checked_size(
+        &self,
+        manifest_path: &Path,
+        record: &ArtifactRecord,
+    ) -> Result<PathBuf, ArtifactError> {
+        let path = build_dir(manifest_path).join(&record.file);
+        let actual = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => {
+                return Err(ArtifactError::Missing {
+                    path,
+                    remedy: self.rebuild_hint(),
+                })
+            }
+        };
+        if actual != record.size {
+            return Err(ArtifactError::Size {
+                path,
+                manifest: manifest_path.to_path_buf(),
+                expected: record.size,
+                actual,
+                remedy: self.rebuild_hint(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// The digest `SHA256SUMS` lists for `file`.
+    fn sums_entry(&self, sums: &Path, file: &str) -> Result<String, ArtifactError> {
+        let problem = |problem: String| ArtifactError::Sums {
+            sums: sums.to_path_buf(),
+            problem,
+            remedy: self.rebuild_hint(),
+        };
+        let text = std::fs::read_to_string(sums)
+            .map_err(|e| problem(format!("cannot read the build's digest list ({e})")))?;
+        text.lines()
+            .filter_map(|l| l.split_once("  "))
+            .find(|(_, name)| name.trim_start_matches('*') == file)
+            .map(|(digest, _)| digest.to_string())
+            .ok_or_else(|| problem(format!("{file} is not listed")))
     }
 
     /// Cloud tags that carry the image's provenance (keys in [`crate::cloud::tags`]).
@@ -118,5 +307,128 @@ impl Manifest {
             t.push((tags::DATA_DIGEST.to_string(), d.clone()));
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A build directory with one raw artifact, its manifest and SHA256SUMS, as a build writes
+    /// them (the artifact first, then the digests).
+    fn build(dir: &Path) -> (Manifest, PathBuf) {
+        let file = dir.join("img.raw");
+        std::fs::write(&file, b"boot sector and more").unwrap();
+        let sha256 = crate::sources::sha256_file(&file).unwrap();
+        std::fs::write(dir.join(SUMS_FILE_NAME), format!("{sha256}  img.raw\n")).unwrap();
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "imgforge_version": "0.1.0", "name": "t", "version": "1", "definition": "t.toml",
+            "ids": { "base": "a", "bake": "b", "build": "c" },
+            "firmware": "bios", "arch": "x86_64", "disk_size": 20,
+            "artifacts": [{ "format": "raw", "file": "img.raw", "size": 20, "sha256": sha256 }],
+            "built_at": "2026-11-26T00:00:00Z",
+            "machine": { "cpus": 1, "memory_mib": 512, "timeouts": { "boot": "90s" } },
+        }))
+        .unwrap();
+        let path = dir.join(FILE_NAME);
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        (manifest, path)
+    }
+
+    #[test]
+    fn the_machine_settings_survive_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, path) = build(dir.path());
+        let machine = Manifest::load(&path).unwrap().machine.unwrap();
+        assert_eq!((machine.cpus, machine.memory_mib), (1, 512));
+        assert_eq!(machine.timeouts.boot.0, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn an_intact_build_passes_both_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        m.quick_check(&path).unwrap();
+        assert_eq!(
+            m.checked_artifact(&path, &m.artifacts[0]).unwrap(),
+            dir.path().join("img.raw")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_resized_artifact_fails_the_quick_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        let file = dir.path().join("img.raw");
+        std::fs::write(&file, b"short").unwrap();
+        let e = m.quick_check(&path).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArtifactError::Size {
+                    actual: 5,
+                    expected: 20,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = m.quick_check(&path).unwrap_err().to_string();
+        assert!(e.contains("img.raw: the artifact is missing"), "{e}");
+        assert!(e.contains("imgforge build --force t.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_byte_is_found_by_its_digest_and_a_mere_touch_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        let file = dir.path().join("img.raw");
+        let rewrite_later = |bytes: &[u8]| {
+            std::fs::write(&file, bytes).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(SystemTime::now() + Duration::from_secs(5))
+                .unwrap();
+        };
+        // Rewritten with the same bytes after the manifest: hashed, and found intact.
+        rewrite_later(b"boot sector and more");
+        m.quick_check(&path).unwrap();
+        // One byte changed, same size.
+        rewrite_later(b"Boot sector and more");
+        let e = m.quick_check(&path).unwrap_err();
+        assert!(
+            matches!(&e, ArtifactError::Digest { expected, actual, .. }
+                if *expected == m.artifacts[0].sha256 && actual != expected),
+            "{e}"
+        );
+        assert!(e.to_string().contains("changed after the build"), "{e}");
+        assert!(m.checked_artifact(&path, &m.artifacts[0]).is_err());
+    }
+
+    #[test]
+    fn sha256sums_must_list_the_artifact_with_the_manifests_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        let sums = dir.path().join(SUMS_FILE_NAME);
+        std::fs::write(&sums, format!("{}  img.raw\n", "f".repeat(64))).unwrap();
+        let e = m.checked_artifact(&path, &m.artifacts[0]).unwrap_err();
+        assert!(
+            matches!(&e, ArtifactError::Digest { recorded_in, .. } if *recorded_in == sums),
+            "{e}"
+        );
+        assert!(m.quick_check(&path).is_err());
+        std::fs::write(&sums, "").unwrap();
+        let e = m.quick_check(&path).unwrap_err().to_string();
+        assert!(e.contains("img.raw is not listed"), "{e}");
+        std::fs::remove_file(&sums).unwrap();
+        let e = m
+            .checked_artifact(&path, &m.artifacts[0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SHA256SUMS: cannot read"), "{e}");
     }
 }

@@ -52,7 +52,7 @@ type Reasons = BTreeMap<String, Vec<String>>;
 /// Runs `imgforge prune`.
 pub async fn run(args: PruneArgs, reporter: &Reporter) -> Result<()> {
     let calls = ApiCalls::default();
-    let clients = calls.clients(&cloud::load(&args.cloud).await, args.page_size);
+    let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
     reporter.phase("find images and their users");
     let mut images = images_of(&clients, &args.image_name).await?;
     images.sort_by_key(|i| {

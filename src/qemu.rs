@@ -195,6 +195,7 @@ pub struct Vm {
     handle: Option<duct::Handle>,
     qmp_socket: PathBuf,
     serial_log: PathBuf,
+    firmware_log: PathBuf,
     qemu_log: PathBuf,
     _vars: Option<tempfile::NamedTempFile>,
 }
@@ -205,6 +206,7 @@ impl Vm {
     pub fn start(cfg: &VmConfig, run_dir: &Path, serial_log: &Path) -> Result<Vm> {
         let qmp_socket = run_dir.join("qmp.sock");
         let qemu_log = run_dir.join("qemu.log");
+        let firmware_log = run_dir.join("firmware.log");
         let _ = std::fs::remove_file(&qmp_socket);
         let mut cmd = Command::new(QEMU)
             .args(["-accel", cfg.accel.arg(), "-machine", MACHINE, "-cpu", CPU])
@@ -220,6 +222,10 @@ impl Vm {
             .arg("-chardev")
             .arg(format!("file,id=serial0,path={}", serial_log.display()))
             .args(["-serial", "chardev:serial0"])
+            // SeaBIOS's messages (such as "No bootable device") on its debug port.
+            .arg("-chardev")
+            .arg(format!("file,id=firmware,path={}", firmware_log.display()))
+            .args(["-device", "isa-debugcon,iobase=0x402,chardev=firmware"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
             .args(["-device", "virtio-rng-pci"]);
@@ -274,12 +280,14 @@ impl Vm {
         cmd = cmd
             .arg("-netdev")
             .arg(netdev)
-            .args(["-device", "virtio-net-pci,netdev=net0"]);
+            // No network boot ROM: a disk that cannot boot fails at once instead of trying PXE.
+            .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
         let handle = cmd.spawn_logged(&qemu_log)?;
         Ok(Vm {
             handle: Some(handle),
             qmp_socket,
             serial_log: serial_log.to_path_buf(),
+            firmware_log,
             qemu_log,
             _vars: vars,
         })
@@ -298,6 +306,20 @@ impl Vm {
     /// The last console line, for progress displays.
     pub fn console_last_line(&self) -> String {
         self.console_tail(1)
+    }
+
+    /// What the firmware printed on its debug port so far (SeaBIOS; empty under OVMF).
+    pub fn firmware_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.firmware_log).unwrap_or_default()).into_owned()
+    }
+
+    /// Whether QEMU has exited (the guest powered off or rebooted); an error if QEMU failed.
+    pub fn has_exited(&mut self) -> Result<bool> {
+        let exited = self.exited()?.is_some();
+        if exited {
+            self.handle = None;
+        }
+        Ok(exited)
     }
 
     fn exited(&self) -> Result<Option<String>> {
@@ -476,6 +498,19 @@ impl Qmp {
                 bail!("QMP {command} failed: {e}");
             }
         }
+    }
+
+    /// QEMU's user-network connection table (`info usernet`): one line per socket with its TCP
+    /// state, host address and port, guest address and port.
+    pub fn usernet(&mut self) -> Result<String> {
+        let table = self.execute(
+            "human-monitor-command",
+            json!({ "command-line": "info usernet" }),
+        )?;
+        table
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("QMP info usernet returned {table}"))
     }
 
     /// Presses keys together (QMP `send-key` with qcodes, e.g. `["shift", "a"]`).

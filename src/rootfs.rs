@@ -98,7 +98,7 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         kernel_cmdline: kernel_cmdline(&uuid),
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
-        answer_file_fetched: None,
+        answer_file_fetched_after_s: None,
     })
 }
 

@@ -1,18 +1,37 @@
 //! Verification: boot a built image (on a throwaway overlay, so the artifact is never changed)
 //! through its firmware and boot loader, and wait for the definition's checks to pass through
 //! port forwards on 127.0.0.1.
+//!
+//! A check passes only on evidence that came from the guest. QEMU's user network accepts the
+//! host side of a port forward whether or not the guest answers, so a TCP check counts bytes
+//! the guest sent (a banner such as sshd's), or else asks QEMU (`info usernet`) whether the
+//! guest completed the TCP handshake; an HTTP check needs a response whose body holds the
+//! expected text. The boot is watched as well: a kernel panic, firmware that finds no bootable
+//! disk, or a guest that stops fails verification at once, naming what was seen.
 
 use crate::definition::{Accelerator, Check, Machine};
 use crate::events::Reporter;
 use crate::manifest::Manifest;
 use crate::process::Command;
-use crate::qemu::{Vm, VmConfig};
-use anyhow::{bail, Context, Result};
+use crate::qemu::{Qmp, Vm, VmConfig};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// How often pending checks are tried again.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a TCP check waits for the guest's first bytes before asking QEMU.
+const TCP_READ_WAIT: Duration = Duration::from_secs(1);
+/// How long an HTTP check waits for the guest's response.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Console text that means the kernel died.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+/// SeaBIOS's words, on its debug console, when no disk holds a boot loader.
+const NO_BOOTABLE_DEVICE: &str = "No bootable device";
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
@@ -48,10 +67,7 @@ pub fn verify(
         .run()?;
     let mut ports = BTreeMap::new();
     for c in checks {
-        let guest = match c {
-            Check::Tcp { port } | Check::Http { port, .. } => *port,
-        };
-        if let std::collections::btree_map::Entry::Vacant(e) = ports.entry(guest) {
+        if let std::collections::btree_map::Entry::Vacant(e) = ports.entry(guest_port(c)) {
             e.insert(free_port()?);
         }
     }
@@ -62,41 +78,7 @@ pub fn verify(
     let run_dir = work.join("vm-verify");
     std::fs::create_dir_all(&run_dir)?;
     let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
-    let timeout = machine.timeouts.boot.0;
-    let deadline = Instant::now() + timeout;
-    let mut pending: Vec<&Check> = checks.iter().collect();
-    let mut last_error = String::new();
-    let outcome = loop {
-        pending.retain(|c| match run_check(c, &ports) {
-            Ok(()) => {
-                reporter.event(
-                    "check_passed",
-                    &format!("    check passed: {}", describe(c)),
-                    serde_json::json!({ "check": c }),
-                );
-                false
-            }
-            Err(e) => {
-                last_error = format!("{}: {e:#}", describe(c));
-                true
-            }
-        });
-        if pending.is_empty() {
-            break Ok(());
-        }
-        if crate::cancel::requested() {
-            break Err(anyhow::anyhow!("interrupted during verification"));
-        }
-        if Instant::now() > deadline {
-            break Err(anyhow::anyhow!(
-                "the image did not pass its checks within {}: {last_error}; last console lines:\n{}",
-                humantime::format_duration(timeout),
-                vm.console_tail(15)
-            ));
-        }
-        reporter.detail(&vm.console_last_line());
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let outcome = wait_for_checks(&mut vm, checks, &ports, machine.timeouts.boot.0, reporter);
     vm.kill();
     crate::bake::append_log(
         console_log,
@@ -109,6 +91,104 @@ pub fn verify(
     outcome
 }
 
+/// Tries the pending checks until all passed, the boot failed, or `timeout` ran out.
+fn wait_for_checks(
+    vm: &mut Vm,
+    checks: &[Check],
+    ports: &BTreeMap<u16, u16>,
+    timeout: Duration,
+    reporter: &Reporter,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    // What each pending check saw last time it was tried.
+    let mut pending: Vec<(&Check, String)> = checks
+        .iter()
+        .map(|c| (c, "not tried yet".to_string()))
+        .collect();
+    let mut qmp = None;
+    loop {
+        if let Some(failure) = boot_failure(vm)? {
+            let unproven: Vec<String> = pending.iter().map(|(c, _)| describe(c)).collect();
+            bail!(
+                "{failure}; checks not passed: {}; last console lines:\n{}",
+                unproven.join(", "),
+                vm.console_tail(15)
+            );
+        }
+        if qmp.is_none() {
+            qmp = vm.qmp().ok();
+        }
+        pending.retain_mut(
+            |(check, seen)| match run_check(check, ports, qmp.as_mut()) {
+                Ok(evidence) => {
+                    reporter.event(
+                        "check_passed",
+                        &format!("    check passed: {} ({evidence})", describe(check)),
+                        serde_json::json!({ "check": check, "evidence": evidence }),
+                    );
+                    false
+                }
+                Err(e) => {
+                    *seen = format!("{e:#}");
+                    true
+                }
+            },
+        );
+        if pending.is_empty() {
+            return Ok(());
+        }
+        crate::cancel::check().context("verification stopped")?;
+        if Instant::now() > deadline {
+            let missing: Vec<String> = pending
+                .iter()
+                .map(|(c, seen)| format!("{}: {seen}", describe(c)))
+                .collect();
+            let console = vm.console_tail(15);
+            bail!(
+                "the image did not pass its checks within {}:\n  {}\n{}",
+                humantime::format_duration(timeout),
+                missing.join("\n  "),
+                if console.trim().is_empty() {
+                    "the serial console stayed empty: no boot loader or kernel wrote to it".into()
+                } else {
+                    format!("last console lines:\n{console}")
+                }
+            );
+        }
+        reporter.detail(&vm.console_last_line());
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A reason the boot can no longer succeed, from what the guest and its firmware printed.
+fn boot_failure(vm: &mut Vm) -> Result<Option<String>> {
+    if vm.has_exited()? {
+        return Ok(Some(
+            "the guest stopped (powered off or rebooted) before its checks passed".into(),
+        ));
+    }
+    let console = crate::qemu::strip_control(&vm.console());
+    if let Some(at) = console.find(KERNEL_PANIC) {
+        let reason = console[at..].lines().next().unwrap_or_default();
+        return Ok(Some(format!("the kernel panicked: {}", reason.trim())));
+    }
+    if vm.firmware_log().contains(NO_BOOTABLE_DEVICE) {
+        return Ok(Some(
+            "the firmware found no bootable disk (SeaBIOS: \"No bootable device\"): \
+             the image has no boot loader"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// The guest port a check connects to.
+fn guest_port(c: &Check) -> u16 {
+    match c {
+        Check::Tcp { port } | Check::Http { port, .. } => *port,
+    }
+}
+
 /// One line naming a check.
 pub fn describe(c: &Check) -> String {
     match c {
@@ -117,34 +197,24 @@ pub fn describe(c: &Check) -> String {
     }
 }
 
-fn run_check(c: &Check, ports: &BTreeMap<u16, u16>) -> Result<()> {
+/// Runs one check; on success returns the evidence the guest gave.
+fn run_check(c: &Check, ports: &BTreeMap<u16, u16>, qmp: Option<&mut Qmp>) -> Result<String> {
+    let host_port = ports[&guest_port(c)];
     match c {
-        Check::Tcp { port } => {
-            // QEMU's user network accepts on the host side whatever the guest does; a closed
-            // guest port shows as an immediate end of stream.
-            let mut s = TcpStream::connect(("127.0.0.1", ports[port]))?;
-            s.set_read_timeout(Some(Duration::from_millis(1500)))?;
-            let mut byte = [0u8; 1];
-            match s.read(&mut byte) {
-                Ok(0) => bail!("connection closed: nothing listens yet"),
-                Ok(_) => Ok(()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Check::Http { port, path, expect } => {
-            let url = format!("http://127.0.0.1:{}{}", ports[port], path);
-            let resp = ureq::get(&url).timeout(Duration::from_secs(5)).call()?;
+        Check::Tcp { port } => tcp_check(*port, host_port, qmp),
+        Check::Http { path, expect, .. } => {
+            let url = format!("http://127.0.0.1:{host_port}{path}");
+            let resp = match ureq::get(&url).timeout(HTTP_TIMEOUT).call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(code, _)) => bail!("the guest answered HTTP {code}"),
+                Err(e) => bail!("no HTTP response from the guest ({e})"),
+            };
+            let status = resp.status();
             let body = resp.into_string()?;
             if body.contains(expect.as_str()) {
-                Ok(())
+                Ok(format!(
+                    "HTTP {status}, the page contains the expected text"
+                ))
             } else {
                 bail!(
                     "the page does not contain \"{expect}\"; it says: {}",
@@ -155,31 +225,127 @@ fn run_check(c: &Check, ports: &BTreeMap<u16, u16>) -> Result<()> {
     }
 }
 
-/// `imgforge verify`: runs a manifest's checks again on its built image.
+/// Connects through the forward; passes on bytes from the guest, or on QEMU's word that the
+/// guest completed the handshake (protocols where the client speaks first).
+fn tcp_check(guest: u16, host: u16, qmp: Option<&mut Qmp>) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", host))
+        .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
+    stream.set_read_timeout(Some(TCP_READ_WAIT))?;
+    let mut first = [0u8; 64];
+    match stream.read(&mut first) {
+        Ok(0) => bail!(
+            "the guest closed the connection at once: nothing listens on port {guest}, or it \
+             hung up without a byte"
+        ),
+        Ok(n) => Ok(format!(
+            "the guest sent {:?}",
+            String::from_utf8_lossy(&first[..n]).trim_end()
+        )),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
+            bail!("the guest reset the connection: nothing listens on port {guest}")
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            let qmp = qmp.ok_or_else(|| {
+                anyhow!("the guest sent nothing, and QEMU's monitor cannot say more")
+            })?;
+            let table = qmp.usernet()?;
+            let states = forward_states(&table, host, guest);
+            if states.iter().any(|s| s == "ESTABLISHED") {
+                Ok("the guest completed the TCP handshake (QEMU user network: ESTABLISHED)".into())
+            } else {
+                bail!(
+                    "the guest never answered the connection (QEMU user network: {}): it has \
+                     not booted, or its network is down",
+                    if states.is_empty() {
+                        "no such connection".to_string()
+                    } else {
+                        states.join(", ")
+                    }
+                )
+            }
+        }
+        Err(e) => Err(e).context("cannot read from the forwarded connection"),
+    }
+}
+
+/// The TCP states QEMU's `info usernet` lists for connections from host port `host` to guest
+/// port `guest` (the listening forward itself is left out).
+fn forward_states(table: &str, host: u16, guest: u16) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Protocol[State] FD SourceAddress Port DestAddress Port RecvQ SendQ
+            let state = fields.first()?.strip_prefix("TCP[")?.strip_suffix(']')?;
+            let (src_port, dst_port) = (fields.get(3)?, fields.get(5)?);
+            (state != "HOST_FORWARD"
+                && src_port.parse() == Ok(host)
+                && dst_port.parse() == Ok(guest))
+            .then(|| state.to_string())
+        })
+        .collect()
+}
+
+/// Settings given on `imgforge verify`'s command line, over those the manifest records.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOverrides {
+    /// Accelerator.
+    pub accelerator: Option<Accelerator>,
+    /// Virtual CPUs.
+    pub cpus: Option<u32>,
+    /// Memory in MiB.
+    pub memory_mib: Option<u32>,
+    /// How long the checks may take to pass after the VM starts.
+    pub boot_timeout: Option<Duration>,
+}
+
+/// The machine `imgforge verify` boots: the one the manifest records (the build's own), with
+/// the overrides applied.
+pub fn verify_machine(manifest: &Manifest, overrides: &VerifyOverrides) -> Machine {
+    let mut machine = manifest.machine.clone().unwrap_or_default();
+    machine.firmware = manifest.firmware;
+    if let Some(a) = overrides.accelerator {
+        machine.accelerator = a;
+    }
+    if let Some(c) = overrides.cpus {
+        machine.cpus = c;
+    }
+    if let Some(m) = overrides.memory_mib {
+        machine.memory_mib = m;
+    }
+    if let Some(t) = overrides.boot_timeout {
+        machine.timeouts.boot.0 = t;
+    }
+    machine
+}
+
+/// `imgforge verify`: checks the bootable artifact's digest, then runs the manifest's checks
+/// on it again.
 pub fn verify_manifest(
     manifest_path: &Path,
-    accelerator: Accelerator,
+    overrides: &VerifyOverrides,
     reporter: &Reporter,
 ) -> Result<()> {
     let manifest = Manifest::load(manifest_path)?;
-    let disk = [
-        crate::definition::DiskFormat::Qcow2,
-        crate::definition::DiskFormat::Raw,
-    ]
-    .into_iter()
-    .find_map(|f| manifest.artifact_path(manifest_path, f))
-    .with_context(|| {
+    let record = manifest.bootable_artifact().with_context(|| {
         format!(
             "{}: no qcow2 or raw artifact to boot",
             manifest_path.display()
         )
     })?;
+    let disk = manifest.checked_artifact(manifest_path, record)?;
+    reporter.event(
+        "artifact_checked",
+        &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
+        serde_json::json!({ "file": record.file, "sha256": record.sha256 }),
+    );
+    let machine = verify_machine(&manifest, overrides);
     let work = tempfile::tempdir()?;
-    let machine = Machine {
-        accelerator,
-        firmware: manifest.firmware,
-        ..Machine::default()
-    };
     verify(
         &disk,
         &machine,
@@ -189,8 +355,73 @@ pub fn verify_manifest(
         reporter,
     )?;
     reporter.result(
-        &format!("{}: all {} checks passed", manifest_path.display(), manifest.checks.len()),
+        &format!(
+            "{}: all {} checks passed",
+            manifest_path.display(),
+            manifest.checks.len()
+        ),
         &serde_json::json!({ "event": "verified", "manifest": manifest_path, "checks": manifest.checks.len() }),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `info usernet` as QEMU 7.2 prints it: one forward, one connection the guest has not
+    /// answered and one it has.
+    const USERNET: &str = "Hub -1 (net0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[SYN_SENT]       9       127.0.0.1 45001       10.0.2.15    22     0     0
+  TCP[ESTABLISHED]   10       127.0.0.1 45002       10.0.2.15    80     0     0
+  TCP[HOST_FORWARD]   8       127.0.0.1 45001       10.0.2.15    22     0     0
+  TCP[HOST_FORWARD]   7       127.0.0.1 45002       10.0.2.15    80     0     0
+";
+
+    #[test]
+    fn usernet_states_name_only_the_forwards_connections() {
+        assert_eq!(forward_states(USERNET, 45001, 22), vec!["SYN_SENT"]);
+        assert_eq!(forward_states(USERNET, 45002, 80), vec!["ESTABLISHED"]);
+        assert!(forward_states(USERNET, 45003, 22).is_empty());
+        assert!(forward_states("", 45001, 22).is_empty());
+    }
+
+    #[test]
+    fn a_silent_forward_to_a_guest_that_never_boots_fails_the_tcp_check() {
+        // A disk of zeros: the firmware finds nothing to boot, QEMU accepts on the host side
+        // and the guest never answers the SYN.
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("zeros.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("1M")
+            .run()
+            .unwrap();
+        let host = free_port().unwrap();
+        let cfg = VmConfig {
+            forwards: vec![(host, 22)],
+            accel: crate::qemu::Accel::Tcg,
+            ..VmConfig::for_machine(&Machine::default(), &disk)
+        };
+        let mut vm = Vm::start(&cfg, dir.path(), &dir.path().join("console.log")).unwrap();
+        let mut qmp = vm.qmp().unwrap();
+        let err = tcp_check(22, host, Some(&mut qmp)).unwrap_err().to_string();
+        assert!(
+            err.contains("never answered") && err.contains("SYN_SENT"),
+            "{err}"
+        );
+        let err = tcp_check(22, host, None).unwrap_err().to_string();
+        assert!(err.contains("sent nothing"), "{err}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failure = loop {
+            if let Some(f) = boot_failure(&mut vm).unwrap() {
+                break f;
+            }
+            assert!(Instant::now() < deadline, "the firmware never gave up");
+            std::thread::sleep(POLL_INTERVAL);
+        };
+        assert!(failure.contains("no bootable disk"), "{failure}");
+    }
 }

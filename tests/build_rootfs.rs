@@ -7,142 +7,14 @@
 
 mod common;
 
+use common::web::{
+    base_lock, build_dir, cache_dir, last_manifest, qemu_processes_using, read_from_image,
+    WebFixture,
+};
 use common::{imgforge, repo_root, run};
 use serde_json::Value;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
-
-fn cache_dir() -> PathBuf {
-    repo_root().join("target/imgforge-test-cache")
-}
-
-/// A copy of `images/debian-12-web.toml` in a temporary directory, with its own data tarball
-/// and output directory, baking the demo service from this repository.
-struct WebFixture {
-    dir: tempfile::TempDir,
-}
-
-impl WebFixture {
-    fn new(page_text: &str, extra: &str) -> WebFixture {
-        let dir = tempfile::tempdir().unwrap();
-        let fixture = WebFixture { dir };
-        fixture.set_data(page_text, extra);
-        fixture
-    }
-
-    fn definition(&self) -> PathBuf {
-        self.dir.path().join("web.toml")
-    }
-
-    fn output(&self) -> PathBuf {
-        self.dir.path().join("output")
-    }
-
-    /// Makes the data tarball showing `page_text` and writes the definition pinning it.
-    fn set_data(&self, page_text: &str, extra: &str) {
-        let tar = self.dir.path().join("web-data.tar");
-        let out = Command::new(repo_root().join("scripts/make-demo-data"))
-            .arg(&tar)
-            .arg(page_text)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let shipped = fs::read_to_string(repo_root().join("images/debian-12-web.toml")).unwrap();
-        // The service at the commit checked out when the fixture is made, so that a commit made
-        // while the tests run does not change the bake.
-        let head = Command::new("git")
-            .arg("-C")
-            .arg(repo_root())
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap();
-        let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
-        let def = shipped
-            .replace(
-                "repo = \"..\"",
-                &format!("repo = \"{}\"", repo_root().display()),
-            )
-            .replace("ref = \"HEAD\"", &format!("ref = \"{head}\""))
-            .replace("path = \"data/web-data.tar\"", "path = \"web-data.tar\"")
-            .replace(
-                "c4fcf6c433c107c25eb609c247248f47dc2cd67d3e1d508cb197a310d1cb4845",
-                &sha,
-            )
-            .replace(
-                "expect = \"imgforge demo data v1\"",
-                &format!("expect = \"{page_text}\""),
-            );
-        fs::write(self.definition(), def + extra).unwrap();
-    }
-
-    /// Adds `toml` (provisioners, checks) to the definition, before its first check.
-    fn insert_before_checks(&self, toml: &str) {
-        let def = fs::read_to_string(self.definition()).unwrap();
-        let def = def.replacen("[[checks]]", &format!("{toml}\n[[checks]]"), 1);
-        fs::write(self.definition(), def).unwrap();
-    }
-
-    fn build(&self, extra_args: &[&str]) -> (i32, Vec<Value>, String) {
-        let (code, out, err) = run(imgforge()
-            .args(["build", "--json", "--output-dir"])
-            .arg(self.output())
-            .args(extra_args)
-            .arg(self.definition())
-            .env("IMGFORGE_CACHE", cache_dir()));
-        let events = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        (code, events, err)
-    }
-}
-
-fn last_manifest(events: &[Value]) -> &Value {
-    let last = events.last().expect("no JSON output");
-    assert_eq!(
-        last["event"], "manifest",
-        "the last JSON line is the manifest: {last}"
-    );
-    last
-}
-
-/// Serialises the tests that need the base layer, and builds it once.
-fn base_lock() -> &'static Mutex<()> {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(()))
-}
-
-/// Reads a file from the ext4 root partition of a raw image with debugfs.
-fn read_from_image(raw: &Path, file: &str) -> String {
-    let part = raw.with_extension("root.img");
-    let dd = Command::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", part.display()))
-        .args(["bs=1M", "skip=1", "conv=sparse", "status=none"])
-        .status()
-        .unwrap();
-    assert!(dd.success());
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {file}"))
-        .arg(&part)
-        .output()
-        .unwrap();
-    fs::remove_file(&part).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn no_qemu_running_for(path: &Path) -> bool {
-    let out = Command::new("pgrep")
-        .arg("-af")
-        .arg("qemu-system")
-        .output()
-        .unwrap();
-    !String::from_utf8_lossy(&out.stdout).contains(&path.display().to_string())
-}
 
 #[test]
 fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
@@ -158,10 +30,7 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         .filter(|e| e["event"] == "check_passed")
         .collect();
     assert_eq!(passed.len(), 2, "both HTTP checks passed: {events:?}");
-    let dir1 = PathBuf::from(m1["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let dir1 = build_dir(m1);
     assert_eq!(
         dir1.file_name().unwrap().to_str().unwrap(),
         m1["ids"]["build"].as_str().unwrap()
@@ -182,9 +51,10 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
 
     // Provenance and hygiene inside the image.
     let raw = dir1.join("debian-12-web-1.0.0.raw");
-    let provenance: Value =
-        serde_json::from_str(&read_from_image(&raw, "/etc/imgforge/build.json"))
-            .expect("/etc/imgforge/build.json is JSON");
+    let provenance: Value = serde_json::from_str(
+        &read_from_image(&raw, "/etc/imgforge/build.json").expect("provenance is recorded"),
+    )
+    .expect("/etc/imgforge/build.json is JSON");
     assert_eq!(provenance["build_id"], m1["ids"]["build"]);
     assert_eq!(provenance["base_id"], m1["ids"]["base"]);
     assert_eq!(provenance["data_sha256"], m1["data_digest"]);
@@ -193,10 +63,10 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert!(packages
         .iter()
         .any(|p| p.as_str().unwrap().starts_with("nginx-light=")));
-    assert_eq!(read_from_image(&raw, "/etc/machine-id"), "");
-    assert!(!read_from_image(&raw, "/root/.ssh/authorized_keys").contains("imgforge-build-key"));
-    assert!(read_from_image(&raw, "/etc/ssh/ssh_host_ed25519_key.pub").is_empty());
-    assert!(read_from_image(&raw, "/srv/web/index.html").contains("imgforge test data v1"));
+    assert_hygiene(&raw);
+    assert!(read_from_image(&raw, "/srv/web/index.html")
+        .unwrap()
+        .contains("imgforge test data v1"));
 
     // Same inputs: nothing is rebuilt.
     let (code, events, err) = web.build(&[]);
@@ -207,6 +77,34 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert!(
         !events.iter().any(|e| e["event"] == "phase"),
         "a cached build runs no phase"
+    );
+
+    // A lost artifact is not "up to date": the build says what is missing and makes it again.
+    let qcow2 = dir1.join("debian-12-web-1.0.0.qcow2");
+    fs::remove_file(&qcow2).unwrap();
+    let (code, events, err) = web.build(&[]);
+    assert_eq!(code, 0, "rebuild of a damaged output failed:\n{err}");
+    let damaged = events
+        .iter()
+        .find(|e| e["event"] == "output_damaged")
+        .unwrap_or_else(|| panic!("no output_damaged event: {events:?}"));
+    assert!(
+        damaged["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}: the artifact is missing", qcow2.display())),
+        "{damaged}"
+    );
+    let rebuilt = last_manifest(&events);
+    assert_eq!(rebuilt["cached"], false);
+    assert_eq!(rebuilt["ids"], m1["ids"]);
+    assert!(qcow2.is_file());
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "check_passed")
+            .count(),
+        2
     );
 
     // New data: the base is reused, the bake is new, and the image serves the new page.
@@ -254,13 +152,25 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert!(events
         .iter()
         .any(|e| e["event"] == "check_passed" && e["check"]["path"] == "/running.txt"));
-    let dir4 = PathBuf::from(m4["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let raw = dir4.join("debian-12-web-1.0.0.raw");
-    assert!(!read_from_image(&raw, "/root/.ssh/authorized_keys").contains("imgforge-build-key"));
-    assert_eq!(read_from_image(&raw, "/etc/machine-id"), "");
+    let dir4 = build_dir(m4);
+    assert_hygiene(&dir4.join("debian-12-web-1.0.0.raw"));
+}
+
+/// What the bake's last pass leaves: an empty (not missing) machine-id, so that systemd makes a
+/// new one at first boot; no SSH host keys; no authorized_keys for root, which held only the
+/// build key.
+fn assert_hygiene(raw: &std::path::Path) {
+    assert_eq!(
+        read_from_image(raw, "/etc/machine-id").as_deref(),
+        Some(""),
+        "machine-id exists and is empty"
+    );
+    assert_eq!(read_from_image(raw, "/root/.ssh/authorized_keys"), None);
+    assert_eq!(
+        read_from_image(raw, "/etc/ssh/ssh_host_ed25519_key.pub"),
+        None
+    );
+    assert_eq!(read_from_image(raw, "/etc/ssh/ssh_host_ed25519_key"), None);
 }
 
 #[test]
@@ -319,8 +229,9 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
         left.is_empty(),
         "no artifact or partial directory is left: {left:?}"
     );
-    assert!(no_qemu_running_for(web.dir.path()));
+    // QEMU ran on files in the cache's work directory: none is left running there.
     let work = cache_dir().join("work");
+    assert_eq!(qemu_processes_using(&work), Vec::<String>::new());
     assert_eq!(
         fs::read_dir(&work).map(|d| d.count()).unwrap_or(0),
         0,
@@ -351,18 +262,20 @@ fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // The check (sshd answering on port 22) passed in a boot under OVMF.
+    // The check passed on the guest's own word: sshd's banner, sent from the booted image.
+    let passed = events
+        .iter()
+        .find(|e| e["event"] == "check_passed" && e["check"]["port"] == 22)
+        .unwrap_or_else(|| panic!("no passed check: {events:?}"));
     assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "check_passed" && e["check"]["port"] == 22),
-        "{events:?}"
+        passed["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("the guest sent \"SSH-2.0-OpenSSH"),
+        "{passed}"
     );
     let m = last_manifest(&events);
-    let raw = PathBuf::from(m["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .join("debian-12-minimal-1.0.0.raw");
+    let raw = build_dir(m).join("debian-12-minimal-1.0.0.raw");
 
     // A GPT disk: an EFI system partition holding GRUB as the removable-media boot loader, and
     // no BIOS boot code in the protective MBR, so only the UEFI path can have booted it.

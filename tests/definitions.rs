@@ -443,3 +443,46 @@ fn a_wrong_data_checksum_names_the_file_and_both_digests() {
     );
     assert!(err.contains(&pinned) && err.contains(&actual), "{err}");
 }
+
+#[test]
+fn destinations_outside_the_place_they_name_are_refused() {
+    let tar = "tarball = { path = \"d.tar\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }";
+    let cases = [
+        (
+            format!("{GOOD}\n[data]\ndest = \"../../etc\"\n{tar}\n"),
+            "DIR/bad.toml:17:8: field `data.dest`",
+            "relative path",
+        ),
+        (
+            format!("{GOOD}\n[data]\ndest = \"/srv/../etc\"\n{tar}\n"),
+            "DIR/bad.toml:17:8: field `data.dest`",
+            "contains `..`",
+        ),
+        (
+            format!("{GOOD}\n[service]\nrepo = \".\"\nref = \"HEAD\"\ndest = \"opt/web\"\n"),
+            "DIR/bad.toml:19:8: field `service.dest`",
+            "relative path",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[provisioners]]\ntype = \"file\"\nsource = \"f\"\ndest = \"/etc/../../root/x\"\n"
+            ),
+            "field `provisioners[0]",
+            "contains `..`",
+        ),
+    ];
+    for (text, location, problem) in cases {
+        let (code, err) = validate_text(&text);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(location), "{location}: {err}");
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+}
+
+#[test]
+fn validation_errors_are_printed_once() {
+    let (code, err) = validate_text(&GOOD.replace("rootfs", "chroot"));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.matches("unknown variant `chroot`").count(), 1, "{err}");
+    assert!(err.contains("1 of 1 definitions are invalid"), "{err}");
+}

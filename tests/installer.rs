@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::web::qemu_processes_using;
 use common::{imgforge, repo_root, run};
 use serde_json::Value;
 use std::fs;
@@ -153,13 +154,23 @@ fn inspect_installed_disk(disk: &Path) -> String {
     fs::read_to_string(&serial).unwrap_or_default()
 }
 
-fn assert_installed_as_asked(events: &[Value], hostname: &str) {
-    let installed = events
-        .iter()
-        .find(|e| e["event"] == "installed")
-        .expect("installed event");
-    assert_eq!(installed["answer_file_fetched"], true);
+fn assert_installed_as_asked(def: &Path, events: &[Value], hostname: &str) {
+    let position = |kind: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {events:?}"))
+    };
+    // The fetch is reported while the install runs, before the power-off.
+    assert!(position("answer_file_fetched") < position("installed"));
+    let fetched = &events[position("answer_file_fetched")];
+    let installed = &events[position("installed")];
     let requests = installed["requests"].as_array().unwrap();
+    let first_fetch = requests
+        .iter()
+        .find(|r| r["path"] == "preseed.cfg" && r["status"] == 200)
+        .expect("the server logged the answer file's fetch");
+    assert_eq!(fetched["after_s"], first_fetch["at_s"]);
     assert!(requests
         .iter()
         .any(|r| r["path"] == "preseed.cfg" && r["status"] == 200));
@@ -171,7 +182,14 @@ fn assert_installed_as_asked(events: &[Value], hostname: &str) {
     );
     let base = events.last().unwrap();
     assert_eq!(base["event"], "base");
-    assert_eq!(base["info"]["answer_file_fetched"], true);
+    assert_eq!(
+        base["info"]["answer_file_fetched_after_s"],
+        fetched["after_s"]
+    );
+    assert!(
+        fetched["after_s"].as_f64().unwrap() < base["info"]["build_seconds"].as_f64().unwrap(),
+        "fetched during the install: {fetched}"
+    );
     let seen = inspect_installed_disk(Path::new(base["disk"].as_str().unwrap()));
     assert!(
         seen.contains(&format!("CHECK hostname={hostname}")),
@@ -186,14 +204,46 @@ fn assert_installed_as_asked(events: &[Value], hostname: &str) {
     assert!(seen.contains(OPS_KEY), "{seen}");
     assert!(seen.contains("CHECK sudo=sudo:x:27:ops"), "{seen}");
     assert!(seen.contains("CHECK enabled=ssh.service"), "{seen}");
+    // The partition the preseed's partman recipe asks for: its size (MB) and boot flag.
+    let answer = render(def);
+    let recipe = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("d-i partman-auto/expert_recipe string "))
+        .expect("the preseed has a partman recipe");
+    let fields: Vec<&str> = recipe
+        .split("::")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let size_mb: u64 = fields[2].parse().unwrap();
+    let bootable = recipe.contains("$bootable{ }");
     let partition = seen
         .lines()
-        .find(|l| l.contains("CHECK partition="))
-        .unwrap_or_default();
-    assert!(
-        partition.contains("/dev/vda1 *") && partition.contains(" 2048 "),
-        "one bootable partition from sector 2048: {seen}"
+        .find_map(|l| l.split("CHECK partition=").nth(1))
+        .unwrap_or_else(|| panic!("no partition line: {seen}"));
+    // busybox fdisk -l: DEVICE [*] START-CHS END-CHS START END SECTORS SIZE ID TYPE
+    let columns: Vec<&str> = partition.split_whitespace().collect();
+    assert_eq!(columns[0], "/dev/vda1", "{partition}");
+    assert_eq!(
+        columns[1] == "*",
+        bootable,
+        "boot flag as the recipe says: {partition}"
     );
+    let from_end = |i: usize| columns[columns.len() - i];
+    assert_eq!(from_end(6), "2048", "{partition}");
+    assert_eq!(
+        from_end(4).parse::<u64>().unwrap(),
+        size_mb * 2048,
+        "{size_mb} MB as the recipe says: {partition}"
+    );
+}
+
+/// `imgforge render DEF`: the answer file the installer was served.
+fn render(def: &Path) -> String {
+    let (code, out, err) = run(imgforge().arg("render").arg(def));
+    assert_eq!(code, 0, "{err}");
+    out
 }
 
 #[test]
@@ -207,7 +257,7 @@ fn small_installer_through_direct_kernel_boot() {
     );
     let (code, events, err) = build_base(&def, &dir.path().join("cache"));
     assert_eq!(code, 0, "{err}");
-    assert_installed_as_asked(&events, "kernel-boot-host");
+    assert_installed_as_asked(&def, &events, "kernel-boot-host");
     // Built once: the second run finds the base in the cache.
     let (code, events, err) = build_base(&def, &dir.path().join("cache"));
     assert_eq!(code, 0, "{err}");
@@ -220,19 +270,7 @@ fn small_installer_through_an_iso_and_a_typed_boot_command() {
     let def = definition(dir.path(), "iso-boot-host", &iso_boot(), "10m");
     let (code, events, err) = build_base(&def, &dir.path().join("cache"));
     assert_eq!(code, 0, "{err}");
-    assert_installed_as_asked(&events, "iso-boot-host");
-}
-
-fn qemu_processes_using(path: &Path) -> usize {
-    let out = Command::new("pgrep")
-        .arg("-af")
-        .arg("qemu-system")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&path.display().to_string()))
-        .count()
+    assert_installed_as_asked(&def, &events, "iso-boot-host");
 }
 
 fn leftovers(cache: &Path) -> Vec<PathBuf> {
@@ -270,7 +308,7 @@ fn install_timeout_kills_qemu_keeps_the_log_and_removes_the_partial_disk() {
         "partial base removed: {:?}",
         leftovers(&cache)
     );
-    assert_eq!(qemu_processes_using(&cache), 0);
+    assert!(qemu_processes_using(&cache).is_empty());
 }
 
 #[test]
@@ -305,11 +343,11 @@ fn sigint_and_sigterm_stop_the_build_and_clean_up() {
             .expect("the install phase starts");
         // Let QEMU come up, then interrupt imgforge alone (as CI or systemd would).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while qemu_processes_using(&cache) == 0 && Instant::now() < deadline {
+        while qemu_processes_using(&cache).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
         }
         assert_eq!(
-            qemu_processes_using(&cache),
+            qemu_processes_using(&cache).len(),
             1,
             "QEMU runs before the signal"
         );
@@ -324,7 +362,10 @@ fn sigint_and_sigterm_stop_the_build_and_clean_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "SIG{signal}: {err}");
         assert!(err.contains("interrupted"), "SIG{signal}: {err}");
-        assert_eq!(qemu_processes_using(&cache), 0, "SIG{signal}: no QEMU left");
+        assert!(
+            qemu_processes_using(&cache).is_empty(),
+            "SIG{signal}: no QEMU left"
+        );
         assert!(
             leftovers(&cache).is_empty(),
             "SIG{signal}: {:?}",

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{imgforge, run, Moto};
+use common::{
+    assert_names_digests, flip_byte, imgforge, run, write_build_record, CountingEndpoint, Moto,
+};
 use serde_json::{json, Value};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -35,12 +37,10 @@ fn fixture(dir: &Path, build_id: &str, extents: &[(u64, Vec<u8>)], len: u64) -> 
         "firmware": "bios",
         "arch": "x86_64",
         "disk_size": len,
-        "artifacts": [{ "format": "raw", "file": "disk.raw", "size": len, "sha256": "0".repeat(64) }],
+        "artifacts": [{ "format": "raw", "file": "disk.raw" }],
         "built_at": "2026-11-25T10:00:00Z",
     });
-    let path = dir.join("manifest.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    path
+    write_build_record(dir, manifest)
 }
 
 fn register(moto: &Moto, manifest: &Path, extra: &[&str]) -> (i32, String, String) {
@@ -243,9 +243,8 @@ async fn a_qcow2_only_build_is_converted_and_its_data_uploaded() {
     assert!(status.success());
     std::fs::remove_file(&raw).unwrap();
     let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    m["artifacts"] =
-        json!([{ "format": "qcow2", "file": "disk.qcow2", "size": 0, "sha256": "0".repeat(64) }]);
-    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    m["artifacts"] = json!([{ "format": "qcow2", "file": "disk.qcow2" }]);
+    let manifest = write_build_record(dir.path(), m);
 
     let (code, stdout, stderr) = register(&moto, &manifest, &[]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -349,6 +348,81 @@ fn the_import_route_needs_an_existing_bucket() {
     );
     assert_ne!(code, 0);
     assert!(stderr.contains("bucket `nope` does not exist"), "{stderr}");
+}
+
+/// Runs `register MANIFEST --to ami EXTRA…` with `env`.
+fn register_with(
+    env: Vec<(&'static str, String)>,
+    manifest: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    run(imgforge()
+        .arg("register")
+        .arg(manifest)
+        .args(["--to", "ami"])
+        .args(extra)
+        .envs(env))
+}
+
+#[test]
+fn a_tampered_artifact_is_refused_before_any_request_on_both_ami_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(
+        dir.path(),
+        &"7".repeat(64),
+        &[(0, b"boot code".to_vec())],
+        BLOCK,
+    );
+    let raw = dir.path().join("disk.raw");
+    let built = common::sha256_of(&raw);
+    // One byte of the MBR's boot code changed after the build; the size stays the same.
+    let tampered = flip_byte(&raw, 3);
+    let endpoint = CountingEndpoint::start();
+    for route in [
+        &["--upload", "direct"][..],
+        &["--upload", "import", "--bucket", "images"][..],
+    ] {
+        let (code, _out, stderr) = register_with(endpoint.env(), &manifest, route);
+        assert_ne!(code, 0, "{route:?} registered a tampered artifact");
+        assert_names_digests(&stderr, &raw, &built, &tampered);
+    }
+    assert_eq!(
+        endpoint.connections(),
+        0,
+        "no request may reach the endpoint"
+    );
+
+    // The same against moto: nothing is created there.
+    let moto = Moto::start();
+    let (code, _out, stderr) = register(&moto, &manifest, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("changed after the build"), "{stderr}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&rt.block_on(moto.sdk_config()));
+    assert_eq!(rt.block_on(snapshot_count(&ec2)), 0);
+    assert_eq!(rt.block_on(image_count(&ec2)), 0);
+}
+
+#[test]
+fn an_artifact_that_disagrees_with_sha256sums_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture(dir.path(), &"6".repeat(64), &[(0, vec![1])], BLOCK);
+    let sums = dir.path().join("SHA256SUMS");
+    let listed = std::fs::read_to_string(&sums).unwrap();
+    std::fs::write(&sums, format!("{}  disk.raw\n", "e".repeat(64))).unwrap();
+    let endpoint = CountingEndpoint::start();
+    let (code, _out, stderr) = register_with(endpoint.env(), &manifest, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("SHA256SUMS") && stderr.contains(&"e".repeat(64)),
+        "{stderr}"
+    );
+    std::fs::remove_file(&sums).unwrap();
+    let (code, _out, stderr) = register_with(endpoint.env(), &manifest, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("SHA256SUMS"), "{stderr}");
+    assert_eq!(endpoint.connections(), 0);
+    assert!(!listed.is_empty());
 }
 
 /// Ids of the images tagged with `build_id` in `region`.

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{imgforge, run, Moto};
+use common::{
+    assert_names_digests, flip_byte, imgforge, run, write_build_record, CountingEndpoint, Moto,
+};
 use imgforge::register::bundle::{self, BundleKeys, BundleSpec};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -187,27 +189,37 @@ fn manifest_json(dir: &Path, build_id: &str, len: u64) -> PathBuf {
         "firmware": "bios",
         "arch": "x86_64",
         "disk_size": len,
-        "artifacts": [{ "format": "raw", "file": "disk.raw", "size": len, "sha256": "0".repeat(64) }],
+        "artifacts": [{ "format": "raw", "file": "disk.raw" }],
         "built_at": "2026-11-25T10:00:00Z",
     });
-    let p = dir.join("manifest.json");
-    std::fs::write(&p, m.to_string()).unwrap();
-    p
+    write_build_record(dir, m)
 }
 
 fn register_emi(moto: &Moto, manifest: &Path, k: &Keys, bucket: &str) -> (i32, String, String) {
+    register_emi_with(moto.env(), manifest, k, bucket, &[])
+}
+
+/// `imgforge --json register MANIFEST --to emi …` with `env` and `extra` arguments.
+fn register_emi_with(
+    env: Vec<(&'static str, String)>,
+    manifest: &Path,
+    k: &Keys,
+    bucket: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
     let mut cmd = imgforge();
     cmd.arg("--json")
         .arg("register")
         .arg(manifest)
         .args(["--to", "emi", "--bucket", bucket, "--user", "123456789012"])
+        .args(extra)
         .arg("--cloud-cert")
         .arg(&k.cloud_cert)
         .arg("--cert")
         .arg(&k.user_cert)
         .arg("--private-key")
         .arg(&k.user_key)
-        .envs(moto.env());
+        .envs(env);
     run(&mut cmd)
 }
 
@@ -376,4 +388,24 @@ async fn an_ebs_backed_emi_goes_through_the_snapshot_route() {
         .tags()
         .iter()
         .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(&*build_id)));
+}
+
+#[test]
+fn a_tampered_artifact_is_refused_before_any_bundle_is_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let raw = dir.path().join("disk.raw");
+    let data = image(&raw, 3 * 512 * 1024);
+    let manifest = manifest_json(dir.path(), &"d".repeat(64), data.len() as u64);
+    let built = common::sha256_of(&raw);
+    let tampered = flip_byte(&raw, 510);
+    for ebs in [false, true] {
+        let endpoint = CountingEndpoint::start();
+        let extra = if ebs { &["--ebs"][..] } else { &[][..] };
+        let (code, _out, stderr) =
+            register_emi_with(endpoint.env(), &manifest, &k, "images", extra);
+        assert_ne!(code, 0, "--ebs {ebs}: a tampered artifact was registered");
+        assert_names_digests(&stderr, &raw, &built, &tampered);
+        assert_eq!(endpoint.connections(), 0, "--ebs {ebs}: a request was sent");
+    }
 }

@@ -327,7 +327,8 @@ mod tests {
 
     #[test]
     fn data_blocks_skip_holes_and_cover_data() {
-        let mut f = tempfile::tempfile().unwrap();
+        // In the build tree, on the file system that holds the images, not a tmpfs.
+        let mut f = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let len = 64 * BLOCK_SIZE as u64;
         f.set_len(len).unwrap();
         for block in [3u64, 40] {
@@ -337,11 +338,15 @@ mod tests {
         }
         f.sync_all().unwrap();
         let blocks = data_blocks(&f, len).unwrap();
-        assert!(blocks.contains(&3) && blocks.contains(&40), "{blocks:?}");
-        assert!(blocks.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
-        // A sparse file on a file system with SEEK_DATA lists far fewer than all 64 blocks;
-        // one without falls back to all of them, which is still correct.
-        assert!(blocks.len() <= 64);
+        // Where the file system keeps the file sparse (as the project's machines do), exactly
+        // the two written blocks hold data; elsewhere every block is read, which is still right.
+        use std::os::unix::fs::MetadataExt;
+        let allocated = f.metadata().unwrap().blocks() * 512;
+        if allocated < len {
+            assert_eq!(blocks, [3, 40]);
+        } else {
+            assert_eq!(blocks, (0..64).collect::<Vec<u64>>());
+        }
     }
 
     #[test]

@@ -24,7 +24,6 @@ use crate::events::Reporter;
 use crate::manifest::Manifest;
 use ami::{BootMode, Flavor, ImageSpec, Root};
 use anyhow::{anyhow, bail, Context, Result};
-use aws_sdk_ec2::config::ProvideCredentials;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -326,8 +325,9 @@ pub async fn register_manifest(
     reporter: &Reporter,
 ) -> Result<RegisteredImage> {
     let manifest = Manifest::load(manifest_path)?;
-    let config = cloud::load(&opts.cloud).await;
-    check_config(&config).await?;
+    // Before any cloud call: the bytes to upload are the bytes that were built and verified.
+    let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
+    let config = cloud::load(&opts.cloud).await?;
     let region = config.region().map(|r| r.to_string());
     let ec2 = aws_sdk_ec2::Client::new(&config);
     let spec = image_spec(&manifest, opts);
@@ -357,7 +357,7 @@ pub async fn register_manifest(
         });
     }
 
-    let raw = RawImage::prepare(manifest_path, &manifest, reporter).await?;
+    let raw = RawImage::prepare(source, reporter).await?;
     let flavor = match opts.target {
         Target::Ami => Flavor::Aws,
         Target::Emi => Flavor::Eucalyptus,
@@ -575,24 +575,6 @@ pub fn unbundle(args: UnbundleArgs, reporter: &Reporter) -> Result<()> {
     Ok(())
 }
 
-/// Fails early, and clearly, when there is no region or no credentials.
-async fn check_config(config: &aws_config::SdkConfig) -> Result<()> {
-    if config.region().is_none() {
-        bail!("no AWS region: pass --region or set AWS_REGION (or a region in the profile)");
-    }
-    let provider = config
-        .credentials_provider()
-        .ok_or_else(|| anyhow!("no AWS credentials provider is configured"))?;
-    provider.provide_credentials().await.map_err(|e| {
-        anyhow!(
-            "no AWS credentials found ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-             or AWS_PROFILE / --profile, or run with an instance role",
-            DisplayErrorContext(e)
-        )
-    })?;
-    Ok(())
-}
-
 fn s3_client(config: &aws_config::SdkConfig, opts: &RegisterOptions) -> aws_sdk_s3::Client {
     let mut b = aws_sdk_s3::config::Builder::from(config).force_path_style(true);
     if let Some(e) = &opts.s3_endpoint_url {
@@ -632,6 +614,42 @@ fn bundle_prefix(manifest: &Manifest) -> String {
     format!("{}-{}-{short}", manifest.name, manifest.version)
 }
 
+/// The artifact a registration uploads: the raw one, else the qcow2 one, checked against the
+/// build's digests.
+struct SourceImage {
+    format: DiskFormat,
+    path: PathBuf,
+}
+
+impl SourceImage {
+    fn checked(
+        manifest_path: &Path,
+        manifest: &Manifest,
+        reporter: &Reporter,
+    ) -> Result<SourceImage> {
+        let record = manifest
+            .artifact(DiskFormat::Raw)
+            .or_else(|| manifest.artifact(DiskFormat::Qcow2))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: the build has neither a raw nor a qcow2 artifact; add `raw` to [output] formats",
+                    manifest_path.display()
+                )
+            })?;
+        reporter.phase("register: check the artifact against the build's digests");
+        let path = manifest.checked_artifact(manifest_path, record)?;
+        reporter.event(
+            "artifact_checked",
+            &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
+            json!({ "file": record.file, "sha256": record.sha256 }),
+        );
+        Ok(SourceImage {
+            format: record.format,
+            path,
+        })
+    }
+}
+
 /// The build's raw image: the raw artifact, or the qcow2 one converted into a temporary file.
 struct RawImage {
     path: PathBuf,
@@ -639,30 +657,14 @@ struct RawImage {
 }
 
 impl RawImage {
-    async fn prepare(
-        manifest_path: &Path,
-        manifest: &Manifest,
-        reporter: &Reporter,
-    ) -> Result<RawImage> {
-        if let Some(p) = manifest.artifact_path(manifest_path, DiskFormat::Raw) {
-            if !p.is_file() {
-                bail!(
-                    "{}: the raw artifact {} is missing; rebuild, or remove it from the manifest",
-                    manifest_path.display(),
-                    p.display()
-                );
-            }
+    async fn prepare(source: SourceImage, reporter: &Reporter) -> Result<RawImage> {
+        if source.format == DiskFormat::Raw {
             return Ok(RawImage {
-                path: p,
+                path: source.path,
                 _tmp: None,
             });
         }
-        let Some(qcow2) = manifest.artifact_path(manifest_path, DiskFormat::Qcow2) else {
-            bail!(
-                "{}: the build has neither a raw nor a qcow2 artifact; add `raw` to [output] formats",
-                manifest_path.display()
-            );
-        };
+        let qcow2 = source.path;
         reporter.phase("register: convert qcow2 to raw");
         let dir = qcow2.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()

@@ -146,7 +146,7 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     }
     let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
     let calls = ApiCalls::default();
-    let clients = calls.clients(&cloud::load(&args.cloud).await, args.page_size);
+    let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
 
     reporter.phase("plan");
     let selection = plan::Selection {

@@ -1,6 +1,8 @@
 //! Shared test support: the real imgforge binary, and a real moto_server on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -111,13 +113,7 @@ impl Moto {
 
     /// Environment for the imgforge binary and SDK clients to reach this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
+        aws_env(&self.endpoint)
     }
 
     /// An SDK configuration pointing at this server.
@@ -143,6 +139,18 @@ impl Drop for Moto {
     }
 }
 
+/// Environment sending every AWS SDK call (imgforge's included) to `endpoint`, with test
+/// credentials and region, and without the instance metadata service.
+pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
 /// Runs `cmd`, returning (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("run command");
@@ -151,4 +159,92 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// sha256 of a file, as `sha256sum` prints it.
+pub fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut file, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Writes `manifest` as `manifest.json` in `dir` after recording, for each of its artifacts, the
+/// real size and sha256 of the file in `dir`, and writes the matching `SHA256SUMS`, as a build
+/// does; returns the manifest's path.
+pub fn write_build_record(dir: &std::path::Path, mut manifest: serde_json::Value) -> PathBuf {
+    let mut sums = String::new();
+    for a in manifest["artifacts"].as_array_mut().unwrap() {
+        let file = dir.join(a["file"].as_str().unwrap());
+        let sha = sha256_of(&file);
+        sums.push_str(&format!("{sha}  {}\n", a["file"].as_str().unwrap()));
+        a["size"] = std::fs::metadata(&file).unwrap().len().into();
+        a["sha256"] = sha.into();
+    }
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    let path = dir.join("manifest.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    path
+}
+
+/// A TCP endpoint on 127.0.0.1 that only counts the connections made to it: pointed at as the
+/// AWS endpoint, it shows whether a command sent any request at all.
+pub struct CountingEndpoint {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingEndpoint {
+    /// Starts listening on a free port.
+    pub fn start() -> CountingEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&count);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        CountingEndpoint { endpoint, count }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Environment pointing the AWS SDK (and imgforge) at this endpoint, with test credentials.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        aws_env(&self.endpoint)
+    }
+}
+
+/// Flips one byte of `path` at `offset`, keeping its size and returning the new sha256.
+pub fn flip_byte(path: &std::path::Path, offset: u64) -> String {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], offset).unwrap();
+    drop(f);
+    sha256_of(path)
+}
+
+/// Asserts that `stderr` refuses `file` naming it, the digest it was built with and the digest
+/// it has now.
+pub fn assert_names_digests(stderr: &str, file: &std::path::Path, built: &str, now: &str) {
+    assert!(
+        stderr.contains(&file.display().to_string())
+            && stderr.contains(built)
+            && stderr.contains(now),
+        "names the file and both digests: {stderr}"
+    );
 }

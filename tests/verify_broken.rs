@@ -1,0 +1,198 @@
+//! `verify`, and the build's own verify step, refuse images that cannot prove themselves: a
+//! disk of zeros, a kernel that panics, a service that never listens; each for a TCP-only and
+//! an HTTP check, each failing with a message naming what was missing. A TCP-only check still
+//! passes on a booted image, on the guest's own bytes.
+
+mod common;
+
+use common::web::{base_lock, build_dir, last_manifest, WebFixture};
+use common::{imgforge, run, write_build_record};
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// `imgforge verify MANIFEST EXTRA…`: (exit code, stderr).
+fn verify(manifest: &Path, extra: &[&str]) -> (i32, String) {
+    let (code, _out, err) = run(imgforge().arg("verify").arg(manifest).args(extra));
+    (code, err)
+}
+
+/// Rewrites the manifest's checks (what `verify` runs) as `checks`.
+fn set_checks(manifest: &Path, checks: Value) {
+    let mut m: Value = serde_json::from_slice(&fs::read(manifest).unwrap()).unwrap();
+    m["checks"] = checks;
+    fs::write(manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+const TCP_22: &str = "[[checks]]\ntype = \"tcp\"\nport = 22\n";
+
+fn http_check(port: u16) -> Value {
+    json!([{ "type": "http", "port": port, "path": "/", "expect": "imgforge" }])
+}
+
+fn tcp_check(port: u16) -> Value {
+    json!([{ "type": "tcp", "port": port }])
+}
+
+#[test]
+fn a_disk_of_zeros_fails_verify_naming_the_missing_boot_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("zeros.raw");
+    fs::File::create(&raw).unwrap().set_len(64 << 20).unwrap();
+    let manifest = write_build_record(
+        dir.path(),
+        json!({
+            "imgforge_version": "0.1.0",
+            "name": "zeros",
+            "version": "1",
+            "definition": "zeros.toml",
+            "ids": { "base": "a".repeat(64), "bake": "b".repeat(64), "build": "c".repeat(64) },
+            "firmware": "bios",
+            "arch": "x86_64",
+            "disk_size": 64 << 20,
+            "artifacts": [{ "format": "raw", "file": "zeros.raw" }],
+            "built_at": "2026-11-26T10:00:00Z",
+            "machine": { "cpus": 1, "memory_mib": 256, "accelerator": "tcg",
+                         "timeouts": { "boot": "3m" } },
+        }),
+    );
+    for (checks, named) in [
+        (tcp_check(22), "tcp port 22"),
+        (http_check(80), "http://:80/ contains \"imgforge\""),
+    ] {
+        set_checks(&manifest, checks);
+        let (code, err) = verify(&manifest, &[]);
+        assert_eq!(code, 1, "a disk of zeros passed verify: {err}");
+        assert!(
+            err.contains("the firmware found no bootable disk"),
+            "says what was seen: {err}"
+        );
+        assert!(
+            err.contains(&format!("checks not passed: {named}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_build_whose_disk_lost_its_boot_loader_fails_its_own_verify() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let web = WebFixture::new("zeros test", "");
+    // The bake wipes the disk's first MiB: the MBR and GRUB's core image become zeros.
+    fs::write(
+        web.dir.path().join("wipe.sh"),
+        "dd if=/dev/zero of=/dev/vda bs=1M count=1 conv=notrunc status=none\n",
+    )
+    .unwrap();
+    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"wipe.sh\"\n");
+    web.replace_checks(TCP_22);
+    let (code, events, err) = web.build(&[]);
+    assert_eq!(code, 1, "an image without a boot loader passed: {err}");
+    assert!(events.iter().any(|e| e["phase"] == "verify"), "{events:?}");
+    assert!(
+        err.contains("the firmware found no bootable disk")
+            && err.contains("checks not passed: tcp port 22"),
+        "{err}"
+    );
+    assert!(web.outputs().is_empty(), "{:?}", web.outputs());
+}
+
+/// Builds `web` without verifying it and returns its manifest.
+fn build_unverified(web: &WebFixture) -> PathBuf {
+    let (code, events, err) = web.build(&["--no-verify"]);
+    assert_eq!(code, 0, "build failed:\n{err}");
+    build_dir(last_manifest(&events)).join("manifest.json")
+}
+
+/// A build with its own verify step fails with `expected` in its message and leaves nothing.
+fn assert_build_verify_fails(web: &WebFixture, expected: &str) {
+    let (code, events, err) = web.build(&["--force"]);
+    assert_eq!(
+        code, 1,
+        "the build's own verify passed a broken image: {err}"
+    );
+    assert!(
+        events.iter().any(|e| e["phase"] == "verify"),
+        "it failed in verify: {events:?}"
+    );
+    assert!(err.contains(expected), "{expected}: {err}");
+    // --force replaced nothing: the earlier unverified build is all that is there.
+    assert_eq!(web.outputs().len(), 1, "{:?}", web.outputs());
+}
+
+#[test]
+fn a_kernel_panic_fails_verify_and_the_builds_own_verify() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let web = WebFixture::new("panic test", "");
+    // init is replaced by a program that crashes the kernel (the bake itself runs its own init).
+    fs::write(
+        web.dir.path().join("panic.sh"),
+        "rm -f /usr/sbin/init\n\
+         printf '#!/bin/sh\\necho 1 > /proc/sys/kernel/sysrq\\necho c > /proc/sysrq-trigger\\n' > /usr/sbin/init\n\
+         chmod 755 /usr/sbin/init\n",
+    )
+    .unwrap();
+    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"panic.sh\"\n");
+    web.replace_checks(TCP_22);
+    let manifest = build_unverified(&web);
+    for (checks, named) in [
+        (tcp_check(22), "tcp port 22"),
+        (http_check(80), "http://:80/"),
+    ] {
+        set_checks(&manifest, checks);
+        let (code, err) = verify(&manifest, &[]);
+        assert_eq!(code, 1, "a panicking image passed verify: {err}");
+        assert!(
+            err.contains("the kernel panicked: Kernel panic - not syncing"),
+            "{err}"
+        );
+        assert!(err.contains(named), "names the unproven check: {err}");
+    }
+    assert_build_verify_fails(&web, "the kernel panicked");
+}
+
+#[test]
+fn a_service_that_never_listens_fails_naming_its_port_and_sshd_still_passes() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let web = WebFixture::new("listen test", "");
+    // Nothing in the image listens on 8080. The boot timeout leaves the image time to boot
+    // (about 30 s under TCG), so the guest itself refuses the connection.
+    web.replace_checks("[[checks]]\ntype = \"tcp\"\nport = 8080\n");
+    let def = fs::read_to_string(web.definition()).unwrap();
+    fs::write(
+        web.definition(),
+        def.replace("boot = \"5m\"", "boot = \"70s\""),
+    )
+    .unwrap();
+    let manifest = build_unverified(&web);
+
+    let (code, err) = verify(&manifest, &[]);
+    assert_eq!(code, 1, "a closed port passed verify: {err}");
+    assert!(
+        err.contains("did not pass its checks within 1m 10s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tcp port 8080: the guest") && err.contains("nothing listens on port 8080"),
+        "the guest refused the connection: {err}"
+    );
+
+    set_checks(&manifest, http_check(8080));
+    let (code, err) = verify(&manifest, &[]);
+    assert_eq!(code, 1, "a closed port passed verify: {err}");
+    assert!(
+        err.contains("http://:8080/ contains \"imgforge\": no HTTP response from the guest"),
+        "{err}"
+    );
+
+    // A TCP-only check on a port that does listen passes, on sshd's banner.
+    set_checks(&manifest, tcp_check(22));
+    let (code, out, err) = run(imgforge().args(["--json", "verify"]).arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"evidence\":\"the guest sent \\\"SSH-2.0-OpenSSH"),
+        "{out}"
+    );
+
+    assert_build_verify_fails(&web, "nothing listens on port 8080");
+}
