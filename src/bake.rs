@@ -7,22 +7,19 @@
 //! marked `needs_running_system = true` run afterwards over SSH in the fully booted image, with
 //! the build key of the base; the final hygiene pass removes that key again.
 
+use crate::bake_protocol::{self, sh_quote};
 use crate::base::{BaseLayer, BUILD_KEY_COMMENT};
 use crate::definition::{BuilderKind, Definition, Firmware, Provisioner};
 use crate::events::Reporter;
 use crate::layers::{LayerIds, Resolved};
 use crate::process::Command;
-use crate::qemu::{Drive, Vm, VmConfig};
-use crate::rootfs::sh_quote;
+use crate::qemu::{append_console_section, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Marker the bake init prints with the bundle's exit status.
-const STATUS_MARKER: &str = "imgforge-bake: exit status ";
 
 /// Everything the bake needs.
 pub struct BakeInput<'a> {
@@ -65,7 +62,7 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
             });
     let bundle_dir = input.work.join("bundle");
     fs::create_dir_all(&bundle_dir)?;
-    let mut script = String::from(BAKE_PRELUDE);
+    let mut script = bake_protocol::prelude();
     script += &stage_service(input, &bundle_dir)?;
     script += &stage_data(input, &bundle_dir)?;
     for (index, p) in &offline {
@@ -78,7 +75,7 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
         let session = SshSession::boot(input, &overlay, reporter)?;
         session.run_bundle(&bundle_dir, script, "bake")?;
         session.run_scripts(&online, reporter)?;
-        let hygiene_script = format!("{BAKE_PRELUDE}{}", hygiene(input, &final_dir)?);
+        let hygiene_script = bake_protocol::prelude() + &hygiene(input, &final_dir)?;
         session.run_bundle(&final_dir, hygiene_script, "image hygiene")?;
         session.poweroff()?;
         return Ok(overlay);
@@ -100,7 +97,7 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
     let session = SshSession::boot(input, &overlay, reporter)?;
     session.run_scripts(&online, reporter)?;
     session.poweroff()?;
-    let script = format!("{BAKE_PRELUDE}{}", hygiene(input, &final_dir)?);
+    let script = bake_protocol::prelude() + &hygiene(input, &final_dir)?;
     run_offline(
         input,
         &overlay,
@@ -111,27 +108,6 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
     )?;
     Ok(overlay)
 }
-
-/// Shell functions every bake script starts with: step markers, failures naming the step, and,
-/// offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
-const BAKE_PRELUDE: &str = r#"#!/bin/sh
-set -u
-B=/run/bake
-step() { echo "imgforge-bake: step $1"; }
-fail() { echo "imgforge-bake: FAILED: $1 (exit $2)"; exit "$2"; }
-if [ "$(cat /proc/1/comm)" != systemd ]; then
-  # Offline (the bake init is PID 1): bring up QEMU's user network by hand.
-  ip link set lo up
-  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-  if [ -L /etc/resolv.conf ]; then
-    r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
-  else
-    cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
-    echo 'nameserver 10.0.2.3' > /etc/resolv.conf
-    trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
-  fi
-fi
-"#;
 
 fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
     let (Some(service), Some(resolved)) = (&input.def.service, &input.resolved.service) else {
@@ -308,7 +284,7 @@ fn run_offline(
             // the kernel's warnings: under TCG every line the kernel prints costs boot time.
             // The bake's own output is still shown.
             format!(
-                "{} rw init=/usr/lib/imgforge/bake-init net.ifnames=0 panic=-1 loglevel=4",
+                "{} rw init={} net.ifnames=0 panic=-1 loglevel=4",
                 input
                     .base
                     .info
@@ -316,7 +292,8 @@ fn run_offline(
                     .split_whitespace()
                     .filter(|arg| !matches!(*arg, "ro" | "console=tty0"))
                     .collect::<Vec<_>>()
-                    .join(" ")
+                    .join(" "),
+                bake_protocol::INIT_PATH
             ),
         )),
         vga: false,
@@ -333,24 +310,16 @@ fn run_offline(
     let mut vm = Vm::start(&cfg, &run_dir, &serial)?;
     let waited = vm.wait_poweroff(def.machine.timeouts.bake.0, &|line| reporter.detail(line));
     let console = crate::qemu::strip_control(&vm.console());
-    append_log(input.console_log, &format!("===== {what} =====\n{console}"))?;
+    append_console_section(input.console_log, what, &console)?;
     waited?;
-    let status = console
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(STATUS_MARKER))
-        .map(|s| s.trim().parse::<i32>().unwrap_or(-1));
-    match status {
+    match bake_protocol::exit_status(&console) {
         Some(0) => Ok(()),
         Some(code) => {
-            let failed = console
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("imgforge-bake: FAILED: "))
-                .unwrap_or("the bake script")
-                .to_string();
+            let failed = bake_protocol::failed_step(&console).unwrap_or("the bake script");
             bail!(
                 "{}: {failed} failed (exit status {code}); its output:\n{}",
                 def.path.display(),
-                step_output(&console)
+                bake_protocol::step_output(&console)
             )
         }
         None => bail!(
@@ -358,33 +327,6 @@ fn run_offline(
             crate::process::tail_lines(&console, 20)
         ),
     }
-}
-
-/// The console lines of the last step that started (its output), at most 40.
-fn step_output(console: &str) -> String {
-    let lines: Vec<&str> = console.lines().collect();
-    let start = lines
-        .iter()
-        .rposition(|l| l.contains("imgforge-bake: step "))
-        .map_or(0, |i| i + 1);
-    let end = lines
-        .iter()
-        .rposition(|l| l.contains("imgforge-bake: FAILED"))
-        .unwrap_or(lines.len());
-    let part = &lines[start..end.max(start)];
-    part[part.len().saturating_sub(40)..].join("\n")
-}
-
-/// Appends `text` to the build's console log.
-pub fn append_log(log: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot write {}", log.display()))?;
-    writeln!(f, "{text}")?;
-    Ok(())
 }
 
 /// SSH options for the build VM: no host key checks (the VM is new each time), key only.
@@ -424,7 +366,7 @@ impl<'a> SshSession<'a> {
     ) -> Result<SshSession<'a>> {
         reporter.phase("bake (running system, SSH)");
         let def = input.def;
-        let port = crate::verify::free_port()?;
+        let port = free_port()?;
         let cfg = VmConfig {
             forwards: vec![(port, 22)],
             ..VmConfig::for_machine(&def.machine, overlay)
@@ -461,20 +403,13 @@ impl<'a> SshSession<'a> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        append_log(
-            self.input.console_log,
-            &format!("===== {what} over SSH =====\n{text}"),
-        )?;
+        append_console_section(self.input.console_log, &format!("{what} over SSH"), &text)?;
         if code != 0 {
-            let failed = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("imgforge-bake: FAILED: "))
-                .unwrap_or(what)
-                .to_string();
+            let failed = bake_protocol::failed_step(&text).unwrap_or(what);
             bail!(
                 "{}: {failed} failed over SSH (exit status {code}); its output:\n{}",
                 self.input.def.path.display(),
-                step_output(&text)
+                bake_protocol::step_output(&text)
             );
         }
         Ok(())
@@ -483,11 +418,7 @@ impl<'a> SshSession<'a> {
     /// Unpacks a bundle in the running system and runs its `bake.sh`.
     fn run_bundle(&self, bundle_dir: &Path, script: String, what: &str) -> Result<()> {
         let tar = pack_bundle(bundle_dir, script)?;
-        self.run(
-            what,
-            "rm -rf /run/bake && mkdir -p /run/bake && tar -xf - -C /run/bake && sh /run/bake/bake.sh 2>&1",
-            fs::read(&tar)?,
-        )
+        self.run(what, &bake_protocol::ssh_run_bundle(), fs::read(&tar)?)
     }
 
     /// Runs the provisioners that need a running system, in order.
@@ -519,12 +450,10 @@ impl<'a> SshSession<'a> {
     }
 
     fn keep_console(&self) -> Result<()> {
-        append_log(
+        append_console_section(
             self.input.console_log,
-            &format!(
-                "===== bake VM console =====\n{}",
-                crate::qemu::strip_control(&self.vm.console())
-            ),
+            "bake VM console",
+            &self.vm.console(),
         )
     }
 }

@@ -82,9 +82,9 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
             "{} {}: base {} bake {} build {}",
             def.image.name,
             def.image.version,
-            crate::base::short(&ids.base),
-            crate::base::short(&ids.bake),
-            crate::base::short(&ids.build)
+            crate::layers::short(&ids.base),
+            crate::layers::short(&ids.bake),
+            crate::layers::short(&ids.build)
         ),
         json!({ "name": def.image.name.0, "ids": ids }),
     );
@@ -96,7 +96,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
                     "cached",
                     &format!(
                         "build {} is up to date: {}",
-                        crate::base::short(&ids.build),
+                        crate::layers::short(&ids.build),
                         manifest_path.display()
                     ),
                     json!({ "manifest": manifest_path, "cached": true }),
@@ -111,7 +111,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
                 "output_damaged",
                 &format!(
                     "build {} is not intact, building it again: {damage}",
-                    crate::base::short(&ids.build)
+                    crate::layers::short(&ids.build)
                 ),
                 json!({ "manifest": manifest_path, "problem": damage.to_string() }),
             ),
@@ -121,7 +121,7 @@ pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
     std::fs::create_dir_all(&name_dir)
         .with_context(|| format!("cannot create {}", name_dir.display()))?;
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".partial-{}-", crate::base::short(&ids.build)))
+        .prefix(&format!(".partial-{}-", crate::layers::short(&ids.build)))
         .tempdir_in(&name_dir)?;
     let work_root = crate::sources::cache_dir().join("work");
     std::fs::create_dir_all(&work_root)?;

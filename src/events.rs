@@ -111,3 +111,30 @@ impl Drop for Reporter {
         self.finish();
     }
 }
+
+/// Four columns aligned for people; the second is right-aligned (ages, dates).
+pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
+    let header = header.map(String::from);
+    let mut widths = [0usize; 4];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|row| {
+            format!(
+                "{:<w0$}  {:>w1$}  {:<w2$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

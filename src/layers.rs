@@ -164,6 +164,11 @@ pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(Lay
     Ok((ids, resolved))
 }
 
+/// The first 12 characters of an id, for messages.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

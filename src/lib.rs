@@ -17,6 +17,7 @@
 
 pub mod atomic;
 pub mod bake;
+mod bake_protocol;
 pub mod base;
 pub mod bootcmd;
 pub mod build;
@@ -27,7 +28,6 @@ pub mod doctor;
 pub mod events;
 pub mod export;
 pub mod httpserve;
-pub mod installer;
 pub mod layers;
 pub mod manifest;
 pub mod process;
@@ -35,7 +35,6 @@ pub mod prune;
 pub mod qemu;
 pub mod register;
 pub mod render;
-pub mod rootfs;
 pub mod rotate;
 pub mod sources;
 pub mod sparse;

@@ -5,10 +5,11 @@
 //! launch template, or by an Auto Scaling group (launch configuration, launch template, mixed
 //! instances policy). The others are deregistered and their snapshots deleted.
 
-use crate::cloud::{self, tags, CloudArgs};
-use crate::events::Reporter;
-use crate::rotate::plan::{describe_instances, table, tag};
-use crate::rotate::{format_age, parse_age, summary, ApiCalls, Clients};
+use crate::cloud::{
+    self, describe_instances, format_age, parse_age, summary, tag, tags, ApiCalls, Clients,
+    CloudArgs,
+};
+use crate::events::{table, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_ec2::types::{Filter, Image};
@@ -218,12 +219,11 @@ async fn used_by_instances(
     candidates: &[String],
     reasons: &mut Reasons,
 ) -> Result<()> {
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for chunk in candidates.chunks(BATCH) {
-        let found = describe_instances(
+    let found = cloud::in_chunks(candidates, BATCH, |chunk| {
+        describe_instances(
             clients,
             vec![
-                filter("image-id", chunk.to_vec()),
+                filter("image-id", chunk),
                 filter(
                     "instance-state-name",
                     ["pending", "running", "stopping", "stopped"]
@@ -232,19 +232,20 @@ async fn used_by_instances(
                 ),
             ],
         )
-        .await?;
-        for i in found {
-            if let (Some(image), Some(id)) = (i.image_id(), i.instance_id()) {
-                let state = i
-                    .state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str())
-                    .unwrap_or("?");
-                users
-                    .entry(image.to_string())
-                    .or_default()
-                    .push(format!("{id} ({state})"));
-            }
+    })
+    .await?;
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in found {
+        if let (Some(image), Some(id)) = (i.image_id(), i.instance_id()) {
+            let state = i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str())
+                .unwrap_or("?");
+            users
+                .entry(image.to_string())
+                .or_default()
+                .push(format!("{id} ({state})"));
         }
     }
     for (image, instances) in users {
@@ -413,31 +414,32 @@ async fn used_by_groups(
         }
     }
     let names: Vec<String> = by_config.keys().cloned().collect();
-    for chunk in names.chunks(BATCH) {
-        let configs: Vec<_> = clients
+    let configs = cloud::in_chunks(&names, BATCH, |chunk| async move {
+        clients
             .asg
             .describe_launch_configurations()
-            .set_launch_configuration_names(Some(chunk.to_vec()))
+            .set_launch_configuration_names(Some(chunk))
             .into_paginator()
             .items()
             .send()
             .try_collect()
             .await
-            .context("DescribeLaunchConfigurations failed")?;
-        for c in configs {
-            let (Some(image), Some(lc)) = (c.image_id(), c.launch_configuration_name()) else {
-                continue;
-            };
-            if !candidates.iter().any(|i| i == image) {
-                continue;
-            }
-            for group in &by_config[lc] {
-                keep(
-                    reasons,
-                    image,
-                    format!("used by auto scaling group {group} (launch configuration {lc})"),
-                );
-            }
+            .context("DescribeLaunchConfigurations failed")
+    })
+    .await?;
+    for c in configs {
+        let (Some(image), Some(lc)) = (c.image_id(), c.launch_configuration_name()) else {
+            continue;
+        };
+        if !candidates.iter().any(|i| i == image) {
+            continue;
+        }
+        for group in &by_config[lc] {
+            keep(
+                reasons,
+                image,
+                format!("used by auto scaling group {group} (launch configuration {lc})"),
+            );
         }
     }
     let found: Vec<_> = stream::iter(by_template.iter())

@@ -429,6 +429,25 @@ impl Drop for Vm {
     }
 }
 
+/// A free TCP port on 127.0.0.1, for a port forward.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Appends a section `===== title =====` holding `console` (control sequences removed) to a
+/// build's console log.
+pub fn append_console_section(log: &Path, title: &str, console: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    writeln!(f, "===== {title} =====\n{}", strip_control(console))?;
+    Ok(())
+}
+
 /// Removes ANSI escape sequences and carriage returns from console text.
 pub fn strip_control(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -13,11 +13,11 @@ use crate::definition::{Accelerator, Check, Machine};
 use crate::events::Reporter;
 use crate::manifest::Manifest;
 use crate::process::Command;
-use crate::qemu::{Qmp, Vm, VmConfig};
+use crate::qemu::{append_console_section, free_port, Qmp, Vm, VmConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,11 +32,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 /// SeaBIOS's words, on its debug console, when no disk holds a boot loader.
 const NO_BOOTABLE_DEVICE: &str = "No bootable device";
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// Boots `disk` and waits until every check passes; the console goes to `console_log`.
 pub fn verify(
@@ -80,13 +75,7 @@ pub fn verify(
     let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
     let outcome = wait_for_checks(&mut vm, checks, &ports, machine.timeouts.boot.0, reporter);
     vm.kill();
-    crate::bake::append_log(
-        console_log,
-        &format!(
-            "===== verify =====\n{}",
-            crate::qemu::strip_control(&vm.console())
-        ),
-    )?;
+    append_console_section(console_log, "verify", &vm.console())?;
     std::fs::remove_file(&overlay).ok();
     outcome
 }

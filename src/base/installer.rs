@@ -5,7 +5,7 @@
 //! Two boot modes: direct kernel boot (installer kernel + initrd + an append line carrying
 //! `url=` or `inst.ks=`), or an ISO whose boot prompt gets a typed boot command.
 
-use crate::base::{BaseInfo, BaseStaging};
+use super::{BaseInfo, BaseStaging};
 use crate::definition::{BuilderKind, Definition};
 use crate::events::Reporter;
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
@@ -168,7 +168,7 @@ pub fn build(
 /// Copies an installer console log to `<cache>/logs/`, where it outlives a failed build.
 fn keep_console_log(log: &std::path::Path, base_id: &str) -> PathBuf {
     let dir = crate::sources::cache_dir().join("logs");
-    let kept = dir.join(format!("install-{}.log", crate::base::short(base_id)));
+    let kept = dir.join(format!("install-{}.log", crate::layers::short(base_id)));
     let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(log, &kept));
     kept
 }

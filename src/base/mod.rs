@@ -4,10 +4,16 @@
 //! initrd that boot it directly (for the offline bake), the build key the bake uses, and
 //! `base.json`. It is assembled in a temporary directory beside it and renamed into place only
 //! when complete, so an interrupted build leaves no half-made base.
+//!
+//! Two builders make it: [`rootfs`] (mmdebstrap and an assembled disk, no installer) and
+//! [`installer`] (the OS installer booted in QEMU with the rendered answer file).
+
+mod installer;
+mod rootfs;
 
 use crate::definition::{BuilderKind, Definition};
 use crate::events::Reporter;
-use crate::layers::LayerIds;
+use crate::layers::{short, LayerIds};
 use crate::process::Command;
 use crate::render::AnswerFile;
 use anyhow::{Context, Result};
@@ -170,16 +176,11 @@ pub fn ensure(
     }
     let staging = BaseStaging::new(&ids.base)?;
     let info = match def.builder.kind {
-        BuilderKind::Rootfs => crate::rootfs::build(def, &staging, reporter)?,
-        BuilderKind::Installer => crate::installer::build(def, answer, &staging, reporter)?,
+        BuilderKind::Rootfs => rootfs::build(def, &staging, reporter)?,
+        BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
     };
     crate::cancel::check()?;
     Ok((staging.commit(info)?, false))
-}
-
-/// The first 12 characters of an id, for messages.
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Copies `from` to `to` keeping nothing but the bytes.

@@ -3,7 +3,8 @@
 //! `mkfs.ext4 -d` fills the root filesystem at its offset, GRUB's core image goes into the MBR
 //! gap (BIOS) or onto a FAT EFI system partition written with mtools (UEFI).
 
-use crate::base::{BaseInfo, BaseStaging};
+use super::{BaseInfo, BaseStaging};
+use crate::bake_protocol::{self, sh_quote};
 use crate::definition::{Definition, Firmware};
 use crate::events::Reporter;
 use crate::process::Command;
@@ -140,11 +141,6 @@ fn new_uuid() -> Result<String> {
         .to_string())
 }
 
-/// Quotes `s` for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r#"'\''"#))
-}
-
 /// The mmdebstrap customize hook: system settings, users, the build key, first-boot SSH host
 /// keys, the offline bake init, and GRUB's configuration.
 fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<String> {
@@ -207,7 +203,9 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
         "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
     );
     s += &format!(
-        "install -d \"$R/usr/lib/imgforge\"\ncat > \"$R/usr/lib/imgforge/bake-init\" <<'EOF'\n{BAKE_INIT}EOF\nchmod 755 \"$R/usr/lib/imgforge/bake-init\"\n"
+        "install -d \"$(dirname \"$R{init}\")\"\ncat > \"$R{init}\" <<'EOF'\n{script}EOF\nchmod 755 \"$R{init}\"\n",
+        init = bake_protocol::INIT_PATH,
+        script = bake_protocol::init_script()
     );
     let platform = match def.machine.firmware {
         Firmware::Bios => "i386-pc",
@@ -235,36 +233,6 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 ";
 
-/// PID 1 of an offline bake: applies the bundle on the second disk and powers off.
-const BAKE_INIT: &str = r#"#!/bin/sh
-# imgforge offline bake: runs as init, applies the bake bundle (a tar on /dev/vdb), powers off.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -o remount,rw /
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-exec > /dev/ttyS0 2>&1
-mkdir -p /run/bake
-i=0
-while [ ! -b /dev/vdb ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-if tar -xf /dev/vdb -C /run/bake && [ -f /run/bake/bake.sh ]; then
-  (cd /run/bake && sh ./bake.sh)
-  rc=$?
-else
-  echo "imgforge-bake: no bake bundle on /dev/vdb"
-  rc=99
-fi
-echo "imgforge-bake: exit status $rc"
-sync
-mount -o remount,ro / 2>/dev/null
-sync
-echo o > /proc/sysrq-trigger
-sleep 30
-"#;
-
 fn grub_cfg(uuid: &str) -> String {
     format!(
         "# Written by imgforge: boots /vmlinuz with the serial console on.
@@ -288,7 +256,7 @@ fn copy_boot_files(tree: &Path, staging: &BaseStaging) -> Result<()> {
         let target = fs::read_link(tree.join(link))
             .with_context(|| format!("the OS tree has no /{link}: was a kernel installed?"))?;
         let target = tree.join(target.strip_prefix("/").unwrap_or(&target));
-        crate::base::copy_file(&target, &staging.path(name))?;
+        super::copy_file(&target, &staging.path(name))?;
     }
     Ok(())
 }
@@ -436,14 +404,4 @@ fn install_grub_efi(raw: &Path, early: &Path) -> Result<()> {
         .run()?;
     fs::remove_file(&efi).ok();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quoting_survives_single_quotes() {
-        assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
-    }
 }

@@ -2,12 +2,20 @@
 //! region chain, `AWS_ENDPOINT_URL*` variables, an optional `--endpoint-url`, standard retries
 //! and timeouts so that nothing hangs.
 
-use anyhow::{anyhow, bail, Result};
+mod calls;
+
+pub use calls::{ApiCalls, Clients};
+
+use crate::events::Reporter;
+use anyhow::{anyhow, bail, Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::ProvideCredentials;
+use aws_sdk_ec2::types::{Filter, Instance, Tag};
 use aws_smithy_types::error::display::DisplayErrorContext;
+use serde_json::json;
+
 use std::time::Duration;
 
 /// Options every cloud command takes.
@@ -66,6 +74,97 @@ async fn load_unchecked(args: &CloudArgs) -> SdkConfig {
     loader.load().await
 }
 
+/// The value of tag `key`.
+pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// Every instance matching `filters` (all pages).
+pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Result<Vec<Instance>> {
+    let reservations = clients
+        .ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .max_results(clients.page_size)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .context("DescribeInstances failed")?;
+    Ok(reservations
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .collect())
+}
+
+/// Everything `call` returns for `ids`, asked for at most `batch` ids at a time (the API's limit
+/// on ids or filter values per request); `call` gets one chunk and collects all its pages.
+pub async fn in_chunks<T, F, Fut>(ids: &[String], batch: usize, call: F) -> Result<Vec<T>>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
+    let mut all = Vec::new();
+    for chunk in ids.chunks(batch.max(1)) {
+        all.extend(call(chunk.to_vec()).await?);
+    }
+    Ok(all)
+}
+
+/// Reports a command's final `summary` event with the count of cloud API calls it made.
+pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
+    let mut fields = fields;
+    if let Some(o) = fields.as_object_mut() {
+        o.insert("api_calls".into(), json!(calls.total()));
+        o.insert("api_calls_by_operation".into(), calls.by_operation());
+    }
+    reporter.event(
+        "summary",
+        &format!("{message} ({} API calls)", calls.total()),
+        fields,
+    );
+}
+
+/// Parses an age such as `30d`, `12h` or `2w` (units s, m, h, d, w).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let refuse = || {
+        format!(
+            "`{text}` is not an age: write a whole number and one of the units s, m, h, d, w, \
+             e.g. `30d`, `12h` or `2w`"
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(refuse)?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| refuse())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(refuse()),
+    };
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(refuse)
+}
+
+/// Formats an age for people: `31d`, `5h`, `12m`, `40s` (largest whole unit).
+pub fn format_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Tag keys imgforge writes on images, snapshots and instances.
 pub mod tags {
     /// Image name; on instances, the image family they are managed under.
@@ -86,4 +185,43 @@ pub mod tags {
     pub const REPLACES: &str = "imgforge:replaces";
     /// `never` on an instance exempts it from rotation.
     pub const ROTATE: &str = "imgforge:rotate";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_the_five_units() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn other_ages_are_refused_with_an_example() {
+        for bad in [
+            "30",
+            "d",
+            "30 d",
+            "1y",
+            "1.5d",
+            "30days",
+            "-3d",
+            "",
+            "99999999999999999w",
+        ] {
+            let err = parse_age(bad).unwrap_err();
+            assert!(err.contains("`30d`"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ages_are_formatted_by_their_largest_unit() {
+        assert_eq!(format_age(Duration::from_secs(31 * 86_400 + 7200)), "31d");
+        assert_eq!(format_age(Duration::from_secs(7300)), "2h");
+        assert_eq!(format_age(Duration::from_secs(59)), "59s");
+    }
 }

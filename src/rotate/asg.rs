@@ -7,8 +7,8 @@
 //! `--asg-instance-refresh`, StartInstanceRefresh does the whole job (launch before terminate)
 //! and DescribeInstanceRefreshes is followed to its end.
 
-use super::plan::{describe_instances, Action, Item, Plan};
-use super::Clients;
+use super::plan::{Action, Item, Plan};
+use crate::cloud::{describe_instances, Clients};
 use crate::events::Reporter;
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, RefreshPreferences};

@@ -8,19 +8,16 @@
 //! carry `imgforge:replaces=<old id>` and are found instead of launched twice.
 
 pub mod asg;
-pub mod calls;
 pub mod health;
 pub mod plan;
 pub mod replace;
 
-use crate::cloud::{self, CloudArgs};
+use crate::cloud::{self, parse_age, summary, ApiCalls, CloudArgs};
 use crate::events::Reporter;
 use anyhow::{bail, Result};
 use aws_sdk_ec2::types::Filter;
 use serde_json::json;
 use std::time::{Duration, SystemTime};
-
-pub use calls::{ApiCalls, Clients};
 
 /// `imgforge rotate`.
 #[derive(Debug, clap::Args)]
@@ -76,43 +73,6 @@ pub struct RotateArgs {
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
-}
-
-/// Parses an age such as `30d`, `12h` or `2w` (units s, m, h, d, w).
-pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let refuse = || {
-        format!(
-            "`{text}` is not an age: write a whole number and one of the units s, m, h, d, w, \
-             e.g. `30d`, `12h` or `2w`"
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(refuse)?;
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| refuse())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(refuse()),
-    };
-    n.checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(refuse)
-}
-
-/// Formats an age for people: `31d`, `5h`, `12m`, `40s` (largest whole unit).
-pub fn format_age(age: Duration) -> String {
-    let s = age.as_secs();
-    match s {
-        s if s >= 86_400 => format!("{}d", s / 86_400),
-        s if s >= 3600 => format!("{}h", s / 3600),
-        s if s >= 60 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// Parses an EC2 filter: `tag:team=web`, `name=v1,v2` or `Name=name,Values=v1,v2`.
@@ -253,57 +213,9 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     Ok(())
 }
 
-/// Reports a command's final `summary` event with the count of cloud API calls it made.
-pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
-    let mut fields = fields;
-    if let Some(o) = fields.as_object_mut() {
-        o.insert("api_calls".into(), json!(calls.total()));
-        o.insert("api_calls_by_operation".into(), calls.by_operation());
-    }
-    reporter.event(
-        "summary",
-        &format!("{message} ({} API calls)", calls.total()),
-        fields,
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_take_the_five_units() {
-        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
-    }
-
-    #[test]
-    fn other_ages_are_refused_with_an_example() {
-        for bad in [
-            "30",
-            "d",
-            "30 d",
-            "1y",
-            "1.5d",
-            "30days",
-            "-3d",
-            "",
-            "99999999999999999w",
-        ] {
-            let err = parse_age(bad).unwrap_err();
-            assert!(err.contains("`30d`"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn ages_are_formatted_by_their_largest_unit() {
-        assert_eq!(format_age(Duration::from_secs(31 * 86_400 + 7200)), "31d");
-        assert_eq!(format_age(Duration::from_secs(7300)), "2h");
-        assert_eq!(format_age(Duration::from_secs(59)), "59s");
-    }
 
     #[test]
     fn filters_take_short_and_cli_forms() {

@@ -3,11 +3,12 @@
 //!
 //! Uses: the selection flags and the clock. Produces: a [`Plan`], which changes nothing.
 
-use super::{format_age, Clients};
 use crate::cloud::tags;
+use crate::cloud::{self, describe_instances, format_age, tag, Clients};
+use crate::events::table;
 use crate::events::Reporter;
 use anyhow::{bail, Context, Result};
-use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, Image, Instance, Tag};
+use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, Image, Instance};
 use futures::{stream, StreamExt, TryStreamExt};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -222,64 +223,11 @@ fn action_kind(action: &Action) -> &'static str {
     }
 }
 
-/// Four columns aligned for people; the second is right-aligned (ages, dates).
-pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
-    let header = header.map(String::from);
-    let mut widths = [0usize; 4];
-    for row in std::iter::once(&header).chain(rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    std::iter::once(&header)
-        .chain(rows)
-        .map(|row| {
-            format!(
-                "{:<w0$}  {:>w1$}  {:<w2$}  {}",
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The value of tag `key`.
-pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
 fn filter(name: &str, values: &[&str]) -> Filter {
     Filter::builder()
         .name(name)
         .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
         .build()
-}
-
-/// Every instance matching `filters` (all pages).
-pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Result<Vec<Instance>> {
-    let reservations = clients
-        .ec2
-        .describe_instances()
-        .set_filters(Some(filters))
-        .max_results(clients.page_size)
-        .into_paginator()
-        .items()
-        .send()
-        .try_collect()
-        .await
-        .context("DescribeInstances failed")?;
-    Ok(reservations
-        .into_iter()
-        .flat_map(|r| r.instances.unwrap_or_default())
-        .collect())
 }
 
 /// Replacements launched by earlier runs that are still pending or running: old id → new id.
@@ -381,53 +329,50 @@ async fn termination_protected(clients: &Clients, id: &str) -> Result<bool> {
 
 /// Auto Scaling group of each of `ids` that belongs to one.
 async fn groups_of(clients: &Clients, ids: &[String]) -> Result<HashMap<String, String>> {
-    let mut groups = HashMap::new();
-    for chunk in ids.chunks(ASG_BATCH) {
-        let found: Vec<_> = clients
+    let found = cloud::in_chunks(ids, ASG_BATCH, |chunk| async move {
+        clients
             .asg
             .describe_auto_scaling_instances()
-            .set_instance_ids(Some(chunk.to_vec()))
+            .set_instance_ids(Some(chunk))
             .max_records(ASG_BATCH as i32)
             .into_paginator()
             .items()
             .send()
             .try_collect()
             .await
-            .context("DescribeAutoScalingInstances failed")?;
-        for i in found {
-            if let (Some(id), Some(group)) = (i.instance_id, i.auto_scaling_group_name) {
-                groups.insert(id, group);
-            }
-        }
-    }
-    Ok(groups)
+            .context("DescribeAutoScalingInstances failed")
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|i| Some((i.instance_id?, i.auto_scaling_group_name?)))
+        .collect())
 }
 
 /// How many of `ids` have an impaired instance or system status check.
 async fn impaired(clients: &Clients, ids: &[String]) -> Result<usize> {
-    let mut count = 0;
-    for chunk in ids.chunks(STATUS_BATCH) {
-        let statuses: Vec<_> = clients
+    let statuses = cloud::in_chunks(ids, STATUS_BATCH, |chunk| async move {
+        clients
             .ec2
             .describe_instance_status()
-            .set_instance_ids(Some(chunk.to_vec()))
+            .set_instance_ids(Some(chunk))
             .into_paginator()
             .items()
             .send()
             .try_collect()
             .await
-            .context("DescribeInstanceStatus failed")?;
-        count += statuses
-            .iter()
-            .filter(|s| {
-                let bad = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
-                    x.and_then(|x| x.status()).map(|s| s.as_str()) == Some("impaired")
-                };
-                bad(s.instance_status()) || bad(s.system_status())
-            })
-            .count();
-    }
-    Ok(count)
+            .context("DescribeInstanceStatus failed")
+    })
+    .await?;
+    Ok(statuses
+        .iter()
+        .filter(|s| {
+            let bad = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                x.and_then(|x| x.status()).map(|s| s.as_str()) == Some("impaired")
+            };
+            bad(s.instance_status()) || bad(s.system_status())
+        })
+        .count())
 }
 
 /// Builds the plan at time `now`.

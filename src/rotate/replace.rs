@@ -9,9 +9,8 @@
 //! keeps running and no further replacement starts.
 
 use super::health::{AddressKind, HealthCheck};
-use super::plan::{self, Action, Item, Plan, Target};
-use super::Clients;
-use crate::cloud::tags;
+use super::plan::{Action, Item, Plan, Target};
+use crate::cloud::{self, tags, Clients};
 use crate::events::Reporter;
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
@@ -399,15 +398,14 @@ fn block_devices(
 }
 
 async fn describe_volumes(clients: &Clients, ids: &[String]) -> Result<HashMap<String, Volume>> {
-    let mut volumes = HashMap::new();
-    for chunk in ids.chunks(BATCH) {
-        let found: Vec<Volume> = clients
+    let found = cloud::in_chunks(ids, BATCH, |chunk| async move {
+        clients
             .ec2
             .describe_volumes()
             .filters(
                 Filter::builder()
                     .name("volume-id")
-                    .set_values(Some(chunk.to_vec()))
+                    .set_values(Some(chunk))
                     .build(),
             )
             .into_paginator()
@@ -415,14 +413,13 @@ async fn describe_volumes(clients: &Clients, ids: &[String]) -> Result<HashMap<S
             .send()
             .try_collect()
             .await
-            .context("DescribeVolumes failed")?;
-        for v in found {
-            if let Some(id) = v.volume_id() {
-                volumes.insert(id.to_string(), v);
-            }
-        }
-    }
-    Ok(volumes)
+            .context("DescribeVolumes failed")
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|v: Volume| Some((v.volume_id()?.to_string(), v)))
+        .collect())
 }
 
 /// Terminates `ids` in batches.
@@ -447,25 +444,24 @@ async fn poll(
     probe_timeout: Duration,
 ) -> Result<Vec<Poll>> {
     let ids: Vec<String> = inflight.iter().map(|f| f.new_id.clone()).collect();
-    let mut status = HashMap::new();
-    for chunk in ids.chunks(BATCH) {
-        let found: Vec<_> = clients
+    let found = cloud::in_chunks(&ids, BATCH, |chunk| async move {
+        clients
             .ec2
             .describe_instance_status()
-            .set_instance_ids(Some(chunk.to_vec()))
+            .set_instance_ids(Some(chunk))
             .include_all_instances(true)
             .into_paginator()
             .items()
             .send()
             .try_collect()
             .await
-            .context("DescribeInstanceStatus failed")?;
-        for s in found {
-            if let Some(id) = s.instance_id().map(str::to_string) {
-                status.insert(id, s);
-            }
-        }
-    }
+            .context("DescribeInstanceStatus failed")
+    })
+    .await?;
+    let status: HashMap<String, _> = found
+        .into_iter()
+        .filter_map(|s| Some((s.instance_id()?.to_string(), s)))
+        .collect();
     let mut polls: Vec<Poll> = ids
         .iter()
         .map(|id| {
@@ -516,26 +512,29 @@ async fn poll(
     if passed.is_empty() {
         return Ok(polls);
     }
-    let mut addresses: HashMap<String, Option<IpAddr>> = HashMap::new();
-    for chunk in passed.chunks(BATCH) {
-        let instances = plan::describe_instances(
+    let instances = cloud::in_chunks(&passed, BATCH, |chunk| {
+        cloud::describe_instances(
             clients,
             vec![Filter::builder()
                 .name("instance-id")
-                .set_values(Some(chunk.to_vec()))
+                .set_values(Some(chunk))
                 .build()],
         )
-        .await?;
-        for i in instances {
+    })
+    .await?;
+    let addresses: HashMap<String, Option<IpAddr>> = instances
+        .iter()
+        .filter_map(|i| {
             let ip = match settings.health_address {
                 AddressKind::Private => i.private_ip_address(),
                 AddressKind::Public => i.public_ip_address(),
             };
-            if let Some(id) = i.instance_id() {
-                addresses.insert(id.to_string(), ip.and_then(|ip| ip.parse().ok()));
-            }
-        }
-    }
+            Some((
+                i.instance_id()?.to_string(),
+                ip.and_then(|ip| ip.parse().ok()),
+            ))
+        })
+        .collect();
     let probes = ids
         .iter()
         .zip(polls.iter_mut())

@@ -1,0 +1,152 @@
+//! The bake protocol: what the image runs and prints during a bake, in one place, shared by
+//! the builder that installs the bake init into a base (`base::rootfs`) and the bake that boots
+//! it and reads its console (`bake`).
+//!
+//! Offline, the base's kernel boots with `init=`[`INIT_PATH`]; the init unpacks the bundle (a
+//! tar on the second virtio disk, [`BUNDLE_DEVICE`]) into [`BUNDLE_DIR`], runs its `bake.sh`,
+//! prints [`STATUS_MARKER`] with the exit status and powers off. Over SSH the same bundle is
+//! unpacked and run by [`ssh_run_bundle`]. Every `bake.sh` starts with [`prelude`], whose `step`
+//! and `fail` print the markers that [`failed_step`] and [`step_output`] read back.
+
+/// Where the bake init lives in every base the rootfs builder makes.
+pub const INIT_PATH: &str = "/usr/lib/imgforge/bake-init";
+/// Where the bundle is unpacked in the guest.
+pub const BUNDLE_DIR: &str = "/run/bake";
+/// The disk holding the bundle in an offline bake (the second virtio disk).
+pub const BUNDLE_DEVICE: &str = "/dev/vdb";
+/// Printed by the bake init with the bundle's exit status.
+pub const STATUS_MARKER: &str = "imgforge-bake: exit status ";
+/// Printed when a step starts (`step NAME`).
+const STEP_MARKER: &str = "imgforge-bake: step ";
+/// Printed when a step fails (`fail NAME STATUS`).
+const FAILED_MARKER: &str = "imgforge-bake: FAILED: ";
+
+/// The remote command that unpacks a bundle from standard input and runs it over SSH.
+pub fn ssh_run_bundle() -> String {
+    format!(
+        "rm -rf {BUNDLE_DIR} && mkdir -p {BUNDLE_DIR} && tar -xf - -C {BUNDLE_DIR} && sh {BUNDLE_DIR}/bake.sh 2>&1"
+    )
+}
+
+/// PID 1 of an offline bake: applies the bundle on the second disk and powers off.
+pub fn init_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# imgforge offline bake: runs as init, applies the bake bundle (a tar on {BUNDLE_DEVICE}), powers off.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -o remount,rw /
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+exec > /dev/ttyS0 2>&1
+mkdir -p {BUNDLE_DIR}
+i=0
+while [ ! -b {BUNDLE_DEVICE} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+if tar -xf {BUNDLE_DEVICE} -C {BUNDLE_DIR} && [ -f {BUNDLE_DIR}/bake.sh ]; then
+  (cd {BUNDLE_DIR} && sh ./bake.sh)
+  rc=$?
+else
+  echo "imgforge-bake: no bake bundle on {BUNDLE_DEVICE}"
+  rc=99
+fi
+echo "{STATUS_MARKER}$rc"
+sync
+mount -o remount,ro / 2>/dev/null
+sync
+echo o > /proc/sysrq-trigger
+sleep 30
+"#
+    )
+}
+
+/// Shell functions every bake script starts with: step markers, failures naming the step, and,
+/// offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
+pub fn prelude() -> String {
+    format!(
+        r#"#!/bin/sh
+set -u
+B={BUNDLE_DIR}
+step() {{ echo "{STEP_MARKER}$1"; }}
+fail() {{ echo "{FAILED_MARKER}$1 (exit $2)"; exit "$2"; }}
+if [ "$(cat /proc/1/comm)" != systemd ]; then
+  # Offline (the bake init is PID 1): bring up QEMU's user network by hand.
+  ip link set lo up
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+  if [ -L /etc/resolv.conf ]; then
+    r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
+  else
+    cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
+    echo 'nameserver 10.0.2.3' > /etc/resolv.conf
+    trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
+  fi
+fi
+"#
+    )
+}
+
+/// The exit status the bake init reported on the console, if it got that far.
+pub fn exit_status(console: &str) -> Option<i32> {
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(STATUS_MARKER))
+        .map(|s| s.trim().parse().unwrap_or(-1))
+}
+
+/// The step the bake script reported as failed (`NAME (exit N)`), if any.
+pub fn failed_step(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(FAILED_MARKER))
+}
+
+/// The output of the last step that started, at most its last 40 lines.
+pub fn step_output(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains(STEP_MARKER))
+        .map_or(0, |i| i + 1);
+    let end = lines
+        .iter()
+        .rposition(|l| l.contains(FAILED_MARKER.trim_end()))
+        .unwrap_or(lines.len());
+    let part = &lines[start..end.max(start)];
+    part[part.len().saturating_sub(40)..].join("\n")
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r#"'\''"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_single_quotes() {
+        assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
+    }
+
+    #[test]
+    fn the_console_is_read_with_the_markers_the_scripts_print() {
+        let console = format!(
+            "boot noise\n{STEP_MARKER}service\nunpacking\n{STEP_MARKER}data\ntar: short read\n\
+             {FAILED_MARKER}data: unpack into '/srv' (exit 2)\n{STATUS_MARKER}2\n"
+        );
+        assert_eq!(exit_status(&console), Some(2));
+        assert_eq!(
+            failed_step(&console),
+            Some("data: unpack into '/srv' (exit 2)")
+        );
+        assert_eq!(step_output(&console), "tar: short read");
+        assert_eq!(exit_status("no marker"), None);
+        // The scripts print exactly the markers read back here.
+        assert!(prelude().contains(&format!("echo \"{STEP_MARKER}$1\"")));
+        assert!(prelude().contains(&format!("echo \"{FAILED_MARKER}$1 (exit $2)\"")));
+        assert!(init_script().contains(&format!("echo \"{STATUS_MARKER}$rc\"")));
+    }
+}

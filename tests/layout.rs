@@ -1,0 +1,98 @@
+//! The shape of `src/`: no two top-level modules use each other, directly or through others,
+//! so the pipeline reads in one direction (a submodule may use its parent, as `base::rootfs`
+//! uses `base`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// The top-level module a file of `src/` belongs to (`src/base/rootfs.rs` → `base`).
+fn top_module(rel: &Path) -> String {
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules a file names as `crate::NAME`, outside comments.
+fn crate_references(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or_default();
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&src).unwrap();
+            if path.extension().is_none_or(|e| e != "rs") || rel == Path::new("main.rs") {
+                continue;
+            }
+            let from = top_module(rel);
+            let text = fs::read_to_string(&path).unwrap();
+            let uses = graph.entry(from.clone()).or_default();
+            uses.extend(crate_references(&text).into_iter().filter(|m| *m != from));
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_module_uses_one_that_uses_it_back() {
+    let graph = module_graph();
+    assert!(
+        graph.contains_key("build") && graph["build"].contains("bake"),
+        "{graph:?}"
+    );
+    // Depth-first search for a path from each module back to itself.
+    for start in graph.keys() {
+        let mut stack: Vec<Vec<&String>> = vec![vec![start]];
+        let mut seen = BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            let last = *path.last().unwrap();
+            for next in graph.get(last).into_iter().flatten() {
+                if next == start {
+                    let cycle: Vec<&str> = path.iter().map(|m| m.as_str()).collect();
+                    panic!("module cycle: {} -> {start}", cycle.join(" -> "));
+                }
+                if seen.insert(next) {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_reference_scan_sees_uses_and_paths_but_not_comments() {
+    let text =
+        "use crate::qemu::{Vm, VmConfig};\nlet x = crate::layers::short(id); // crate::verify\n";
+    let found: Vec<String> = crate_references(text).into_iter().collect();
+    assert_eq!(found, ["layers", "qemu"]);
+}
