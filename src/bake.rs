@@ -8,15 +8,15 @@
 //! the build key of the base; the final hygiene pass removes that key again.
 
 use crate::bake_protocol::{self, sh_quote};
-use crate::base::{BaseLayer, BUILD_KEY_COMMENT};
-use crate::definition::{BuilderKind, Definition, Firmware, Provisioner};
+use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
+use crate::definition::{Definition, Firmware, Provisioner};
 use crate::events::Reporter;
-use crate::layers::{LayerIds, Resolved};
+use crate::layers::Resolved;
+use crate::manifest::Provenance;
 use crate::process::Command;
 use crate::qemu::{append_console_section, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,12 +29,34 @@ pub struct BakeInput<'a> {
     pub base: &'a BaseLayer,
     /// Resolved service and data.
     pub resolved: &'a Resolved,
-    /// Layer ids (recorded in the provenance).
-    pub ids: &'a LayerIds,
+    /// The build's provenance, written into the image.
+    pub provenance: &'a Provenance,
     /// Work directory of this build (removed by the caller).
     pub work: &'a Path,
     /// Console log of the whole build.
     pub console_log: &'a Path,
+}
+
+/// A bundle to run in the image: a directory with the files, and its `bake.sh`.
+struct Bundle {
+    dir: PathBuf,
+    script: String,
+    what: &'static str,
+}
+
+/// One boot of the image during the bake.
+enum Pass<'a> {
+    /// The base's own kernel with the bake init as PID 1 runs a bundle and powers off: no full
+    /// boot, no network wait, no SSH.
+    Offline(&'a DirectBoot, Bundle),
+    /// The fully booted image runs these over SSH, then powers off.
+    Ssh(Vec<SshStep<'a>>),
+}
+
+/// What a [`Pass::Ssh`] runs, in order.
+enum SshStep<'a> {
+    Bundle(Bundle),
+    Scripts(Vec<(usize, &'a Provisioner)>),
 }
 
 /// Bakes and returns the path of the overlay disk holding the finished image.
@@ -45,6 +67,28 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
         .arg(input.base.disk())
         .arg(&overlay)
         .run()?;
+    for pass in passes(input)? {
+        match pass {
+            Pass::Offline(boot, bundle) => run_offline(input, boot, &overlay, bundle, reporter)?,
+            Pass::Ssh(steps) => {
+                let session = SshSession::boot(input, &overlay, reporter)?;
+                for step in steps {
+                    match step {
+                        SshStep::Bundle(b) => session.run_bundle(&b.dir, b.script, b.what)?,
+                        SshStep::Scripts(scripts) => session.run_scripts(&scripts, reporter)?,
+                    }
+                }
+                session.poweroff()?;
+            }
+        }
+    }
+    Ok(overlay)
+}
+
+/// The bake's passes, from what the base records: with the bake init (`direct_boot`) every
+/// step runs offline and only the scripts that need a running system go over SSH; without it
+/// everything runs over SSH. Image hygiene always comes last.
+fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
     let (offline, online): (Vec<_>, Vec<_>) =
         input
             .def
@@ -60,53 +104,48 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
                     }
                 )
             });
-    let bundle_dir = input.work.join("bundle");
-    fs::create_dir_all(&bundle_dir)?;
+    let dir = input.work.join("bundle");
+    fs::create_dir_all(&dir)?;
     let mut script = bake_protocol::prelude();
-    script += &stage_service(input, &bundle_dir)?;
-    script += &stage_data(input, &bundle_dir)?;
+    script += &stage_service(input, &dir)?;
+    script += &stage_data(input, &dir)?;
     for (index, p) in &offline {
-        script += &stage_provisioner(input.def, *index, p, &bundle_dir)?;
+        script += &stage_provisioner(input.def, *index, p, &dir)?;
     }
-    let final_dir = input.work.join("bundle-final");
-    fs::create_dir_all(&final_dir)?;
-    if input.base.info.builder == BuilderKind::Installer {
-        // An installer-made base has no bake init: every step runs in the booted system.
-        let session = SshSession::boot(input, &overlay, reporter)?;
-        session.run_bundle(&bundle_dir, script, "bake")?;
-        session.run_scripts(&online, reporter)?;
-        let hygiene_script = bake_protocol::prelude() + &hygiene(input, &final_dir)?;
-        session.run_bundle(&final_dir, hygiene_script, "image hygiene")?;
-        session.poweroff()?;
-        return Ok(overlay);
-    }
-    if online.is_empty() {
-        script += &hygiene(input, &bundle_dir)?;
-        run_offline(input, &overlay, &bundle_dir, script, "bake", reporter)?;
-        return Ok(overlay);
-    }
-    script += "echo 'imgforge-bake: offline steps done'\n";
-    run_offline(
-        input,
-        &overlay,
-        &bundle_dir,
-        script,
-        "bake (offline steps)",
-        reporter,
-    )?;
-    let session = SshSession::boot(input, &overlay, reporter)?;
-    session.run_scripts(&online, reporter)?;
-    session.poweroff()?;
-    let script = bake_protocol::prelude() + &hygiene(input, &final_dir)?;
-    run_offline(
-        input,
-        &overlay,
-        &final_dir,
-        script,
-        "image hygiene",
-        reporter,
-    )?;
-    Ok(overlay)
+    let hygiene_dir = input.work.join("bundle-final");
+    fs::create_dir_all(&hygiene_dir)?;
+    let hygiene_pass = |what| -> Result<Bundle> {
+        Ok(Bundle {
+            script: bake_protocol::prelude() + &hygiene(input, &hygiene_dir)?,
+            dir: hygiene_dir.clone(),
+            what,
+        })
+    };
+    Ok(match &input.base.info.direct_boot {
+        None => vec![Pass::Ssh(vec![
+            SshStep::Bundle(Bundle {
+                dir,
+                script,
+                what: "bake",
+            }),
+            SshStep::Scripts(online),
+            SshStep::Bundle(hygiene_pass("image hygiene")?),
+        ])],
+        Some(boot) if online.is_empty() => {
+            script += &hygiene(input, &dir)?;
+            let what = "bake (offline)";
+            vec![Pass::Offline(boot, Bundle { dir, script, what })]
+        }
+        Some(boot) => {
+            script += "echo 'imgforge-bake: offline steps done'\n";
+            let what = "bake (offline steps)";
+            vec![
+                Pass::Offline(boot, Bundle { dir, script, what }),
+                Pass::Ssh(vec![SshStep::Scripts(online)]),
+                Pass::Offline(boot, hygiene_pass("image hygiene")?),
+            ]
+        }
+    })
 }
 
 fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
@@ -210,25 +249,9 @@ fn stage_provisioner(
 /// The last step of every bake: build key, machine id, host keys, caches and logs removed,
 /// provenance written to `/etc/imgforge/build.json`.
 fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
-    let def = input.def;
-    let provenance = json!({
-        "name": def.image.name.0,
-        "version": def.image.version,
-        "build_id": input.ids.build,
-        "base_id": input.ids.base,
-        "bake_id": input.ids.bake,
-        "service": input.resolved.service.as_ref().map(|s| json!({
-            "repo": def.service.as_ref().map(|d| d.repo.clone()),
-            "commit": s.commit,
-        })),
-        "data_sha256": input.resolved.data.as_ref().map(|d| d.digest().to_string()),
-        "imgforge_version": env!("CARGO_PKG_VERSION"),
-        "built_at": crate::export::now_rfc3339(),
-        "packages": "@PACKAGES@",
-    });
     fs::write(
         bundle.join("build.json"),
-        serde_json::to_string_pretty(&provenance)?,
+        serde_json::to_string_pretty(&input.provenance.image_record("@PACKAGES@"))?,
     )?;
     Ok(format!(
         r#"step hygiene
@@ -265,14 +288,14 @@ fn pack_bundle(bundle_dir: &Path, script: String) -> Result<PathBuf> {
 /// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init.
 fn run_offline(
     input: &BakeInput,
+    boot: &DirectBoot,
     overlay: &Path,
-    bundle_dir: &Path,
-    script: String,
-    what: &str,
+    bundle: Bundle,
     reporter: &Reporter,
 ) -> Result<()> {
+    let what = bundle.what;
     reporter.phase(what);
-    let bundle_tar = pack_bundle(bundle_dir, script)?;
+    let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
     let def = input.def;
     let mut cfg = VmConfig {
         // Direct kernel boot: the firmware does not matter.
@@ -285,10 +308,7 @@ fn run_offline(
             // The bake's own output is still shown.
             format!(
                 "{} rw init={} net.ifnames=0 panic=-1 loglevel=4",
-                input
-                    .base
-                    .info
-                    .kernel_cmdline
+                boot.kernel_cmdline
                     .split_whitespace()
                     .filter(|arg| !matches!(*arg, "ro" | "console=tty0"))
                     .collect::<Vec<_>>()

@@ -1,40 +1,35 @@
-//! `imgforge build`: the whole pipeline for one definition.
+//! `imgforge build`: the whole pipeline for one definition, as a list of steps.
 //!
 //! definition → render → ids (service and data resolved and verified before any VM starts) →
 //! cached result? → base layer (cached by id) → bake on an overlay → export → verify → manifest.
 //! The output directory `output/<name>/<build-id>/` is assembled beside its final place and
 //! renamed into it only when everything passed, so a failed or interrupted build leaves no
-//! artifact, and a build whose output exists is a no-op unless forced.
+//! artifact, and a build whose output exists (and is intact) is a no-op unless forced.
 
+use crate::base::BaseLayer;
 use crate::definition::Definition;
-use crate::events::Reporter;
-use crate::manifest::{Manifest, ServiceRecord, FILE_NAME};
+use crate::events::{Event, Reporter};
+use crate::layers::{short, LayerIds, Resolved};
+use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Options of `imgforge build`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BuildArgs {
+/// What `imgforge build` is asked to do.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
     /// The image definition.
     pub file: PathBuf,
     /// Rebuild even if this build id is already in the output directory.
-    #[arg(long)]
     pub force: bool,
     /// Root of the output tree.
-    #[arg(long, default_value = "output")]
     pub output_dir: PathBuf,
     /// Do not boot the exported image to run its checks.
-    #[arg(long)]
     pub no_verify: bool,
-    /// Build (or find) the base layer only, and report where it is.
-    #[arg(long)]
+    /// Build (or find) the base layer only.
     pub base_only: bool,
-    /// After the build, register the image with the definition's `[publish]` targets.
-    #[arg(long, conflicts_with = "base_only")]
-    pub register: bool,
 }
 
 /// What a build produced.
@@ -56,185 +51,265 @@ pub enum BuildResult {
     /// Only the base layer (`--base-only`).
     Base {
         /// The cached base layer.
-        base: crate::base::BaseLayer,
+        base: BaseLayer,
         /// Whether it was already cached.
         cached: bool,
     },
 }
 
 /// Runs the pipeline.
-pub fn build(args: &BuildArgs, reporter: &Reporter) -> Result<BuildResult> {
+pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let started = Instant::now();
-    let mut timings = BTreeMap::new();
-    let def = Definition::load(&args.file)?;
+    let def = Definition::load(&opts.file)?;
     let answer = crate::render::render(&def)?;
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
-    if args.base_only {
+    if opts.base_only {
         let (base, cached) = crate::base::ensure(&def, &answer, &ids, reporter)?;
         return Ok(BuildResult::Base { base, cached });
     }
-    let name_dir = args.output_dir.join(&def.image.name.0);
-    let final_dir = name_dir.join(&ids.build);
-    let manifest_path = final_dir.join(FILE_NAME);
+    report_ids(&def, &ids, reporter);
+    let out = OutputDir::new(&opts.output_dir, &def, &ids);
+    if !opts.force {
+        if let Some(cached) = out.intact_build(reporter)? {
+            return Ok(BuildResult::Image(Box::new(cached)));
+        }
+    }
+
+    let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
+    let (base, base_cached) = ctx.step("base", |c| {
+        crate::base::ensure(&c.def, &answer, &c.ids, reporter)
+    })?;
+    let disk = ctx.step("bake", |c| {
+        crate::bake::bake(&c.bake_input(&base), reporter)
+    })?;
+    let artifacts = ctx.step("export", |c| {
+        crate::export::export(&c.def, &disk, c.staging.path(), reporter)
+    })?;
+    if !opts.no_verify {
+        ctx.step("verify", |c| c.verify(&artifacts, &disk))?;
+    }
+    crate::cancel::check()?;
+    ctx.timings
+        .insert("total".into(), started.elapsed().as_secs_f64());
+    let manifest = ctx.manifest(&base, artifacts);
+    ctx.publish(manifest, base_cached, &out)
+}
+
+/// Reports the build's layer ids.
+fn report_ids(def: &Definition, ids: &LayerIds, reporter: &Reporter) {
     reporter.event(
-        "ids",
+        Event::Ids,
         &format!(
             "{} {}: base {} bake {} build {}",
             def.image.name,
             def.image.version,
-            crate::layers::short(&ids.base),
-            crate::layers::short(&ids.bake),
-            crate::layers::short(&ids.build)
+            short(&ids.base),
+            short(&ids.bake),
+            short(&ids.build)
         ),
         json!({ "name": def.image.name.0, "ids": ids }),
     );
-    if manifest_path.is_file() && !args.force {
-        let manifest = Manifest::load(&manifest_path)?;
-        match manifest.quick_check(&manifest_path) {
-            Ok(()) => {
-                reporter.event(
-                    "cached",
-                    &format!(
-                        "build {} is up to date: {}",
-                        crate::layers::short(&ids.build),
-                        manifest_path.display()
-                    ),
-                    json!({ "manifest": manifest_path, "cached": true }),
-                );
-                return Ok(BuildResult::Image(Box::new(BuildOutcome {
-                    manifest_path,
-                    manifest,
-                    cached: true,
-                })));
-            }
-            Err(damage) => reporter.event(
-                "output_damaged",
-                &format!(
-                    "build {} is not intact, building it again: {damage}",
-                    crate::layers::short(&ids.build)
-                ),
-                json!({ "manifest": manifest_path, "problem": damage.to_string() }),
-            ),
+}
+
+/// Where a build's output goes: `<output>/<name>/<build-id>/`.
+struct OutputDir {
+    name_dir: PathBuf,
+    final_dir: PathBuf,
+    manifest_path: PathBuf,
+    build_id: String,
+}
+
+impl OutputDir {
+    fn new(root: &Path, def: &Definition, ids: &LayerIds) -> OutputDir {
+        let name_dir = root.join(&def.image.name.0);
+        let final_dir = name_dir.join(&ids.build);
+        OutputDir {
+            manifest_path: final_dir.join(FILE_NAME),
+            name_dir,
+            final_dir,
+            build_id: ids.build.clone(),
         }
     }
 
-    std::fs::create_dir_all(&name_dir)
-        .with_context(|| format!("cannot create {}", name_dir.display()))?;
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".partial-{}-", crate::layers::short(&ids.build)))
-        .tempdir_in(&name_dir)?;
-    let work_root = crate::sources::cache_dir().join("work");
-    std::fs::create_dir_all(&work_root)?;
-    let work = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&work_root)?;
-    let console_log = staging.path().join("console.log");
-
-    let t = Instant::now();
-    let (base, base_cached) = crate::base::ensure(&def, &answer, &ids, reporter)?;
-    timings.insert("base".to_string(), t.elapsed().as_secs_f64());
-
-    crate::cancel::check()?;
-    let t = Instant::now();
-    let disk = crate::bake::bake(
-        &crate::bake::BakeInput {
-            def: &def,
-            base: &base,
-            resolved: &resolved,
-            ids: &ids,
-            work: work.path(),
-            console_log: &console_log,
-        },
-        reporter,
-    )?;
-    timings.insert("bake".to_string(), t.elapsed().as_secs_f64());
-
-    crate::cancel::check()?;
-    let t = Instant::now();
-    let artifacts = crate::export::export(&def, &disk, staging.path(), reporter)?;
-    timings.insert("export".to_string(), t.elapsed().as_secs_f64());
-
-    crate::cancel::check()?;
-    if !args.no_verify {
-        let t = Instant::now();
-        let bootable = crate::manifest::bootable(&artifacts)
-            .map(|a| staging.path().join(&a.file))
-            .unwrap_or_else(|| disk.clone());
-        crate::verify::verify(
-            &bootable,
-            &def.machine,
-            &def.checks,
-            work.path(),
-            &console_log,
-            reporter,
-        )?;
-        timings.insert("verify".to_string(), t.elapsed().as_secs_f64());
+    /// The finished build already here, if its artifacts are intact; a damaged one is
+    /// reported and built again.
+    fn intact_build(&self, reporter: &Reporter) -> Result<Option<BuildOutcome>> {
+        if !self.manifest_path.is_file() {
+            return Ok(None);
+        }
+        let manifest = Manifest::load(&self.manifest_path)?;
+        let short_id = short(&self.build_id);
+        match manifest.quick_check(&self.manifest_path) {
+            Ok(()) => {
+                reporter.event(
+                    Event::Cached,
+                    &format!(
+                        "build {short_id} is up to date: {}",
+                        self.manifest_path.display()
+                    ),
+                    json!({ "manifest": self.manifest_path, "cached": true }),
+                );
+                Ok(Some(BuildOutcome {
+                    manifest_path: self.manifest_path.clone(),
+                    manifest,
+                    cached: true,
+                }))
+            }
+            Err(damage) => {
+                reporter.event(
+                    Event::OutputDamaged,
+                    &format!("build {short_id} is not intact, building it again: {damage}"),
+                    json!({ "manifest": self.manifest_path, "problem": damage.to_string() }),
+                );
+                Ok(None)
+            }
+        }
     }
-    crate::cancel::check()?;
-    timings.insert("total".to_string(), started.elapsed().as_secs_f64());
-
-    let mut tools = base.info.tools.clone();
-    tools.insert(
-        "qemu".to_string(),
-        crate::qemu::version().unwrap_or_default(),
-    );
-    tools.insert(
-        "accelerator".to_string(),
-        format!(
-            "{:?}",
-            crate::qemu::choose_accelerator(def.machine.accelerator)
-        )
-        .to_lowercase(),
-    );
-    let manifest = Manifest {
-        imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
-        name: def.image.name.0.clone(),
-        version: def.image.version.clone(),
-        description: def.image.description.clone(),
-        definition: args.file.clone(),
-        ids: ids.clone(),
-        service: resolved.service.as_ref().map(|s| ServiceRecord {
-            repo: def
-                .service
-                .as_ref()
-                .map(|d| d.repo.clone())
-                .unwrap_or_default(),
-            commit: s.commit.clone(),
-        }),
-        data_digest: resolved.data.as_ref().map(|d| d.digest().to_string()),
-        firmware: def.machine.firmware,
-        arch: def.os.arch,
-        disk_size: def.machine.disk_size.0,
-        artifacts,
-        built_at: crate::export::now_rfc3339(),
-        timings,
-        tools,
-        checks: def.checks.clone(),
-        publish: def.publish.clone(),
-        machine: Some(def.machine.clone()),
-    };
-    let mut value = serde_json::to_value(&manifest)?;
-    value["base_cached"] = json!(base_cached);
-    crate::atomic::write(
-        &staging.path().join(FILE_NAME),
-        serde_json::to_string_pretty(&value)?.as_bytes(),
-    )?;
-    publish_dir(staging, &final_dir)?;
-    Ok(BuildResult::Image(Box::new(BuildOutcome {
-        manifest_path,
-        manifest,
-        cached: false,
-    })))
 }
 
-/// Moves the finished staging directory to its final name, replacing an older one (`--force`).
-fn publish_dir(staging: tempfile::TempDir, final_dir: &Path) -> Result<()> {
-    if final_dir.exists() {
-        std::fs::remove_dir_all(final_dir)
-            .with_context(|| format!("cannot replace {}", final_dir.display()))?;
+/// What the steps of one build share; its temporary directories go when it is dropped.
+struct BuildContext<'a> {
+    opts: &'a BuildOptions,
+    def: Definition,
+    ids: LayerIds,
+    resolved: Resolved,
+    provenance: Provenance,
+    /// The output directory being assembled beside its final place.
+    staging: tempfile::TempDir,
+    /// QEMU's overlays and run directories.
+    work: tempfile::TempDir,
+    console_log: PathBuf,
+    timings: BTreeMap<String, f64>,
+    reporter: &'a Reporter,
+}
+
+impl<'a> BuildContext<'a> {
+    fn new(
+        opts: &'a BuildOptions,
+        def: Definition,
+        ids: LayerIds,
+        resolved: Resolved,
+        out: &OutputDir,
+        reporter: &'a Reporter,
+    ) -> Result<BuildContext<'a>> {
+        std::fs::create_dir_all(&out.name_dir)
+            .with_context(|| format!("cannot create {}", out.name_dir.display()))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".partial-{}-", short(&ids.build)))
+            .tempdir_in(&out.name_dir)?;
+        let work_root = crate::sources::cache_dir().join("work");
+        std::fs::create_dir_all(&work_root)?;
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&work_root)?;
+        Ok(BuildContext {
+            console_log: staging.path().join("console.log"),
+            provenance: Provenance::new(&def, &ids, &resolved),
+            opts,
+            def,
+            ids,
+            resolved,
+            staging,
+            work,
+            timings: BTreeMap::new(),
+            reporter,
+        })
     }
-    let path = staging.keep();
-    std::fs::rename(&path, final_dir)
-        .with_context(|| format!("cannot move the build to {}", final_dir.display()))?;
-    Ok(())
+
+    /// Runs one step of the pipeline: stops first if the build was interrupted, reports the
+    /// phase, and records how long the step took.
+    fn step<T>(&mut self, name: &str, run: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        crate::cancel::check()?;
+        self.reporter.phase(name);
+        let started = Instant::now();
+        let out = run(self)?;
+        self.timings
+            .insert(name.to_string(), started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    fn bake_input<'b>(&'b self, base: &'b BaseLayer) -> crate::bake::BakeInput<'b> {
+        crate::bake::BakeInput {
+            def: &self.def,
+            base,
+            resolved: &self.resolved,
+            provenance: &self.provenance,
+            work: self.work.path(),
+            console_log: &self.console_log,
+        }
+    }
+
+    /// Boots the exported image (or, with neither qcow2 nor raw, the baked disk) and runs the
+    /// definition's checks.
+    fn verify(&self, artifacts: &[ArtifactRecord], disk: &Path) -> Result<()> {
+        let bootable = crate::manifest::bootable(artifacts)
+            .map(|a| self.staging.path().join(&a.file))
+            .unwrap_or_else(|| disk.to_path_buf());
+        crate::verify::verify(
+            &bootable,
+            &self.def.machine,
+            &self.def.checks,
+            self.work.path(),
+            &self.console_log,
+            self.reporter,
+        )
+    }
+
+    fn manifest(&self, base: &BaseLayer, artifacts: Vec<ArtifactRecord>) -> Manifest {
+        let mut tools = base.info.tools.clone();
+        tools.insert(
+            "qemu".to_string(),
+            crate::qemu::version().unwrap_or_default(),
+        );
+        tools.insert(
+            "accelerator".to_string(),
+            format!(
+                "{:?}",
+                crate::qemu::choose_accelerator(self.def.machine.accelerator)
+            )
+            .to_lowercase(),
+        );
+        Manifest {
+            provenance: self.provenance.clone(),
+            description: self.def.image.description.clone(),
+            definition: self.opts.file.clone(),
+            firmware: self.def.machine.firmware,
+            arch: self.def.os.arch,
+            disk_size: self.def.machine.disk_size.0,
+            artifacts,
+            timings: self.timings.clone(),
+            tools,
+            checks: self.def.checks.clone(),
+            publish: self.def.publish.clone(),
+            machine: Some(self.def.machine.clone()),
+        }
+    }
+
+    /// Writes the manifest last and moves the finished directory to its final name, replacing
+    /// an older one (`--force`).
+    fn publish(
+        self,
+        manifest: Manifest,
+        base_cached: bool,
+        out: &OutputDir,
+    ) -> Result<BuildResult> {
+        let mut value = serde_json::to_value(&manifest)?;
+        value["base_cached"] = json!(base_cached);
+        crate::atomic::write(
+            &self.staging.path().join(FILE_NAME),
+            serde_json::to_string_pretty(&value)?.as_bytes(),
+        )?;
+        if out.final_dir.exists() {
+            std::fs::remove_dir_all(&out.final_dir)
+                .with_context(|| format!("cannot replace {}", out.final_dir.display()))?;
+        }
+        let path = self.staging.keep();
+        std::fs::rename(&path, &out.final_dir)
+            .with_context(|| format!("cannot move the build to {}", out.final_dir.display()))?;
+        Ok(BuildResult::Image(Box::new(BuildOutcome {
+            manifest_path: out.manifest_path.clone(),
+            manifest,
+            cached: false,
+        })))
+    }
 }

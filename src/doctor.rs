@@ -1,6 +1,6 @@
 //! `imgforge doctor`: what this host has for building images, and what to install if not.
 
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::process::{on_path, Command};
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -92,7 +92,7 @@ pub fn run(reporter: &Reporter) -> Result<()> {
     });
     for f in &findings {
         reporter.event(
-            "doctor",
+            Event::Doctor,
             &format!(
                 "{} {:<20} {}",
                 if f.ok { "ok  " } else { "MISS" },

@@ -7,6 +7,185 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Every kind of line `--json` prints, named in one style (snake_case). The names and the
+/// fields documented in the README are imgforge's interface for CI: a new kind may be added,
+/// none is renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The build's layer ids.
+    Ids,
+    /// A step of the command starts.
+    Phase,
+    /// The base layer was found in the cache.
+    BaseCached,
+    /// The build's HTTP server serves the answer file.
+    HttpServer,
+    /// The installer fetched its answer file (as it happens).
+    AnswerFileFetched,
+    /// The installer powered off; carries the HTTP server's request log.
+    Installed,
+    /// An artifact was written.
+    Artifact,
+    /// An artifact's bytes matched the build's digests.
+    ArtifactChecked,
+    /// A check passed, with the guest's evidence.
+    CheckPassed,
+    /// The build is already in the output directory and intact.
+    Cached,
+    /// The build in the output directory is not intact and is built again.
+    OutputDamaged,
+    /// The final manifest of a build (a result line).
+    Manifest,
+    /// The base layer of `build --base-only` (a result line).
+    Base,
+    /// A registered image of `build --register` (a result line).
+    Registered,
+    /// `verify` passed (a result line).
+    Verified,
+    /// The command failed (last line).
+    Error,
+    /// A definition is valid.
+    Valid,
+    /// A definition is invalid.
+    Invalid,
+    /// One fact of `imgforge doctor`.
+    Doctor,
+    /// An EBS snapshot upload started.
+    SnapshotStarted,
+    /// An upload finished.
+    Uploaded,
+    /// An image of this build already exists and is reused.
+    ImageReused,
+    /// The image was registered.
+    ImageRegistered,
+    /// The image is being copied to another region.
+    ImageCopied,
+    /// Another region already holds this build.
+    ImageCopyReused,
+    /// Rotate's plan.
+    Plan,
+    /// An instance is left alone, with the reason.
+    Skip,
+    /// Nothing to rotate.
+    Noop,
+    /// A replacement was launched.
+    Launch,
+    /// Replacements are in flight.
+    Waiting,
+    /// A replacement launched by an earlier run is taken up again.
+    Resume,
+    /// An instance was replaced.
+    Replaced,
+    /// An action failed.
+    Failed,
+    /// Something worth a look that does not stop the command.
+    Warning,
+    /// An Auto Scaling group grows to launch replacements.
+    AsgSurge,
+    /// An Auto Scaling group's instance refresh.
+    AsgRefresh,
+    /// The command's last line: what it did and its API calls.
+    Summary,
+    /// `prune` keeps an image, with the reasons.
+    Keep,
+    /// `prune` removes (or would remove) an image.
+    Remove,
+    /// `prune` removed an image.
+    Removed,
+}
+
+impl Event {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [Event; 40] = [
+        Event::Ids,
+        Event::Phase,
+        Event::BaseCached,
+        Event::HttpServer,
+        Event::AnswerFileFetched,
+        Event::Installed,
+        Event::Artifact,
+        Event::ArtifactChecked,
+        Event::CheckPassed,
+        Event::Cached,
+        Event::OutputDamaged,
+        Event::Manifest,
+        Event::Base,
+        Event::Registered,
+        Event::Verified,
+        Event::Error,
+        Event::Valid,
+        Event::Invalid,
+        Event::Doctor,
+        Event::SnapshotStarted,
+        Event::Uploaded,
+        Event::ImageReused,
+        Event::ImageRegistered,
+        Event::ImageCopied,
+        Event::ImageCopyReused,
+        Event::Plan,
+        Event::Skip,
+        Event::Noop,
+        Event::Launch,
+        Event::Waiting,
+        Event::Resume,
+        Event::Replaced,
+        Event::Failed,
+        Event::Warning,
+        Event::AsgSurge,
+        Event::AsgRefresh,
+        Event::Summary,
+        Event::Keep,
+        Event::Remove,
+        Event::Removed,
+    ];
+
+    /// The value of the `event` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Ids => "ids",
+            Event::Phase => "phase",
+            Event::BaseCached => "base_cached",
+            Event::HttpServer => "http_server",
+            Event::AnswerFileFetched => "answer_file_fetched",
+            Event::Installed => "installed",
+            Event::Artifact => "artifact",
+            Event::ArtifactChecked => "artifact_checked",
+            Event::CheckPassed => "check_passed",
+            Event::Cached => "cached",
+            Event::OutputDamaged => "output_damaged",
+            Event::Manifest => "manifest",
+            Event::Base => "base",
+            Event::Registered => "registered",
+            Event::Verified => "verified",
+            Event::Error => "error",
+            Event::Valid => "valid",
+            Event::Invalid => "invalid",
+            Event::Doctor => "doctor",
+            Event::SnapshotStarted => "snapshot_started",
+            Event::Uploaded => "uploaded",
+            Event::ImageReused => "image_reused",
+            Event::ImageRegistered => "image_registered",
+            Event::ImageCopied => "image_copied",
+            Event::ImageCopyReused => "image_copy_reused",
+            Event::Plan => "plan",
+            Event::Skip => "skip",
+            Event::Noop => "noop",
+            Event::Launch => "launch",
+            Event::Waiting => "waiting",
+            Event::Resume => "resume",
+            Event::Replaced => "replaced",
+            Event::Failed => "failed",
+            Event::Warning => "warning",
+            Event::AsgSurge => "asg_surge",
+            Event::AsgRefresh => "asg_refresh",
+            Event::Summary => "summary",
+            Event::Keep => "keep",
+            Event::Remove => "remove",
+            Event::Removed => "removed",
+        }
+    }
+}
+
 /// Where a command's progress and results go.
 pub struct Reporter {
     json: bool,
@@ -30,10 +209,10 @@ impl Reporter {
     }
 
     /// Reports an event: `kind` names it, `message` is for people, `fields` for machines.
-    pub fn event(&self, kind: &str, message: &str, fields: Value) {
+    pub fn event(&self, kind: Event, message: &str, fields: Value) {
         if self.json {
             let mut obj = json!({
-                "event": kind,
+                "event": kind.name(),
                 "message": message,
                 "elapsed_s": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             });
@@ -61,7 +240,11 @@ impl Reporter {
 
     /// Starts a phase: on a terminal a spinner shows it with the elapsed time.
     pub fn phase(&self, name: &str) {
-        self.event("phase", &format!("==> {name}"), json!({ "phase": name }));
+        self.event(
+            Event::Phase,
+            &format!("==> {name}"),
+            json!({ "phase": name }),
+        );
         if self.json || !std::io::stderr().is_terminal() {
             return;
         }

@@ -2,19 +2,12 @@
 //! each with its size and sha256, plus a `SHA256SUMS` file.
 
 use crate::definition::{Definition, DiskFormat};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::manifest::{ArtifactRecord, SUMS_FILE_NAME};
 use crate::process::Command;
 use crate::sources::sha256_file;
 use anyhow::Result;
 use std::path::Path;
-
-/// The current time in RFC 3339 (UTC).
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 /// `qemu-img convert` options for each format.
 fn convert_args(format: DiskFormat, compress: bool) -> Vec<&'static str> {
@@ -35,7 +28,6 @@ pub fn export(
     out_dir: &Path,
     reporter: &Reporter,
 ) -> Result<Vec<ArtifactRecord>> {
-    reporter.phase("export");
     let mut records = Vec::new();
     for &format in &def.output.formats {
         let file = format!(
@@ -54,7 +46,7 @@ pub fn export(
         let size = std::fs::metadata(&path)?.len();
         let sha256 = sha256_file(&path)?;
         reporter.event(
-            "artifact",
+            Event::Artifact,
             &format!("    {file}  {size} bytes  sha256 {sha256}"),
             serde_json::json!({ "file": file, "format": format, "size": size, "sha256": sha256 }),
         );

@@ -93,6 +93,9 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         .map(|i| json!({ "append": i.append, "boot_command": i.boot_command }));
     json!({
         "imgforge": env!("CARGO_PKG_VERSION"),
+        // What a cached base records (base.json) and holds; bases of another layout are not
+        // reused.
+        "base_layout": 2,
         "builder": def.builder,
         "os": def.os,
         "machine": {

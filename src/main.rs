@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use imgforge::definition::{Accelerator, Definition, DefinitionError};
-use imgforge::events::Reporter;
+use imgforge::events::{Event, Reporter};
 use imgforge::{build, layers, prune, register, render, rotate};
 use serde_json::json;
 use std::io::Write;
@@ -47,7 +47,7 @@ enum Command {
         file: PathBuf,
     },
     /// Build an image: base layer, bake, export, verify.
-    Build(build::BuildArgs),
+    Build(BuildArgs),
     /// Boot a built image and run its checks again.
     Verify {
         /// The build's manifest.json.
@@ -77,6 +77,28 @@ enum Command {
     Doctor,
 }
 
+/// Options of `imgforge build`.
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The image definition.
+    file: PathBuf,
+    /// Rebuild even if this build id is already in the output directory.
+    #[arg(long)]
+    force: bool,
+    /// Root of the output tree.
+    #[arg(long, default_value = "output")]
+    output_dir: PathBuf,
+    /// Do not boot the exported image to run its checks.
+    #[arg(long)]
+    no_verify: bool,
+    /// Build (or find) the base layer only, and report where it is.
+    #[arg(long)]
+    base_only: bool,
+    /// After the build, register the image with the definition's `[publish]` targets.
+    #[arg(long, conflicts_with = "base_only")]
+    register: bool,
+}
+
 /// Exit code for bad input (a definition error); 1 is any other failure.
 const EXIT_BAD_INPUT: u8 = 2;
 
@@ -90,7 +112,7 @@ fn main() -> ExitCode {
             reporter.finish();
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
-                let line = json!({ "event": "error", "message": format!("{e:#}") });
+                let line = json!({ "event": Event::Error.name(), "message": format!("{e:#}") });
                 let _ = writeln!(std::io::stdout(), "{line}");
             }
             eprintln!("error: {e:#}");
@@ -154,7 +176,14 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         }
         Command::Build(args) => {
             imgforge::cancel::install_handlers()?;
-            match build::build(&args, reporter)? {
+            let opts = build::BuildOptions {
+                file: args.file.clone(),
+                force: args.force,
+                output_dir: args.output_dir.clone(),
+                no_verify: args.no_verify,
+                base_only: args.base_only,
+            };
+            match build::build(&opts, reporter)? {
                 build::BuildResult::Image(outcome) => {
                     let human = format!(
                         "{} {}{}",
@@ -171,7 +200,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
                         }
                     );
                     let mut value = serde_json::to_value(&outcome.manifest)?;
-                    value["event"] = json!("manifest");
+                    value["event"] = json!(Event::Manifest.name());
                     value["cached"] = json!(outcome.cached);
                     value["manifest_path"] = json!(outcome.manifest_path);
                     reporter.result(&human, &value);
@@ -181,7 +210,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
                 }
                 build::BuildResult::Base { base, cached } => {
                     let value = json!({
-                        "event": "base",
+                        "event": Event::Base.name(),
                         "cached": cached,
                         "dir": base.dir,
                         "disk": base.disk(),
@@ -244,7 +273,7 @@ fn register_build(
             reporter,
         ))?;
         let mut value = serde_json::to_value(&image)?;
-        value["event"] = json!("registered");
+        value["event"] = json!(Event::Registered.name());
         reporter.result(&format!("registered: {}", image.image_id), &value);
     }
     Ok(())
@@ -266,7 +295,7 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
         });
         match outcome {
             Ok(def) => reporter.event(
-                "valid",
+                Event::Valid,
                 &format!(
                     "{}: ok ({} {})",
                     file.display(),
@@ -277,7 +306,7 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
             ),
             Err(e) => {
                 reporter.event(
-                    "invalid",
+                    Event::Invalid,
                     &format!("{e}"),
                     json!({ "file": file, "valid": false, "error": e.to_string() }),
                 );

@@ -1,8 +1,8 @@
 //! `manifest.json`: the record of one build, written next to its artifacts and read by
 //! `verify`, `register` and `rotate`.
 
-use crate::definition::{Arch, Check, DiskFormat, Firmware, Machine, Publish};
-use crate::layers::LayerIds;
+use crate::definition::{Arch, Check, Definition, DiskFormat, Firmware, Machine, Publish};
+use crate::layers::{LayerIds, Resolved};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -70,20 +70,17 @@ pub enum ArtifactError {
     },
 }
 
-/// Everything known about one build.
+/// Where a build came from. Computed once per build, then written into the image
+/// (`/etc/imgforge/build.json`, [`Provenance::image_record`]), into the manifest, and onto the
+/// registered image as tags ([`Provenance::tags`]), so the three always agree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct Provenance {
     /// imgforge version that built it.
     pub imgforge_version: String,
     /// Image name.
     pub name: String,
     /// Image version.
     pub version: String,
-    /// Image description.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// The definition file it was built from.
-    pub definition: PathBuf,
     /// Layer ids; `ids.build` names the output directory.
     pub ids: LayerIds,
     /// Service repository and commit, if a service was baked.
@@ -92,6 +89,83 @@ pub struct Manifest {
     /// Digest of the data snapshot (tarball sha256 or git commit), if one was baked.
     #[serde(default)]
     pub data_digest: Option<String>,
+    /// RFC 3339 time the build started its steps (after its ids were known).
+    pub built_at: String,
+}
+
+impl Provenance {
+    /// The provenance of building `def` with these ids and resolved sources, stamped now.
+    pub fn new(def: &Definition, ids: &LayerIds, resolved: &Resolved) -> Provenance {
+        Provenance {
+            imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
+            name: def.image.name.0.clone(),
+            version: def.image.version.clone(),
+            ids: ids.clone(),
+            service: resolved.service.as_ref().map(|s| ServiceRecord {
+                repo: def
+                    .service
+                    .as_ref()
+                    .map(|d| d.repo.clone())
+                    .unwrap_or_default(),
+                commit: s.commit.clone(),
+            }),
+            data_digest: resolved.data.as_ref().map(|d| d.digest().to_string()),
+            built_at: now_rfc3339(),
+        }
+    }
+
+    /// `/etc/imgforge/build.json` as the image carries it; `packages` is filled in inside the
+    /// image, where `dpkg-query` can list them.
+    pub fn image_record(&self, packages: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "version": self.version,
+            "build_id": self.ids.build,
+            "base_id": self.ids.base,
+            "bake_id": self.ids.bake,
+            "service": self.service,
+            "data_sha256": self.data_digest,
+            "imgforge_version": self.imgforge_version,
+            "built_at": self.built_at,
+            "packages": packages,
+        })
+    }
+
+    /// Cloud tags that carry the image's provenance (keys in [`crate::cloud::tags`]).
+    pub fn tags(&self) -> Vec<(String, String)> {
+        use crate::cloud::tags;
+        let mut t = vec![
+            (
+                "Name".to_string(),
+                format!("{}-{}", self.name, self.version),
+            ),
+            (tags::IMAGE.to_string(), self.name.clone()),
+            (tags::VERSION.to_string(), self.version.clone()),
+            (tags::BUILD_ID.to_string(), self.ids.build.clone()),
+            (tags::BASE_ID.to_string(), self.ids.base.clone()),
+            (tags::BAKE_ID.to_string(), self.ids.bake.clone()),
+        ];
+        if let Some(s) = &self.service {
+            t.push((tags::SERVICE_COMMIT.to_string(), s.commit.clone()));
+        }
+        if let Some(d) = &self.data_digest {
+            t.push((tags::DATA_DIGEST.to_string(), d.clone()));
+        }
+        t
+    }
+}
+
+/// Everything known about one build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Where the build came from (its fields sit at the top level of the JSON).
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    /// Image description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The definition file it was built from.
+    pub definition: PathBuf,
     /// Boot firmware the image expects.
     pub firmware: Firmware,
     /// CPU architecture.
@@ -100,8 +174,6 @@ pub struct Manifest {
     pub disk_size: u64,
     /// The exported disk images.
     pub artifacts: Vec<ArtifactRecord>,
-    /// RFC 3339 time the build finished.
-    pub built_at: String,
     /// Seconds spent in each phase.
     #[serde(default)]
     pub timings: BTreeMap<String, f64>,
@@ -140,6 +212,13 @@ pub struct ArtifactRecord {
     pub size: u64,
     /// sha256 of the file.
     pub sha256: String,
+}
+
+/// The current time in RFC 3339 (UTC).
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The artifact QEMU boots to verify a build: the qcow2 if there is one, else the raw.
@@ -284,29 +363,6 @@ impl Manifest {
             .find(|(_, name)| name.trim_start_matches('*') == file)
             .map(|(digest, _)| digest.to_string())
             .ok_or_else(|| problem(format!("{file} is not listed")))
-    }
-
-    /// Cloud tags that carry the image's provenance (keys in [`crate::cloud::tags`]).
-    pub fn provenance_tags(&self) -> Vec<(String, String)> {
-        use crate::cloud::tags;
-        let mut t = vec![
-            (
-                "Name".to_string(),
-                format!("{}-{}", self.name, self.version),
-            ),
-            (tags::IMAGE.to_string(), self.name.clone()),
-            (tags::VERSION.to_string(), self.version.clone()),
-            (tags::BUILD_ID.to_string(), self.ids.build.clone()),
-            (tags::BASE_ID.to_string(), self.ids.base.clone()),
-            (tags::BAKE_ID.to_string(), self.ids.bake.clone()),
-        ];
-        if let Some(s) = &self.service {
-            t.push((tags::SERVICE_COMMIT.to_string(), s.commit.clone()));
-        }
-        if let Some(d) = &self.data_digest {
-            t.push((tags::DATA_DIGEST.to_string(), d.clone()));
-        }
-        t
     }
 }
 

@@ -9,7 +9,7 @@ use crate::cloud::{
     self, describe_instances, format_age, parse_age, summary, tag, tags, ApiCalls, Clients,
     CloudArgs,
 };
-use crate::events::{table, Reporter};
+use crate::events::{table, Event, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_ec2::types::{Filter, Image};
@@ -149,7 +149,7 @@ pub async fn run(args: PruneArgs, reporter: &Reporter) -> Result<()> {
             Ok(snapshots) => {
                 removed += 1;
                 reporter.event(
-                    "removed",
+                    Event::Removed,
                     &format!(
                         "deregistered {id}, deleted snapshot(s) {}",
                         snapshots.join(", ")
@@ -160,7 +160,7 @@ pub async fn run(args: PruneArgs, reporter: &Reporter) -> Result<()> {
             Err(e) => {
                 let msg = format!("{id}: {e:#}");
                 reporter.event(
-                    "failed",
+                    Event::Failed,
                     &msg,
                     json!({ "image": id, "reason": format!("{e:#}") }),
                 );
@@ -515,11 +515,11 @@ fn report(reporter: &Reporter, images: &[Image], reasons: &Reasons, dry_run: boo
         if reporter.is_json() {
             let (kind, fields) = match reasons.get(id) {
                 Some(r) => (
-                    "keep",
+                    Event::Keep,
                     json!({ "image": id, "created": created, "build_id": build, "reasons": r }),
                 ),
                 None => (
-                    "remove",
+                    Event::Remove,
                     json!({ "image": id, "created": created, "build_id": build,
                             "snapshots": snapshots, "dry_run": dry_run }),
                 ),

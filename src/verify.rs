@@ -10,7 +10,7 @@
 //! disk, or a guest that stops fails verification at once, naming what was seen.
 
 use crate::definition::{Accelerator, Check, Machine};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
 use crate::process::Command;
 use crate::qemu::{append_console_section, free_port, Qmp, Vm, VmConfig};
@@ -42,7 +42,6 @@ pub fn verify(
     console_log: &Path,
     reporter: &Reporter,
 ) -> Result<()> {
-    reporter.phase("verify");
     if checks.is_empty() {
         reporter.println("    no checks defined: the image is not booted");
         return Ok(());
@@ -111,7 +110,7 @@ fn wait_for_checks(
             |(check, seen)| match run_check(check, ports, qmp.as_mut()) {
                 Ok(evidence) => {
                     reporter.event(
-                        "check_passed",
+                        Event::CheckPassed,
                         &format!("    check passed: {} ({evidence})", describe(check)),
                         serde_json::json!({ "check": check, "evidence": evidence }),
                     );
@@ -329,12 +328,13 @@ pub fn verify_manifest(
     })?;
     let disk = manifest.checked_artifact(manifest_path, record)?;
     reporter.event(
-        "artifact_checked",
+        Event::ArtifactChecked,
         &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
         serde_json::json!({ "file": record.file, "sha256": record.sha256 }),
     );
     let machine = verify_machine(&manifest, overrides);
     let work = tempfile::tempdir()?;
+    reporter.phase("verify");
     verify(
         &disk,
         &machine,
@@ -349,7 +349,7 @@ pub fn verify_manifest(
             manifest_path.display(),
             manifest.checks.len()
         ),
-        &serde_json::json!({ "event": "verified", "manifest": manifest_path, "checks": manifest.checks.len() }),
+        &serde_json::json!({ "event": Event::Verified.name(), "manifest": manifest_path, "checks": manifest.checks.len() }),
     );
     Ok(())
 }

@@ -215,7 +215,7 @@ async fn direct_upload_sends_only_nonzero_blocks_and_registering_again_reuses_th
     let again = result_line(&stdout);
     assert_eq!(again["reused"], true, "{again}");
     assert_eq!(again["image_id"], image_id.as_str());
-    assert!(stdout.contains("\"event\":\"image-reused\""), "{stdout}");
+    assert!(stdout.contains("\"event\":\"image_reused\""), "{stdout}");
     assert_eq!(snapshot_count(&ec2).await, snaps, "no new snapshot");
     assert_eq!(image_count(&ec2).await, images, "no new image");
 }
@@ -483,7 +483,7 @@ async fn copies_reach_each_region_once_and_a_rerun_reuses_them() {
     let again = result_line(&stdout);
     assert_eq!(again["reused"], true, "{again}");
     assert_eq!(again["copies"], first["copies"], "{stdout}");
-    assert!(!stdout.contains("\"event\":\"image-copied\""), "{stdout}");
+    assert!(!stdout.contains("\"event\":\"image_copied\""), "{stdout}");
     for (region, id) in &copies {
         assert_eq!(
             images_of_build(&moto, region, &build_id).await,

@@ -683,7 +683,7 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
     assert!(samples > 1);
     assert!(min >= 2, "running managed instances fell to {min}");
     let ev = events(&out);
-    assert_eq!(events_of(&ev, "asg-surge").len(), 2, "{out}");
+    assert_eq!(events_of(&ev, "asg_surge").len(), 2, "{out}");
     assert!(events_of(&ev, "warning").is_empty(), "{out}");
     assert!(
         events_of(&ev, "launch").is_empty(),

@@ -7,7 +7,7 @@
 
 use super::{BaseInfo, BaseStaging};
 use crate::definition::{BuilderKind, Definition};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
 use crate::process::Command;
 use crate::qemu::{Vm, VmConfig};
@@ -59,7 +59,7 @@ pub fn build(
         "answer_url": format!("{}/{}", server.guest_url(), answer.file_name),
     });
     reporter.event(
-        "http_server",
+        Event::HttpServer,
         &format!(
             "    serving the answer file at {}/{}",
             server.guest_url(),
@@ -102,7 +102,7 @@ pub fn build(
         if let Some(request) = server.first_fetch(answer.file_name) {
             fetched.set(Some(request.at_s));
             reporter.event(
-                "answer_file_fetched",
+                Event::AnswerFileFetched,
                 &format!(
                     "    the installer fetched {} after {:.1} s",
                     answer.file_name, request.at_s
@@ -145,7 +145,7 @@ pub fn build(
         );
     };
     reporter.event(
-        "installed",
+        Event::Installed,
         "    the installer powered off",
         json!({ "requests": server.requests() }),
     );
@@ -157,8 +157,7 @@ pub fn build(
     Ok(BaseInfo {
         id: staging.id.clone(),
         builder: BuilderKind::Installer,
-        root_uuid: String::new(),
-        kernel_cmdline: String::new(),
+        direct_boot: None,
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
         answer_file_fetched_after_s: Some(fetched_after_s),

@@ -12,7 +12,7 @@ mod installer;
 mod rootfs;
 
 use crate::definition::{BuilderKind, Definition};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};
 use crate::process::Command;
 use crate::render::AnswerFile;
@@ -27,10 +27,9 @@ pub struct BaseInfo {
     pub id: String,
     /// Which builder made it.
     pub builder: BuilderKind,
-    /// UUID of the root filesystem.
-    pub root_uuid: String,
-    /// Kernel command line that boots the disk directly (without `init=`).
-    pub kernel_cmdline: String,
+    /// How to boot it without firmware, with the bake init as PID 1 (the rootfs builder's
+    /// bases); `None` for a base that boots only through its own firmware and boot loader.
+    pub direct_boot: Option<DirectBoot>,
     /// Seconds the build took.
     pub build_seconds: f64,
     /// Tool versions used.
@@ -39,6 +38,15 @@ pub struct BaseInfo {
     /// in seconds after the server started (just before the installer's VM).
     #[serde(default)]
     pub answer_file_fetched_after_s: Option<f64>,
+}
+
+/// What a base with the bake init needs to boot from its kernel and initrd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectBoot {
+    /// UUID of the root filesystem.
+    pub root_uuid: String,
+    /// Kernel command line that boots the disk directly (without `init=`).
+    pub kernel_cmdline: String,
 }
 
 /// A base layer in the cache.
@@ -165,7 +173,7 @@ pub fn ensure(
 ) -> Result<(BaseLayer, bool)> {
     if let Some(base) = BaseLayer::open(&ids.base) {
         reporter.event(
-            "base_cached",
+            Event::BaseCached,
             &format!(
                 "base layer {} is cached: the OS is not rebuilt",
                 short(&ids.base)

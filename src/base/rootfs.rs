@@ -3,7 +3,7 @@
 //! `mkfs.ext4 -d` fills the root filesystem at its offset, GRUB's core image goes into the MBR
 //! gap (BIOS) or onto a FAT EFI system partition written with mtools (UEFI).
 
-use super::{BaseInfo, BaseStaging};
+use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::bake_protocol::{self, sh_quote};
 use crate::definition::{Definition, Firmware};
 use crate::events::Reporter;
@@ -95,8 +95,10 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     Ok(BaseInfo {
         id: staging.id.clone(),
         builder: crate::definition::BuilderKind::Rootfs,
-        root_uuid: uuid.clone(),
-        kernel_cmdline: kernel_cmdline(&uuid),
+        direct_boot: Some(DirectBoot {
+            kernel_cmdline: kernel_cmdline(&uuid),
+            root_uuid: uuid,
+        }),
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
         answer_file_fetched_after_s: None,

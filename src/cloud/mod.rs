@@ -6,7 +6,7 @@ mod calls;
 
 pub use calls::{ApiCalls, Clients};
 
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -122,7 +122,7 @@ pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: ser
         o.insert("api_calls_by_operation".into(), calls.by_operation());
     }
     reporter.event(
-        "summary",
+        Event::Summary,
         &format!("{message} ({} API calls)", calls.total()),
         fields,
     );

@@ -5,6 +5,7 @@
 //! the snapshot is `completed`. A failed upload deletes its snapshot unless asked to keep it.
 
 use super::{sdk_error, Progress};
+use crate::events::Event;
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_ebs::operation::put_snapshot_block::PutSnapshotBlockError;
 use aws_sdk_ebs::primitives::ByteStream;
@@ -123,7 +124,7 @@ impl SnapshotUploader {
             .snapshot_id
             .ok_or_else(|| anyhow!("EBS StartSnapshot returned no snapshot id"))?;
         progress.event(
-            "snapshot-started",
+            Event::SnapshotStarted,
             &format!("started snapshot {snapshot_id} ({volume_size_gib} GiB)"),
             serde_json::json!({ "snapshot_id": snapshot_id, "volume_size_gib": volume_size_gib }),
         );

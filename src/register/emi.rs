@@ -6,7 +6,7 @@
 use super::ami::{self, Flavor, ImageSpec, Root};
 use super::bundle::{self, BundleKeys, BundleSpec};
 use super::{sdk_error, EucaKeys, Progress, UploadStats};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::primitives::ByteStream;
@@ -125,7 +125,7 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
         hash_seconds: 0.0,
     };
     reporter.event(
-        "uploaded",
+        Event::Uploaded,
         &format!(
             "uploaded {} parts ({} bytes) and the manifest to s3://{location} in {seconds:.1} s",
             made.parts.len(),

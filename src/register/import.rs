@@ -4,7 +4,7 @@
 
 use super::emi::check_bucket;
 use super::{sdk_error, Progress, UploadStats};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::import_snapshot::builders::ImportSnapshotFluentBuilder;
@@ -56,7 +56,7 @@ pub async fn import(i: &Import<'_>, reporter: &Reporter) -> Result<(String, i32,
     reporter.phase("register: multipart upload to S3");
     let stats = upload(i, reporter).await?;
     reporter.event(
-        "uploaded",
+        Event::Uploaded,
         &format!(
             "uploaded {} bytes to s3://{}/{} in {:.1} s",
             stats.bytes_sent, i.bucket, i.key, stats.seconds

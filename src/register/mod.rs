@@ -20,7 +20,7 @@ pub mod import;
 
 use crate::cloud::{self, CloudArgs};
 use crate::definition::{DiskFormat, Firmware};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
 use ami::{BootMode, Flavor, ImageSpec, Root};
 use anyhow::{anyhow, bail, Context, Result};
@@ -334,12 +334,12 @@ pub async fn register_manifest(
     if opts.target == Target::Ami {
         spec.validate()?;
     }
-    let build_id = &manifest.ids.build;
+    let build_id = &manifest.provenance.ids.build;
 
     reporter.phase("register: look for an image of this build");
     if let Some(image_id) = ami::find_existing(&ec2, build_id).await? {
         reporter.event(
-            "image-reused",
+            Event::ImageReused,
             &format!("{image_id} already holds build {build_id}; reusing it, nothing uploaded"),
             json!({ "image_id": image_id, "build_id": build_id }),
         );
@@ -419,7 +419,7 @@ pub async fn register_manifest(
                     image: raw.path.clone(),
                     volume_size: manifest.disk_size,
                     description: format!("{} (imgforge build {build_id})", spec.name),
-                    tags: manifest.provenance_tags(),
+                    tags: manifest.provenance.tags(),
                 };
                 let done = uploader.upload(&req, &params, &progress).await?;
                 progress.finish();
@@ -430,7 +430,7 @@ pub async fn register_manifest(
                     hash_seconds: done.hash_seconds,
                 };
                 reporter.event(
-                    "uploaded",
+                    Event::Uploaded,
                     &format!(
                         "snapshot {}: {} of {} blocks sent in {:.1} s (hashing {:.2} CPU s)",
                         done.snapshot_id,
@@ -457,7 +457,7 @@ pub async fn register_manifest(
                         bucket,
                         key: &format!("imgforge/{build_id}/{}.raw", spec.name),
                         description: &spec.name,
-                        tags: &manifest.provenance_tags(),
+                        tags: &manifest.provenance.tags(),
                         concurrency: opts.concurrency.clamp(1, 16),
                         keep_partial: opts.keep_partial,
                         disk_size: manifest.disk_size,
@@ -489,7 +489,7 @@ pub async fn register_manifest(
         out.upload = Some(stats);
     }
     reporter.event(
-        "image-registered",
+        Event::ImageRegistered,
         &format!("registered {} as {}", spec.name, out.image_id),
         json!({ "image_id": out.image_id, "build_id": build_id, "name": spec.name }),
     );
@@ -533,9 +533,9 @@ async fn share_and_copy(
         };
         reporter.event(
             if copied {
-                "image-copied"
+                Event::ImageCopied
             } else {
-                "image-copy-reused"
+                Event::ImageCopyReused
             },
             &message,
             json!({ "region": region, "image_id": id }),
@@ -591,13 +591,18 @@ fn arch_name(manifest: &Manifest) -> &'static str {
 
 /// What RegisterImage is told about this build.
 pub fn image_spec(manifest: &Manifest, opts: &RegisterOptions) -> ImageSpec {
-    let short = &manifest.ids.build[..manifest.ids.build.len().min(12)];
+    let short = &manifest.provenance.ids.build[..manifest.provenance.ids.build.len().min(12)];
     ImageSpec {
-        name: format!("{}-{}-{short}", manifest.name, manifest.version),
-        description: manifest
-            .description
-            .clone()
-            .unwrap_or_else(|| format!("{} {} built by imgforge", manifest.name, manifest.version)),
+        name: format!(
+            "{}-{}-{short}",
+            manifest.provenance.name, manifest.provenance.version
+        ),
+        description: manifest.description.clone().unwrap_or_else(|| {
+            format!(
+                "{} {} built by imgforge",
+                manifest.provenance.name, manifest.provenance.version
+            )
+        }),
         arch: arch_name(manifest).into(),
         boot_mode: opts.boot_mode.unwrap_or(match manifest.firmware {
             Firmware::Bios => BootMode::LegacyBios,
@@ -605,13 +610,16 @@ pub fn image_spec(manifest: &Manifest, opts: &RegisterOptions) -> ImageSpec {
         }),
         imds_v2: opts.imds_v2,
         tpm: opts.tpm,
-        tags: manifest.provenance_tags(),
+        tags: manifest.provenance.tags(),
     }
 }
 
 fn bundle_prefix(manifest: &Manifest) -> String {
-    let short = &manifest.ids.build[..manifest.ids.build.len().min(12)];
-    format!("{}-{}-{short}", manifest.name, manifest.version)
+    let short = &manifest.provenance.ids.build[..manifest.provenance.ids.build.len().min(12)];
+    format!(
+        "{}-{}-{short}",
+        manifest.provenance.name, manifest.provenance.version
+    )
 }
 
 /// The artifact a registration uploads: the raw one, else the qcow2 one, checked against the
@@ -639,7 +647,7 @@ impl SourceImage {
         reporter.phase("register: check the artifact against the build's digests");
         let path = manifest.checked_artifact(manifest_path, record)?;
         reporter.event(
-            "artifact_checked",
+            Event::ArtifactChecked,
             &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
             json!({ "file": record.file, "sha256": record.sha256 }),
         );
@@ -782,7 +790,7 @@ impl<'a> Progress<'a> {
     }
 
     /// An event (JSON line, or a line for people above the bar).
-    pub fn event(&self, kind: &str, message: &str, fields: Value) {
+    pub fn event(&self, kind: Event, message: &str, fields: Value) {
         if self.reporter.is_json() {
             self.reporter.event(kind, message, fields);
         } else {

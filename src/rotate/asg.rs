@@ -9,7 +9,7 @@
 
 use super::plan::{Action, Item, Plan};
 use crate::cloud::{describe_instances, Clients};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, RefreshPreferences};
 use aws_sdk_ec2::types::Filter;
@@ -129,7 +129,7 @@ async fn step(
             .await
             .with_context(|| format!("cannot raise the desired capacity of {name}"))?;
         reporter.event(
-            "asg-surge",
+            Event::AsgSurge,
             &format!("{name}: desired capacity {desired} → {}", desired + surge),
             json!({ "group": name, "desired": desired + surge }),
         );
@@ -172,7 +172,7 @@ async fn step(
             terminate_member(clients, &item.id).await?;
             done += 1;
             reporter.event(
-                "replaced",
+                Event::Replaced,
                 &format!(
                     "{name}: {} terminated, new member(s) {} in service",
                     item.id,
@@ -207,7 +207,7 @@ async fn warn_if_not_on(
         if image != target {
             let id = i.instance_id().unwrap_or("?");
             reporter.event(
-                "warning",
+                Event::Warning,
                 &format!(
                     "{name}: new member {id} runs {image}, not the target {target}: point the \
                      group's launch template at {target} and rotate again"
@@ -265,7 +265,7 @@ async fn refresh(
         .context("StartInstanceRefresh returned no id")?
         .to_string();
     reporter.event(
-        "asg-refresh",
+        Event::AsgRefresh,
         &format!("{name}: instance refresh {id} started for {old} old member(s)"),
         json!({ "group": name, "refresh": id, "min_healthy": min, "max_healthy": max }),
     );

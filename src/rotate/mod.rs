@@ -13,7 +13,7 @@ pub mod plan;
 pub mod replace;
 
 use crate::cloud::{self, parse_age, summary, ApiCalls, CloudArgs};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{bail, Result};
 use aws_sdk_ec2::types::Filter;
 use serde_json::json;
@@ -139,7 +139,7 @@ pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
     }
     if plan.is_noop() {
         reporter.event(
-            "noop",
+            Event::Noop,
             &format!(
                 "nothing to do: none of the {} managed instance(s) needs replacing",
                 plan.items.len()

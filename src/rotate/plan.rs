@@ -6,7 +6,7 @@
 use crate::cloud::tags;
 use crate::cloud::{self, describe_instances, format_age, tag, Clients};
 use crate::events::table;
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, Image, Instance};
 use futures::{stream, StreamExt, TryStreamExt};
@@ -169,7 +169,7 @@ impl Plan {
                 })
                 .collect();
             reporter.event(
-                "plan",
+                Event::Plan,
                 &format!("{} managed instance(s)", self.items.len()),
                 json!({ "instances": items, "floor": self.floor, "healthy": self.healthy,
                         "max_age_s": self.max_age.as_secs() }),
@@ -188,7 +188,7 @@ impl Plan {
         for i in &self.items {
             if let Action::Skip { reason } = &i.action {
                 reporter.event(
-                    "skip",
+                    Event::Skip,
                     &format!("skipped {}: {reason}", i.id),
                     json!({ "instance": i.id, "reason": reason }),
                 );

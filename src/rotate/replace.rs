@@ -11,7 +11,7 @@
 use super::health::{AddressKind, HealthCheck};
 use super::plan::{Action, Item, Plan, Target};
 use crate::cloud::{self, tags, Clients};
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
@@ -116,7 +116,7 @@ pub async fn execute(
                     Err(e) => {
                         let msg = format!("cannot launch a replacement for {}: {e:#}", item.id);
                         reporter.event(
-                            "failed",
+                            Event::Failed,
                             &msg,
                             json!({ "instance": item.id, "reason": msg }),
                         );
@@ -173,7 +173,7 @@ pub async fn execute(
                     f.new_id
                 );
                 reporter.event(
-                    "failed",
+                    Event::Failed,
                     &msg,
                     json!({ "instance": old, "replacement": f.new_id, "reason": reason }),
                 );
@@ -194,7 +194,7 @@ pub async fn execute(
                     .find(|f| f.item.id == old)
                     .expect("in flight");
                 reporter.event(
-                    "replaced",
+                    Event::Replaced,
                     &format!(
                         "{old} replaced by {} (healthy after {}s); terminated {old}",
                         f.new_id,
@@ -217,7 +217,7 @@ pub async fn execute(
         if !inflight.is_empty() && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             reporter.event(
-                "waiting",
+                Event::Waiting,
                 &format!(
                     "waiting for {} replacement(s), {} queued: {waiting}",
                     inflight.len(),
@@ -242,7 +242,7 @@ async fn start(
 ) -> Result<String> {
     if let Action::Resume { replacement } = &item.action {
         reporter.event(
-            "resume",
+            Event::Resume,
             &format!(
                 "{}: found its replacement {replacement} from an earlier run",
                 item.id
@@ -326,7 +326,7 @@ async fn start(
         .context("RunInstances returned no instance")?
         .to_string();
     reporter.event(
-        "launch",
+        Event::Launch,
         &format!(
             "{}: launched replacement {new_id} from {}",
             item.id, target.image_id
