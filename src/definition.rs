@@ -35,6 +35,18 @@ pub enum DefinitionError {
         /// What was wrong and what was expected.
         message: String,
     },
+    /// The answer file cannot be rendered from the definition; the message names the template
+    /// and its line, or the definition's field.
+    #[error("{path}: the answer file cannot be rendered: {message}")]
+    Render {
+        /// The definition file.
+        path: PathBuf,
+        /// What went wrong, located in the template or the definition.
+        message: String,
+    },
+    /// Several problems in one definition, each with its own location.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<DefinitionError>),
     /// Some of several definitions were invalid (each was reported as it was read).
     #[error("{invalid} of {total} definitions are invalid")]
     Several {
@@ -546,9 +558,9 @@ pub struct AwsTarget {
     /// Attach a TPM 2.0.
     #[serde(default)]
     pub tpm: bool,
-    /// `direct` (EBS direct APIs) or `import` (S3 + ImportSnapshot).
+    /// `direct` (EBS direct APIs, the default) or `import` (S3 + ImportSnapshot).
     #[serde(default)]
-    pub upload: Option<String>,
+    pub upload: UploadPath,
     /// Bucket for the `import` path.
     #[serde(default)]
     pub bucket: Option<String>,
@@ -576,8 +588,18 @@ pub struct EucalyptusTarget {
     /// The user's private key (PEM).
     pub private_key: PathBuf,
     /// The user's account id recorded in the bundle manifest.
-    #[serde(default)]
-    pub user: Option<String>,
+    pub user: String,
+}
+
+/// How an AMI's snapshot is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadPath {
+    /// The EBS direct APIs: only non-zero blocks are sent.
+    #[default]
+    Direct,
+    /// S3 multipart upload, then ImportSnapshot (needs the `vmimport` role and a bucket).
+    Import,
 }
 
 /// A lowercase sha256 digest in hex.
@@ -805,70 +827,91 @@ impl Definition {
     }
 
     /// Checks rules that span several fields, locating the error at the named table or key.
+    /// Checks what no single field can: every problem is reported, each at its own line.
     fn check_consistency(&self, text: &str) -> Result<(), DefinitionError> {
-        let fail = |field: &str, message: String| {
-            let (line, column) = locate_field(text, field);
-            Err(DefinitionError::Invalid {
-                path: self.path.clone(),
-                line,
-                column,
-                field: field.to_string(),
-                message,
+        let problems: Vec<DefinitionError> = self
+            .consistency_problems()
+            .into_iter()
+            .map(|(field, message)| {
+                let (line, column) = locate_field(text, &field);
+                DefinitionError::Invalid {
+                    path: self.path.clone(),
+                    line,
+                    column,
+                    field,
+                    message,
+                }
             })
-        };
+            .collect();
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.into_iter().next().expect("one problem")),
+            _ => Err(DefinitionError::Problems(problems)),
+        }
+    }
+
+    /// (field, what is wrong) for each rule the definition breaks.
+    fn consistency_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut fail =
+            |field: &str, message: &str| problems.push((field.to_string(), message.to_string()));
         match (self.builder.kind, &self.installer) {
-            (BuilderKind::Installer, None) => {
-                return fail(
-                    "builder.kind",
-                    "builder `installer` needs an [installer] table with `kernel` and `initrd`, or `iso`".into(),
-                )
-            }
+            (BuilderKind::Installer, None) => fail(
+                "builder.kind",
+                "builder `installer` needs an [installer] table with `kernel` and `initrd`, or `iso`",
+            ),
             (BuilderKind::Installer, Some(i)) => {
                 let kernel_boot = i.kernel.is_some() && i.initrd.is_some();
                 if !kernel_boot && i.iso.is_none() {
-                    return fail(
+                    fail(
                         "installer",
-                        "give both `kernel` and `initrd` (direct kernel boot) or `iso`".into(),
+                        "give both `kernel` and `initrd` (direct kernel boot) or `iso`",
                     );
                 }
                 if i.iso.is_some() && !kernel_boot && i.boot_command.is_empty() {
-                    return fail(
+                    fail(
                         "installer.boot_command",
-                        "ISO boot needs a boot_command, like [\"<esc><wait>\", \"auto url={{http_url}}/answer<enter>\"]".into(),
+                        "ISO boot needs a boot_command, like [\"<esc><wait>\", \"auto url={{http_url}}/answer<enter>\"]",
                     );
                 }
             }
-            (BuilderKind::Rootfs, _) if self.os.family != OsFamily::Debian => {
-                return fail(
-                    "builder.kind",
-                    "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel".into(),
-                )
-            }
+            (BuilderKind::Rootfs, _) if self.os.family != OsFamily::Debian => fail(
+                "builder.kind",
+                "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel",
+            ),
             _ => {}
         }
         for (field, artifact) in self.artifacts() {
             if artifact.path.is_some() == artifact.url.is_some() {
-                return fail(&field, "give exactly one of `path` or `url`".into());
+                fail(&field, "give exactly one of `path` or `url`");
             }
         }
         if let Some(data) = &self.data {
             if data.tarball.is_some() == data.git.is_some() {
-                return fail("data", "give exactly one of `tarball` or `git`".into());
+                fail("data", "give exactly one of `tarball` or `git`");
             }
         }
         if self.output.formats.is_empty() {
-            return fail(
+            fail(
                 "output.formats",
-                "name at least one of qcow2, raw, vmdk, vhd".into(),
+                "name at least one of qcow2, raw, vmdk, vhd",
             );
         }
         if self.builder.kind == BuilderKind::Rootfs
             && self.machine.firmware == Firmware::Uefi
             && self.machine.disk_size.mib() < 1024
         {
-            return fail("machine.disk_size", "a UEFI disk needs at least 1G".into());
+            fail("machine.disk_size", "a UEFI disk needs at least 1G");
         }
-        Ok(())
+        if let Some(aws) = &self.publish.aws {
+            if aws.upload == UploadPath::Import && aws.bucket.is_none() {
+                fail(
+                    "publish.aws.upload",
+                    "`import` uploads through S3: name the bucket with `bucket = \"…\"`",
+                );
+            }
+        }
+        problems
     }
 
     /// Every pinned file of the definition with the dotted name of its field.

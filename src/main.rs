@@ -284,11 +284,8 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
     let mut invalid = 0;
     for file in files {
         let outcome = Definition::load(file).and_then(|def| {
-            render::render(&def).map_err(|e| DefinitionError::Invalid {
+            render::render(&def).map_err(|e| DefinitionError::Render {
                 path: file.clone(),
-                line: 1,
-                column: 1,
-                field: "installer.template".into(),
                 message: format!("{e:#}"),
             })?;
             Ok(def)

@@ -486,3 +486,71 @@ fn validation_errors_are_printed_once() {
     assert_eq!(err.matches("unknown variant `chroot`").count(), 1, "{err}");
     assert!(err.contains("1 of 1 definitions are invalid"), "{err}");
 }
+
+#[test]
+fn every_consistency_problem_is_reported_at_its_own_line() {
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[machine]\nfirmware = \"uefi\"\ndisk_size = \"512M\"\n\n[output]\nformats = []\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("DIR/bad.toml:18:1: field `machine.disk_size`: a UEFI disk needs at least 1G"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DIR/bad.toml:21:1: field `output.formats`: name at least one"),
+        "{err}"
+    );
+}
+
+#[test]
+fn publish_targets_are_checked_before_any_build() {
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[publish.aws]\nregion = \"us-east-1\"\nupload = \"ftp\"\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("DIR/bad.toml:18:10: field `publish.aws.upload`")
+            && err.contains("unknown variant `ftp`"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[publish.aws]\nregion = \"us-east-1\"\nupload = \"import\"\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `publish.aws.upload`") && err.contains("name the bucket"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[publish.eucalyptus]\nendpoint = \"http://euca:8773/\"\nbucket = \"b\"\n\
+         cloud_cert = \"c.pem\"\ncert = \"u.pem\"\nprivate_key = \"k.pem\"\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `publish.eucalyptus`") && err.contains("missing field `user`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_template_error_is_located_in_the_template_not_the_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("t.hbs"),
+        "d-i debian-installer/locale string en_US\nd-i netcfg/get_hostname string {{hostnam}}\n",
+    )
+    .unwrap();
+    let def = GOOD.replace("kind = \"rootfs\"", "kind = \"installer\"")
+        + "\n[installer]\niso = { path = \"x.iso\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\nboot_command = [\"<enter>\"]\ntemplate = \"t.hbs\"\n";
+    fs::write(dir.path().join("d.toml"), def).unwrap();
+    let (code, _, err) = run(imgforge().arg("validate").arg(dir.path().join("d.toml")));
+    assert_eq!(code, 2, "{err}");
+    let err = err.replace(&dir.path().display().to_string(), "DIR");
+    assert!(
+        err.contains("DIR/d.toml: the answer file cannot be rendered: DIR/t.hbs: line 2"),
+        "{err}"
+    );
+    assert!(err.contains("hostnam"), "{err}");
+    assert!(!err.contains(":1:1:"), "no made-up location: {err}");
+}

@@ -23,7 +23,7 @@ use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
 use ami::{BootMode, Flavor, ImageSpec, Root};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -44,15 +44,7 @@ pub enum Target {
     Emi,
 }
 
-/// How an AMI's snapshot is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UploadPath {
-    /// The EBS direct APIs (default): only non-zero blocks are sent.
-    Direct,
-    /// S3 multipart upload, then ImportSnapshot (needs the `vmimport` role).
-    Import,
-}
+pub use crate::definition::UploadPath;
 
 /// `imgforge register`.
 #[derive(Debug, clap::Args)]
@@ -209,14 +201,7 @@ impl RegisterOptions {
             o.imds_v2 = aws.imds_v2;
             o.tpm = aws.tpm;
             o.bucket = aws.bucket.clone();
-            o.upload = match aws.upload.as_deref() {
-                None | Some("direct") => UploadPath::Direct,
-                Some("import") => UploadPath::Import,
-                Some(other) => bail!(
-                    "{}: [publish.aws] upload = `{other}`: expected `direct` or `import`",
-                    manifest.definition.display()
-                ),
-            };
+            o.upload = aws.upload;
             out.push(o);
         }
         if let Some(e) = &manifest.publish.eucalyptus {
@@ -228,12 +213,7 @@ impl RegisterOptions {
                 cloud_cert: base.join(&e.cloud_cert),
                 cert: base.join(&e.cert),
                 private_key: base.join(&e.private_key),
-                user: e.user.clone().ok_or_else(|| {
-                    anyhow!(
-                        "{}: [publish.eucalyptus] needs `user` (the account id) for the bundle",
-                        manifest.definition.display()
-                    )
-                })?,
+                user: e.user.clone(),
             });
             out.push(o);
         }
