@@ -592,7 +592,7 @@ pub struct EucalyptusTarget {
 }
 
 /// How an AMI's snapshot is made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UploadPath {
     /// The EBS direct APIs: only non-zero blocks are sent.
@@ -600,6 +600,17 @@ pub enum UploadPath {
     Direct,
     /// S3 multipart upload, then ImportSnapshot (needs the `vmimport` role and a bucket).
     Import,
+}
+
+impl std::str::FromStr for UploadPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(UploadPath::Direct),
+            "import" => Ok(UploadPath::Import),
+            _ => Err(format!("`{s}`: use direct or import")),
+        }
+    }
 }
 
 /// A lowercase sha256 digest in hex.

@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use imgforge::definition::{Accelerator, Definition, DefinitionError};
 use imgforge::events::{Event, Reporter};
 use imgforge::{build, layers, prune, register, render, rotate};
+
+mod cli;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,7 +49,7 @@ enum Command {
         file: PathBuf,
     },
     /// Build an image: base layer, bake, export, verify.
-    Build(BuildArgs),
+    Build(cli::BuildArgs),
     /// Boot a built image and run its checks again.
     Verify {
         /// The build's manifest.json.
@@ -66,37 +68,15 @@ enum Command {
         boot_timeout: Option<std::time::Duration>,
     },
     /// Register a built image as an AMI or EMI.
-    Register(register::RegisterArgs),
+    Register(cli::RegisterArgs),
     /// Turn a Eucalyptus bundle back into the image.
-    Unbundle(register::UnbundleArgs),
+    Unbundle(cli::UnbundleArgs),
     /// Replace instances older than a maximum age with instances of the newest image.
-    Rotate(rotate::RotateArgs),
+    Rotate(cli::RotateArgs),
     /// Deregister old images and delete their snapshots.
-    Prune(prune::PruneArgs),
+    Prune(cli::PruneArgs),
     /// Report what this host has for building images.
     Doctor,
-}
-
-/// Options of `imgforge build`.
-#[derive(clap::Args)]
-struct BuildArgs {
-    /// The image definition.
-    file: PathBuf,
-    /// Rebuild even if this build id is already in the output directory.
-    #[arg(long)]
-    force: bool,
-    /// Root of the output tree.
-    #[arg(long, default_value = "output")]
-    output_dir: PathBuf,
-    /// Do not boot the exported image to run its checks.
-    #[arg(long)]
-    no_verify: bool,
-    /// Build (or find) the base layer only, and report where it is.
-    #[arg(long)]
-    base_only: bool,
-    /// After the build, register the image with the definition's `[publish]` targets.
-    #[arg(long, conflicts_with = "base_only")]
-    register: bool,
 }
 
 /// Exit code for bad input (a definition error); 1 is any other failure.
@@ -176,14 +156,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         }
         Command::Build(args) => {
             imgforge::cancel::install_handlers()?;
-            let opts = build::BuildOptions {
-                file: args.file.clone(),
-                force: args.force,
-                output_dir: args.output_dir.clone(),
-                no_verify: args.no_verify,
-                base_only: args.base_only,
-            };
-            match build::build(&opts, reporter)? {
+            match build::build(&args.options(), reporter)? {
                 build::BuildResult::Image(outcome) => {
                     let human = format!(
                         "{} {}{}",
@@ -244,10 +217,26 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             };
             imgforge::verify::verify_manifest(&manifest, &overrides, reporter)
         }
-        Command::Register(args) => runtime()?.block_on(register::run(args, reporter)),
-        Command::Unbundle(args) => register::unbundle(args, reporter),
-        Command::Rotate(args) => runtime()?.block_on(rotate::run(args, reporter)),
-        Command::Prune(args) => runtime()?.block_on(prune::run(args, reporter)),
+        Command::Register(args) => {
+            let opts = args.options()?;
+            let image = runtime()?.block_on(register::register_manifest(
+                &args.manifest,
+                &opts,
+                reporter,
+            ))?;
+            let human = if image.reused {
+                format!("{} (existing image of this build)", image.image_id)
+            } else {
+                image.image_id.clone()
+            };
+            reporter.result(&human, &serde_json::to_value(&image)?);
+            Ok(())
+        }
+        Command::Unbundle(args) => {
+            register::unbundle(&args.manifest, &args.private_key, &args.output, reporter)
+        }
+        Command::Rotate(args) => runtime()?.block_on(rotate::run(args.options(), reporter)),
+        Command::Prune(args) => runtime()?.block_on(prune::run(args.options(), reporter)),
         Command::Doctor => imgforge::doctor::run(reporter),
     }
 }

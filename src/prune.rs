@@ -6,8 +6,7 @@
 //! instances policy). The others are deregistered and their snapshots deleted.
 
 use crate::cloud::{
-    self, describe_instances, format_age, parse_age, summary, tag, tags, ApiCalls, Clients,
-    CloudArgs,
+    self, describe_instances, format_age, summary, tag, tags, ApiCalls, Clients, CloudOptions,
 };
 use crate::events::{table, Event, Reporter};
 use anyhow::{bail, Context, Result};
@@ -23,35 +22,31 @@ const CONCURRENCY: usize = 8;
 /// Values per `image-id` filter, and names per DescribeLaunchConfigurations call.
 const BATCH: usize = 50;
 
-/// `imgforge prune`.
-#[derive(Debug, clap::Args)]
-pub struct PruneArgs {
+/// What `imgforge prune` is asked to do.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
     /// Image name to prune (images tagged `imgforge:image=NAME`).
-    #[arg(long)]
     pub image_name: String,
     /// How many of the newest images to keep.
-    #[arg(long, default_value_t = 3)]
     pub keep: usize,
-    /// Only remove images older than this (`30d`, `12h`, `2w`).
-    #[arg(long, value_parser = parse_age)]
+    /// Only remove images older than this.
     pub min_age: Option<Duration>,
     /// List what would go and why each kept image is kept; change nothing.
-    #[arg(long)]
     pub dry_run: bool,
-    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
-    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    /// Instances per DescribeInstances page (5 to 1000).
     pub page_size: i32,
     /// Cloud connection.
-    #[command(flatten)]
-    pub cloud: CloudArgs,
+    pub cloud: CloudOptions,
 }
 
 /// Why images are kept: image id → reasons.
 type Reasons = BTreeMap<String, Vec<String>>;
 
 /// Runs `imgforge prune`.
-pub async fn run(args: PruneArgs, reporter: &Reporter) -> Result<()> {
+pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
+    if !(5..=1000).contains(&args.page_size) {
+        bail!("the page size must be between 5 and 1000");
+    }
     let calls = ApiCalls::default();
     let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
     reporter.phase("find images and their users");

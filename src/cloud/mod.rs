@@ -18,23 +18,20 @@ use serde_json::json;
 
 use std::time::Duration;
 
-/// Options every cloud command takes.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct CloudArgs {
+/// Where and as whom every cloud command connects.
+#[derive(Debug, Clone, Default)]
+pub struct CloudOptions {
     /// AWS region (default: the standard chain: AWS_REGION, profile).
-    #[arg(long)]
     pub region: Option<String>,
     /// Endpoint URL for every service (moto, Eucalyptus, a VPC endpoint).
-    #[arg(long)]
     pub endpoint_url: Option<String>,
     /// Named profile from ~/.aws/config.
-    #[arg(long)]
     pub profile: Option<String>,
 }
 
 /// Loads the SDK configuration for `args`, and fails early, naming what to set, when it has
 /// no region or no credentials.
-pub async fn load(args: &CloudArgs) -> Result<SdkConfig> {
+pub async fn load(args: &CloudOptions) -> Result<SdkConfig> {
     let config = load_unchecked(args).await;
     if config.region().is_none() {
         bail!("no AWS region: pass --region or set AWS_REGION (or a region in the profile)");
@@ -52,7 +49,7 @@ pub async fn load(args: &CloudArgs) -> Result<SdkConfig> {
     Ok(config)
 }
 
-async fn load_unchecked(args: &CloudArgs) -> SdkConfig {
+async fn load_unchecked(args: &CloudOptions) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(8))
         .timeout_config(

@@ -25,7 +25,7 @@ pub enum Flavor {
 }
 
 /// The boot mode an image declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootMode {
     /// BIOS.
     LegacyBios,
@@ -33,6 +33,18 @@ pub enum BootMode {
     Uefi,
     /// UEFI where the instance type supports it, else BIOS.
     UefiPreferred,
+}
+
+impl std::str::FromStr for BootMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "legacy-bios" => Ok(BootMode::LegacyBios),
+            "uefi" => Ok(BootMode::Uefi),
+            "uefi-preferred" => Ok(BootMode::UefiPreferred),
+            _ => Err(format!("`{s}`: use legacy-bios, uefi or uefi-preferred")),
+        }
+    }
 }
 
 impl BootMode {

@@ -18,7 +18,7 @@ pub mod ebs_upload;
 pub mod emi;
 pub mod import;
 
-use crate::cloud::{self, CloudArgs};
+use crate::cloud::{self, CloudOptions};
 use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where an image is registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// An AWS AMI.
@@ -44,79 +44,18 @@ pub enum Target {
     Emi,
 }
 
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ami" => Ok(Target::Ami),
+            "emi" => Ok(Target::Emi),
+            _ => Err(format!("`{s}`: use ami or emi")),
+        }
+    }
+}
+
 pub use crate::definition::UploadPath;
-
-/// `imgforge register`.
-#[derive(Debug, clap::Args)]
-pub struct RegisterArgs {
-    /// The build's manifest.json.
-    pub manifest: PathBuf,
-    /// `ami` or `emi`.
-    #[arg(long, value_enum)]
-    pub to: Target,
-    /// AMI snapshot route: `direct` (EBS direct APIs) or `import` (S3 + ImportSnapshot).
-    #[arg(long, value_enum, default_value = "direct")]
-    pub upload: UploadPath,
-    /// Bucket for the EMI bundle or the `import` route.
-    #[arg(long)]
-    pub bucket: Option<String>,
-    /// S3 endpoint when it differs from --endpoint-url (Eucalyptus' object storage).
-    #[arg(long)]
-    pub s3_endpoint_url: Option<String>,
-    /// EMI: the cloud's certificate (PEM).
-    #[arg(long)]
-    pub cloud_cert: Option<PathBuf>,
-    /// EMI: the user's certificate (PEM).
-    #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// EMI: the user's private key (PEM).
-    #[arg(long)]
-    pub private_key: Option<PathBuf>,
-    /// EMI: the account id recorded in the bundle manifest.
-    #[arg(long, env = "EC2_USER_ID")]
-    pub user: Option<String>,
-    /// EMI: register an EBS-backed EMI from a snapshot made with the EBS direct APIs.
-    #[arg(long)]
-    pub ebs: bool,
-    /// AMI: copy the image to these regions too.
-    #[arg(long, value_delimiter = ',')]
-    pub copy_to: Vec<String>,
-    /// AMI: give these account ids launch permission.
-    #[arg(long, value_delimiter = ',')]
-    pub share_with: Vec<String>,
-    /// Boot mode (default: from the build's firmware: bios → legacy-bios, uefi → uefi).
-    #[arg(long, value_enum)]
-    pub boot_mode: Option<BootMode>,
-    /// Do not require IMDSv2 on instances of the image.
-    #[arg(long)]
-    pub no_imds_v2: bool,
-    /// Attach a TPM 2.0 (UEFI only).
-    #[arg(long)]
-    pub tpm: bool,
-    /// Blocks (or parts) in flight at once.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// On failure keep the incomplete snapshot / uploaded objects (for debugging).
-    #[arg(long)]
-    pub keep_partial: bool,
-    /// Cloud connection.
-    #[command(flatten)]
-    pub cloud: CloudArgs,
-}
-
-/// `imgforge unbundle`.
-#[derive(Debug, clap::Args)]
-pub struct UnbundleArgs {
-    /// The bundle's manifest XML (its parts next to it).
-    #[arg(long)]
-    pub manifest: PathBuf,
-    /// The user's private key (PEM).
-    #[arg(long)]
-    pub private_key: PathBuf,
-    /// Where to write the image.
-    #[arg(short, long)]
-    pub output: PathBuf,
-}
 
 /// The Eucalyptus bundle's keys and owner.
 #[derive(Debug, Clone)]
@@ -163,7 +102,7 @@ pub struct RegisterOptions {
     /// How long to wait for the image to become available.
     pub wait: Duration,
     /// Cloud connection.
-    pub cloud: CloudArgs,
+    pub cloud: CloudOptions,
 }
 
 impl RegisterOptions {
@@ -184,7 +123,7 @@ impl RegisterOptions {
             concurrency: 64,
             keep_partial: false,
             wait: Duration::from_secs(3600),
-            cloud: CloudArgs::default(),
+            cloud: CloudOptions::default(),
         }
     }
 
@@ -218,47 +157,6 @@ impl RegisterOptions {
             out.push(o);
         }
         Ok(out)
-    }
-
-    fn from_args(args: &RegisterArgs) -> Result<RegisterOptions> {
-        let euca = if args.to == Target::Emi && !args.ebs {
-            let need = |v: &Option<PathBuf>, flag: &str| {
-                v.clone().ok_or_else(|| {
-                    anyhow!(
-                        "--to emi needs {flag} (PEM) to make the bundle (or --ebs for a snapshot)"
-                    )
-                })
-            };
-            Some(EucaKeys {
-                cloud_cert: need(&args.cloud_cert, "--cloud-cert")?,
-                cert: need(&args.cert, "--cert")?,
-                private_key: need(&args.private_key, "--private-key")?,
-                user: args.user.clone().ok_or_else(|| {
-                    anyhow!(
-                        "--to emi needs --user ACCOUNT_ID (or EC2_USER_ID) for the bundle manifest"
-                    )
-                })?,
-            })
-        } else {
-            None
-        };
-        Ok(RegisterOptions {
-            target: args.to,
-            upload: args.upload,
-            bucket: args.bucket.clone(),
-            s3_endpoint_url: args.s3_endpoint_url.clone(),
-            euca,
-            ebs: args.ebs,
-            copy_to: args.copy_to.clone(),
-            share_with: args.share_with.clone(),
-            boot_mode: args.boot_mode,
-            imds_v2: !args.no_imds_v2,
-            tpm: args.tpm,
-            concurrency: args.concurrency,
-            keep_partial: args.keep_partial,
-            wait: Duration::from_secs(3600),
-            cloud: args.cloud.clone(),
-        })
     }
 }
 
@@ -525,32 +423,25 @@ async fn share_and_copy(
     Ok(copies)
 }
 
-/// Runs `imgforge register`.
-pub async fn run(args: RegisterArgs, reporter: &Reporter) -> Result<()> {
-    let opts = RegisterOptions::from_args(&args)?;
-    let image = register_manifest(&args.manifest, &opts, reporter).await?;
-    let human = if image.reused {
-        format!("{} (existing image of this build)", image.image_id)
-    } else {
-        image.image_id.clone()
-    };
-    reporter.result(&human, &serde_json::to_value(&image)?);
-    Ok(())
-}
-
-/// Runs `imgforge unbundle`.
-pub fn unbundle(args: UnbundleArgs, reporter: &Reporter) -> Result<()> {
-    let key = bundle::load_private_key(&args.private_key)?;
+/// Runs `imgforge unbundle`: the bundle whose manifest is `manifest`, decrypted with
+/// `private_key`, written to `output` after the signature and every digest were checked.
+pub fn unbundle(
+    manifest: &Path,
+    private_key: &Path,
+    output: &Path,
+    reporter: &Reporter,
+) -> Result<()> {
+    let key = bundle::load_private_key(private_key)?;
     reporter.phase("unbundle");
-    let done = bundle::unbundle(&args.manifest, &key, &args.output)?;
+    let done = bundle::unbundle(manifest, &key, output)?;
     reporter.result(
         &format!(
             "{}: {} bytes from {} parts, digests and signature verified",
-            args.output.display(),
+            output.display(),
             done.size,
             done.parts
         ),
-        &json!({ "output": args.output, "name": done.name, "size": done.size, "parts": done.parts }),
+        &json!({ "output": output, "name": done.name, "size": done.size, "parts": done.parts }),
     );
     Ok(())
 }

@@ -8,12 +8,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Which of an instance's addresses the health check connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressKind {
     /// The private IPv4 address (from inside the VPC, a bastion or a VPN).
     Private,
     /// The public IPv4 address.
     Public,
+}
+
+impl std::str::FromStr for AddressKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "private" => Ok(AddressKind::Private),
+            "public" => Ok(AddressKind::Public),
+            _ => Err(format!("`{s}`: use private or public")),
+        }
+    }
 }
 
 /// A health check.

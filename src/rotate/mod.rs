@@ -12,67 +12,47 @@ pub mod health;
 pub mod plan;
 pub mod replace;
 
-use crate::cloud::{self, parse_age, summary, ApiCalls, CloudArgs};
+use crate::cloud::{self, summary, ApiCalls, CloudOptions};
 use crate::events::{Event, Reporter};
 use anyhow::{bail, Result};
 use aws_sdk_ec2::types::Filter;
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 
-/// `imgforge rotate`.
-#[derive(Debug, clap::Args)]
-pub struct RotateArgs {
-    /// Replace instances older than this (`30d`, `12h`, `2w`; units s, m, h, d, w).
-    #[arg(long, value_parser = parse_age)]
+/// What `imgforge rotate` is asked to do.
+#[derive(Debug, Clone)]
+pub struct RotateOptions {
+    /// Replace instances older than this.
     pub max_age: Duration,
     /// Image name whose instances are managed (instances tagged `imgforge:image=NAME`).
-    #[arg(long)]
     pub image_name: Option<String>,
     /// Target image id (default: the newest available image of the instance's image name).
-    #[arg(long, value_name = "AMI_ID")]
     pub image: Option<String>,
-    /// EC2 filter narrowing the selection: `tag:team=web`, `instance-type=t3.micro,t3.small` or
-    /// `Name=availability-zone,Values=us-east-1a`. Repeatable.
-    #[arg(long = "filter", value_name = "FILTER", value_parser = parse_filter)]
+    /// EC2 filters narrowing the selection.
     pub filters: Vec<Filter>,
-    /// How many replacements run at once (launched before any old instance is terminated).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// How many replacements run at once (launched before any old instance is terminated); 1
+    /// or more.
     pub max_surge: u32,
-    /// Floor on healthy managed instances, as a percentage of the fleet: rotation refuses to
-    /// start below it and, launching before terminating, never goes below it.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
+    /// Floor on healthy managed instances, as a percentage of the fleet (0 to 100).
     pub min_healthy_percent: u32,
-    /// After status checks pass, also require a TCP connection to this port on the replacement.
-    #[arg(long)]
+    /// After status checks pass, also require a TCP connection to this port.
     pub health_port: Option<u16>,
-    /// After status checks pass, also require HTTP 2xx for GET on this path (port
-    /// `--health-port`, default 80).
-    #[arg(long, value_name = "PATH")]
+    /// After status checks pass, also require HTTP 2xx for GET on this path.
     pub health_url: Option<String>,
     /// Which address of the replacement the health check connects to.
-    #[arg(long, value_enum, default_value_t = health::AddressKind::Private)]
     pub health_address: health::AddressKind,
     /// How long a replacement may take from launch to healthy before rotation stops.
-    #[arg(long, default_value = "10m", value_parser = parse_age)]
     pub health_timeout: Duration,
-    /// Hand Auto Scaling group members to StartInstanceRefresh (AWS) instead of rotating them
-    /// step by step through the group.
-    #[arg(long)]
+    /// Hand Auto Scaling group members to StartInstanceRefresh instead.
     pub asg_instance_refresh: bool,
     /// Print the plan and change nothing.
-    #[arg(long)]
     pub dry_run: bool,
-    /// Interval between polls while waiting (tests use milliseconds).
-    #[arg(long, hide = true, env = "IMGFORGE_POLL_INTERVAL", default_value = "15s",
-          value_parser = humantime::parse_duration)]
+    /// Interval between polls while waiting.
     pub poll_interval: Duration,
-    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
-    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    /// Instances per DescribeInstances page (5 to 1000).
     pub page_size: i32,
     /// Cloud connection.
-    #[command(flatten)]
-    pub cloud: CloudArgs,
+    pub cloud: CloudOptions,
 }
 
 /// Parses an EC2 filter: `tag:team=web`, `name=v1,v2` or `Name=name,Values=v1,v2`.
@@ -97,7 +77,16 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
 }
 
 /// Runs `imgforge rotate`.
-pub async fn run(args: RotateArgs, reporter: &Reporter) -> Result<()> {
+pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
+    if args.max_surge == 0 {
+        bail!("--max-surge 0 would never replace anything: give 1 or more");
+    }
+    if args.min_healthy_percent > 100 {
+        bail!("--min-healthy-percent is a percentage: give 0 to 100");
+    }
+    if !(5..=1000).contains(&args.page_size) {
+        bail!("the page size must be between 5 and 1000");
+    }
     if args.image_name.is_none() && args.filters.is_empty() {
         bail!(
             "say which instances to rotate: --image-name NAME (instances tagged \

@@ -1,0 +1,318 @@
+//! The command line's argument structs (clap), each turned into the library's options: the
+//! library itself knows nothing of clap.
+
+use anyhow::{anyhow, Result};
+use aws_sdk_ec2::types::Filter;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use imgforge::cloud::{parse_age, CloudOptions};
+use imgforge::prune::PruneOptions;
+use imgforge::register::ami::BootMode;
+use imgforge::register::{EucaKeys, RegisterOptions, Target, UploadPath};
+use imgforge::rotate::health::AddressKind;
+use imgforge::rotate::{parse_filter, RotateOptions};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A parser taking one of `names` (listed in `--help`) into `T`.
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    PossibleValuesParser::new(names).map(|name| name.parse().expect("every listed name parses"))
+}
+
+/// Options of `imgforge build`.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The image definition.
+    pub file: PathBuf,
+    /// Rebuild even if this build id is already in the output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Root of the output tree.
+    #[arg(long, default_value = "output")]
+    pub output_dir: PathBuf,
+    /// Do not boot the exported image to run its checks.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Build (or find) the base layer only, and report where it is.
+    #[arg(long)]
+    pub base_only: bool,
+    /// After the build, register the image with the definition's `[publish]` targets.
+    #[arg(long, conflicts_with = "base_only")]
+    pub register: bool,
+}
+
+impl BuildArgs {
+    /// The library's options for these arguments.
+    pub fn options(&self) -> imgforge::build::BuildOptions {
+        imgforge::build::BuildOptions {
+            file: self.file.clone(),
+            force: self.force,
+            output_dir: self.output_dir.clone(),
+            no_verify: self.no_verify,
+            base_only: self.base_only,
+        }
+    }
+}
+
+/// Options every cloud command takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CloudArgs {
+    /// AWS region (default: the standard chain: AWS_REGION, profile).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Endpoint URL for every service (moto, Eucalyptus, a VPC endpoint).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Named profile from ~/.aws/config.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+impl CloudArgs {
+    /// The library's options for these arguments.
+    pub fn options(&self) -> CloudOptions {
+        CloudOptions {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+/// `imgforge register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// The build's manifest.json.
+    pub manifest: PathBuf,
+    /// `ami` or `emi`.
+    #[arg(long, value_parser = choice::<Target>(&["ami", "emi"]))]
+    pub to: Target,
+    /// AMI snapshot route: `direct` (EBS direct APIs) or `import` (S3 + ImportSnapshot).
+    #[arg(long, default_value = "direct", value_parser = choice::<UploadPath>(&["direct", "import"]))]
+    pub upload: UploadPath,
+    /// Bucket for the EMI bundle or the `import` route.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// S3 endpoint when it differs from --endpoint-url (Eucalyptus' object storage).
+    #[arg(long)]
+    pub s3_endpoint_url: Option<String>,
+    /// EMI: the cloud's certificate (PEM).
+    #[arg(long)]
+    pub cloud_cert: Option<PathBuf>,
+    /// EMI: the user's certificate (PEM).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// EMI: the user's private key (PEM).
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// EMI: the account id recorded in the bundle manifest.
+    #[arg(long, env = "EC2_USER_ID")]
+    pub user: Option<String>,
+    /// EMI: register an EBS-backed EMI from a snapshot made with the EBS direct APIs.
+    #[arg(long)]
+    pub ebs: bool,
+    /// AMI: copy the image to these regions too.
+    #[arg(long, value_delimiter = ',')]
+    pub copy_to: Vec<String>,
+    /// AMI: give these account ids launch permission.
+    #[arg(long, value_delimiter = ',')]
+    pub share_with: Vec<String>,
+    /// Boot mode (default: from the build's firmware: bios → legacy-bios, uefi → uefi).
+    #[arg(long, value_parser = choice::<BootMode>(&["legacy-bios", "uefi", "uefi-preferred"]))]
+    pub boot_mode: Option<BootMode>,
+    /// Do not require IMDSv2 on instances of the image.
+    #[arg(long)]
+    pub no_imds_v2: bool,
+    /// Attach a TPM 2.0 (UEFI only).
+    #[arg(long)]
+    pub tpm: bool,
+    /// Blocks (or parts) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// On failure keep the incomplete snapshot / uploaded objects (for debugging).
+    #[arg(long)]
+    pub keep_partial: bool,
+    /// Cloud connection.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+impl RegisterArgs {
+    /// The library's options for these arguments; an EMI bundle needs its keys and owner.
+    pub fn options(&self) -> Result<RegisterOptions> {
+        let args = self;
+        let euca = if args.to == Target::Emi && !args.ebs {
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone().ok_or_else(|| {
+                    anyhow!(
+                        "--to emi needs {flag} (PEM) to make the bundle (or --ebs for a snapshot)"
+                    )
+                })
+            };
+            Some(EucaKeys {
+                cloud_cert: need(&args.cloud_cert, "--cloud-cert")?,
+                cert: need(&args.cert, "--cert")?,
+                private_key: need(&args.private_key, "--private-key")?,
+                user: args.user.clone().ok_or_else(|| {
+                    anyhow!(
+                        "--to emi needs --user ACCOUNT_ID (or EC2_USER_ID) for the bundle manifest"
+                    )
+                })?,
+            })
+        } else {
+            None
+        };
+        Ok(RegisterOptions {
+            target: args.to,
+            upload: args.upload,
+            bucket: args.bucket.clone(),
+            s3_endpoint_url: args.s3_endpoint_url.clone(),
+            euca,
+            ebs: args.ebs,
+            copy_to: args.copy_to.clone(),
+            share_with: args.share_with.clone(),
+            boot_mode: args.boot_mode,
+            imds_v2: !args.no_imds_v2,
+            tpm: args.tpm,
+            concurrency: args.concurrency,
+            keep_partial: args.keep_partial,
+            wait: Duration::from_secs(3600),
+            cloud: args.cloud.options(),
+        })
+    }
+}
+
+/// `imgforge unbundle`.
+#[derive(Debug, clap::Args)]
+pub struct UnbundleArgs {
+    /// The bundle's manifest XML (its parts next to it).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// The user's private key (PEM).
+    #[arg(long)]
+    pub private_key: PathBuf,
+    /// Where to write the image.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// `imgforge rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Replace instances older than this (`30d`, `12h`, `2w`; units s, m, h, d, w).
+    #[arg(long, value_parser = parse_age)]
+    pub max_age: Duration,
+    /// Image name whose instances are managed (instances tagged `imgforge:image=NAME`).
+    #[arg(long)]
+    pub image_name: Option<String>,
+    /// Target image id (default: the newest available image of the instance's image name).
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: Option<String>,
+    /// EC2 filter narrowing the selection: `tag:team=web`, `instance-type=t3.micro,t3.small` or
+    /// `Name=availability-zone,Values=us-east-1a`. Repeatable.
+    #[arg(long = "filter", value_name = "FILTER", value_parser = parse_filter)]
+    pub filters: Vec<Filter>,
+    /// How many replacements run at once (launched before any old instance is terminated).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_surge: u32,
+    /// Floor on healthy managed instances, as a percentage of the fleet: rotation refuses to
+    /// start below it and, launching before terminating, never goes below it.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub min_healthy_percent: u32,
+    /// After status checks pass, also require a TCP connection to this port on the replacement.
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// After status checks pass, also require HTTP 2xx for GET on this path (port
+    /// `--health-port`, default 80).
+    #[arg(long, value_name = "PATH")]
+    pub health_url: Option<String>,
+    /// Which address of the replacement the health check connects to.
+    #[arg(long, default_value = "private", value_parser = choice::<AddressKind>(&["private", "public"]))]
+    pub health_address: AddressKind,
+    /// How long a replacement may take from launch to healthy before rotation stops.
+    #[arg(long, default_value = "10m", value_parser = parse_age)]
+    pub health_timeout: Duration,
+    /// Hand Auto Scaling group members to StartInstanceRefresh (AWS) instead of rotating them
+    /// step by step through the group.
+    #[arg(long)]
+    pub asg_instance_refresh: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Interval between polls while waiting (tests use milliseconds).
+    #[arg(long, hide = true, env = "IMGFORGE_POLL_INTERVAL", default_value = "15s",
+          value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
+    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    pub page_size: i32,
+    /// Cloud connection.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+impl RotateArgs {
+    /// The library's options for these arguments.
+    pub fn options(self) -> RotateOptions {
+        RotateOptions {
+            max_age: self.max_age,
+            image_name: self.image_name,
+            image: self.image,
+            filters: self.filters,
+            max_surge: self.max_surge,
+            min_healthy_percent: self.min_healthy_percent,
+            health_port: self.health_port,
+            health_url: self.health_url,
+            health_address: self.health_address,
+            health_timeout: self.health_timeout,
+            asg_instance_refresh: self.asg_instance_refresh,
+            dry_run: self.dry_run,
+            poll_interval: self.poll_interval,
+            page_size: self.page_size,
+            cloud: self.cloud.options(),
+        }
+    }
+}
+
+/// `imgforge prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Image name to prune (images tagged `imgforge:image=NAME`).
+    #[arg(long)]
+    pub image_name: String,
+    /// How many of the newest images to keep.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// Only remove images older than this (`30d`, `12h`, `2w`).
+    #[arg(long, value_parser = parse_age)]
+    pub min_age: Option<Duration>,
+    /// List what would go and why each kept image is kept; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
+    #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(5..=1000))]
+    pub page_size: i32,
+    /// Cloud connection.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+impl PruneArgs {
+    /// The library's options for these arguments.
+    pub fn options(self) -> PruneOptions {
+        PruneOptions {
+            image_name: self.image_name,
+            keep: self.keep,
+            min_age: self.min_age,
+            dry_run: self.dry_run,
+            page_size: self.page_size,
+            cloud: self.cloud.options(),
+        }
+    }
+}
