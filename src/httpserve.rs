@@ -99,11 +99,6 @@ impl FileServer {
         format!("http://{GUEST_HOST_IP}:{}/{}", self.port, self.prefix)
     }
 
-    /// The base URL on the host.
-    pub fn host_url(&self) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, self.prefix)
-    }
-
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().unwrap().log.clone()
@@ -149,13 +144,18 @@ async fn not_found(
 mod tests {
     use super::*;
 
+    /// The base URL on the host.
+    fn host_url(server: &FileServer) -> String {
+        format!("http://127.0.0.1:{}/{}", server.port, server.prefix)
+    }
+
     #[test]
     fn serves_files_under_the_prefix_only_and_logs_requests() {
         let mut files = BTreeMap::new();
         files.insert("preseed.cfg".to_string(), b"d-i x string y\n".to_vec());
         let server = FileServer::start(files).unwrap();
         assert!(server.first_fetch("preseed.cfg").is_none());
-        let body = ureq::get(&format!("{}/preseed.cfg", server.host_url()))
+        let body = ureq::get(&format!("{}/preseed.cfg", host_url(&server)))
             .call()
             .unwrap()
             .into_string()
@@ -165,7 +165,7 @@ mod tests {
         assert!(first.at_s > 0.0 && first.at_s < 60.0, "{first:?}");
         let guess = ureq::get(&format!("http://127.0.0.1:{}/preseed.cfg", server.port())).call();
         assert!(matches!(guess, Err(ureq::Error::Status(404, _))));
-        let missing = ureq::get(&format!("{}/other", server.host_url())).call();
+        let missing = ureq::get(&format!("{}/other", host_url(&server))).call();
         assert!(matches!(missing, Err(ureq::Error::Status(404, _))));
         assert_eq!(server.requests().len(), 3);
         assert!(server.guest_url().starts_with("http://10.0.2.2:"));

@@ -1,10 +1,18 @@
 //! imgforge builds immutable VM images for teams that rebuild instead of patching.
 //!
-//! The crate reads as one pipeline, a module per stage:
-//! [`definition`] → [`render`] → [`layers`] (ids) → base layer ([`build`]) → bake ([`bake`]) →
-//! [`export`] → [`register`] → [`rotate`] / [`prune`].
-//! Around them: [`qemu`] drives virtual machines, [`httpserve`] serves answer files,
-//! [`process`] runs external programs, [`events`] reports progress for people and CI.
+//! The crate reads as one pipeline, a module per stage, in the order a build runs them:
+//!
+//! ```text
+//! definition ─► render ─► layers (ids) ─► base ─► bake ─► export ─► verify ─► manifest
+//!                                      (rootfs | installer)                    │
+//!                                                     register ─► rotate ─► prune
+//! ```
+//!
+//! [`build`] runs the first row as a list of steps. Around the stages: [`qemu`] drives
+//! virtual machines (the installer's HTTP server, boot commands and the bake protocol are
+//! private to the stages that use them), [`cloud`] holds what register, rotate and prune share
+//! (configuration, call counting, paginated and chunked describes, tags), [`events`] reports
+//! progress for people and the `--json` events for CI.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -15,27 +23,31 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod atomic;
-pub mod bake;
+mod bake;
 mod bake_protocol;
-pub mod base;
-pub mod bootcmd;
+mod base;
+mod bootcmd;
 pub mod build;
 pub mod cancel;
 pub mod cloud;
 pub mod definition;
 pub mod doctor;
 pub mod events;
-pub mod export;
-pub mod httpserve;
+mod export;
+mod httpserve;
 pub mod layers;
 pub mod manifest;
-pub mod process;
+mod process;
 pub mod prune;
 pub mod qemu;
 pub mod register;
 pub mod render;
 pub mod rotate;
-pub mod sources;
-pub mod sparse;
+mod sources;
+mod sparse;
 pub mod verify;
+
+pub use base::{BaseInfo, BaseLayer, DirectBoot};

@@ -14,7 +14,6 @@ const QUOTED_LINES: usize = 15;
 pub struct Command {
     program: String,
     args: Vec<OsString>,
-    dir: Option<std::path::PathBuf>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
 }
@@ -41,7 +40,6 @@ impl Command {
         Command {
             program: program.to_string(),
             args: Vec::new(),
-            dir: None,
             env: Vec::new(),
             stdin: None,
         }
@@ -60,12 +58,6 @@ impl Command {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Runs in `dir`.
-    pub fn dir(mut self, dir: &Path) -> Command {
-        self.dir = Some(dir.to_path_buf());
         self
     }
 
@@ -91,9 +83,6 @@ impl Command {
 
     fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
-        if let Some(d) = &self.dir {
-            e = e.dir(d);
-        }
         for (k, v) in &self.env {
             e = e.env(k, v);
         }

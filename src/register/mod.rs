@@ -70,7 +70,7 @@ pub struct EucaKeys {
     pub user: String,
 }
 
-/// What to register and how; the library form of [`RegisterArgs`].
+/// What to register and how (the command line and `build --register` both make one).
 #[derive(Debug, Clone)]
 pub struct RegisterOptions {
     /// AMI or EMI.
