@@ -206,51 +206,93 @@ pub async fn register_manifest(
     // Before any cloud call: the bytes to upload are the bytes that were built and verified.
     let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
     let config = cloud::load(&opts.cloud).await?;
-    let region = config.region().map(|r| r.to_string());
-    let ec2 = aws_sdk_ec2::Client::new(&config);
-    let spec = image_spec(&manifest, opts);
-    if opts.target == Target::Ami {
-        spec.validate()?;
-    }
-    let build_id = &manifest.provenance.ids.build;
-
-    reporter.phase("register: look for an image of this build");
-    if let Some(image_id) = ami::find_existing(&ec2, build_id).await? {
-        reporter.event(
-            Event::ImageReused,
-            &format!("{image_id} already holds build {build_id}; reusing it, nothing uploaded"),
-            json!({ "image_id": image_id, "build_id": build_id }),
-        );
-        let copies =
-            share_and_copy(&config, &ec2, &image_id, &spec, build_id, opts, reporter).await?;
-        return Ok(RegisteredImage {
-            target: opts.target,
-            image_id,
-            region,
-            snapshot_id: None,
-            image_location: None,
-            reused: true,
-            copies,
-            upload: None,
-        });
-    }
-
-    let raw = RawImage::prepare(source, reporter).await?;
-    let flavor = match opts.target {
-        Target::Ami => Flavor::Aws,
-        Target::Emi => Flavor::Eucalyptus,
+    let run = Registration {
+        ec2: aws_sdk_ec2::Client::new(&config),
+        spec: image_spec(&manifest, opts),
+        build_id: manifest.provenance.ids.build.clone(),
+        manifest,
+        config,
+        opts,
+        reporter,
     };
+    if opts.target == Target::Ami {
+        run.spec.validate()?;
+    }
     let mut out = RegisteredImage {
         target: opts.target,
         image_id: String::new(),
-        region,
+        region: run.config.region().map(|r| r.to_string()),
         snapshot_id: None,
         image_location: None,
         reused: false,
         copies: Vec::new(),
         upload: None,
     };
-    if opts.target == Target::Emi && !opts.ebs {
+    reporter.phase("register: look for an image of this build");
+    if let Some(image_id) = ami::find_existing(&run.ec2, &run.build_id).await? {
+        reporter.event(
+            Event::ImageReused,
+            &format!(
+                "{image_id} already holds build {}; reusing it, nothing uploaded",
+                run.build_id
+            ),
+            json!({ "image_id": image_id, "build_id": run.build_id }),
+        );
+        out.image_id = image_id;
+        out.reused = true;
+    } else {
+        let raw = RawImage::prepare(source, reporter).await?;
+        if opts.target == Target::Emi && !opts.ebs {
+            let published = run.publish_bundle(&raw.path).await?;
+            out.image_id = published.image_id;
+            out.image_location = Some(published.location);
+            out.upload = Some(published.stats);
+        } else {
+            let (snapshot_id, volume_size_gib, stats) = match opts.upload {
+                UploadPath::Direct => run.upload_direct(&raw.path).await?,
+                UploadPath::Import => run.upload_import(&raw.path).await?,
+            };
+            out.image_id = run.register_snapshot(&snapshot_id, volume_size_gib).await?;
+            out.snapshot_id = Some(snapshot_id);
+            out.upload = Some(stats);
+        }
+        reporter.event(
+            Event::ImageRegistered,
+            &format!("registered {} as {}", run.spec.name, out.image_id),
+            json!({ "image_id": out.image_id, "build_id": run.build_id, "name": run.spec.name }),
+        );
+    }
+    out.copies = share_and_copy(
+        &run.config,
+        &run.ec2,
+        &out.image_id,
+        &run.spec,
+        &run.build_id,
+        opts,
+        reporter,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// One registration under way: the build, the clients and what RegisterImage will be told.
+struct Registration<'a> {
+    manifest: Manifest,
+    build_id: String,
+    config: aws_config::SdkConfig,
+    ec2: aws_sdk_ec2::Client,
+    spec: ImageSpec,
+    opts: &'a RegisterOptions,
+    reporter: &'a Reporter,
+}
+
+/// A snapshot made from the image: its id, size in GiB, and how the bytes got there.
+type Uploaded = (String, i32, UploadStats);
+
+impl Registration<'_> {
+    /// An EMI: the image as a signed, encrypted bundle in S3, registered by its manifest.
+    async fn publish_bundle(&self, raw: &Path) -> Result<emi::Published> {
+        let opts = self.opts;
         let keys = opts.euca.as_ref().ok_or_else(|| {
             anyhow!(
                 "an EMI bundle needs the cloud certificate, the user's certificate and private key"
@@ -260,128 +302,124 @@ pub async fn register_manifest(
             .bucket
             .as_deref()
             .ok_or_else(|| anyhow!("--to emi needs --bucket: the bundle is uploaded there"))?;
-        let s3 = s3_client(&config, opts);
-        let published = emi::publish(
+        let s3 = s3_client(&self.config, opts);
+        emi::publish(
             &emi::Publish {
                 s3: &s3,
-                ec2: &ec2,
-                image: &raw.path,
+                ec2: &self.ec2,
+                image: raw,
                 keys,
                 bucket,
-                prefix: &bundle_prefix(&manifest),
-                arch: arch_name(&manifest),
-                spec: &spec,
+                prefix: &bundle_prefix(&self.manifest),
+                arch: arch_name(&self.manifest),
+                spec: &self.spec,
                 keep_partial: opts.keep_partial,
                 wait: opts.wait,
             },
-            reporter,
+            self.reporter,
         )
-        .await?;
-        out.image_id = published.image_id;
-        out.image_location = Some(published.location);
-        out.upload = Some(published.stats);
-    } else {
-        let uploaded = match opts.upload {
-            UploadPath::Direct => {
-                let ebs = aws_sdk_ebs::Client::new(&config);
-                let uploader = ebs_upload::SnapshotUploader::new(ebs, ec2.clone());
-                reporter.phase("register: upload blocks with the EBS direct APIs");
-                let len = std::fs::metadata(&raw.path)?.len();
-                let progress = Progress::new(reporter, "upload", len);
-                let params = ebs_upload::UploadParams {
-                    concurrency: opts.concurrency,
-                    keep_partial: opts.keep_partial,
-                    ..Default::default()
-                };
-                let req = ebs_upload::SnapshotRequest {
-                    image: raw.path.clone(),
-                    volume_size: manifest.disk_size,
-                    description: format!("{} (imgforge build {build_id})", spec.name),
-                    tags: manifest.provenance.tags(),
-                };
-                let done = uploader.upload(&req, &params, &progress).await?;
-                progress.finish();
-                let stats = UploadStats {
-                    route: "direct".into(),
-                    bytes_sent: done.blocks_sent * ebs_upload::BLOCK_SIZE as u64,
-                    seconds: done.upload_seconds,
-                    hash_seconds: done.hash_seconds,
-                };
-                reporter.event(
-                    Event::Uploaded,
-                    &format!(
-                        "snapshot {}: {} of {} blocks sent in {:.1} s (hashing {:.2} CPU s)",
-                        done.snapshot_id,
-                        done.blocks_sent,
-                        done.blocks_total,
-                        done.upload_seconds,
-                        done.hash_seconds
-                    ),
-                    json!({ "snapshot_id": done.snapshot_id, "blocks_sent": done.blocks_sent,
-                            "blocks_total": done.blocks_total, "stats": stats }),
-                );
-                (done.snapshot_id, done.volume_size_gib as i32, stats)
-            }
-            UploadPath::Import => {
-                let bucket = opts.bucket.as_deref().ok_or_else(|| {
-                    anyhow!("--upload import needs --bucket: the image is uploaded there first")
-                })?;
-                let s3 = s3_client(&config, opts);
-                import::import(
-                    &import::Import {
-                        s3: &s3,
-                        ec2: &ec2,
-                        image: &raw.path,
-                        bucket,
-                        key: &format!("imgforge/{build_id}/{}.raw", spec.name),
-                        description: &spec.name,
-                        tags: &manifest.provenance.tags(),
-                        concurrency: opts.concurrency.clamp(1, 16),
-                        keep_partial: opts.keep_partial,
-                        disk_size: manifest.disk_size,
-                    },
-                    reporter,
-                )
-                .await?
-            }
+        .await
+    }
+
+    /// A snapshot written block by block with the EBS direct APIs (zero blocks skipped).
+    async fn upload_direct(&self, raw: &Path) -> Result<Uploaded> {
+        let ebs = aws_sdk_ebs::Client::new(&self.config);
+        let uploader = ebs_upload::SnapshotUploader::new(ebs, self.ec2.clone());
+        self.reporter
+            .phase("register: upload blocks with the EBS direct APIs");
+        let len = std::fs::metadata(raw)?.len();
+        let progress = Progress::new(self.reporter, "upload", len);
+        let params = ebs_upload::UploadParams {
+            concurrency: self.opts.concurrency,
+            keep_partial: self.opts.keep_partial,
+            ..Default::default()
         };
-        let (snapshot_id, volume_size_gib, stats) = uploaded;
-        reporter.phase("register: RegisterImage");
+        let req = ebs_upload::SnapshotRequest {
+            image: raw.to_path_buf(),
+            volume_size: self.manifest.disk_size,
+            description: format!("{} (imgforge build {})", self.spec.name, self.build_id),
+            tags: self.manifest.provenance.tags(),
+        };
+        let done = uploader.upload(&req, &params, &progress).await?;
+        progress.finish();
+        let stats = UploadStats {
+            route: "direct".into(),
+            bytes_sent: done.blocks_sent * ebs_upload::BLOCK_SIZE as u64,
+            seconds: done.upload_seconds,
+            hash_seconds: done.hash_seconds,
+        };
+        self.reporter.event(
+            Event::Uploaded,
+            &format!(
+                "snapshot {}: {} of {} blocks sent in {:.1} s (hashing {:.2} CPU s)",
+                done.snapshot_id,
+                done.blocks_sent,
+                done.blocks_total,
+                done.upload_seconds,
+                done.hash_seconds
+            ),
+            json!({ "snapshot_id": done.snapshot_id, "blocks_sent": done.blocks_sent,
+                    "blocks_total": done.blocks_total, "stats": stats }),
+        );
+        Ok((done.snapshot_id, done.volume_size_gib as i32, stats))
+    }
+
+    /// A snapshot made by ImportSnapshot from the image uploaded to S3.
+    async fn upload_import(&self, raw: &Path) -> Result<Uploaded> {
+        let opts = self.opts;
+        let bucket = opts.bucket.as_deref().ok_or_else(|| {
+            anyhow!("--upload import needs --bucket: the image is uploaded there first")
+        })?;
+        let s3 = s3_client(&self.config, opts);
+        import::import(
+            &import::Import {
+                s3: &s3,
+                ec2: &self.ec2,
+                image: raw,
+                bucket,
+                key: &format!("imgforge/{}/{}.raw", self.build_id, self.spec.name),
+                description: &self.spec.name,
+                tags: &self.manifest.provenance.tags(),
+                concurrency: opts.concurrency.clamp(1, 16),
+                keep_partial: opts.keep_partial,
+                disk_size: self.manifest.disk_size,
+            },
+            self.reporter,
+        )
+        .await
+    }
+
+    /// RegisterImage from the snapshot; a failure deletes the snapshot (unless kept on purpose).
+    async fn register_snapshot(&self, snapshot_id: &str, volume_size_gib: i32) -> Result<String> {
+        self.reporter.phase("register: RegisterImage");
         let root = Root::Snapshot {
-            snapshot_id: snapshot_id.clone(),
+            snapshot_id: snapshot_id.to_string(),
             volume_size_gib,
         };
-        let progress = Progress::new(reporter, "register", 0);
-        match ami::register(&ec2, flavor, &spec, &root, opts.wait, &progress).await {
-            Ok(id) => out.image_id = id,
-            Err(e) => {
-                if opts.keep_partial {
-                    reporter.println(&format!("kept snapshot {snapshot_id} (--keep-partial)"));
-                } else {
-                    delete_snapshot(&ec2, &snapshot_id, &progress).await;
-                }
-                return Err(e);
+        let flavor = match self.opts.target {
+            Target::Ami => Flavor::Aws,
+            Target::Emi => Flavor::Eucalyptus,
+        };
+        let progress = Progress::new(self.reporter, "register", 0);
+        let registered = ami::register(
+            &self.ec2,
+            flavor,
+            &self.spec,
+            &root,
+            self.opts.wait,
+            &progress,
+        )
+        .await;
+        if registered.is_err() {
+            if self.opts.keep_partial {
+                self.reporter
+                    .println(&format!("kept snapshot {snapshot_id} (--keep-partial)"));
+            } else {
+                delete_snapshot(&self.ec2, snapshot_id, &progress).await;
             }
         }
-        out.snapshot_id = Some(snapshot_id);
-        out.upload = Some(stats);
+        registered
     }
-    reporter.event(
-        Event::ImageRegistered,
-        &format!("registered {} as {}", spec.name, out.image_id),
-        json!({ "image_id": out.image_id, "build_id": build_id, "name": spec.name }),
-    );
-    out.copies = share_and_copy(
-        &config,
-        &ec2,
-        &out.image_id,
-        &spec,
-        build_id,
-        opts,
-        reporter,
-    )
-    .await?;
-    Ok(out)
 }
 
 /// Gives `--share-with` accounts launch permission on the image and, for an AMI, makes sure each
