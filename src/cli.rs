@@ -5,6 +5,7 @@ use anyhow::{anyhow, Result};
 use aws_sdk_ec2::types::Filter;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use imgforge::cloud::{parse_age, CloudOptions};
+use imgforge::definition::Accelerator;
 use imgforge::prune::PruneOptions;
 use imgforge::register::ami::BootMode;
 use imgforge::register::{EucaKeys, RegisterOptions, Target, UploadPath};
@@ -54,6 +55,37 @@ impl BuildArgs {
             output_dir: self.output_dir.clone(),
             no_verify: self.no_verify,
             base_only: self.base_only,
+        }
+    }
+}
+
+/// Options of `imgforge verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The build's manifest.json.
+    pub manifest: PathBuf,
+    /// Accelerator (default: the one the manifest records).
+    #[arg(long, value_parser = choice::<Accelerator>(&["auto", "kvm", "tcg"]))]
+    pub accelerator: Option<Accelerator>,
+    /// Virtual CPUs (default: the build's).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (default: the build's).
+    #[arg(long)]
+    pub memory_mib: Option<u32>,
+    /// How long the checks may take to pass, like 90s or 5m (default: the build's boot timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub boot_timeout: Option<Duration>,
+}
+
+impl VerifyArgs {
+    /// The settings given here over those the manifest records.
+    pub fn overrides(&self) -> imgforge::verify::VerifyOverrides {
+        imgforge::verify::VerifyOverrides {
+            accelerator: self.accelerator,
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            boot_timeout: self.boot_timeout,
         }
     }
 }

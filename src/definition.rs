@@ -287,6 +287,18 @@ pub enum Accelerator {
     Tcg,
 }
 
+impl std::str::FromStr for Accelerator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Accelerator::Auto),
+            "kvm" => Ok(Accelerator::Kvm),
+            "tcg" => Ok(Accelerator::Tcg),
+            _ => Err(format!("`{s}`: use auto, kvm or tcg")),
+        }
+    }
+}
+
 /// `[machine.timeouts]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,14 +2,14 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use imgforge::definition::{Accelerator, Definition, DefinitionError};
+use imgforge::definition::{Definition, DefinitionError};
 use imgforge::events::{Event, Reporter};
 use imgforge::{build, layers, prune, register, render, rotate};
 
 mod cli;
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Builds immutable VM images: render answer files, build with QEMU, bake service and data,
@@ -51,22 +51,7 @@ enum Command {
     /// Build an image: base layer, bake, export, verify.
     Build(cli::BuildArgs),
     /// Boot a built image and run its checks again.
-    Verify {
-        /// The build's manifest.json.
-        manifest: PathBuf,
-        /// Accelerator: auto, kvm or tcg (default: the one the manifest records).
-        #[arg(long)]
-        accelerator: Option<String>,
-        /// Virtual CPUs (default: the build's).
-        #[arg(long)]
-        cpus: Option<u32>,
-        /// Memory in MiB (default: the build's).
-        #[arg(long)]
-        memory_mib: Option<u32>,
-        /// How long the checks may take to pass, like 90s or 5m (default: the build's boot timeout).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        boot_timeout: Option<std::time::Duration>,
-    },
+    Verify(cli::VerifyArgs),
     /// Register a built image as an AMI or EMI.
     Register(cli::RegisterArgs),
     /// Turn a Eucalyptus bundle back into the image.
@@ -124,98 +109,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(command: Command, reporter: &Reporter) -> Result<()> {
     match command {
         Command::Validate { files } => validate(&files, reporter),
-        Command::Render { file, output } => {
-            let def = Definition::load(&file)?;
-            let answer = render::render(&def)?;
-            match output {
-                Some(out) => imgforge::atomic::write(&out, answer.text.as_bytes()),
-                None => {
-                    let _ = std::io::stdout().write_all(answer.text.as_bytes());
-                    Ok(())
-                }
-            }
-        }
-        Command::Id { file } => {
-            let def = Definition::load(&file)?;
-            let answer = render::render(&def)?;
-            let (ids, resolved) = layers::resolve_and_compute(&def, &answer)?;
-            let value = json!({
-                "name": def.image.name.0,
-                "base": ids.base,
-                "bake": ids.bake,
-                "build": ids.build,
-                "service_commit": resolved.service.as_ref().map(|s| s.commit.clone()),
-                "data_digest": resolved.data.as_ref().map(|d| d.digest().to_string()),
-            });
-            let human = format!(
-                "base  {}\nbake  {}\nbuild {}",
-                ids.base, ids.bake, ids.build
-            );
-            reporter.result(&human, &value);
-            Ok(())
-        }
+        Command::Render { file, output } => render_answer_file(&file, output.as_deref()),
+        Command::Id { file } => print_ids(&file, reporter),
         Command::Build(args) => {
             imgforge::cancel::install_handlers()?;
-            match build::build(&args.options(), reporter)? {
-                build::BuildResult::Image(outcome) => {
-                    let human = format!(
-                        "{} {}{}",
-                        if outcome.cached {
-                            "up to date:"
-                        } else {
-                            "built:"
-                        },
-                        outcome.manifest_path.display(),
-                        if outcome.cached {
-                            " (cached, nothing rebuilt)"
-                        } else {
-                            ""
-                        }
-                    );
-                    let mut value = serde_json::to_value(&outcome.manifest)?;
-                    value["event"] = json!(Event::Manifest.name());
-                    value["cached"] = json!(outcome.cached);
-                    value["manifest_path"] = json!(outcome.manifest_path);
-                    reporter.result(&human, &value);
-                    if args.register {
-                        register_build(&args.file, &outcome, reporter)?;
-                    }
-                }
-                build::BuildResult::Base { base, cached } => {
-                    let value = json!({
-                        "event": Event::Base.name(),
-                        "cached": cached,
-                        "dir": base.dir,
-                        "disk": base.disk(),
-                        "info": base.info,
-                    });
-                    reporter.result(&format!("base layer: {}", base.disk().display()), &value);
-                }
-            }
-            Ok(())
+            build_image(&args, reporter)
         }
-        Command::Verify {
-            manifest,
-            accelerator,
-            cpus,
-            memory_mib,
-            boot_timeout,
-        } => {
+        Command::Verify(args) => {
             imgforge::cancel::install_handlers()?;
-            let accelerator = match accelerator.as_deref() {
-                None => None,
-                Some("auto") => Some(Accelerator::Auto),
-                Some("kvm") => Some(Accelerator::Kvm),
-                Some("tcg") => Some(Accelerator::Tcg),
-                Some(other) => anyhow::bail!("--accelerator {other}: use auto, kvm or tcg"),
-            };
-            let overrides = imgforge::verify::VerifyOverrides {
-                accelerator,
-                cpus,
-                memory_mib,
-                boot_timeout,
-            };
-            imgforge::verify::verify_manifest(&manifest, &overrides, reporter)
+            imgforge::verify::verify_manifest(&args.manifest, &args.overrides(), reporter)
         }
         Command::Register(args) => {
             let opts = args.options()?;
@@ -239,6 +141,75 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Prune(args) => runtime()?.block_on(prune::run(args.options(), reporter)),
         Command::Doctor => imgforge::doctor::run(reporter),
     }
+}
+
+/// `imgforge render`: the answer file on stdout, or written atomically to `output`.
+fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
+    let def = Definition::load(file)?;
+    let answer = render::render(&def)?;
+    match output {
+        Some(out) => imgforge::atomic::write(out, answer.text.as_bytes()),
+        None => {
+            let _ = std::io::stdout().write_all(answer.text.as_bytes());
+            Ok(())
+        }
+    }
+}
+
+/// `imgforge id`: the layer ids, with the service commit and data digest they cover.
+fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
+    let def = Definition::load(file)?;
+    let answer = render::render(&def)?;
+    let (ids, resolved) = layers::resolve_and_compute(&def, &answer)?;
+    let value = json!({
+        "name": def.image.name.0,
+        "base": ids.base,
+        "bake": ids.bake,
+        "build": ids.build,
+        "service_commit": resolved.service.as_ref().map(|s| s.commit.clone()),
+        "data_digest": resolved.data.as_ref().map(|d| d.digest().to_string()),
+    });
+    let human = format!(
+        "base  {}\nbake  {}\nbuild {}",
+        ids.base, ids.bake, ids.build
+    );
+    reporter.result(&human, &value);
+    Ok(())
+}
+
+/// `imgforge build`: the image (or base) and its result line, then `--register`.
+fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
+    match build::build(&args.options(), reporter)? {
+        build::BuildResult::Image(outcome) => {
+            let human = if outcome.cached {
+                format!(
+                    "up to date: {} (cached, nothing rebuilt)",
+                    outcome.manifest_path.display()
+                )
+            } else {
+                format!("built: {}", outcome.manifest_path.display())
+            };
+            let mut value = serde_json::to_value(&outcome.manifest)?;
+            value["event"] = json!(Event::Manifest.name());
+            value["cached"] = json!(outcome.cached);
+            value["manifest_path"] = json!(outcome.manifest_path);
+            reporter.result(&human, &value);
+            if args.register {
+                register_build(&args.file, &outcome, reporter)?;
+            }
+        }
+        build::BuildResult::Base { base, cached } => {
+            let value = json!({
+                "event": Event::Base.name(),
+                "cached": cached,
+                "dir": base.dir,
+                "disk": base.disk(),
+                "info": base.info,
+            });
+            reporter.result(&format!("base layer: {}", base.disk().display()), &value);
+        }
+    }
+    Ok(())
 }
 
 /// `build --register`: publishes a build to every target of its definition's `[publish]`.
