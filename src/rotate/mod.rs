@@ -78,34 +78,13 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
 
 /// Runs `imgforge rotate`.
 pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
-    if args.max_surge == 0 {
-        bail!("--max-surge 0 would never replace anything: give 1 or more");
-    }
-    if args.min_healthy_percent > 100 {
-        bail!("--min-healthy-percent is a percentage: give 0 to 100");
-    }
-    if !(5..=1000).contains(&args.page_size) {
-        bail!("the page size must be between 5 and 1000");
-    }
-    if args.image_name.is_none() && args.filters.is_empty() {
-        bail!(
-            "say which instances to rotate: --image-name NAME (instances tagged \
-             imgforge:image=NAME) and/or --filter, e.g. --filter tag:team=web"
-        );
-    }
+    args.check()?;
     let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
     let calls = ApiCalls::default();
     let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
 
     reporter.phase("plan");
-    let selection = plan::Selection {
-        image_name: args.image_name.clone(),
-        image: args.image.clone(),
-        filters: args.filters.clone(),
-        max_age: args.max_age,
-        min_healthy_percent: args.min_healthy_percent,
-    };
-    let plan = plan::build(&clients, &selection, SystemTime::now()).await?;
+    let plan = plan::build(&clients, &args.selection(), SystemTime::now()).await?;
     plan.report(reporter);
     if args.dry_run {
         reporter.finish();
@@ -119,7 +98,9 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
     }
     if plan.healthy < plan.floor {
         bail!(
-            "only {} of the {} managed instances are healthy (status checks not impaired), below              the floor of {} (--min-healthy-percent {}): investigate the impaired ones, or lower              --min-healthy-percent to rotate anyway",
+            "only {} of the {} managed instances are healthy (status checks not impaired), below \
+             the floor of {} (--min-healthy-percent {}): investigate the impaired ones, or lower \
+             --min-healthy-percent to rotate anyway",
             plan.healthy,
             plan.items.len(),
             plan.floor,
@@ -143,7 +124,53 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
         );
         return Ok(());
     }
+    let (ec2_outcome, asg_outcome) = replace_all(&clients, &plan, &args, health, reporter).await?;
+    report_outcome(reporter, &calls, &plan, &ec2_outcome, &asg_outcome)?;
+    asg_outcome?;
+    Ok(())
+}
 
+impl RotateOptions {
+    /// Refuses options outside their ranges, and a rotation that names no instances.
+    fn check(&self) -> Result<()> {
+        if self.max_surge == 0 {
+            bail!("--max-surge 0 would never replace anything: give 1 or more");
+        }
+        if self.min_healthy_percent > 100 {
+            bail!("--min-healthy-percent is a percentage: give 0 to 100");
+        }
+        if !(5..=1000).contains(&self.page_size) {
+            bail!("the page size must be between 5 and 1000");
+        }
+        if self.image_name.is_none() && self.filters.is_empty() {
+            bail!(
+                "say which instances to rotate: --image-name NAME (instances tagged \
+                 imgforge:image=NAME) and/or --filter, e.g. --filter tag:team=web"
+            );
+        }
+        Ok(())
+    }
+
+    fn selection(&self) -> plan::Selection {
+        plan::Selection {
+            image_name: self.image_name.clone(),
+            image: self.image.clone(),
+            filters: self.filters.clone(),
+            max_age: self.max_age,
+            min_healthy_percent: self.min_healthy_percent,
+        }
+    }
+}
+
+/// Replaces the plan's standalone instances, then (if they all succeeded) the members of
+/// Auto Scaling groups through their groups.
+async fn replace_all(
+    clients: &cloud::Clients,
+    plan: &plan::Plan,
+    args: &RotateOptions,
+    health: Option<health::HealthCheck>,
+    reporter: &Reporter,
+) -> Result<(replace::Outcome, Result<asg::Outcome>)> {
     let settings = replace::Settings {
         max_surge: args.max_surge as usize,
         health,
@@ -152,7 +179,7 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
         poll_interval: args.poll_interval,
     };
     reporter.phase("replace");
-    let ec2_outcome = replace::execute(&clients, &plan, &settings, reporter).await?;
+    let ec2_outcome = replace::execute(clients, plan, &settings, reporter).await?;
     let asg_outcome = if plan.has_asg_work() && ec2_outcome.failures.is_empty() {
         reporter.phase("auto scaling");
         let asg_settings = asg::Settings {
@@ -162,18 +189,28 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
             timeout: args.health_timeout,
             poll_interval: args.poll_interval,
         };
-        asg::execute(&clients, &plan, &asg_settings, reporter).await
+        asg::execute(clients, plan, &asg_settings, reporter).await
     } else {
         Ok(asg::Outcome::default())
     };
     reporter.finish();
+    Ok((ec2_outcome, asg_outcome))
+}
 
+/// The summary of a rotation; an error naming the first failure if any replacement failed.
+fn report_outcome(
+    reporter: &Reporter,
+    calls: &ApiCalls,
+    plan: &plan::Plan,
+    ec2_outcome: &replace::Outcome,
+    asg_outcome: &Result<asg::Outcome>,
+) -> Result<()> {
     let asg_replaced = asg_outcome.as_ref().map(|o| o.replaced).unwrap_or(0);
     let replaced = ec2_outcome.replaced.len() + asg_replaced;
     let failed = ec2_outcome.failures.len();
     summary(
         reporter,
-        &calls,
+        calls,
         &format!(
             "replaced {replaced}, failed {failed}, not started {}, skipped {}",
             ec2_outcome.not_started,
@@ -198,7 +235,6 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
             }
         );
     }
-    asg_outcome?;
     Ok(())
 }
 
