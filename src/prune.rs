@@ -57,45 +57,7 @@ pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
             tag(i.tags(), tags::BUILD_ID).map(str::to_string),
         ))
     });
-    let ids: Vec<String> = images
-        .iter()
-        .filter_map(|i| i.image_id().map(str::to_string))
-        .collect();
-
-    let mut reasons = Reasons::new();
-    for id in ids.iter().take(args.keep) {
-        keep(&mut reasons, id, format!("among the newest {}", args.keep));
-    }
-    if let Some(min_age) = args.min_age {
-        let now = SystemTime::now();
-        for image in &images {
-            let created = image
-                .creation_date()
-                .and_then(|d| {
-                    time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(SystemTime::from);
-            let young = created.is_none_or(|c| now.duration_since(c).unwrap_or_default() < min_age);
-            if young {
-                keep(
-                    &mut reasons,
-                    image.image_id().unwrap_or(""),
-                    format!("younger than {}", format_age(min_age)),
-                );
-            }
-        }
-    }
-    let candidates: Vec<String> = ids
-        .iter()
-        .filter(|id| !reasons.contains_key(*id))
-        .cloned()
-        .collect();
-    if !candidates.is_empty() {
-        used_by_instances(&clients, &candidates, &mut reasons).await?;
-        used_by_templates(&clients, &candidates, &mut reasons).await?;
-        used_by_groups(&clients, &candidates, &mut reasons).await?;
-    }
+    let reasons = reasons_to_keep(&clients, &images, &args).await?;
     reporter.finish();
 
     let doomed: Vec<&Image> = images
@@ -125,12 +87,70 @@ pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
         );
         return Ok(());
     }
+    remove_all(&clients, &calls, doomed, reporter).await
+}
 
+/// Why each image is kept: the newest `--keep`, those younger than `--min-age`, and those an
+/// instance, a launch template or an Auto Scaling group uses.
+async fn reasons_to_keep(
+    clients: &Clients,
+    images: &[Image],
+    args: &PruneOptions,
+) -> Result<Reasons> {
+    let ids: Vec<String> = images
+        .iter()
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .collect();
+    let mut reasons = Reasons::new();
+    for id in ids.iter().take(args.keep) {
+        keep(&mut reasons, id, format!("among the newest {}", args.keep));
+    }
+    if let Some(min_age) = args.min_age {
+        let now = SystemTime::now();
+        for image in images {
+            let created = image
+                .creation_date()
+                .and_then(|d| {
+                    time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(SystemTime::from);
+            let young = created.is_none_or(|c| now.duration_since(c).unwrap_or_default() < min_age);
+            if young {
+                keep(
+                    &mut reasons,
+                    image.image_id().unwrap_or(""),
+                    format!("younger than {}", format_age(min_age)),
+                );
+            }
+        }
+    }
+    let candidates: Vec<String> = ids
+        .iter()
+        .filter(|id| !reasons.contains_key(*id))
+        .cloned()
+        .collect();
+    if !candidates.is_empty() {
+        used_by_instances(clients, &candidates, &mut reasons).await?;
+        used_by_templates(clients, &candidates, &mut reasons).await?;
+        used_by_groups(clients, &candidates, &mut reasons).await?;
+    }
+    Ok(reasons)
+}
+
+/// Deregisters `doomed` and deletes their snapshots, reporting each; fails naming the first
+/// image that could not be removed (the others are still removed).
+async fn remove_all(
+    clients: &Clients,
+    calls: &ApiCalls,
+    doomed: Vec<&Image>,
+    reporter: &Reporter,
+) -> Result<()> {
     reporter.phase("deregister");
     let results: Vec<(String, Result<Vec<String>>)> = stream::iter(doomed)
         .map(|image| async {
             let id = image.image_id().unwrap_or("").to_string();
-            let result = remove(&clients, image).await;
+            let result = remove(clients, image).await;
             (id, result)
         })
         .buffer_unordered(CONCURRENCY)
@@ -165,7 +185,7 @@ pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
     }
     summary(
         reporter,
-        &calls,
+        calls,
         &format!("removed {removed}, failed {}", failures.len()),
         json!({ "removed": removed, "failed": failures.len() }),
     );
