@@ -6,7 +6,7 @@
 //! `url=` or `inst.ks=`), or an ISO whose boot prompt gets a typed boot command.
 
 use super::{BaseInfo, BaseStaging};
-use crate::definition::{BuilderKind, Definition};
+use crate::definition::{BuilderKind, Definition, Installer};
 use crate::events::{Event, Reporter};
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
 use crate::process::Command;
@@ -15,7 +15,7 @@ use crate::render::AnswerFile;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Pause between typed keys, like Packer's `boot_key_interval`.
@@ -33,117 +33,31 @@ pub fn build(
         .installer
         .as_ref()
         .context("builder `installer` needs an [installer] table")?;
-    let fetch = |field: &str, a: &Option<crate::definition::Artifact>| -> Result<Option<PathBuf>> {
-        a.as_ref()
-            .map(|a| crate::sources::fetch_artifact(def, field, a))
-            .transpose()
-    };
-    let kernel = fetch("installer.kernel", &installer.kernel)?;
-    let initrd = fetch("installer.initrd", &installer.initrd)?;
-    let iso = fetch("installer.iso", &installer.iso)?;
-
-    let mut files = BTreeMap::new();
-    files.insert(
-        answer.file_name.to_string(),
-        answer.text.clone().into_bytes(),
-    );
-    files.insert(
-        "build-key.pub".to_string(),
-        format!("{}\n", staging.public_key()?).into_bytes(),
-    );
-    let server = FileServer::start(files)?;
+    let server = serve_answer_file(answer, staging, reporter)?;
     let ctx = json!({
         "http_ip": GUEST_HOST_IP,
         "http_port": server.port(),
         "http_url": server.guest_url(),
         "answer_url": format!("{}/{}", server.guest_url(), answer.file_name),
     });
-    reporter.event(
-        Event::HttpServer,
-        &format!(
-            "    serving the answer file at {}/{}",
-            server.guest_url(),
-            answer.file_name
-        ),
-        json!({ "url": server.guest_url() }),
-    );
-
     let disk = staging.path("disk.qcow2");
     Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
         .arg(def.machine.disk_size.0.to_string())
         .run()?;
-    let kernel_boot = match (kernel, initrd) {
-        (Some(k), Some(i)) => {
-            let append =
-                crate::render::render_template(installer.append.as_deref().unwrap_or(""), &ctx)
-                    .with_context(|| format!("{}: field `installer.append`", def.path.display()))?;
-            Some((k, i, append))
-        }
-        _ => None,
-    };
-    let cfg = VmConfig {
-        cdrom: if kernel_boot.is_none() { iso } else { None },
-        kernel: kernel_boot,
-        ..VmConfig::for_machine(&def.machine, &disk)
-    };
+    let cfg = installer_vm(def, installer, &ctx, &disk)?;
     reporter.phase("install");
-    let run_dir = staging.path("vm");
-    std::fs::create_dir_all(&run_dir)?;
-    let console_log = staging.path("install-console.log");
-    let mut vm = Vm::start(&cfg, &run_dir, &console_log)?;
-    // Reported as it happens, so that a CI log shows the install's progress.
-    let fetched = std::cell::Cell::new(None);
-    let announce_fetch = || {
-        if fetched.get().is_some() {
-            return;
-        }
-        if let Some(request) = server.first_fetch(answer.file_name) {
-            fetched.set(Some(request.at_s));
-            reporter.event(
-                Event::AnswerFileFetched,
-                &format!(
-                    "    the installer fetched {} after {:.1} s",
-                    answer.file_name, request.at_s
-                ),
-                json!({ "file": answer.file_name, "after_s": request.at_s }),
-            );
-        }
+    let install = Install {
+        def,
+        installer,
+        ctx,
+        server: &server,
+        answer,
+        staging,
+        reporter,
     };
-    let outcome = (|| -> Result<()> {
-        if cfg.cdrom.is_some() {
-            std::thread::sleep(installer.boot_wait.0);
-            let command = crate::render::render_template(&installer.boot_command.concat(), &ctx)
-                .with_context(|| {
-                    format!("{}: field `installer.boot_command`", def.path.display())
-                })?;
-            let actions = crate::bootcmd::parse(&command).with_context(|| {
-                format!("{}: field `installer.boot_command`", def.path.display())
-            })?;
-            reporter.println("    typing the boot command");
-            crate::bootcmd::type_into(&mut vm, &actions, KEY_INTERVAL)?;
-        }
-        vm.wait_poweroff(def.machine.timeouts.install.0, &|line| {
-            reporter.detail(line);
-            announce_fetch();
-        })
-    })();
-    announce_fetch();
-    let kept_log = keep_console_log(&console_log, &staging.id);
-    if let Err(e) = outcome {
-        bail!(
-            "{e:#}\nthe installer's console log is kept at {}",
-            kept_log.display()
-        );
-    }
-    let Some(fetched_after_s) = fetched.get() else {
-        bail!(
-            "the installer powered off without fetching its answer file {}; console log: {}",
-            answer.file_name,
-            kept_log.display()
-        );
-    };
+    let fetched_after_s = install.run(&cfg)?;
     reporter.event(
         Event::Installed,
         "    the installer powered off",
@@ -162,6 +76,150 @@ pub fn build(
         tools,
         answer_file_fetched_after_s: Some(fetched_after_s),
     })
+}
+
+/// Starts the build's HTTP server with the answer file and the build key the late command
+/// fetches.
+fn serve_answer_file(
+    answer: &AnswerFile,
+    staging: &BaseStaging,
+    reporter: &Reporter,
+) -> Result<FileServer> {
+    let mut files = BTreeMap::new();
+    files.insert(
+        answer.file_name.to_string(),
+        answer.text.clone().into_bytes(),
+    );
+    files.insert(
+        "build-key.pub".to_string(),
+        format!("{}\n", staging.public_key()?).into_bytes(),
+    );
+    let server = FileServer::start(files)?;
+    reporter.event(
+        Event::HttpServer,
+        &format!(
+            "    serving the answer file at {}/{}",
+            server.guest_url(),
+            answer.file_name
+        ),
+        json!({ "url": server.guest_url() }),
+    );
+    Ok(server)
+}
+
+/// The installer's VM: direct kernel boot with the rendered `append` line when the definition
+/// gives a kernel and initrd, else the ISO as a CD-ROM.
+fn installer_vm(
+    def: &Definition,
+    installer: &Installer,
+    ctx: &serde_json::Value,
+    disk: &Path,
+) -> Result<VmConfig> {
+    let fetch = |field: &str, a: &Option<crate::definition::Artifact>| -> Result<Option<PathBuf>> {
+        a.as_ref()
+            .map(|a| crate::sources::fetch_artifact(def, field, a))
+            .transpose()
+    };
+    let kernel = fetch("installer.kernel", &installer.kernel)?;
+    let initrd = fetch("installer.initrd", &installer.initrd)?;
+    let iso = fetch("installer.iso", &installer.iso)?;
+    let kernel_boot = match (kernel, initrd) {
+        (Some(k), Some(i)) => {
+            let append =
+                crate::render::render_template(installer.append.as_deref().unwrap_or(""), ctx)
+                    .with_context(|| format!("{}: field `installer.append`", def.path.display()))?;
+            Some((k, i, append))
+        }
+        _ => None,
+    };
+    Ok(VmConfig {
+        cdrom: if kernel_boot.is_none() { iso } else { None },
+        kernel: kernel_boot,
+        ..VmConfig::for_machine(&def.machine, disk)
+    })
+}
+
+/// One unattended install: what the installer is served and typed.
+struct Install<'a> {
+    def: &'a Definition,
+    installer: &'a Installer,
+    /// The values boot commands and `append` may name (`{{answer_url}}`, …).
+    ctx: serde_json::Value,
+    server: &'a FileServer,
+    answer: &'a AnswerFile,
+    staging: &'a BaseStaging,
+    reporter: &'a Reporter,
+}
+
+impl Install<'_> {
+    /// Boots the installer, types the boot command (ISO boot), and waits for the power-off
+    /// under the install timeout, reporting the answer file's fetch as it happens; returns
+    /// when the server first served it.
+    fn run(&self, cfg: &VmConfig) -> Result<f64> {
+        let Install {
+            def,
+            installer,
+            ref ctx,
+            server,
+            answer,
+            staging,
+            reporter,
+        } = *self;
+        let run_dir = staging.path("vm");
+        std::fs::create_dir_all(&run_dir)?;
+        let console_log = staging.path("install-console.log");
+        let mut vm = Vm::start(cfg, &run_dir, &console_log)?;
+        let fetched = std::cell::Cell::new(None);
+        let announce_fetch = || {
+            if fetched.get().is_some() {
+                return;
+            }
+            if let Some(request) = server.first_fetch(answer.file_name) {
+                fetched.set(Some(request.at_s));
+                reporter.event(
+                    Event::AnswerFileFetched,
+                    &format!(
+                        "    the installer fetched {} after {:.1} s",
+                        answer.file_name, request.at_s
+                    ),
+                    json!({ "file": answer.file_name, "after_s": request.at_s }),
+                );
+            }
+        };
+        let outcome = (|| -> Result<()> {
+            if cfg.cdrom.is_some() {
+                std::thread::sleep(installer.boot_wait.0);
+                let command = crate::render::render_template(&installer.boot_command.concat(), ctx)
+                    .with_context(|| {
+                        format!("{}: field `installer.boot_command`", def.path.display())
+                    })?;
+                let actions = crate::bootcmd::parse(&command).with_context(|| {
+                    format!("{}: field `installer.boot_command`", def.path.display())
+                })?;
+                reporter.println("    typing the boot command");
+                crate::bootcmd::type_into(&mut vm, &actions, KEY_INTERVAL)?;
+            }
+            vm.wait_poweroff(def.machine.timeouts.install.0, &|line| {
+                reporter.detail(line);
+                announce_fetch();
+            })
+        })();
+        announce_fetch();
+        let kept_log = keep_console_log(&console_log, &staging.id);
+        if let Err(e) = outcome {
+            bail!(
+                "{e:#}\nthe installer's console log is kept at {}",
+                kept_log.display()
+            );
+        }
+        fetched.get().with_context(|| {
+            format!(
+                "the installer powered off without fetching its answer file {}; console log: {}",
+                answer.file_name,
+                kept_log.display()
+            )
+        })
+    }
 }
 
 /// Copies an installer console log to `<cache>/logs/`, where it outlives a failed build.

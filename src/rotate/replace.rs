@@ -75,7 +75,7 @@ pub async fn execute(
     settings: &Settings,
     reporter: &Reporter,
 ) -> Result<Outcome> {
-    let mut queue: VecDeque<&Item> = plan
+    let queue: VecDeque<&Item> = plan
         .items
         .iter()
         .filter(|i| matches!(i.action, Action::Replace | Action::Resume { .. }))
@@ -86,150 +86,208 @@ pub async fn execute(
         .flat_map(|i| i.instance.block_device_mappings())
         .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
         .collect();
-    let volumes = describe_volumes(clients, &volume_ids).await?;
-    let mut outcome = Outcome::default();
-    let mut inflight: Vec<InFlight> = Vec::new();
-    let mut stopped = false;
-    let mut last_progress = Instant::now();
+    let mut run = Replacement {
+        clients,
+        plan,
+        settings,
+        reporter,
+        volumes: describe_volumes(clients, &volume_ids).await?,
+        queue,
+        inflight: Vec::new(),
+        outcome: Outcome::default(),
+        stopped: false,
+    };
     let probe_timeout = settings
         .poll_interval
         .clamp(Duration::from_secs(1), Duration::from_secs(5));
-
+    let mut last_progress = Instant::now();
     loop {
-        if !stopped {
-            let room = settings.max_surge.saturating_sub(inflight.len());
-            let batch: Vec<&Item> = (0..room).map_while(|_| queue.pop_front()).collect();
-            let starts = batch.iter().map(|item| {
-                let target = plan
-                    .target(item)
-                    .expect("plan checked every replacement's target");
-                start(clients, item, target, &volumes, reporter)
-            });
-            for (item, started) in batch.iter().zip(join_all(starts).await) {
-                match started {
-                    Ok(new_id) => inflight.push(InFlight {
-                        item,
-                        new_id,
-                        started: Instant::now(),
-                        waiting_for: "launch".into(),
-                    }),
-                    Err(e) => {
-                        let msg = format!("cannot launch a replacement for {}: {e:#}", item.id);
-                        reporter.event(
-                            Event::Failed,
-                            &msg,
-                            json!({ "instance": item.id, "reason": msg }),
-                        );
-                        outcome.failures.push(msg);
-                        stopped = true;
-                    }
-                }
-            }
+        if !run.stopped {
+            run.launch_batch().await;
         }
-        if inflight.is_empty() {
+        if run.inflight.is_empty() {
             break;
         }
         tokio::time::sleep(settings.poll_interval).await;
+        let polls = poll(clients, &run.inflight, settings, probe_timeout).await?;
+        let (done, failed) = run.sort_polls(polls);
+        run.retire_failed(failed).await?;
+        run.retire_replaced(done).await?;
+        let waiting = run.waiting_for();
+        reporter.detail(&waiting);
+        if !run.inflight.is_empty() && last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            run.report_waiting(&waiting);
+        }
+    }
+    run.outcome.not_started = run.queue.len();
+    Ok(run.outcome)
+}
 
-        let polls = poll(clients, &inflight, settings, probe_timeout).await?;
+/// A rotation's replacements under way.
+struct Replacement<'a> {
+    clients: &'a Clients,
+    plan: &'a Plan,
+    settings: &'a Settings,
+    reporter: &'a Reporter,
+    volumes: HashMap<String, Volume>,
+    queue: VecDeque<&'a Item>,
+    inflight: Vec<InFlight<'a>>,
+    outcome: Outcome,
+    /// A launch or a replacement failed: nothing new starts, those in flight finish.
+    stopped: bool,
+}
+
+impl<'a> Replacement<'a> {
+    /// Launches replacements for queued instances while fewer than `max_surge` are in flight.
+    async fn launch_batch(&mut self) {
+        let room = self.settings.max_surge.saturating_sub(self.inflight.len());
+        let batch: Vec<&'a Item> = (0..room).map_while(|_| self.queue.pop_front()).collect();
+        let starts = batch.iter().map(|item| {
+            let target = self
+                .plan
+                .target(item)
+                .expect("plan checked every replacement's target");
+            start(self.clients, item, target, &self.volumes, self.reporter)
+        });
+        for (item, started) in batch.iter().zip(join_all(starts).await) {
+            match started {
+                Ok(new_id) => self.inflight.push(InFlight {
+                    item,
+                    new_id,
+                    started: Instant::now(),
+                    waiting_for: "launch".into(),
+                }),
+                Err(e) => {
+                    let msg = format!("cannot launch a replacement for {}: {e:#}", item.id);
+                    self.reporter.event(
+                        Event::Failed,
+                        &msg,
+                        json!({ "instance": item.id, "reason": msg }),
+                    );
+                    self.outcome.failures.push(msg);
+                    self.stopped = true;
+                }
+            }
+        }
+    }
+
+    /// Old instances whose replacement is healthy, and (old instance, reason) for those whose
+    /// replacement failed or ran out of time; the others keep waiting.
+    fn sort_polls(&mut self, polls: Vec<Poll>) -> (Vec<String>, Vec<(String, String)>) {
+        let timeout = self.settings.health_timeout;
         let mut done = Vec::new();
         let mut failed = Vec::new();
-        for (f, p) in inflight.iter_mut().zip(polls) {
+        for (f, p) in self.inflight.iter_mut().zip(polls) {
             match p {
                 Poll::Healthy => done.push(f.item.id.clone()),
                 Poll::Failed(reason) => failed.push((f.item.id.clone(), reason)),
-                Poll::Waiting(what) if f.started.elapsed() > settings.health_timeout => failed
-                    .push((
-                        f.item.id.clone(),
-                        format!(
-                            "not healthy within {} (last: {what})",
-                            humantime::format_duration(settings.health_timeout)
-                        ),
-                    )),
+                Poll::Waiting(what) if f.started.elapsed() > timeout => failed.push((
+                    f.item.id.clone(),
+                    format!(
+                        "not healthy within {} (last: {what})",
+                        humantime::format_duration(timeout)
+                    ),
+                )),
                 Poll::Waiting(what) => f.waiting_for = what,
             }
         }
+        (done, failed)
+    }
 
-        if !failed.is_empty() {
-            stopped = true;
-            let doomed: Vec<String> = inflight
-                .iter()
-                .filter(|f| failed.iter().any(|(old, _)| *old == f.item.id))
-                .map(|f| f.new_id.clone())
-                .collect();
-            terminate(clients, &doomed).await.with_context(|| {
-                format!(
-                    "cannot terminate the failed replacement(s) {}",
-                    doomed.join(", ")
-                )
-            })?;
-            for (old, reason) in failed {
-                let f = inflight
-                    .iter()
-                    .find(|f| f.item.id == old)
-                    .expect("in flight");
-                let msg = format!(
-                    "replacement {} for {old} failed: {reason}; terminated it, {old} keeps running",
-                    f.new_id
-                );
-                reporter.event(
-                    Event::Failed,
-                    &msg,
-                    json!({ "instance": old, "replacement": f.new_id, "reason": reason }),
-                );
-                outcome.failures.push(msg);
-                inflight.retain(|f| f.item.id != old);
-            }
+    /// Terminates failed replacements (the old instances keep running) and stops the rotation.
+    async fn retire_failed(&mut self, failed: Vec<(String, String)>) -> Result<()> {
+        if failed.is_empty() {
+            return Ok(());
         }
-
-        if !done.is_empty() {
-            // The floor holds by construction: an old instance is terminated only after its
-            // replacement passed every check, so the healthy count never goes down.
-            terminate(clients, &done).await.with_context(|| {
-                format!("cannot terminate the old instance(s) {}", done.join(", "))
-            })?;
-            for old in done {
-                let f = inflight
-                    .iter()
-                    .find(|f| f.item.id == old)
-                    .expect("in flight");
-                reporter.event(
-                    Event::Replaced,
-                    &format!(
-                        "{old} replaced by {} (healthy after {}s); terminated {old}",
-                        f.new_id,
-                        f.started.elapsed().as_secs()
-                    ),
-                    json!({ "instance": old, "replacement": f.new_id,
-                            "healthy_after_s": f.started.elapsed().as_secs() }),
-                );
-                outcome.replaced.push((old.clone(), f.new_id.clone()));
-                inflight.retain(|f| f.item.id != old);
-            }
+        self.stopped = true;
+        let doomed: Vec<String> = self
+            .inflight
+            .iter()
+            .filter(|f| failed.iter().any(|(old, _)| *old == f.item.id))
+            .map(|f| f.new_id.clone())
+            .collect();
+        terminate(self.clients, &doomed).await.with_context(|| {
+            format!(
+                "cannot terminate the failed replacement(s) {}",
+                doomed.join(", ")
+            )
+        })?;
+        for (old, reason) in failed {
+            let f = self.take_inflight(&old);
+            let msg = format!(
+                "replacement {} for {old} failed: {reason}; terminated it, {old} keeps running",
+                f.new_id
+            );
+            self.reporter.event(
+                Event::Failed,
+                &msg,
+                json!({ "instance": old, "replacement": f.new_id, "reason": reason }),
+            );
+            self.outcome.failures.push(msg);
         }
+        Ok(())
+    }
 
-        let waiting = inflight
+    /// Terminates the old instances whose replacements are healthy.
+    async fn retire_replaced(&mut self, done: Vec<String>) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        // The floor holds by construction: an old instance is terminated only after its
+        // replacement passed every check, so the healthy count never goes down.
+        terminate(self.clients, &done)
+            .await
+            .with_context(|| format!("cannot terminate the old instance(s) {}", done.join(", ")))?;
+        for old in done {
+            let f = self.take_inflight(&old);
+            self.reporter.event(
+                Event::Replaced,
+                &format!(
+                    "{old} replaced by {} (healthy after {}s); terminated {old}",
+                    f.new_id,
+                    f.started.elapsed().as_secs()
+                ),
+                json!({ "instance": old, "replacement": f.new_id,
+                        "healthy_after_s": f.started.elapsed().as_secs() }),
+            );
+            self.outcome.replaced.push((old, f.new_id));
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the replacement in flight for old instance `old`.
+    fn take_inflight(&mut self, old: &str) -> InFlight<'a> {
+        let at = self
+            .inflight
+            .iter()
+            .position(|f| f.item.id == old)
+            .expect("in flight");
+        self.inflight.remove(at)
+    }
+
+    /// What each replacement in flight waits for (`i-… status checks, …`).
+    fn waiting_for(&self) -> String {
+        self.inflight
             .iter()
             .map(|f| format!("{} {}", f.new_id, f.waiting_for))
             .collect::<Vec<_>>()
-            .join(", ");
-        reporter.detail(&waiting);
-        if !inflight.is_empty() && last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
-            reporter.event(
-                Event::Waiting,
-                &format!(
-                    "waiting for {} replacement(s), {} queued: {waiting}",
-                    inflight.len(),
-                    queue.len()
-                ),
-                json!({ "in_flight": inflight.len(), "queued": queue.len(),
-                        "replaced": outcome.replaced.len() }),
-            );
-        }
+            .join(", ")
     }
-    outcome.not_started = queue.len();
-    Ok(outcome)
+
+    /// Reports the replacements in flight (`waiting` as [`Replacement::waiting_for`] says).
+    fn report_waiting(&self, waiting: &str) {
+        self.reporter.event(
+            Event::Waiting,
+            &format!(
+                "waiting for {} replacement(s), {} queued: {waiting}",
+                self.inflight.len(),
+                self.queue.len()
+            ),
+            json!({ "in_flight": self.inflight.len(), "queued": self.queue.len(),
+                    "replaced": self.outcome.replaced.len() }),
+        );
+    }
 }
 
 /// Launches (or, resuming, adopts) the replacement of `item`; returns its id.
