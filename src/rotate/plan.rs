@@ -384,27 +384,7 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
     });
     filters.extend(selection.filters.iter().cloned());
     let instances = describe_instances(clients, filters).await?;
-
-    let names: BTreeSet<String> = instances
-        .iter()
-        .filter_map(|i| tag(i.tags(), tags::IMAGE).map(str::to_string))
-        .collect();
-    let mut targets = BTreeMap::new();
-    match &selection.image {
-        Some(id) => {
-            let target = explicit_image(clients, id).await?;
-            for name in &names {
-                targets.insert(name.clone(), target.clone());
-            }
-        }
-        None => {
-            for name in &names {
-                if let Some(t) = newest_image(clients, name).await? {
-                    targets.insert(name.clone(), t);
-                }
-            }
-        }
-    }
+    let targets = targets(clients, selection, &instances).await?;
 
     let mut items: Vec<Item> = instances
         .into_iter()
@@ -427,10 +407,57 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
         })
         .collect();
     items.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
+    keep_the_young(&mut items, &targets, selection.max_age);
+    decide_replacements(clients, &mut items, &targets).await?;
 
-    let max_age = format_age(selection.max_age);
-    for item in &mut items {
-        if item.age > selection.max_age {
+    let floor = (items.len() * selection.min_healthy_percent as usize).div_ceil(100);
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let healthy = ids.len() - impaired(clients, &ids).await?;
+    Ok(Plan {
+        items,
+        targets,
+        floor,
+        healthy,
+        max_age: selection.max_age,
+    })
+}
+
+/// The target image of each image name the instances carry: `--image` for all, else the
+/// newest available image of that name.
+async fn targets(
+    clients: &Clients,
+    selection: &Selection,
+    instances: &[Instance],
+) -> Result<BTreeMap<String, Target>> {
+    let names: BTreeSet<String> = instances
+        .iter()
+        .filter_map(|i| tag(i.tags(), tags::IMAGE).map(str::to_string))
+        .collect();
+    let mut targets = BTreeMap::new();
+    match &selection.image {
+        Some(id) => {
+            let target = explicit_image(clients, id).await?;
+            for name in names {
+                targets.insert(name, target.clone());
+            }
+        }
+        None => {
+            for name in names {
+                if let Some(t) = newest_image(clients, &name).await? {
+                    targets.insert(name, t);
+                }
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Instances younger than `max_age` are kept (saying why); older ones tagged
+/// `imgforge:rotate=never` are skipped.
+fn keep_the_young(items: &mut [Item], targets: &BTreeMap<String, Target>, max_age: Duration) {
+    let shown = format_age(max_age);
+    for item in items {
+        if item.age > max_age {
             if tag(item.instance.tags(), tags::ROTATE) == Some("never") {
                 item.action = Action::Skip {
                     reason: format!("tagged {}=never", tags::ROTATE),
@@ -442,19 +469,31 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
         item.action = Action::Keep {
             reason: match targets.get(&item.image_name) {
                 Some(t) if t.image_id == current => {
-                    format!("on the target image, younger than {max_age}")
+                    format!("on the target image, younger than {shown}")
                 }
-                Some(t) => format!("younger than {max_age} (newest image is {})", t.image_id),
-                None => format!("younger than {max_age}"),
+                Some(t) => format!("younger than {shown} (newest image is {})", t.image_id),
+                None => format!("younger than {shown}"),
             },
         };
     }
+}
 
+/// For each instance still to replace: skip it under termination protection, hand it to its
+/// Auto Scaling group, or resume a replacement an earlier run launched; refuses when an
+/// instance to replace has no target image.
+async fn decide_replacements(
+    clients: &Clients,
+    items: &mut [Item],
+    targets: &BTreeMap<String, Target>,
+) -> Result<()> {
     let candidates: Vec<String> = items
         .iter()
         .filter(|i| i.action == Action::Replace)
         .map(|i| i.id.clone())
         .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
     let protected: BTreeSet<String> = stream::iter(candidates.iter().cloned())
         .map(|id| async move {
             Ok::<_, anyhow::Error>((termination_protected(clients, &id).await?, id))
@@ -463,20 +502,9 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
         .try_filter_map(|(p, id)| async move { Ok(p.then_some(id)) })
         .try_collect()
         .await?;
-    let groups = if candidates.is_empty() {
-        HashMap::new()
-    } else {
-        groups_of(clients, &candidates).await?
-    };
-    let resumable = if candidates.is_empty() {
-        HashMap::new()
-    } else {
-        replacements(clients).await?
-    };
-    for item in &mut items {
-        if item.action != Action::Replace {
-            continue;
-        }
+    let groups = groups_of(clients, &candidates).await?;
+    let resumable = replacements(clients).await?;
+    for item in items.iter_mut().filter(|i| i.action == Action::Replace) {
         item.action = if protected.contains(&item.id) {
             Action::Skip {
                 reason: "termination protection is on".into(),
@@ -505,17 +533,7 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
             );
         }
     }
-
-    let floor = (items.len() * selection.min_healthy_percent as usize).div_ceil(100);
-    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-    let healthy = ids.len() - impaired(clients, &ids).await?;
-    Ok(Plan {
-        items,
-        targets,
-        floor,
-        healthy,
-        max_age: selection.max_age,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
