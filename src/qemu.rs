@@ -190,6 +190,69 @@ impl VmConfig {
     }
 }
 
+/// OVMF's code and a copy of its variable store at `vars` as pflash drives.
+fn uefi_args(vars: &Path) -> Result<Vec<String>> {
+    std::fs::copy(OVMF_VARS, vars)
+        .with_context(|| format!("{OVMF_VARS} is missing: install the Debian package ovmf"))?;
+    Ok(vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ])
+}
+
+impl VmConfig {
+    /// The disks, CD-ROM, direct kernel boot and user network this VM gets.
+    fn device_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |a: &str, b: String| {
+            args.push(a.into());
+            args.push(b.into());
+        };
+        for (i, d) in self.drives.iter().enumerate() {
+            push(
+                "-drive",
+                format!(
+                    "file={},format={},if=virtio,index={i},cache=unsafe,discard=unmap{}",
+                    d.path.display(),
+                    d.format,
+                    if d.read_only { ",readonly=on" } else { "" }
+                ),
+            );
+        }
+        if let Some(iso) = &self.cdrom {
+            push(
+                "-drive",
+                format!(
+                    "file={},media=cdrom,readonly=on,if=ide,index=2",
+                    iso.display()
+                ),
+            );
+            push("-boot", "order=dc".into());
+        }
+        let mut netdev = "user,id=net0".to_string();
+        for (host, guest) in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        push("-netdev", netdev);
+        // No network boot ROM: a disk that cannot boot fails at once instead of trying PXE.
+        push("-device", "virtio-net-pci,netdev=net0,romfile=".into());
+        if let Some((kernel, initrd, append)) = &self.kernel {
+            for (flag, value) in [
+                ("-kernel", kernel.as_os_str()),
+                ("-initrd", initrd.as_os_str()),
+            ] {
+                args.push(flag.into());
+                args.push(value.to_os_string());
+            }
+            args.push("-append".into());
+            args.push(append.into());
+        }
+        args
+    }
+}
+
 /// A running QEMU guest; killed when dropped.
 pub struct Vm {
     handle: Option<duct::Handle>,
@@ -229,59 +292,14 @@ impl Vm {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
             .args(["-device", "virtio-rng-pci"]);
-        let mut vars = None;
-        if cfg.firmware == Firmware::Uefi {
-            let copy = tempfile::NamedTempFile::new_in(run_dir)?;
-            std::fs::copy(OVMF_VARS, copy.path()).with_context(|| {
-                format!("{OVMF_VARS} is missing: install the Debian package ovmf")
-            })?;
-            cmd = cmd
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-                ))
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    copy.path().display()
-                ));
-            vars = Some(copy);
+        let vars = match cfg.firmware {
+            Firmware::Uefi => Some(tempfile::NamedTempFile::new_in(run_dir)?),
+            Firmware::Bios => None,
+        };
+        if let Some(vars) = &vars {
+            cmd = cmd.args(uefi_args(vars.path())?);
         }
-        for (i, d) in cfg.drives.iter().enumerate() {
-            cmd = cmd.arg("-drive").arg(format!(
-                "file={},format={},if=virtio,index={i},cache=unsafe,discard=unmap{}",
-                d.path.display(),
-                d.format,
-                if d.read_only { ",readonly=on" } else { "" }
-            ));
-        }
-        if let Some(iso) = &cfg.cdrom {
-            cmd = cmd
-                .arg("-drive")
-                .arg(format!(
-                    "file={},media=cdrom,readonly=on,if=ide,index=2",
-                    iso.display()
-                ))
-                .args(["-boot", "order=dc"]);
-        }
-        if let Some((kernel, initrd, append)) = &cfg.kernel {
-            cmd = cmd
-                .arg("-kernel")
-                .arg(kernel)
-                .arg("-initrd")
-                .arg(initrd)
-                .arg("-append")
-                .arg(append);
-        }
-        let mut netdev = "user,id=net0".to_string();
-        for (host, guest) in &cfg.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-        }
-        cmd = cmd
-            .arg("-netdev")
-            .arg(netdev)
-            // No network boot ROM: a disk that cannot boot fails at once instead of trying PXE.
-            .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
+        cmd = cmd.args(cfg.device_args());
         let handle = cmd.spawn_logged(&qemu_log)?;
         Ok(Vm {
             handle: Some(handle),
