@@ -15,8 +15,8 @@ use crate::events::{Event, Reporter};
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
-    InstanceMetadataOptionsRequest, Placement, ResourceType, RunInstancesMonitoringEnabled, Tag,
-    TagSpecification, Volume, VolumeType,
+    InstanceMetadataOptionsRequest, InstanceStatus, Placement, ResourceType,
+    RunInstancesMonitoringEnabled, Tag, TagSpecification, Volume, VolumeType,
 };
 use futures::future::join_all;
 use serde_json::json;
@@ -516,59 +516,79 @@ async fn poll(
             .context("DescribeInstanceStatus failed")
     })
     .await?;
-    let status: HashMap<String, _> = found
+    let status: HashMap<String, InstanceStatus> = found
         .into_iter()
         .filter_map(|s| Some((s.instance_id()?.to_string(), s)))
         .collect();
-    let mut polls: Vec<Poll> = ids
-        .iter()
-        .map(|id| {
-            let Some(s) = status.get(id) else {
-                return Poll::Waiting("not listed yet".into());
-            };
-            let state = s
-                .instance_state()
-                .and_then(|st| st.name())
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_else(|| "unknown".into());
-            match state.as_str() {
-                "pending" => return Poll::Waiting("pending".into()),
-                "running" => {}
-                other => return Poll::Failed(format!("it went to state {other}")),
-            }
-            let instance = s
-                .instance_status()
-                .and_then(|x| x.status())
-                .map(|x| x.as_str());
-            let system = s
-                .system_status()
-                .and_then(|x| x.status())
-                .map(|x| x.as_str());
-            match (instance, system) {
-                (Some("ok"), Some("ok")) => Poll::Healthy,
-                (Some("impaired"), _) | (_, Some("impaired")) => {
-                    Poll::Failed("its status checks report impaired".into())
-                }
-                (i, sy) => Poll::Waiting(format!(
-                    "status checks: instance {}, system {}",
-                    i.unwrap_or("-"),
-                    sy.unwrap_or("-")
-                )),
-            }
-        })
-        .collect();
+    let mut polls: Vec<Poll> = ids.iter().map(|id| status_poll(status.get(id))).collect();
+    if let Some(check) = &settings.health {
+        probe_healthy(
+            clients,
+            &ids,
+            &mut polls,
+            check,
+            settings.health_address,
+            probe_timeout,
+        )
+        .await?;
+    }
+    Ok(polls)
+}
 
-    let Some(check) = &settings.health else {
-        return Ok(polls);
+/// Where a replacement stands from its state and EC2 status checks alone.
+fn status_poll(status: Option<&InstanceStatus>) -> Poll {
+    let Some(s) = status else {
+        return Poll::Waiting("not listed yet".into());
     };
+    let state = s
+        .instance_state()
+        .and_then(|st| st.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match state.as_str() {
+        "pending" => return Poll::Waiting("pending".into()),
+        "running" => {}
+        other => return Poll::Failed(format!("it went to state {other}")),
+    }
+    let instance = s
+        .instance_status()
+        .and_then(|x| x.status())
+        .map(|x| x.as_str());
+    let system = s
+        .system_status()
+        .and_then(|x| x.status())
+        .map(|x| x.as_str());
+    match (instance, system) {
+        (Some("ok"), Some("ok")) => Poll::Healthy,
+        (Some("impaired"), _) | (_, Some("impaired")) => {
+            Poll::Failed("its status checks report impaired".into())
+        }
+        (i, sy) => Poll::Waiting(format!(
+            "status checks: instance {}, system {}",
+            i.unwrap_or("-"),
+            sy.unwrap_or("-")
+        )),
+    }
+}
+
+/// Runs the health check on the replacements whose status checks passed; one that does not
+/// answer yet goes back to waiting.
+async fn probe_healthy(
+    clients: &Clients,
+    ids: &[String],
+    polls: &mut [Poll],
+    check: &HealthCheck,
+    address: AddressKind,
+    probe_timeout: Duration,
+) -> Result<()> {
     let passed: Vec<String> = ids
         .iter()
-        .zip(&polls)
+        .zip(polls.iter())
         .filter(|(_, p)| matches!(p, Poll::Healthy))
         .map(|(id, _)| id.clone())
         .collect();
     if passed.is_empty() {
-        return Ok(polls);
+        return Ok(());
     }
     let instances = cloud::in_chunks(&passed, BATCH, |chunk| {
         cloud::describe_instances(
@@ -583,7 +603,7 @@ async fn poll(
     let addresses: HashMap<String, Option<IpAddr>> = instances
         .iter()
         .filter_map(|i| {
-            let ip = match settings.health_address {
+            let ip = match address {
                 AddressKind::Private => i.private_ip_address(),
                 AddressKind::Public => i.public_ip_address(),
             };
@@ -610,7 +630,7 @@ async fn poll(
             }
         });
     join_all(probes).await;
-    Ok(polls)
+    Ok(())
 }
 
 #[cfg(test)]
