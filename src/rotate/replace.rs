@@ -13,6 +13,7 @@ use super::plan::{Action, Item, Plan, Target};
 use crate::cloud::{self, tags, Clients};
 use crate::events::{Event, Reporter};
 use anyhow::{Context, Result};
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
     InstanceMetadataOptionsRequest, InstanceStatus, Placement, ResourceType,
@@ -290,55 +291,16 @@ impl<'a> Replacement<'a> {
     }
 }
 
-/// Launches (or, resuming, adopts) the replacement of `item`; returns its id.
-async fn start(
-    clients: &Clients,
-    item: &Item,
-    target: &Target,
-    volumes: &HashMap<String, Volume>,
-    reporter: &Reporter,
-) -> Result<String> {
-    if let Action::Resume { replacement } = &item.action {
-        reporter.event(
-            Event::Resume,
-            &format!(
-                "{}: found its replacement {replacement} from an earlier run",
-                item.id
-            ),
-            json!({ "instance": item.id, "replacement": replacement }),
-        );
-        return Ok(replacement.clone());
-    }
-    let old = &item.instance;
-    let user_data = clients
-        .ec2
-        .describe_instance_attribute()
-        .instance_id(&item.id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-        .send()
-        .await
-        .with_context(|| format!("cannot read the user data of {}", item.id))?
-        .user_data()
-        .and_then(|v| v.value())
-        .map(str::to_string);
-
-    let mut run = clients
-        .ec2
-        .run_instances()
-        .image_id(&target.image_id)
-        .min_count(1)
-        .max_count(1)
+/// `run` with the old instance's type, key, EBS optimisation, network (subnet or zone,
+/// security groups), IAM profile, metadata options and monitoring.
+fn with_settings_of(
+    mut run: RunInstancesFluentBuilder,
+    old: &aws_sdk_ec2::types::Instance,
+) -> RunInstancesFluentBuilder {
+    run = run
         .set_instance_type(old.instance_type().cloned())
         .set_key_name(old.key_name().map(str::to_string))
-        .set_user_data(user_data)
-        .set_ebs_optimized(old.ebs_optimized())
-        .set_block_device_mappings(Some(block_devices(old, target, volumes)))
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .set_tags(Some(replacement_tags(old.tags(), &item.id)))
-                .build(),
-        );
+        .set_ebs_optimized(old.ebs_optimized());
     if let Some(subnet) = old.subnet_id() {
         run = run.subnet_id(subnet);
     } else if let Some(az) = old.placement().and_then(|p| p.availability_zone()) {
@@ -371,6 +333,55 @@ async fn start(
                 .build(),
         );
     }
+    run
+}
+
+/// Launches (or, resuming, adopts) the replacement of `item`; returns its id.
+async fn start(
+    clients: &Clients,
+    item: &Item,
+    target: &Target,
+    volumes: &HashMap<String, Volume>,
+    reporter: &Reporter,
+) -> Result<String> {
+    if let Action::Resume { replacement } = &item.action {
+        reporter.event(
+            Event::Resume,
+            &format!(
+                "{}: found its replacement {replacement} from an earlier run",
+                item.id
+            ),
+            json!({ "instance": item.id, "replacement": replacement }),
+        );
+        return Ok(replacement.clone());
+    }
+    let old = &item.instance;
+    let user_data = clients
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&item.id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .with_context(|| format!("cannot read the user data of {}", item.id))?
+        .user_data()
+        .and_then(|v| v.value())
+        .map(str::to_string);
+    let run = clients
+        .ec2
+        .run_instances()
+        .image_id(&target.image_id)
+        .min_count(1)
+        .max_count(1)
+        .set_user_data(user_data)
+        .set_block_device_mappings(Some(block_devices(old, target, volumes)))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(replacement_tags(old.tags(), &item.id)))
+                .build(),
+        );
+    let run = with_settings_of(run, old);
     let out = run.send().await.with_context(|| {
         format!(
             "RunInstances from {} with the settings of {} failed",
