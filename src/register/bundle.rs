@@ -145,14 +145,49 @@ pub fn create(
     keys: &BundleKeys,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Bundle> {
+    let key: [u8; 16] = rand::random();
+    let iv: [u8; 16] = rand::random();
+    let written = write_parts(image, dir, spec, &key, &iv, progress)?;
+    let manifest_text = manifest_text(spec, keys, &written, &key, &iv)?;
+    let manifest = dir.join(format!("{}.manifest.xml", spec.prefix));
+    std::fs::write(&manifest, manifest_text)
+        .with_context(|| format!("cannot write {}", manifest.display()))?;
+    Ok(Bundle {
+        manifest,
+        parts: written
+            .parts
+            .parts
+            .iter()
+            .map(|p| dir.join(&p.filename))
+            .collect(),
+        image_size: written.image_size,
+        bundled_size: written.parts.total,
+    })
+}
+
+/// The encrypted parts of a bundle, and what the manifest says of them.
+struct Written {
+    parts: PartWriter,
+    image_size: u64,
+    /// SHA-1 of the tar stream, before compression and encryption.
+    tar_sha1: String,
+}
+
+/// The image as a tar member, gzipped, encrypted with AES-128-CBC and split into parts in
+/// `dir`.
+fn write_parts(
+    image: &Path,
+    dir: &Path,
+    spec: &BundleSpec,
+    key: &[u8; 16],
+    iv: &[u8; 16],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Written> {
     let file =
         File::open(image).with_context(|| format!("{}: cannot open the image", image.display()))?;
     let image_size = file.metadata()?.len();
-    let key: [u8; 16] = rand::random();
-    let iv: [u8; 16] = rand::random();
-
     let parts = PartWriter::new(dir, &spec.prefix);
-    let cbc = CbcWriter::new(parts, &key, &iv);
+    let cbc = CbcWriter::new(parts, key, iv);
     let gz = GzEncoder::new(cbc, flate2::Compression::fast());
     let hashing = HashWriter::new(gz);
     let mut tar = tar::Builder::new(hashing);
@@ -174,8 +209,22 @@ pub fn create(
     let hashing = tar.into_inner()?;
     let tar_sha1 = hex::encode(hashing.hasher.finalize());
     let parts = hashing.inner.finish()?.finish()?.finish()?;
-    let bundled_size = parts.total;
+    Ok(Written {
+        parts,
+        image_size,
+        tar_sha1,
+    })
+}
 
+/// The signed manifest: the machine configuration, the image with its digests and the key and
+/// IV encrypted for the cloud and for the user, signed with the user's private key.
+fn manifest_text(
+    spec: &BundleSpec,
+    keys: &BundleKeys,
+    written: &Written,
+    key: &[u8; 16],
+    iv: &[u8; 16],
+) -> Result<String> {
     let mut rng = rand::thread_rng();
     let mut encrypt = |pk: &RsaPublicKey, text: &[u8]| -> Result<String> {
         Ok(hex::encode(pk.encrypt(&mut rng, Pkcs1v15Encrypt, text)?))
@@ -194,6 +243,12 @@ pub fn create(
          </block_device_mapping></machine_configuration>",
         esc(&spec.arch)
     );
+    let Written {
+        parts,
+        image_size,
+        tar_sha1,
+    } = written;
+    let bundled_size = parts.total;
     let mut image_xml = format!(
         "<image><name>{}</name><user>{}</user><type>machine</type>\
          <digest algorithm=\"SHA1\">{tar_sha1}</digest><size>{image_size}</size>\
@@ -222,22 +277,13 @@ pub fn create(
             &Sha1::digest(signed.as_bytes()),
         )
         .context("cannot sign the bundle manifest with the private key")?;
-    let manifest_text = format!(
+    Ok(format!(
         "<?xml version=\"1.0\" ?>\n<manifest><version>{MANIFEST_VERSION}</version>\
          <bundler><name>imgforge</name><version>{}</version><release>0</release></bundler>\
          {signed}<signature>{}</signature></manifest>\n",
         env!("CARGO_PKG_VERSION"),
         hex::encode(signature)
-    );
-    let manifest = dir.join(format!("{}.manifest.xml", spec.prefix));
-    std::fs::write(&manifest, manifest_text)
-        .with_context(|| format!("cannot write {}", manifest.display()))?;
-    Ok(Bundle {
-        manifest,
-        parts: parts.parts.iter().map(|p| dir.join(&p.filename)).collect(),
-        image_size,
-        bundled_size,
-    })
+    ))
 }
 
 /// What [`unbundle`] found.
@@ -268,43 +314,8 @@ pub fn unbundle(
     let m = ParsedManifest::parse(&text)
         .with_context(|| format!("{}: not a bundle manifest", manifest_path.display()))?;
 
-    let signature = hex::decode(&m.signature)
-        .map_err(|_| anyhow!("{}: <signature> is not hex", manifest_path.display()))?;
-    private_key
-        .to_public_key()
-        .verify(
-            Pkcs1v15Sign::new::<Sha1>(),
-            &Sha1::digest(m.signed.as_bytes()),
-            &signature,
-        )
-        .map_err(|_| {
-            anyhow!(
-                "{}: the manifest's signature does not verify with this private key: the \
-                 manifest was altered, or it was signed by another user's key",
-                manifest_path.display()
-            )
-        })?;
-
-    let decrypt = |candidates: &[&Option<String>], what: &str| -> Result<[u8; 16]> {
-        for c in candidates.iter().filter_map(|c| c.as_ref()) {
-            let Ok(ct) = hex::decode(c) else { continue };
-            let Ok(plain) = private_key.decrypt(Pkcs1v15Encrypt, &ct) else {
-                continue;
-            };
-            if let Ok(bytes) = hex::decode(plain) {
-                if let Ok(arr) = <[u8; 16]>::try_from(bytes.as_slice()) {
-                    return Ok(arr);
-                }
-            }
-        }
-        bail!(
-            "{}: cannot decrypt the bundle's {what} with this private key; pass the key of the \
-             user (or cloud) the bundle was made for",
-            manifest_path.display()
-        )
-    };
-    let key = decrypt(&[&m.user_key, &m.ec2_key], "key")?;
-    let iv = decrypt(&[&m.user_iv, &m.ec2_iv], "IV")?;
+    verify_signature(&m, private_key, manifest_path)?;
+    let (key, iv) = key_and_iv(&m, private_key, manifest_path)?;
 
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let parts = PartReader {
@@ -366,6 +377,60 @@ pub fn unbundle(
         size,
         parts: m.parts.len(),
     })
+}
+
+/// Checks the manifest's signature with the public half of `private_key`.
+fn verify_signature(
+    m: &ParsedManifest,
+    private_key: &RsaPrivateKey,
+    manifest_path: &Path,
+) -> Result<()> {
+    let signature = hex::decode(&m.signature)
+        .map_err(|_| anyhow!("{}: <signature> is not hex", manifest_path.display()))?;
+    private_key
+        .to_public_key()
+        .verify(
+            Pkcs1v15Sign::new::<Sha1>(),
+            &Sha1::digest(m.signed.as_bytes()),
+            &signature,
+        )
+        .map_err(|_| {
+            anyhow!(
+                "{}: the manifest's signature does not verify with this private key: the \
+                 manifest was altered, or it was signed by another user's key",
+                manifest_path.display()
+            )
+        })
+}
+
+/// The bundle's AES key and IV, decrypted with `private_key` (the user's or the cloud's).
+fn key_and_iv(
+    m: &ParsedManifest,
+    private_key: &RsaPrivateKey,
+    manifest_path: &Path,
+) -> Result<([u8; 16], [u8; 16])> {
+    let decrypt = |candidates: &[&Option<String>], what: &str| -> Result<[u8; 16]> {
+        for c in candidates.iter().filter_map(|c| c.as_ref()) {
+            let Ok(ct) = hex::decode(c) else { continue };
+            let Ok(plain) = private_key.decrypt(Pkcs1v15Encrypt, &ct) else {
+                continue;
+            };
+            if let Ok(bytes) = hex::decode(plain) {
+                if let Ok(arr) = <[u8; 16]>::try_from(bytes.as_slice()) {
+                    return Ok(arr);
+                }
+            }
+        }
+        bail!(
+            "{}: cannot decrypt the bundle's {what} with this private key; pass the key of the \
+             user (or cloud) the bundle was made for",
+            manifest_path.display()
+        )
+    };
+    Ok((
+        decrypt(&[&m.user_key, &m.ec2_key], "key")?,
+        decrypt(&[&m.user_iv, &m.ec2_iv], "IV")?,
+    ))
 }
 
 /// The fields of a bundle manifest that unbundling needs.
