@@ -167,6 +167,48 @@ fn refused(code: &str, message: &str) -> bool {
     code.contains("AccessDenied") || code == "UnauthorizedOperation" || message.contains("vmimport")
 }
 
+/// Sends part `n` (from byte `n * PART_SIZE`) of the image's multipart upload.
+async fn upload_part(
+    i: &Import<'_>,
+    upload_id: &str,
+    file: Arc<std::fs::File>,
+    len: u64,
+    n: u64,
+    progress: &Progress<'_>,
+) -> Result<CompletedPart> {
+    let offset = n * PART_SIZE;
+    let size = (len - offset).min(PART_SIZE) as usize;
+    let data = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, offset).map(|_| buf)
+    })
+    .await
+    .context("part reader panicked")??;
+    let out =
+        i.s3.upload_part()
+            .bucket(i.bucket)
+            .key(i.key)
+            .upload_id(upload_id)
+            .part_number(n as i32 + 1)
+            .content_length(size as i64)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_error(
+                    e,
+                    &format!("S3 UploadPart {} of s3://{}/{}", n + 1, i.bucket, i.key),
+                )
+            })?;
+    progress.inc(size as u64);
+    Ok(CompletedPart::builder()
+        .part_number(n as i32 + 1)
+        .set_e_tag(out.e_tag)
+        .build())
+}
+
+/// Uploads the image to S3 in parts, `concurrency` at a time; a failure aborts the upload
+/// (its parts are removed) unless `keep_partial`.
 async fn upload(i: &Import<'_>, reporter: &Reporter) -> Result<UploadStats> {
     let file = Arc::new(
         std::fs::File::open(i.image)
@@ -191,41 +233,7 @@ async fn upload(i: &Import<'_>, reporter: &Reporter) -> Result<UploadStats> {
     let progress = Progress::new(reporter, "upload", len);
     let parts = len.div_ceil(PART_SIZE).max(1);
     let sent: Result<Vec<CompletedPart>> = futures::stream::iter(0..parts)
-        .map(|n| {
-            let file = Arc::clone(&file);
-            let (upload_id, progress) = (&upload_id, &progress);
-            async move {
-                let offset = n * PART_SIZE;
-                let size = (len - offset).min(PART_SIZE) as usize;
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; size];
-                    file.read_exact_at(&mut buf, offset).map(|_| buf)
-                })
-                .await
-                .context("part reader panicked")??;
-                let out =
-                    i.s3.upload_part()
-                        .bucket(i.bucket)
-                        .key(i.key)
-                        .upload_id(upload_id)
-                        .part_number(n as i32 + 1)
-                        .content_length(size as i64)
-                        .body(ByteStream::from(data))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            sdk_error(
-                                e,
-                                &format!("S3 UploadPart {} of s3://{}/{}", n + 1, i.bucket, i.key),
-                            )
-                        })?;
-                progress.inc(size as u64);
-                Ok(CompletedPart::builder()
-                    .part_number(n as i32 + 1)
-                    .set_e_tag(out.e_tag)
-                    .build())
-            }
-        })
+        .map(|n| upload_part(i, &upload_id, Arc::clone(&file), len, n, &progress))
         .buffered(i.concurrency.max(1))
         .try_collect()
         .await;
