@@ -4,7 +4,7 @@
 //! tag with CreateTags. A failure removes what was uploaded unless asked to keep it.
 
 use super::ami::{self, Flavor, ImageSpec, Root};
-use super::bundle::{self, BundleKeys, BundleSpec};
+use super::bundle::{self, Bundle, BundleKeys, BundleSpec};
 use super::{sdk_error, EucaKeys, Progress, UploadStats};
 use crate::events::{Event, Reporter};
 use anyhow::{anyhow, Context, Result};
@@ -57,19 +57,52 @@ pub struct Published {
 /// Bundles, uploads and registers.
 pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> {
     check_bucket(p.s3, p.bucket).await?;
-    let keys = BundleKeys::load(&p.keys.cloud_cert, &p.keys.cert, &p.keys.private_key)?;
-
-    reporter.phase("register: bundle (tar, gzip, AES-128-CBC, 10 MiB parts)");
     let dir = tempfile::Builder::new()
         .prefix("imgforge-bundle-")
         .tempdir()
         .context("cannot make a temporary directory for the bundle")?;
+    let made = make_bundle(p, dir.path(), reporter).await?;
+    let (keys_in_bucket, stats) = upload_bundle(p, &made, reporter).await?;
+    let location = format!("{}/{}.manifest.xml", p.bucket, p.prefix);
+    reporter.event(
+        Event::Uploaded,
+        &format!(
+            "uploaded {} parts ({} bytes) and the manifest to s3://{location} in {:.1} s",
+            made.parts.len(),
+            made.bundled_size,
+            stats.seconds
+        ),
+        json!({ "location": location, "parts": made.parts.len(), "stats": stats }),
+    );
+
+    reporter.phase("register: RegisterImage (Eucalyptus)");
+    let root = Root::Bundle {
+        location: location.clone(),
+    };
+    let progress = Progress::new(reporter, "register", 0);
+    match ami::register(p.ec2, Flavor::Eucalyptus, p.spec, &root, p.wait, &progress).await {
+        Ok(image_id) => Ok(Published {
+            image_id,
+            location,
+            stats,
+        }),
+        Err(e) => {
+            cleanup(p, &keys_in_bucket, reporter).await;
+            Err(e)
+        }
+    }
+}
+
+/// Makes the bundle of the image in `dir` (on a blocking thread, with a progress bar).
+async fn make_bundle(p: &Publish<'_>, dir: &Path, reporter: &Reporter) -> Result<Bundle> {
+    let keys = BundleKeys::load(&p.keys.cloud_cert, &p.keys.cert, &p.keys.private_key)?;
+    reporter.phase("register: bundle (tar, gzip, AES-128-CBC, 10 MiB parts)");
     let len = std::fs::metadata(p.image)
         .with_context(|| format!("{}: cannot read the raw image", p.image.display()))?
         .len();
     let progress = Progress::new(reporter, "bundle", len);
     let bar = progress.bar_handle();
-    let (image, out_dir) = (p.image.to_path_buf(), dir.path().to_path_buf());
+    let (image, out_dir) = (p.image.to_path_buf(), dir.to_path_buf());
     let spec = BundleSpec {
         name: p.spec.name.clone(),
         user: p.keys.user.clone(),
@@ -84,7 +117,16 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
     .await
     .context("the bundler panicked")??;
     progress.finish();
+    Ok(made)
+}
 
+/// Uploads the parts, then the manifest; on failure removes what was uploaded. Returns the
+/// keys written in the bucket and the upload's measurements.
+async fn upload_bundle(
+    p: &Publish<'_>,
+    made: &Bundle,
+    reporter: &Reporter,
+) -> Result<(Vec<String>, UploadStats)> {
     reporter.phase("register: upload the bundle");
     let mut files: Vec<PathBuf> = made.parts.clone();
     files.push(made.manifest.clone());
@@ -112,44 +154,17 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
         Err(e) => Err(e),
     };
     progress.finish();
-    let seconds = started.elapsed().as_secs_f64();
     if let Err(e) = uploaded {
         cleanup(p, &keys_in_bucket, reporter).await;
         return Err(e);
     }
-    let location = format!("{}/{}.manifest.xml", p.bucket, p.prefix);
     let stats = UploadStats {
         route: "bundle".into(),
         bytes_sent: made.bundled_size,
-        seconds,
+        seconds: started.elapsed().as_secs_f64(),
         hash_seconds: 0.0,
     };
-    reporter.event(
-        Event::Uploaded,
-        &format!(
-            "uploaded {} parts ({} bytes) and the manifest to s3://{location} in {seconds:.1} s",
-            made.parts.len(),
-            made.bundled_size
-        ),
-        json!({ "location": location, "parts": made.parts.len(), "stats": stats }),
-    );
-
-    reporter.phase("register: RegisterImage (Eucalyptus)");
-    let root = Root::Bundle {
-        location: location.clone(),
-    };
-    let progress = Progress::new(reporter, "register", 0);
-    match ami::register(p.ec2, Flavor::Eucalyptus, p.spec, &root, p.wait, &progress).await {
-        Ok(image_id) => Ok(Published {
-            image_id,
-            location,
-            stats,
-        }),
-        Err(e) => {
-            cleanup(p, &keys_in_bucket, reporter).await;
-            Err(e)
-        }
-    }
+    Ok((keys_in_bucket, stats))
 }
 
 /// Uploads `file` as `key` with the canned ACL `aws-exec-read`.
