@@ -91,6 +91,51 @@ fn in_service(group: &AutoScalingGroup) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits until `surge` members that were not in `before` are InService and Healthy; past the
+/// timeout, terminates the new members (restoring the desired capacity) and fails, the old
+/// members still running.
+async fn wait_for_new_members(
+    clients: &Clients,
+    name: &str,
+    before: &BTreeSet<String>,
+    surge: usize,
+    settings: &Settings,
+    reporter: &Reporter,
+) -> Result<Vec<String>> {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(settings.poll_interval).await;
+        let group = describe_group(clients, name).await?;
+        let fresh: Vec<String> = in_service(&group).difference(before).cloned().collect();
+        if fresh.len() >= surge {
+            return Ok(fresh);
+        }
+        reporter.detail(&format!(
+            "{name}: {}/{surge} new members in service",
+            fresh.len()
+        ));
+        if started.elapsed() > settings.timeout {
+            let new: Vec<String> = group
+                .instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .filter(|id| !before.contains(id))
+                .collect();
+            for id in &new {
+                terminate_member(clients, id).await?;
+            }
+            bail!(
+                "auto scaling group {name}: only {} of {surge} new member(s) in service \
+                 after {}; terminated the new ones ({}) and restored the desired capacity, \
+                 the old members keep running",
+                fresh.len(),
+                humantime::format_duration(settings.timeout),
+                new.join(", ")
+            );
+        }
+    }
+}
+
 /// Rotates `old` (oldest first) through `name`, `max_surge` at a time; returns how many.
 async fn step(
     clients: &Clients,
@@ -133,38 +178,9 @@ async fn step(
             &format!("{name}: desired capacity {desired} → {}", desired + surge),
             json!({ "group": name, "desired": desired + surge }),
         );
-        let started = Instant::now();
-        let fresh = loop {
-            tokio::time::sleep(settings.poll_interval).await;
-            let group = describe_group(clients, name).await?;
-            let fresh: Vec<String> = in_service(&group).difference(&before).cloned().collect();
-            if fresh.len() >= surge as usize {
-                break fresh;
-            }
-            reporter.detail(&format!(
-                "{name}: {}/{surge} new members in service",
-                fresh.len()
-            ));
-            if started.elapsed() > settings.timeout {
-                let new: Vec<String> = group
-                    .instances()
-                    .iter()
-                    .filter_map(|i| i.instance_id().map(str::to_string))
-                    .filter(|id| !before.contains(id))
-                    .collect();
-                for id in &new {
-                    terminate_member(clients, id).await?;
-                }
-                bail!(
-                    "auto scaling group {name}: only {} of {surge} new member(s) in service \
-                     after {}; terminated the new ones ({}) and restored the desired capacity, \
-                     the old members keep running",
-                    fresh.len(),
-                    humantime::format_duration(settings.timeout),
-                    new.join(", ")
-                );
-            }
-        };
+        let fresh =
+            wait_for_new_members(clients, name, &before, surge as usize, settings, reporter)
+                .await?;
         if let Some(target) = batch.first().and_then(|i| plan.target(i)) {
             warn_if_not_on(clients, name, &fresh, &target.image_id, reporter).await?;
         }
