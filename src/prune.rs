@@ -391,25 +391,17 @@ fn spec_ref(spec: &LaunchTemplateSpecification) -> Option<(LaunchTemplateRef, St
     Some((template, spec.version().unwrap_or("$Default").to_string()))
 }
 
-/// Marks candidates used by Auto Scaling groups, through launch configurations or launch
-/// templates (also inside mixed instances policies).
-async fn used_by_groups(
-    clients: &Clients,
-    candidates: &[String],
-    reasons: &mut Reasons,
-) -> Result<()> {
-    let groups: Vec<_> = clients
-        .asg
-        .describe_auto_scaling_groups()
-        .into_paginator()
-        .items()
-        .send()
-        .try_collect()
-        .await
-        .context("DescribeAutoScalingGroups failed")?;
-    let mut by_config: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut by_template: BTreeMap<(LaunchTemplateRef, String), BTreeSet<String>> = BTreeMap::new();
-    for g in &groups {
+/// Names of the Auto Scaling groups that launch from each source.
+type GroupsBy<K> = BTreeMap<K, BTreeSet<String>>;
+
+/// Groups by launch configuration name, and by launch template and version, that launch from
+/// them (directly or through a mixed instances policy).
+fn launch_sources(
+    groups: &[aws_sdk_autoscaling::types::AutoScalingGroup],
+) -> (GroupsBy<String>, GroupsBy<(LaunchTemplateRef, String)>) {
+    let mut by_config: GroupsBy<String> = BTreeMap::new();
+    let mut by_template: GroupsBy<(LaunchTemplateRef, String)> = BTreeMap::new();
+    for g in groups {
         let name = g.auto_scaling_group_name().unwrap_or("").to_string();
         if let Some(lc) = g.launch_configuration_name() {
             by_config
@@ -428,6 +420,26 @@ async fn used_by_groups(
             }
         }
     }
+    (by_config, by_template)
+}
+
+/// Marks candidates used by Auto Scaling groups, through launch configurations or launch
+/// templates (also inside mixed instances policies).
+async fn used_by_groups(
+    clients: &Clients,
+    candidates: &[String],
+    reasons: &mut Reasons,
+) -> Result<()> {
+    let groups: Vec<_> = clients
+        .asg
+        .describe_auto_scaling_groups()
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .context("DescribeAutoScalingGroups failed")?;
+    let (by_config, by_template) = launch_sources(&groups);
     let names: Vec<String> = by_config.keys().cloned().collect();
     let configs = cloud::in_chunks(&names, BATCH, |chunk| async move {
         clients
