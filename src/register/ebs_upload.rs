@@ -147,6 +147,43 @@ impl SnapshotUploader {
         }
     }
 
+    /// CompleteSnapshot with the linear aggregate of the block digests.
+    async fn complete(&self, snapshot_id: &str, digests: &[(u64, [u8; 32])]) -> Result<()> {
+        let mut aggregate = Sha256::new();
+        for (_, d) in digests {
+            aggregate.update(d);
+        }
+        let aggregate = base64::engine::general_purpose::STANDARD.encode(aggregate.finalize());
+        self.ebs
+            .complete_snapshot()
+            .snapshot_id(snapshot_id)
+            .changed_blocks_count(digests.len() as i32)
+            .checksum(aggregate)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &format!("EBS CompleteSnapshot {snapshot_id}")))?;
+        Ok(())
+    }
+
+    /// Waits for the snapshot to be `completed`.
+    async fn wait_completed(&self, snapshot_id: &str, params: &UploadParams) -> Result<()> {
+        self.ec2
+            .wait_until_snapshot_completed()
+            .snapshot_ids(snapshot_id)
+            .wait(params.completion_timeout)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "snapshot {snapshot_id} did not reach `completed` within {:?}: {}",
+                    params.completion_timeout,
+                    aws_smithy_types::error::display::DisplayErrorContext(e)
+                )
+            })?;
+        Ok(())
+    }
+
     async fn send_blocks(
         &self,
         snapshot_id: &str,
@@ -191,34 +228,9 @@ impl SnapshotUploader {
             .try_collect()
             .await?;
         digests.sort_by_key(|(i, _)| *i);
-        let mut aggregate = Sha256::new();
-        for (_, d) in &digests {
-            aggregate.update(d);
-        }
-        let aggregate = base64::engine::general_purpose::STANDARD.encode(aggregate.finalize());
-        self.ebs
-            .complete_snapshot()
-            .snapshot_id(snapshot_id)
-            .changed_blocks_count(digests.len() as i32)
-            .checksum(aggregate)
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, &format!("EBS CompleteSnapshot {snapshot_id}")))?;
+        self.complete(snapshot_id, &digests).await?;
         let upload_seconds = started.elapsed().as_secs_f64();
-        self.ec2
-            .wait_until_snapshot_completed()
-            .snapshot_ids(snapshot_id)
-            .wait(params.completion_timeout)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "snapshot {snapshot_id} did not reach `completed` within {:?}: {}",
-                    params.completion_timeout,
-                    aws_smithy_types::error::display::DisplayErrorContext(e)
-                )
-            })?;
+        self.wait_completed(snapshot_id, params).await?;
         Ok(UploadedSnapshot {
             snapshot_id: snapshot_id.to_string(),
             volume_size_gib: 0,
