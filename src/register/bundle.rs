@@ -433,6 +433,27 @@ fn key_and_iv(
     ))
 }
 
+/// The parts in index order, refused unless they are numbered 0.. without gaps, each with a
+/// plain file name and a digest, as many as `<parts count>` says.
+fn checked_parts(mut indexed: Vec<(usize, Part)>, count: Option<usize>) -> Result<Vec<Part>> {
+    indexed.sort_by_key(|(i, _)| *i);
+    for (n, (i, p)) in indexed.iter().enumerate() {
+        if *i != n || p.filename.is_empty() || p.sha1.is_empty() {
+            bail!("<part index=\"{n}\"> is missing or lacks a filename or digest");
+        }
+        if p.filename.contains('/') || p.filename.contains("..") {
+            bail!("<part> file name `{}` is not a plain file name", p.filename);
+        }
+    }
+    if count != Some(indexed.len()) {
+        bail!(
+            "<parts count> says {count:?} but {} parts are listed",
+            indexed.len()
+        );
+    }
+    Ok(indexed.into_iter().map(|(_, p)| p).collect())
+}
+
 /// The fields of a bundle manifest that unbundling needs.
 #[derive(Debug, Default)]
 struct ParsedManifest {
@@ -450,6 +471,35 @@ struct ParsedManifest {
 }
 
 impl ParsedManifest {
+    /// Takes the text `v` of the element at `path` (`manifest/image/name`, …); `part` is the
+    /// `<part>` being read, if any.
+    fn set(&mut self, path: &str, v: String, part: Option<&mut Part>) -> Result<()> {
+        match path {
+            "manifest/image/name" => self.name = v,
+            "manifest/image/digest" => self.digest = v,
+            "manifest/image/size" => {
+                self.size = v.parse().context("<image><size> is not a number")?
+            }
+            "manifest/image/ec2_encrypted_key" => self.ec2_key = Some(v),
+            "manifest/image/user_encrypted_key" => self.user_key = Some(v),
+            "manifest/image/ec2_encrypted_iv" => self.ec2_iv = Some(v),
+            "manifest/image/user_encrypted_iv" => self.user_iv = Some(v),
+            "manifest/signature" => self.signature = v,
+            "manifest/image/parts/part/filename" => {
+                if let Some(p) = part {
+                    p.filename = v;
+                }
+            }
+            "manifest/image/parts/part/digest" => {
+                if let Some(p) = part {
+                    p.sha1 = v;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn parse(text: &str) -> Result<ParsedManifest> {
         let mut m = ParsedManifest {
             signed: format!(
@@ -496,54 +546,17 @@ impl ParsedManifest {
                     path.pop();
                 }
                 Event::Text(t) => {
-                    let v = t.unescape()?.into_owned();
-                    let joined = path.join("/");
-                    match joined.as_str() {
-                        "manifest/image/name" => m.name = v,
-                        "manifest/image/digest" => m.digest = v,
-                        "manifest/image/size" => {
-                            m.size = v.parse().context("<image><size> is not a number")?
-                        }
-                        "manifest/image/ec2_encrypted_key" => m.ec2_key = Some(v),
-                        "manifest/image/user_encrypted_key" => m.user_key = Some(v),
-                        "manifest/image/ec2_encrypted_iv" => m.ec2_iv = Some(v),
-                        "manifest/image/user_encrypted_iv" => m.user_iv = Some(v),
-                        "manifest/signature" => m.signature = v,
-                        "manifest/image/parts/part/filename" => {
-                            if let Some((_, p)) = indexed.iter_mut().find(|(i, _)| *i == part_index)
-                            {
-                                p.filename = v;
-                            }
-                        }
-                        "manifest/image/parts/part/digest" => {
-                            if let Some((_, p)) = indexed.iter_mut().find(|(i, _)| *i == part_index)
-                            {
-                                p.sha1 = v;
-                            }
-                        }
-                        _ => {}
-                    }
+                    let part = indexed
+                        .iter_mut()
+                        .find(|(i, _)| *i == part_index)
+                        .map(|(_, p)| p);
+                    m.set(&path.join("/"), t.unescape()?.into_owned(), part)?;
                 }
                 Event::Eof => break,
                 _ => {}
             }
         }
-        indexed.sort_by_key(|(i, _)| *i);
-        for (n, (i, p)) in indexed.iter().enumerate() {
-            if *i != n || p.filename.is_empty() || p.sha1.is_empty() {
-                bail!("<part index=\"{n}\"> is missing or lacks a filename or digest");
-            }
-            if p.filename.contains('/') || p.filename.contains("..") {
-                bail!("<part> file name `{}` is not a plain file name", p.filename);
-            }
-        }
-        if part_count != Some(indexed.len()) {
-            bail!(
-                "<parts count> says {part_count:?} but {} parts are listed",
-                indexed.len()
-            );
-        }
-        m.parts = indexed.into_iter().map(|(_, p)| p).collect();
+        m.parts = checked_parts(indexed, part_count)?;
         if m.digest.is_empty() || m.signature.is_empty() {
             bail!("<image><digest> or <signature> is missing");
         }
