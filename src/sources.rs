@@ -177,10 +177,28 @@ pub struct ResolvedService {
 
 /// Resolves the service repository's ref to a commit.
 pub fn resolve_service(def: &Definition, service: &Service) -> Result<ResolvedService> {
-    Ok(ResolvedService {
-        location: repo_location(def, &service.repo),
-        commit: resolve_commit(def, "service", &service.repo, &service.git_ref)?,
-    })
+    let location = repo_location(def, &service.repo);
+    let commit = resolve_commit(def, "service", &service.repo, &service.git_ref)?;
+    // A unit that is not in the tree fails here, before any VM, where the repository is local
+    // (a remote one is checked when its tree is unpacked in the bake).
+    if let (Some(unit), true) = (&service.unit, Path::new(&location).exists()) {
+        let in_tree = match &service.subdir {
+            Some(sub) => format!("{}/{unit}", sub.trim_end_matches('/')),
+            None => unit.clone(),
+        };
+        let found = Command::new("git")
+            .args(["-C", &location, "cat-file", "-e"])
+            .arg(format!("{commit}:{in_tree}"))
+            .run();
+        if found.is_err() {
+            bail!(
+                "{}: field `service.unit`: {in_tree} is not in {location} at commit {commit}; \
+                 commit the unit file, or name the file the service tree has",
+                def.path.display()
+            );
+        }
+    }
+    Ok(ResolvedService { location, commit })
 }
 
 /// The data snapshot, verified and resolved.

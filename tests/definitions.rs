@@ -554,3 +554,29 @@ fn a_template_error_is_located_in_the_template_not_the_definition() {
     assert!(err.contains("hostnam"), "{err}");
     assert!(!err.contains(":1:1:"), "no made-up location: {err}");
 }
+
+#[test]
+fn a_service_unit_missing_from_the_tree_is_refused_before_any_build() {
+    let f = Fixture::new();
+    let def = f.write(
+        "unit.toml",
+        &ID_DEF.replace(
+            "dest = \"/opt/svc\"",
+            "dest = \"/opt/svc\"\nunit = \"svc.service\"",
+        ),
+    );
+    let (code, _, err) = run(imgforge().args(["id"]).arg(&def));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("field `service.unit`") && err.contains("svc.service is not in"),
+        "{err}"
+    );
+    let ok = f.write(
+        "unit-ok.toml",
+        &ID_DEF.replace(
+            "dest = \"/opt/svc\"",
+            "dest = \"/opt/svc\"\nunit = \"run.sh\"",
+        ),
+    );
+    f.ids(&ok);
+}
