@@ -14,7 +14,7 @@ use crate::events::Reporter;
 use crate::layers::Resolved;
 use crate::manifest::Provenance;
 use crate::process::Command;
-use crate::qemu::{append_console_section, free_port, Drive, Vm, VmConfig};
+use crate::qemu::{append_console_section, create_overlay, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -62,11 +62,7 @@ enum SshStep<'a> {
 /// Bakes and returns the path of the overlay disk holding the finished image.
 pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
     let overlay = input.work.join("image.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(input.base.disk())
-        .arg(&overlay)
-        .run()?;
+    create_overlay(&input.base.disk(), &overlay)?;
     for pass in passes(input)? {
         match pass {
             Pass::Offline(boot, bundle) => run_offline(input, boot, &overlay, bundle, reporter)?,

@@ -447,6 +447,23 @@ impl Drop for Vm {
     }
 }
 
+/// Creates `overlay`, a qcow2 that records changes over `backing` (which is never written);
+/// the backing format is taken from its extension (`.qcow2`, else raw).
+pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<()> {
+    let format = match backing.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        _ => "raw",
+    };
+    let backing = std::fs::canonicalize(backing)
+        .with_context(|| format!("{} is missing", backing.display()))?;
+    Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(backing)
+        .arg(overlay)
+        .run()?;
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1, for a port forward.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -12,8 +12,7 @@
 use crate::definition::{Accelerator, Check, Machine};
 use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
-use crate::process::Command;
-use crate::qemu::{append_console_section, free_port, Qmp, Vm, VmConfig};
+use crate::qemu::{append_console_section, create_overlay, free_port, Qmp, Vm, VmConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -46,19 +45,8 @@ pub fn verify(
         reporter.println("    no checks defined: the image is not booted");
         return Ok(());
     }
-    let format = match disk.extension().and_then(|e| e.to_str()) {
-        Some("qcow2") => "qcow2",
-        _ => "raw",
-    };
     let overlay = work.join("verify.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-        .arg(
-            std::fs::canonicalize(disk)
-                .with_context(|| format!("{} is missing", disk.display()))?,
-        )
-        .arg(&overlay)
-        .run()?;
+    create_overlay(disk, &overlay)?;
     let mut ports = BTreeMap::new();
     for c in checks {
         if let std::collections::btree_map::Entry::Vacant(e) = ports.entry(guest_port(c)) {
@@ -357,6 +345,7 @@ pub fn verify_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Command;
 
     /// `info usernet` as QEMU 7.2 prints it: one forward, one connection the guest has not
     /// answered and one it has.

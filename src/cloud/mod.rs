@@ -12,7 +12,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::ProvideCredentials;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, Instance, Tag};
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use serde_json::json;
 
@@ -95,6 +97,35 @@ pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Resu
         .into_iter()
         .flat_map(|r| r.instances.unwrap_or_default())
         .collect())
+}
+
+/// Turns an SDK error into one that says what failed and what to do about it.
+pub fn sdk_error<E, R>(err: SdkError<E, R>, what: &str) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let code = err.code().unwrap_or_default().to_string();
+    let hint = match code.as_str() {
+        "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+            ": the credentials in use are not allowed to do this; check the IAM policy of the user or role"
+        }
+        "NoSuchBucket" => ": the bucket does not exist; create it or pass another --bucket",
+        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "InvalidAccessKeyId" => {
+            ": the cloud rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
+        }
+        c if c.contains("Throttl") || c == "RequestLimitExceeded" || c == "SlowDown" => {
+            ": still throttled after retries with backoff; lower --concurrency or try again later"
+        }
+        _ => match &err {
+            SdkError::DispatchFailure(_) => {
+                ": cannot reach the endpoint; check --endpoint-url / AWS_ENDPOINT_URL* and the network"
+            }
+            SdkError::TimeoutError(_) => ": the request timed out",
+            _ => "",
+        },
+    };
+    anyhow!("{what} failed: {}{hint}", DisplayErrorContext(&err))
 }
 
 /// Everything `call` returns for `ids`, asked for at most `batch` ids at a time (the API's limit

@@ -1,7 +1,8 @@
 //! RegisterImage for AWS AMIs and Eucalyptus EMIs, the build-id lookup that makes registration
 //! idempotent, and what follows registration (tags, waiting, region copies, launch permissions).
 
-use super::{sdk_error, Progress};
+use super::Progress;
+use crate::cloud::sdk_error;
 use anyhow::{anyhow, bail, Result};
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder;

@@ -4,7 +4,8 @@
 //! not being visible yet), CompleteSnapshot with the LINEAR aggregate checksum, then wait until
 //! the snapshot is `completed`. A failed upload deletes its snapshot unless asked to keep it.
 
-use super::{sdk_error, Progress};
+use super::Progress;
+use crate::cloud::sdk_error;
 use crate::events::Event;
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_ebs::operation::put_snapshot_block::PutSnapshotBlockError;

@@ -5,7 +5,8 @@
 
 use super::ami::{self, Flavor, ImageSpec, Root};
 use super::bundle::{self, Bundle, BundleKeys, BundleSpec};
-use super::{sdk_error, EucaKeys, Progress, UploadStats};
+use super::{EucaKeys, Progress, UploadStats};
+use crate::cloud::sdk_error;
 use crate::events::{Event, Reporter};
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;

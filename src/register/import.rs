@@ -3,7 +3,8 @@
 //! DescribeImportSnapshotTasks until the snapshot exists, then removal of the uploaded object.
 
 use super::emi::check_bucket;
-use super::{sdk_error, Progress, UploadStats};
+use super::{Progress, UploadStats};
+use crate::cloud::sdk_error;
 use crate::events::{Event, Reporter};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ec2::error::ProvideErrorMetadata;

@@ -24,8 +24,6 @@ use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
 use ami::{BootMode, Flavor, ImageSpec, Root};
 use anyhow::{anyhow, Context, Result};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -616,35 +614,6 @@ pub(crate) async fn delete_snapshot(
             DisplayErrorContext(e)
         )),
     }
-}
-
-/// Turns an SDK error into one that says what failed and what to do about it.
-pub(crate) fn sdk_error<E, R>(err: SdkError<E, R>, what: &str) -> anyhow::Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let code = err.code().unwrap_or_default().to_string();
-    let hint = match code.as_str() {
-        "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
-            ": the credentials in use are not allowed to do this; check the IAM policy of the user or role"
-        }
-        "NoSuchBucket" => ": the bucket does not exist; create it or pass another --bucket",
-        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "InvalidAccessKeyId" => {
-            ": the cloud rejected the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
-        }
-        c if c.contains("Throttl") || c == "RequestLimitExceeded" || c == "SlowDown" => {
-            ": still throttled after retries with backoff; lower --concurrency or try again later"
-        }
-        _ => match &err {
-            SdkError::DispatchFailure(_) => {
-                ": cannot reach the endpoint; check --endpoint-url / AWS_ENDPOINT_URL* and the network"
-            }
-            SdkError::TimeoutError(_) => ": the request timed out",
-            _ => "",
-        },
-    };
-    anyhow!("{what} failed: {}{hint}", DisplayErrorContext(&err))
 }
 
 /// Progress of one transfer: a bar with bytes and throughput on a terminal, events otherwise.
