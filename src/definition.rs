@@ -44,6 +44,13 @@ pub enum DefinitionError {
         /// What went wrong, located in the template or the definition.
         message: String,
     },
+    /// The definition names a source that is not what it says (a ref or a file missing from
+    /// a local repository); the message names the file and the field.
+    #[error("{message}")]
+    Source {
+        /// What is wrong, with the definition's path and field.
+        message: String,
+    },
     /// Several problems in one definition, each with its own location.
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Problems(Vec<DefinitionError>),

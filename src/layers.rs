@@ -149,6 +149,12 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     }))
 }
 
+/// What `validate` checks of the sources without the network or a download: a service
+/// repository on this machine has the ref and the unit file.
+pub fn check_local_sources(def: &Definition) -> Result<()> {
+    crate::sources::check_local_service(def)
+}
+
 /// Resolves the service and data of `def` (before any VM starts) and computes its ids.
 pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(LayerIds, Resolved)> {
     let resolved = Resolved {

@@ -248,6 +248,9 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
                 path: file.clone(),
                 message: format!("{e:#}"),
             })?;
+            layers::check_local_sources(&def).map_err(|e| DefinitionError::Source {
+                message: format!("{e:#}"),
+            })?;
             Ok(def)
         });
         match outcome {

@@ -128,6 +128,17 @@ fn repo_location(def: &Definition, repo: &str) -> String {
     }
 }
 
+/// Checks what can be checked of the service without the network: where its repository is on
+/// this machine, that the ref exists and the unit file is in its tree.
+pub fn check_local_service(def: &Definition) -> Result<()> {
+    match &def.service {
+        Some(s) if Path::new(&repo_location(def, &s.repo)).exists() => {
+            resolve_service(def, s).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Resolves `git_ref` in `repo` to a full commit id; `field` names it in errors.
 pub fn resolve_commit(def: &Definition, field: &str, repo: &str, git_ref: &str) -> Result<String> {
     let location = repo_location(def, repo);

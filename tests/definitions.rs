@@ -565,12 +565,16 @@ fn a_service_unit_missing_from_the_tree_is_refused_before_any_build() {
             "dest = \"/opt/svc\"\nunit = \"svc.service\"",
         ),
     );
-    let (code, _, err) = run(imgforge().args(["id"]).arg(&def));
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("field `service.unit`") && err.contains("svc.service is not in"),
-        "{err}"
-    );
+    for command in ["validate", "id"] {
+        let (code, _, err) = run(imgforge().arg(command).arg(&def));
+        assert_ne!(code, 0, "{command}");
+        assert!(
+            err.contains("field `service.unit`") && err.contains("svc.service is not in"),
+            "{command}: {err}"
+        );
+    }
+    let (code, _, err) = run(imgforge().arg("validate").arg(&def));
+    assert_eq!(code, 2, "bad input: {err}");
     let ok = f.write(
         "unit-ok.toml",
         &ID_DEF.replace(
@@ -579,4 +583,6 @@ fn a_service_unit_missing_from_the_tree_is_refused_before_any_build() {
         ),
     );
     f.ids(&ok);
+    let (code, _, err) = run(imgforge().arg("validate").arg(&ok));
+    assert_eq!(code, 0, "{err}");
 }
