@@ -245,12 +245,6 @@ impl Manifest {
             .with_context(|| format!("{}: not an imgforge manifest.json", path.display()))
     }
 
-    /// The path of the artifact of `format`, resolved against the manifest at `manifest_path`.
-    pub fn artifact_path(&self, manifest_path: &Path, format: DiskFormat) -> Option<PathBuf> {
-        self.artifact(format)
-            .map(|a| build_dir(manifest_path).join(&a.file))
-    }
-
     /// The record of the artifact of `format`.
     pub fn artifact(&self, format: DiskFormat) -> Option<&ArtifactRecord> {
         self.artifacts.iter().find(|a| a.format == format)
