@@ -350,7 +350,7 @@ fn run_offline(
     let serial = run_dir.join("console.log");
     let mut vm = start_bake_vm(&cfg, &run_dir, &serial, reporter)?;
     let waited = vm.wait_poweroff(def.machine.timeouts.bake.0, &|line| reporter.detail(line));
-    let console = crate::qemu::strip_control(&vm.console());
+    let console = strip_ansi_escapes::strip_str(vm.console());
     append_console_section(input.console_log, what, &console)?;
     waited?;
     match bake_protocol::exit_status(&console) {

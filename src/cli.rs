@@ -4,13 +4,11 @@
 use anyhow::{anyhow, Result};
 use aws_sdk_ec2::types::Filter;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use imgforge::cloud::{parse_age, CloudOptions};
-use imgforge::definition::Accelerator;
-use imgforge::prune::PruneOptions;
-use imgforge::register::ami::BootMode;
-use imgforge::register::{EucaKeys, RegisterOptions, Target, UploadPath};
-use imgforge::rotate::health::AddressKind;
-use imgforge::rotate::{parse_filter, RotateOptions};
+use imgforge::definition::{Accelerator, UploadPath};
+use imgforge::{
+    parse_age, parse_filter, AddressKind, BootMode, CloudOptions, EucaKeys, PruneOptions,
+    RegisterOptions, RotateOptions, Target,
+};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,8 +46,8 @@ pub struct BuildArgs {
 
 impl BuildArgs {
     /// The library's options for these arguments.
-    pub fn options(&self) -> imgforge::build::BuildOptions {
-        imgforge::build::BuildOptions {
+    pub fn options(&self) -> imgforge::BuildOptions {
+        imgforge::BuildOptions {
             file: self.file.clone(),
             force: self.force,
             output_dir: self.output_dir.clone(),
@@ -80,8 +78,8 @@ pub struct VerifyArgs {
 
 impl VerifyArgs {
     /// The settings given here over those the manifest records.
-    pub fn overrides(&self) -> imgforge::verify::VerifyOverrides {
-        imgforge::verify::VerifyOverrides {
+    pub fn overrides(&self) -> imgforge::VerifyOverrides {
+        imgforge::VerifyOverrides {
             accelerator: self.accelerator,
             cpus: self.cpus,
             memory_mib: self.memory_mib,

@@ -9,13 +9,14 @@
 //!   contents of every provisioner;
 //! - build: the bake id and the output settings; it names the output directory.
 
-use crate::definition::{Definition, Provisioner};
+use crate::definition::{Definition, DefinitionError, Provisioner};
 use crate::render::AnswerFile;
 use crate::sources::{sha256_file, ResolvedData, ResolvedService};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::path::Path;
 
 /// The ids of one build's layers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -149,10 +150,19 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     }))
 }
 
-/// What `validate` checks of the sources without the network or a download: a service
-/// repository on this machine has the ref and the unit file.
-pub fn check_local_sources(def: &Definition) -> Result<()> {
-    crate::sources::check_local_service(def)
+/// Every check `imgforge validate` makes, none needing a build, the network or a download:
+/// the definition loads and is consistent, its answer file renders, and a service repository
+/// on this machine has the ref and the unit file.
+pub fn validate(file: &Path) -> std::result::Result<Definition, DefinitionError> {
+    let def = Definition::load(file)?;
+    crate::render::render(&def).map_err(|e| DefinitionError::Render {
+        path: file.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    crate::sources::check_local_service(&def).map_err(|e| DefinitionError::Source {
+        message: format!("{e:#}"),
+    })?;
+    Ok(def)
 }
 
 /// Resolves the service and data of `def` (before any VM starts) and computes its ids.

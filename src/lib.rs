@@ -8,46 +8,63 @@
 //!                                                     register ─► rotate ─► prune
 //! ```
 //!
-//! [`build`] runs the first row as a list of steps. Around the stages: [`qemu`] drives
-//! virtual machines (the installer's HTTP server, boot commands and the bake protocol are
-//! private to the stages that use them), [`cloud`] holds what register, rotate and prune share
-//! (configuration, call counting, paginated and chunked describes, tags), [`events`] reports
-//! progress for people and the `--json` events for CI.
+//! The stage modules are private: a program drives the pipeline through the short list of
+//! functions and option types re-exported here ([`build()`], [`verify_manifest`],
+//! [`register_manifest`], [`rotate()`], [`prune()`] and their `*Options`), and reads the three
+//! public schema modules: [`definition`] (the TOML an image is defined in), [`manifest`] (what a
+//! build records) and [`events`] (progress for people, the `--json` events for CI). Around the
+//! stages, private modules drive QEMU, hold what register, rotate and prune share for the cloud,
+//! and serve the installer's answer file.
 //!
 //! ```no_run
 //! use std::path::Path;
 //! let def = imgforge::definition::Definition::load(Path::new("images/debian-12-web.toml"))?;
-//! let answer = imgforge::render::render(&def)?;
-//! let (ids, _resolved) = imgforge::layers::resolve_and_compute(&def, &answer)?;
+//! let answer = imgforge::render(&def)?;
+//! let (ids, _resolved) = imgforge::resolve_and_compute(&def, &answer)?;
 //! println!("base {} bake {}", ids.base, ids.bake);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
 #![warn(missing_docs)]
 
-pub mod atomic;
+mod atomic;
 mod bake;
 mod bake_protocol;
 mod base;
 mod bootcmd;
-pub mod build;
-pub mod cancel;
-pub mod cloud;
+mod build;
+mod cancel;
+mod cloud;
 pub mod definition;
-pub mod doctor;
+mod doctor;
 pub mod events;
 mod export;
 mod httpserve;
-pub mod layers;
+mod layers;
 pub mod manifest;
 mod process;
-pub mod prune;
-pub mod qemu;
-pub mod register;
-pub mod render;
-pub mod rotate;
+mod prune;
+mod qemu;
+mod register;
+mod render;
+mod rotate;
 mod sources;
 mod sparse;
-pub mod verify;
+mod verify;
 
+pub use atomic::write as write_atomically;
 pub use base::{BaseInfo, BaseLayer, DirectBoot};
+pub use build::{build, BuildOptions, BuildOutcome, BuildResult};
+pub use cancel::install_handlers;
+pub use cloud::{parse_age, CloudOptions};
+pub use doctor::run as doctor;
+pub use layers::{resolve_and_compute, validate, LayerIds, Resolved};
+pub use prune::{run as prune, PruneOptions};
+pub use register::ami::BootMode;
+pub use register::{
+    register_manifest, unbundle, EucaKeys, RegisterOptions, RegisteredImage, Target, UploadStats,
+};
+pub use render::{render, AnswerFile};
+pub use rotate::health::AddressKind;
+pub use rotate::{parse_filter, run as rotate, RotateOptions};
+pub use verify::{verify_manifest, VerifyOverrides};

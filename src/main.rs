@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use imgforge::definition::{Definition, DefinitionError};
 use imgforge::events::{Event, Reporter};
-use imgforge::{build, layers, prune, register, render, rotate};
 
 mod cli;
 use serde_json::json;
@@ -112,16 +111,16 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Render { file, output } => render_answer_file(&file, output.as_deref()),
         Command::Id { file } => print_ids(&file, reporter),
         Command::Build(args) => {
-            imgforge::cancel::install_handlers()?;
+            imgforge::install_handlers()?;
             build_image(&args, reporter)
         }
         Command::Verify(args) => {
-            imgforge::cancel::install_handlers()?;
-            imgforge::verify::verify_manifest(&args.manifest, &args.overrides(), reporter)
+            imgforge::install_handlers()?;
+            imgforge::verify_manifest(&args.manifest, &args.overrides(), reporter)
         }
         Command::Register(args) => {
             let opts = args.options()?;
-            let image = runtime()?.block_on(register::register_manifest(
+            let image = runtime()?.block_on(imgforge::register_manifest(
                 &args.manifest,
                 &opts,
                 reporter,
@@ -135,20 +134,20 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             Ok(())
         }
         Command::Unbundle(args) => {
-            register::unbundle(&args.manifest, &args.private_key, &args.output, reporter)
+            imgforge::unbundle(&args.manifest, &args.private_key, &args.output, reporter)
         }
-        Command::Rotate(args) => runtime()?.block_on(rotate::run(args.options(), reporter)),
-        Command::Prune(args) => runtime()?.block_on(prune::run(args.options(), reporter)),
-        Command::Doctor => imgforge::doctor::run(reporter),
+        Command::Rotate(args) => runtime()?.block_on(imgforge::rotate(args.options(), reporter)),
+        Command::Prune(args) => runtime()?.block_on(imgforge::prune(args.options(), reporter)),
+        Command::Doctor => imgforge::doctor(reporter),
     }
 }
 
 /// `imgforge render`: the answer file on stdout, or written atomically to `output`.
 fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
     let def = Definition::load(file)?;
-    let answer = render::render(&def)?;
+    let answer = imgforge::render(&def)?;
     match output {
-        Some(out) => imgforge::atomic::write(out, answer.text.as_bytes()),
+        Some(out) => imgforge::write_atomically(out, answer.text.as_bytes()),
         None => {
             let _ = std::io::stdout().write_all(answer.text.as_bytes());
             Ok(())
@@ -159,8 +158,8 @@ fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
 /// `imgforge id`: the layer ids, with the service commit and data digest they cover.
 fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
     let def = Definition::load(file)?;
-    let answer = render::render(&def)?;
-    let (ids, resolved) = layers::resolve_and_compute(&def, &answer)?;
+    let answer = imgforge::render(&def)?;
+    let (ids, resolved) = imgforge::resolve_and_compute(&def, &answer)?;
     let value = json!({
         "name": def.image.name.0,
         "base": ids.base,
@@ -179,8 +178,8 @@ fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
 
 /// `imgforge build`: the image (or base) and its result line, then `--register`.
 fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
-    match build::build(&args.options(), reporter)? {
-        build::BuildResult::Image(outcome) => {
+    match imgforge::build(&args.options(), reporter)? {
+        imgforge::BuildResult::Image(outcome) => {
             let human = if outcome.cached {
                 format!(
                     "up to date: {} (cached, nothing rebuilt)",
@@ -198,7 +197,7 @@ fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
                 register_build(&args.file, &outcome, reporter)?;
             }
         }
-        build::BuildResult::Base { base, cached } => {
+        imgforge::BuildResult::Base { base, cached } => {
             let value = json!({
                 "event": Event::Base.name(),
                 "cached": cached,
@@ -215,10 +214,10 @@ fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
 /// `build --register`: publishes a build to every target of its definition's `[publish]`.
 fn register_build(
     file: &std::path::Path,
-    outcome: &build::BuildOutcome,
+    outcome: &imgforge::BuildOutcome,
     reporter: &Reporter,
 ) -> Result<()> {
-    let targets = register::RegisterOptions::from_publish(&outcome.manifest)?;
+    let targets = imgforge::RegisterOptions::from_publish(&outcome.manifest)?;
     if targets.is_empty() {
         anyhow::bail!(
             "{}: --register needs a [publish.aws] or [publish.eucalyptus] table",
@@ -227,7 +226,7 @@ fn register_build(
     }
     let rt = runtime()?;
     for opts in &targets {
-        let image = rt.block_on(register::register_manifest(
+        let image = rt.block_on(imgforge::register_manifest(
             &outcome.manifest_path,
             opts,
             reporter,
@@ -243,16 +242,7 @@ fn register_build(
 fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
     let mut invalid = 0;
     for file in files {
-        let outcome = Definition::load(file).and_then(|def| {
-            render::render(&def).map_err(|e| DefinitionError::Render {
-                path: file.clone(),
-                message: format!("{e:#}"),
-            })?;
-            layers::check_local_sources(&def).map_err(|e| DefinitionError::Source {
-                message: format!("{e:#}"),
-            })?;
-            Ok(def)
-        });
+        let outcome = imgforge::validate(file);
         match outcome {
             Ok(def) => reporter.event(
                 Event::Valid,

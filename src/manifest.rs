@@ -131,7 +131,7 @@ impl Provenance {
         })
     }
 
-    /// Cloud tags that carry the image's provenance (keys in [`crate::cloud::tags`]).
+    /// Cloud tags that carry the image's provenance (the `imgforge:*` keys the README lists).
     pub fn tags(&self) -> Vec<(String, String)> {
         use crate::cloud::tags;
         let mut t = vec![

@@ -318,7 +318,7 @@ impl Vm {
 
     /// The last `n` non-empty console lines.
     pub fn console_tail(&self, n: usize) -> String {
-        tail_lines(&strip_control(&self.console()), n)
+        tail_lines(&strip_ansi_escapes::strip_str(self.console()), n)
     }
 
     /// The last console line, for progress displays.
@@ -419,20 +419,6 @@ impl Vm {
         }
     }
 
-    /// Asks the guest to power off (ACPI) and waits; kills it if it does not within `grace`.
-    pub fn shutdown(&mut self, grace: Duration) -> Result<()> {
-        if self.handle.is_none() {
-            return Ok(());
-        }
-        if let Ok(mut q) = self.qmp() {
-            let _ = q.execute("system_powerdown", json!({}));
-        }
-        if self.wait_poweroff(grace, &|_| {}).is_err() {
-            self.kill();
-        }
-        Ok(())
-    }
-
     /// Stops QEMU at once.
     pub fn kill(&mut self) {
         if let Some(h) = self.handle.take() {
@@ -479,32 +465,12 @@ pub fn append_console_section(log: &Path, title: &str, console: &str) -> Result<
         .append(true)
         .open(log)
         .with_context(|| format!("cannot write {}", log.display()))?;
-    writeln!(f, "===== {title} =====\n{}", strip_control(console))?;
+    writeln!(
+        f,
+        "===== {title} =====\n{}",
+        strip_ansi_escapes::strip_str(console)
+    )?;
     Ok(())
-}
-
-/// Removes ANSI escape sequences and carriage returns from console text.
-pub fn strip_control(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    while let Some(&n) = chars.peek() {
-                        chars.next();
-                        if n.is_ascii_alphabetic() {
-                            break;
-                        }
-                    }
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A QMP connection.
@@ -582,14 +548,4 @@ impl Qmp {
 pub fn version() -> Result<String> {
     let out = Command::new(QEMU).arg("--version").run()?;
     Ok(out.text().lines().next().unwrap_or_default().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_sequences_are_removed() {
-        assert_eq!(strip_control("\u{1b}[1;32mok\u{1b}[0m\r\n"), "ok\n");
-    }
 }

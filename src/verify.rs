@@ -143,7 +143,7 @@ fn boot_failure(vm: &mut Vm) -> Result<Option<String>> {
             "the guest stopped (powered off or rebooted) before its checks passed".into(),
         ));
     }
-    let console = crate::qemu::strip_control(&vm.console());
+    let console = strip_ansi_escapes::strip_str(vm.console());
     if let Some(at) = console.find(KERNEL_PANIC) {
         let reason = console[at..].lines().next().unwrap_or_default();
         return Ok(Some(format!("the kernel panicked: {}", reason.trim())));

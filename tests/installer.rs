@@ -414,7 +414,7 @@ fn debian_installer_fetches_the_preseed_and_reaches_the_mirror_unattended() {
         .nth(1)
         .expect("names the kept log")
         .trim();
-    let console = imgforge::qemu::strip_control(&fs::read_to_string(log).unwrap());
+    let console = strip_ansi_escapes::strip_str(fs::read_to_string(log).unwrap());
     assert!(
         console.contains("url=http://10.0.2.2:"),
         "booted with the answer-file URL"

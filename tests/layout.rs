@@ -96,3 +96,21 @@ fn the_reference_scan_sees_uses_and_paths_but_not_comments() {
     let found: Vec<String> = crate_references(text).into_iter().collect();
     assert_eq!(found, ["layers", "qemu"]);
 }
+
+/// The library's surface is the three schema modules plus what `lib.rs` re-exports: every
+/// other module is private, so a stage's internals can change without breaking a caller.
+#[test]
+fn only_the_schema_modules_are_public() {
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let public: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .map(|l| l.trim_end_matches(';'))
+        .collect();
+    assert_eq!(public, ["definition", "events", "manifest"]);
+    let private = lib.lines().filter(|l| l.starts_with("mod ")).count();
+    assert!(
+        private >= 20,
+        "the stage modules are declared privately: {private}"
+    );
+}

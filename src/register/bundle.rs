@@ -131,8 +131,6 @@ pub struct Bundle {
     pub manifest: PathBuf,
     /// The part files, in order.
     pub parts: Vec<PathBuf>,
-    /// Size of the image in bytes.
-    pub image_size: u64,
     /// Total size of the encrypted parts.
     pub bundled_size: u64,
 }
@@ -160,7 +158,6 @@ pub fn create(
             .iter()
             .map(|p| dir.join(&p.filename))
             .collect(),
-        image_size: written.image_size,
         bundled_size: written.parts.total,
     })
 }

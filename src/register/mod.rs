@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use imgforge::register::{register_manifest, RegisterOptions, Target};
+//! use imgforge::{register_manifest, RegisterOptions, Target};
 //! let reporter = imgforge::events::Reporter::new(false);
 //! let opts = RegisterOptions::new(Target::Ami);
 //! let image = register_manifest("output/x/manifest.json".as_ref(), &opts, &reporter).await?;
@@ -17,6 +17,11 @@ pub mod bundle;
 pub mod ebs_upload;
 pub mod emi;
 pub mod import;
+
+#[cfg(test)]
+mod bundle_tests;
+#[cfg(test)]
+mod request_tests;
 
 use crate::cloud::{self, CloudOptions};
 use crate::definition::{DiskFormat, Firmware};

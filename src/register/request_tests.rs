@@ -2,11 +2,11 @@
 //! aws-smithy's request-capture test utility: moto ignores these fields (RegisterImage keeps
 //! only the name and description; ImportSnapshot returns 500), so they are asserted here.
 
+use super::ami::{self, BootMode, Flavor, Root};
+use super::{image_spec, import, RegisterOptions, Target};
+use crate::manifest::Manifest;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::test_util::capture_request;
-use imgforge::manifest::Manifest;
-use imgforge::register::ami::{self, BootMode, Flavor, Root};
-use imgforge::register::{image_spec, import, RegisterOptions, Target};
 use serde_json::json;
 use std::collections::BTreeMap;
 
