@@ -13,7 +13,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::ProvideCredentials;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{Filter, Instance, Tag};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceStatus, Tag};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use serde_json::json;
@@ -97,6 +97,30 @@ pub async fn describe_instances(clients: &Clients, filters: Vec<Filter>) -> Resu
         .into_iter()
         .flat_map(|r| r.instances.unwrap_or_default())
         .collect())
+}
+
+/// The status checks of `ids`, 100 ids per request (all pages); `include_stopped` also
+/// reports instances that are not running.
+pub async fn describe_instance_status(
+    clients: &Clients,
+    ids: &[String],
+    include_stopped: bool,
+) -> Result<Vec<InstanceStatus>> {
+    const MAX_IDS: usize = 100; // the API's maximum
+    in_chunks(ids, MAX_IDS, |chunk| async move {
+        clients
+            .ec2
+            .describe_instance_status()
+            .set_instance_ids(Some(chunk))
+            .include_all_instances(include_stopped)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context("DescribeInstanceStatus failed")
+    })
+    .await
 }
 
 /// Turns an SDK error into one that says what failed and what to do about it.

@@ -18,8 +18,6 @@ use std::time::{Duration, SystemTime};
 const CONCURRENCY: usize = 8;
 /// Instance ids per DescribeAutoScalingInstances call (the API's maximum).
 const ASG_BATCH: usize = 50;
-/// Instance ids per DescribeInstanceStatus call (the API's maximum).
-const STATUS_BATCH: usize = 100;
 
 /// What the user asked to rotate.
 #[derive(Debug, Clone)]
@@ -351,19 +349,7 @@ async fn groups_of(clients: &Clients, ids: &[String]) -> Result<HashMap<String, 
 
 /// How many of `ids` have an impaired instance or system status check.
 async fn impaired(clients: &Clients, ids: &[String]) -> Result<usize> {
-    let statuses = cloud::in_chunks(ids, STATUS_BATCH, |chunk| async move {
-        clients
-            .ec2
-            .describe_instance_status()
-            .set_instance_ids(Some(chunk))
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .context("DescribeInstanceStatus failed")
-    })
-    .await?;
+    let statuses = cloud::describe_instance_status(clients, ids, false).await?;
     Ok(statuses
         .iter()
         .filter(|s| {

@@ -513,20 +513,7 @@ async fn poll(
     probe_timeout: Duration,
 ) -> Result<Vec<Poll>> {
     let ids: Vec<String> = inflight.iter().map(|f| f.new_id.clone()).collect();
-    let found = cloud::in_chunks(&ids, BATCH, |chunk| async move {
-        clients
-            .ec2
-            .describe_instance_status()
-            .set_instance_ids(Some(chunk))
-            .include_all_instances(true)
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .context("DescribeInstanceStatus failed")
-    })
-    .await?;
+    let found = cloud::describe_instance_status(clients, &ids, true).await?;
     let status: HashMap<String, InstanceStatus> = found
         .into_iter()
         .filter_map(|s| Some((s.instance_id()?.to_string(), s)))
