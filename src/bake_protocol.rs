@@ -23,6 +23,40 @@ const STEP_MARKER: &str = "imgforge-bake: step ";
 /// Printed when a step fails (`fail NAME STATUS`).
 const FAILED_MARKER: &str = "imgforge-bake: FAILED: ";
 
+/// Printed when a step records the version of a tool it ran (`tool NAME VERSION`).
+const TOOL_MARKER: &str = "imgforge-bake: tool ";
+/// Where a bake's steps record their tools for `/etc/imgforge/build.json`, until the hygiene
+/// step moves them there.
+pub const TOOLS_FILE: &str = "/var/lib/imgforge-bake/tools";
+
+/// Shell that records, under `name`, the first line `version_command` prints: on the console
+/// for the manifest ([`tools`]) and in [`TOOLS_FILE`] for the image's own record.
+pub fn record_tool(name: &str, version_command: &str) -> String {
+    let quoted = sh_quote(name);
+    format!(
+        r#"v=$({version_command} 2>&1 | head -n1 | tr -d '"\\|&')
+echo "{TOOL_MARKER}"{quoted}" $v"
+mkdir -p "$(dirname {TOOLS_FILE})" && printf '"%s": "%s"\n' {quoted} "$v" >> {TOOLS_FILE}
+"#
+    )
+}
+
+/// Shell that runs `command` with its output on the console and in `$D/log`, leaving its exit
+/// status in `$rc` (a pipe to `tee` would otherwise hide it).
+pub fn run_logged(command: &str) -> String {
+    format!("{{ {command} 2>&1; echo $? > \"$D/rc\"; }} | tee \"$D/log\"\nrc=$(cat \"$D/rc\")\n")
+}
+
+/// The tools a bake's output recorded with [`record_tool`], as (name, version).
+pub fn tools(output: &str) -> Vec<(String, String)> {
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(TOOL_MARKER))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, version)| (name.to_string(), version.trim().to_string()))
+        .collect()
+}
+
 /// The remote command that unpacks a bundle from standard input and runs it over SSH.
 pub fn ssh_run_bundle() -> String {
     format!(
@@ -71,10 +105,14 @@ pub fn prelude() -> String {
         r#"#!/bin/sh
 set -u
 B={BUNDLE_DIR}
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
 step() {{ echo "{STEP_MARKER}$1"; }}
 fail() {{ echo "{FAILED_MARKER}$1 (exit $2)"; exit "$2"; }}
 if [ "$(cat /proc/1/comm)" != systemd ]; then
-  # Offline (the bake init is PID 1): bring up QEMU's user network by hand.
+  # Offline (the bake init is PID 1): shared memory (Python's multiprocessing, Ansible), and
+  # QEMU's user network brought up by hand.
+  mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
   ip link set lo up
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
   if [ -L /etc/resolv.conf ]; then

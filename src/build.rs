@@ -6,6 +6,7 @@
 //! renamed into it only when everything passed, so a failed or interrupted build leaves no
 //! artifact, and a build whose output exists (and is intact) is a no-op unless forced.
 
+use crate::bake::Baked;
 use crate::base::BaseLayer;
 use crate::definition::Definition;
 use crate::events::{Event, Reporter};
@@ -79,19 +80,19 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let (base, base_cached) = ctx.step("base", |c| {
         crate::base::ensure(&c.def, &answer, &c.ids, reporter)
     })?;
-    let disk = ctx.step("bake", |c| {
+    let baked = ctx.step("bake", |c| {
         crate::bake::bake(&c.bake_input(&base), reporter)
     })?;
     let artifacts = ctx.step("export", |c| {
-        crate::export::export(&c.def, &disk, c.staging.path(), reporter)
+        crate::export::export(&c.def, &baked.disk, c.staging.path(), reporter)
     })?;
     if !opts.no_verify {
-        ctx.step("verify", |c| c.verify(&artifacts, &disk))?;
+        ctx.step("verify", |c| c.verify(&artifacts, &baked.disk))?;
     }
     crate::cancel::check()?;
     ctx.timings
         .insert("total".into(), started.elapsed().as_secs_f64());
-    let manifest = ctx.manifest(&base, artifacts);
+    let manifest = ctx.manifest(&base, &baked, artifacts);
     ctx.publish(manifest, base_cached, &out)
 }
 
@@ -255,8 +256,14 @@ impl<'a> BuildContext<'a> {
         )
     }
 
-    fn manifest(&self, base: &BaseLayer, artifacts: Vec<ArtifactRecord>) -> Manifest {
+    fn manifest(
+        &self,
+        base: &BaseLayer,
+        baked: &Baked,
+        artifacts: Vec<ArtifactRecord>,
+    ) -> Manifest {
         let mut tools = base.info.tools.clone();
+        tools.extend(baked.tools.clone());
         tools.insert(
             "qemu".to_string(),
             crate::qemu::version().unwrap_or_default(),

@@ -6,6 +6,7 @@
 //! position of the offending value too.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -474,6 +475,97 @@ pub enum Provisioner {
         #[serde(default)]
         mode: Option<String>,
     },
+    /// An Ansible playbook applied to the image.
+    Ansible(AnsibleProvisioner),
+    /// A Chef run list converged in the image by `chef-solo` or `cinc-client`.
+    Chef(ChefProvisioner),
+}
+
+impl Provisioner {
+    /// Whether it runs over SSH in the booted image instead of offline.
+    pub fn needs_running_system(&self) -> bool {
+        match self {
+            Provisioner::Shell {
+                needs_running_system,
+                ..
+            } => *needs_running_system,
+            Provisioner::File { .. } => false,
+            Provisioner::Ansible(a) => a.needs_running_system,
+            Provisioner::Chef(c) => c.needs_running_system,
+        }
+    }
+}
+
+/// `type = "ansible"`: a playbook, with the project directory around it (roles, templates,
+/// group vars) staged into the image. Nothing is downloaded: roles and collections named in
+/// `requirements` must be vendored next to the playbook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleProvisioner {
+    /// The playbook, relative to the definition (its directory is staged whole), or to the
+    /// service tree with `in_service = true`.
+    pub playbook: PathBuf,
+    /// The playbook is in the service repository, already unpacked at `service.dest`.
+    #[serde(default)]
+    pub in_service: bool,
+    /// Extra variables (`--extra-vars`), as a table.
+    #[serde(default)]
+    pub extra_vars: BTreeMap<String, toml::Value>,
+    /// Only tasks with these tags (`--tags`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Role directories, relative to the playbook's directory (besides its own `roles/`).
+    #[serde(default)]
+    pub roles_path: Vec<PathBuf>,
+    /// A requirements file (relative to the playbook's directory) whose roles and collections
+    /// must all be vendored: in the roles path, or under `collections/ansible_collections/`.
+    #[serde(default)]
+    pub requirements: Option<PathBuf>,
+    /// Which Ansible runs the playbook.
+    #[serde(default)]
+    pub runner: AnsibleRunner,
+    /// Run it in the booted image (over SSH) instead of offline.
+    #[serde(default)]
+    pub needs_running_system: bool,
+}
+
+/// Which Ansible runs a playbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsibleRunner {
+    /// Debian's `ansible-core`, installed in the base for the bake (and purged after it unless
+    /// `system.packages` names it), runs the playbook in the image with a local connection.
+    #[default]
+    Image,
+    /// The host's `ansible-playbook` connects over SSH (needs `needs_running_system = true` and
+    /// python3 in the image).
+    Host,
+}
+
+/// `type = "chef"`: a run list converged from vendored cookbooks with the Chef client found in
+/// the image (`chef-solo`, or `cinc-client --local-mode`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChefProvisioner {
+    /// Directory of cookbooks, relative to the definition.
+    pub cookbooks: PathBuf,
+    /// The run list: `recipe[cookbook::recipe]`, `cookbook::recipe`, `cookbook` or `role[name]`.
+    pub run_list: Vec<String>,
+    /// Node attributes (the JSON attributes file), as a table.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, toml::Value>,
+    /// Directory of roles (`NAME.json` or `NAME.rb`), relative to the definition.
+    #[serde(default)]
+    pub roles: Option<PathBuf>,
+    /// The Chef environment to converge in; needs `environments`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Directory of environments (`NAME.json` or `NAME.rb`), relative to the definition.
+    #[serde(default)]
+    pub environments: Option<PathBuf>,
+    /// Run it in the booted image (over SSH) instead of offline.
+    #[serde(default)]
+    pub needs_running_system: bool,
 }
 
 /// `[[checks]]`: what proves a built image works.
@@ -941,7 +1033,169 @@ impl Definition {
                 );
             }
         }
+        for (index, p) in self.provisioners.iter().enumerate() {
+            let field = |key: &str| format!("provisioners[{index}].{key}");
+            for (key, message) in self.provisioner_problems(p) {
+                problems.push((field(key), message));
+            }
+        }
         problems
+    }
+
+    /// (key, what is wrong) for one provisioner: files it names that are missing, and for
+    /// Ansible and Chef what their run would need but cannot find.
+    fn provisioner_problems(&self, p: &Provisioner) -> Vec<(&'static str, String)> {
+        let missing = |path: &Path| format!("{} does not exist", self.resolve(path).display());
+        let mut problems = Vec::new();
+        match p {
+            Provisioner::Shell { script, .. } if !self.resolve(script).is_file() => {
+                problems.push(("script", missing(script)))
+            }
+            Provisioner::File { source, .. } if !self.resolve(source).is_file() => {
+                problems.push(("source", missing(source)))
+            }
+            Provisioner::Ansible(a) => problems = self.ansible_problems(a),
+            Provisioner::Chef(c) => problems = self.chef_problems(c),
+            _ => {}
+        }
+        problems
+    }
+
+    fn ansible_problems(&self, a: &AnsibleProvisioner) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if a.runner == AnsibleRunner::Host && !a.needs_running_system {
+            problems.push((
+                "runner",
+                "the host's Ansible reaches the image over SSH: set needs_running_system = true, \
+                 or use runner = \"image\""
+                    .to_string(),
+            ));
+        }
+        if a.in_service {
+            if a.runner == AnsibleRunner::Host {
+                problems.push((
+                    "in_service",
+                    "the host's Ansible reads the playbook on the host: a playbook in the service \
+                     runs with runner = \"image\""
+                        .to_string(),
+                ));
+            }
+            if self.service.is_none() {
+                problems.push((
+                    "in_service",
+                    "the playbook is said to be in the service repository, but there is no [service]"
+                        .to_string(),
+                ));
+            }
+            return problems;
+        }
+        let playbook = self.resolve(&a.playbook);
+        if !playbook.is_file() {
+            problems.push(("playbook", format!("{} does not exist", playbook.display())));
+            return problems;
+        }
+        let project = &self.ansible_project(a);
+        let mut role_dirs = vec![project.join("roles")];
+        for dir in &a.roles_path {
+            let dir = project.join(dir);
+            if !dir.is_dir() {
+                problems.push((
+                    "roles_path",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            role_dirs.push(dir);
+        }
+        if let Some(req) = &a.requirements {
+            if let Err(message) = requirements_vendored(&project.join(req), project, &role_dirs) {
+                problems.push(("requirements", message));
+            }
+        }
+        problems
+    }
+
+    fn chef_problems(&self, c: &ChefProvisioner) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let cookbooks = self.resolve(&c.cookbooks);
+        if !cookbooks.is_dir() {
+            problems.push((
+                "cookbooks",
+                format!("{} is not a directory", cookbooks.display()),
+            ));
+            return problems;
+        }
+        if c.run_list.is_empty() {
+            problems.push(("run_list", "name at least one recipe".to_string()));
+        }
+        let roles = c.roles.as_ref().map(|r| self.resolve(r));
+        for entry in &c.run_list {
+            let found = match ChefRunItem::parse(entry) {
+                Some(ChefRunItem::Recipe { cookbook, recipe }) => {
+                    let file = cookbooks.join(&cookbook).join("recipes").join(format!("{recipe}.rb"));
+                    file.is_file().then_some(()).ok_or(format!(
+                        "`{entry}`: {} does not exist (cookbook `{cookbook}`, recipe `{recipe}`)",
+                        file.display()
+                    ))
+                }
+                Some(ChefRunItem::Role(name)) => match &roles {
+                    Some(dir) if chef_named_file(dir, &name) => Ok(()),
+                    Some(dir) => Err(format!("`{entry}`: no {name}.json or {name}.rb in {}", dir.display())),
+                    None => Err(format!("`{entry}`: a role needs `roles`, the directory it is in")),
+                },
+                None => Err(format!(
+                    "`{entry}` is not `recipe[cookbook::recipe]`, `cookbook::recipe`, `cookbook` or `role[name]`"
+                )),
+            };
+            if let Err(message) = found {
+                problems.push(("run_list", message));
+            }
+        }
+        match (&c.environment, &c.environments) {
+            (Some(env), Some(dir)) if !chef_named_file(&self.resolve(dir), env) => problems.push((
+                "environment",
+                format!(
+                    "no {env}.json or {env}.rb in {}",
+                    self.resolve(dir).display()
+                ),
+            )),
+            (Some(_), None) => problems.push((
+                "environment",
+                "an environment needs `environments`, the directory it is in".to_string(),
+            )),
+            _ => {}
+        }
+        problems
+    }
+
+    /// The packages the base installs: `system.packages`, then [`Self::bake_only_packages`].
+    pub fn base_packages(&self) -> Vec<String> {
+        let mut packages = self.system.packages.clone();
+        packages.extend(self.bake_only_packages().iter().map(|p| p.to_string()));
+        packages
+    }
+
+    /// What the base installs only for the bake, and the bake purges again: Debian's Ansible
+    /// (and the apt bindings its `apt` module needs) when a playbook runs in the image, less
+    /// what `system.packages` names.
+    pub fn bake_only_packages(&self) -> Vec<&'static str> {
+        let runs_in_image = self
+            .provisioners
+            .iter()
+            .any(|p| matches!(p, Provisioner::Ansible(a) if a.runner == AnsibleRunner::Image));
+        match runs_in_image {
+            true => ANSIBLE_PACKAGES
+                .into_iter()
+                .filter(|p| !self.system.packages.iter().any(|named| named == p))
+                .collect(),
+            false => Vec::new(),
+        }
+    }
+
+    /// The directory staged for a playbook outside the service: the playbook's own directory,
+    /// with its roles, templates and variables.
+    pub fn ansible_project(&self, a: &AnsibleProvisioner) -> PathBuf {
+        let playbook = self.resolve(&a.playbook);
+        playbook.parent().unwrap_or(Path::new(".")).to_path_buf()
     }
 
     /// Every pinned file of the definition with the dotted name of its field.
@@ -987,12 +1241,21 @@ fn locate_field(text: &str, field: &str) -> (usize, usize) {
     let mut parts = field.split('.');
     let table = parts.next().unwrap_or_default();
     let key = parts.next_back();
+    // `provisioners[2]` is the third `[[provisioners]]`.
+    let (table, nth) = match table.split_once('[') {
+        Some((name, n)) => (name, n.trim_end_matches(']').parse().unwrap_or(0)),
+        None => (table, 0),
+    };
+    let mut seen = 0;
     let mut in_table = false;
     for (idx, line) in text.lines().enumerate() {
         let t = line.trim();
         if t.starts_with('[') {
             let name = t.trim_matches(|c| c == '[' || c == ']').trim();
-            in_table = name == table;
+            in_table = name == table && seen == nth;
+            if name == table {
+                seen += 1;
+            }
             if in_table && key.is_none() {
                 return (idx + 1, line.find('[').unwrap_or(0) + 1);
             }
@@ -1007,9 +1270,149 @@ fn locate_field(text: &str, field: &str) -> (usize, usize) {
     (1, 1)
 }
 
+/// Debian's Ansible and the apt bindings its `apt` module needs, for playbooks that run in the
+/// image.
+pub const ANSIBLE_PACKAGES: [&str; 2] = ["ansible-core", "python3-apt"];
+
+/// One entry of a Chef run list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChefRunItem {
+    /// `recipe[cookbook::recipe]`, `cookbook::recipe` or `cookbook` (its `default` recipe).
+    Recipe {
+        /// The cookbook's directory name.
+        cookbook: String,
+        /// The recipe file's name without `.rb`.
+        recipe: String,
+    },
+    /// `role[name]`.
+    Role(String),
+}
+
+impl ChefRunItem {
+    /// Parses a run-list entry; `None` for anything else.
+    pub fn parse(entry: &str) -> Option<ChefRunItem> {
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || "_-".contains(c));
+        if let Some(name) = entry
+            .strip_prefix("role[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            return plain(name).then(|| ChefRunItem::Role(name.to_string()));
+        }
+        let name = entry
+            .strip_prefix("recipe[")
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(entry);
+        let (cookbook, recipe) = name.split_once("::").unwrap_or((name, "default"));
+        (plain(cookbook) && plain(recipe)).then(|| ChefRunItem::Recipe {
+            cookbook: cookbook.to_string(),
+            recipe: recipe.to_string(),
+        })
+    }
+
+    /// The entry as Chef writes it in a node's run list.
+    pub fn canonical(&self) -> String {
+        match self {
+            ChefRunItem::Recipe { cookbook, recipe } => format!("recipe[{cookbook}::{recipe}]"),
+            ChefRunItem::Role(name) => format!("role[{name}]"),
+        }
+    }
+}
+
+/// Whether `dir` holds `NAME.json` or `NAME.rb`, as Chef roles and environments are stored.
+fn chef_named_file(dir: &Path, name: &str) -> bool {
+    ["json", "rb"]
+        .iter()
+        .any(|ext| dir.join(format!("{name}.{ext}")).is_file())
+}
+
+/// Checks that every role and collection an Ansible requirements file names is vendored: a
+/// role in one of `role_dirs`, a collection under `project/collections/ansible_collections/`.
+fn requirements_vendored(file: &Path, project: &Path, role_dirs: &[PathBuf]) -> Result<(), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: not YAML: {e}", file.display()))?;
+    let (roles, collections) = match &doc {
+        serde_yaml_ng::Value::Sequence(roles) => (roles.clone(), Vec::new()),
+        serde_yaml_ng::Value::Mapping(m) => {
+            let list = |key: &str| match m.get(key) {
+                Some(serde_yaml_ng::Value::Sequence(s)) => s.clone(),
+                _ => Vec::new(),
+            };
+            (list("roles"), list("collections"))
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    let name_of = |entry: &serde_yaml_ng::Value| -> Option<String> {
+        let text = entry
+            .as_str()
+            .or_else(|| entry.get("name").and_then(|n| n.as_str()))
+            .or_else(|| entry.get("src").and_then(|n| n.as_str()))?;
+        // A URL or path names the role by its last component, without `.git` or a version.
+        let last = text.trim_end_matches('/').rsplit(['/', ':']).next()?;
+        Some(last.split(',').next()?.trim_end_matches(".git").to_string())
+    };
+    for entry in &roles {
+        let name = name_of(entry).ok_or(format!("{}: a role without a name", file.display()))?;
+        if !role_dirs.iter().any(|d| d.join(&name).is_dir()) {
+            return Err(format!(
+                "role `{name}` from {} is not vendored: put it in {} (nothing is downloaded at bake time)",
+                file.display(),
+                role_dirs[0].join(&name).display()
+            ));
+        }
+    }
+    for entry in &collections {
+        let name =
+            name_of(entry).ok_or(format!("{}: a collection without a name", file.display()))?;
+        let dir = name.split_once('.').map(|(ns, coll)| {
+            project
+                .join("collections/ansible_collections")
+                .join(ns)
+                .join(coll)
+        });
+        if !dir.as_ref().is_some_and(|d| d.is_dir()) {
+            return Err(format!(
+                "collection `{name}` from {} is not vendored: put it in {}/collections/ansible_collections/NAMESPACE/NAME",
+                file.display(),
+                project.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chef_run_list_entries_parse_to_cookbook_and_recipe_or_role() {
+        let recipe = |c: &str, r: &str| {
+            Some(ChefRunItem::Recipe {
+                cookbook: c.into(),
+                recipe: r.into(),
+            })
+        };
+        assert_eq!(
+            ChefRunItem::parse("recipe[web::site]"),
+            recipe("web", "site")
+        );
+        assert_eq!(ChefRunItem::parse("web::site"), recipe("web", "site"));
+        assert_eq!(ChefRunItem::parse("web"), recipe("web", "default"));
+        assert_eq!(
+            ChefRunItem::parse("role[base]"),
+            Some(ChefRunItem::Role("base".into()))
+        );
+        for bad in ["", "recipe[]", "role[a b]", "web::", "../x", "recipe[web"] {
+            assert_eq!(ChefRunItem::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            ChefRunItem::parse("web").unwrap().canonical(),
+            "recipe[web::default]"
+        );
+    }
 
     const MINIMAL: &str = r#"
 [image]

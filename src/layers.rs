@@ -11,7 +11,7 @@
 
 use crate::definition::{Definition, DefinitionError, Provisioner};
 use crate::render::AnswerFile;
-use crate::sources::{sha256_file, ResolvedData, ResolvedService};
+use crate::sources::{sha256_file, tree_digest, ResolvedData, ResolvedService};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -140,6 +140,25 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
                 "dest": dest,
                 "mode": mode,
             }),
+            // The settings as written, plus the contents of every tree they stage.
+            Provisioner::Ansible(a) => json!({
+                "ansible": a,
+                "project": match a.in_service {
+                    true => Value::Null,
+                    false => json!(tree_digest(&def.ansible_project(a))?),
+                },
+            }),
+            Provisioner::Chef(c) => {
+                let trees = [
+                    Some(&c.cookbooks),
+                    c.roles.as_ref(),
+                    c.environments.as_ref(),
+                ]
+                .into_iter()
+                .map(|dir| dir.map(|d| tree_digest(&def.resolve(d))).transpose())
+                .collect::<Result<Vec<_>>>()?;
+                json!({ "chef": c, "trees": trees })
+            }
         });
     }
     Ok(json!({

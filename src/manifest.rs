@@ -114,9 +114,9 @@ impl Provenance {
         }
     }
 
-    /// `/etc/imgforge/build.json` as the image carries it; `packages` is filled in inside the
-    /// image, where `dpkg-query` can list them.
-    pub fn image_record(&self, packages: &str) -> serde_json::Value {
+    /// `/etc/imgforge/build.json` as the image carries it; `packages` and `tools` (the versions
+    /// of what the provisioners ran) are placeholders filled in inside the image.
+    pub fn image_record(&self, packages: &str, tools: &str) -> serde_json::Value {
         serde_json::json!({
             "name": self.name,
             "version": self.version,
@@ -128,6 +128,7 @@ impl Provenance {
             "imgforge_version": self.imgforge_version,
             "built_at": self.built_at,
             "packages": packages,
+            "tools": tools,
         })
     }
 

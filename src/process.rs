@@ -16,6 +16,7 @@ pub struct Command {
     args: Vec<OsString>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
+    dir: Option<std::path::PathBuf>,
 }
 
 /// What a finished command printed.
@@ -42,6 +43,7 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
+            dir: None,
         }
     }
 
@@ -67,6 +69,12 @@ impl Command {
         self
     }
 
+    /// Runs in `dir` instead of the current directory.
+    pub fn current_dir(mut self, dir: &Path) -> Command {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Feeds `bytes` on standard input.
     pub fn stdin(mut self, bytes: Vec<u8>) -> Command {
         self.stdin = Some(bytes);
@@ -88,6 +96,9 @@ impl Command {
         }
         if let Some(input) = &self.stdin {
             e = e.stdin_bytes(input.clone());
+        }
+        if let Some(dir) = &self.dir {
+            e = e.dir(dir);
         }
         e
     }

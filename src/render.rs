@@ -118,10 +118,9 @@ pub fn context(def: &Definition) -> Result<Value> {
     }
     let mut packages = vec!["openssh-server".to_string()];
     packages.extend(
-        sys.packages
-            .iter()
-            .filter(|p| *p != "openssh-server")
-            .cloned(),
+        def.base_packages()
+            .into_iter()
+            .filter(|p| p != "openssh-server"),
     );
     let disk_mib = def.machine.disk_size.mib();
     let uefi = def.machine.firmware == crate::definition::Firmware::Uefi;

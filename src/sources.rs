@@ -3,7 +3,7 @@
 //!
 //! Everything here runs before any VM starts, so a wrong checksum or a missing ref fails fast.
 
-use crate::definition::{Artifact, DataSnapshot, Definition, Service};
+use crate::definition::{Artifact, DataSnapshot, Definition, Provisioner, Service};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -177,6 +177,51 @@ pub fn resolve_commit(def: &Definition, field: &str, repo: &str, git_ref: &str) 
     }
 }
 
+/// The digest of a directory tree: every entry's path relative to `dir`, kind, executable bit
+/// and contents (a symlink by its target), in sorted order. Timestamps and owners do not count.
+pub fn tree_digest(dir: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("{}: cannot read", dir.display()))?;
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let meta = entry.metadata()?;
+        let content = if entry.path_is_symlink() {
+            format!("link {}", std::fs::read_link(entry.path())?.display())
+        } else if meta.is_dir() {
+            "dir".to_string()
+        } else {
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            format!("file {exec} {}", sha256_file(entry.path())?)
+        };
+        h.update(format!("{}\0{content}\n", rel.display()));
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Copies the directory tree `from` to `to` (created), keeping modes and symlinks.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.with_context(|| format!("{}: cannot read", from.display()))?;
+        let dest = to.join(entry.path().strip_prefix(from).unwrap_or(entry.path()));
+        let copied = if entry.path_is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)
+        } else if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest)
+        } else {
+            std::fs::copy(entry.path(), &dest).map(|_| ())
+        };
+        copied.with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                entry.path().display(),
+                dest.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The service layer with its ref resolved.
 #[derive(Debug, Clone)]
 pub struct ResolvedService {
@@ -190,26 +235,49 @@ pub struct ResolvedService {
 pub fn resolve_service(def: &Definition, service: &Service) -> Result<ResolvedService> {
     let location = repo_location(def, &service.repo);
     let commit = resolve_commit(def, "service", &service.repo, &service.git_ref)?;
-    // A unit that is not in the tree fails here, before any VM, where the repository is local
-    // (a remote one is checked when its tree is unpacked in the bake).
-    if let (Some(unit), true) = (&service.unit, Path::new(&location).exists()) {
-        let in_tree = match &service.subdir {
-            Some(sub) => format!("{}/{unit}", sub.trim_end_matches('/')),
-            None => unit.clone(),
-        };
-        let found = Command::new("git")
-            .args(["-C", &location, "cat-file", "-e"])
-            .arg(format!("{commit}:{in_tree}"))
-            .run();
-        if found.is_err() {
-            bail!(
-                "{}: field `service.unit`: {in_tree} is not in {location} at commit {commit}; \
-                 commit the unit file, or name the file the service tree has",
-                def.path.display()
-            );
+    // A file the definition expects in the tree (the unit, a playbook) that is not there fails
+    // here, before any VM, where the repository is local (a remote one is checked when its
+    // tree is unpacked in the bake).
+    if Path::new(&location).exists() {
+        for (field, file) in files_in_service(def, service) {
+            let in_tree = match &service.subdir {
+                Some(sub) => format!("{}/{file}", sub.trim_end_matches('/')),
+                None => file,
+            };
+            let found = Command::new("git")
+                .args(["-C", &location, "cat-file", "-e"])
+                .arg(format!("{commit}:{in_tree}"))
+                .run();
+            if found.is_err() {
+                bail!(
+                    "{}: field `{field}`: {in_tree} is not in {location} at commit {commit}; \
+                     commit the file, or name the file the service tree has",
+                    def.path.display()
+                );
+            }
         }
     }
     Ok(ResolvedService { location, commit })
+}
+
+/// (field, path in the service tree) of every file the definition expects the service to have.
+fn files_in_service(def: &Definition, service: &Service) -> Vec<(String, String)> {
+    let unit = service
+        .unit
+        .iter()
+        .map(|u| ("service.unit".to_string(), u.clone()));
+    let playbooks = def
+        .provisioners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Provisioner::Ansible(a) if a.in_service => Some((
+                format!("provisioners[{i}].playbook"),
+                a.playbook.display().to_string(),
+            )),
+            _ => None,
+        });
+    unit.chain(playbooks).collect()
 }
 
 /// The data snapshot, verified and resolved.

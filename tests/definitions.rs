@@ -585,4 +585,163 @@ fn a_service_unit_missing_from_the_tree_is_refused_before_any_build() {
     f.ids(&ok);
     let (code, _, err) = run(imgforge().arg("validate").arg(&ok));
     assert_eq!(code, 0, "{err}");
+
+    // A playbook said to be in the service tree is looked for there, at the resolved commit.
+    let playbook = |path: &str| {
+        format!("{ID_DEF}\n[[provisioners]]\ntype = \"ansible\"\nplaybook = \"{path}\"\nin_service = true\n")
+    };
+    let (code, _, err) = run(imgforge()
+        .arg("validate")
+        .arg(f.write("pb.toml", &playbook("site.yml"))));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `provisioners[0].playbook`: site.yml is not in"),
+        "{err}"
+    );
+    let (code, _, err) = run(imgforge()
+        .arg("validate")
+        .arg(f.write("pb-ok.toml", &playbook("run.sh"))));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Validates `text` as a definition in a fresh directory holding a copy of the Ansible and
+/// Chef fixtures (`ansible/`, `chef/`).
+fn validate_beside_fixtures(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo_root().join("tests/fixtures/ansible"))
+        .arg(repo_root().join("tests/fixtures/chef"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::write(
+        dir.path().join("ansible/unvendored.yml"),
+        "roles:\n  - src: https://github.com/example/ansible-role-nginx.git\n    name: nginx\n",
+    )
+    .unwrap();
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, text).unwrap();
+    let (code, _, err) = run(imgforge().arg("validate").arg(&path));
+    (code, err.replace(&dir.path().display().to_string(), "DIR"))
+}
+
+#[test]
+fn ansible_and_chef_provisioners_validate_against_their_files() {
+    let good = format!(
+        "{GOOD}\n[[provisioners]]\ntype = \"ansible\"\nplaybook = \"ansible/site.yml\"\nrequirements = \"requirements.yml\"\nextra_vars = {{ greeting = \"hi\" }}\n\n[[provisioners]]\ntype = \"chef\"\ncookbooks = \"chef/cookbooks\"\nroles = \"chef/roles\"\nenvironments = \"chef/environments\"\nenvironment = \"staging\"\nrun_list = [\"recipe[web::default]\", \"web\", \"role[base]\"]\n"
+    );
+    let (code, err) = validate_beside_fixtures(&good);
+    assert_eq!(code, 0, "{err}");
+
+    // Line numbers: GOOD is 14 lines, then a blank line, so the first [[provisioners]] is
+    // line 16 and the second 22.
+    let cases = [
+        (
+            good.replace("ansible/site.yml", "ansible/missing.yml"),
+            "DIR/bad.toml:18:1: field `provisioners[0].playbook`",
+            "DIR/ansible/missing.yml does not exist",
+        ),
+        (
+            good.replace("\"requirements.yml\"", "\"unvendored.yml\""),
+            "DIR/bad.toml:19:1: field `provisioners[0].requirements`",
+            "role `nginx` from DIR/ansible/unvendored.yml is not vendored: put it in DIR/ansible/roles/nginx",
+        ),
+        (
+            good.replace("\"recipe[web::default]\"", "\"recipe[nginx::default]\""),
+            "DIR/bad.toml:28:1: field `provisioners[1].run_list`",
+            "`recipe[nginx::default]`: DIR/chef/cookbooks/nginx/recipes/default.rb does not exist (cookbook `nginx`",
+        ),
+        (
+            good.replace("\"role[base]\"", "\"role[db]\""),
+            "field `provisioners[1].run_list`",
+            "`role[db]`: no db.json or db.rb in DIR/chef/roles",
+        ),
+        (
+            good.replace("environment = \"staging\"", "environment = \"prod\""),
+            "DIR/bad.toml:27:1: field `provisioners[1].environment`",
+            "no prod.json or prod.rb in DIR/chef/environments",
+        ),
+        (
+            good.replace("requirements = ", "runner = \"host\"\nrequirements = "),
+            "DIR/bad.toml:19:1: field `provisioners[0].runner`",
+            "set needs_running_system = true",
+        ),
+        (
+            good.replace("playbook = ", "playbok = "),
+            "field `provisioners[0]",
+            "unknown field `playbok`",
+        ),
+    ];
+    for (text, location, problem) in cases {
+        let (code, err) = validate_beside_fixtures(&text);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(location), "{location}: {err}");
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+
+    // Every problem at once, each at its own line.
+    let both = good
+        .replace("ansible/site.yml", "ansible/missing.yml")
+        .replace("chef/cookbooks", "chef/no-cookbooks");
+    let (code, err) = validate_beside_fixtures(&both);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml:18:1: field `provisioners[0].playbook`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:24:1: field `provisioners[1].cookbooks`: DIR/chef/no-cookbooks is not a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn playbook_and_cookbook_inputs_change_the_bake_id_exactly_when_they_change() {
+    let f = Fixture::new();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo_root().join("tests/fixtures/ansible"))
+        .arg(repo_root().join("tests/fixtures/chef"))
+        .arg(f.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let def = |greeting: &str, run_list: &str| {
+        format!(
+            "{ID_DEF}\n[[provisioners]]\ntype = \"ansible\"\nplaybook = \"ansible/site.yml\"\nextra_vars = {{ greeting = \"{greeting}\" }}\n\n[[provisioners]]\ntype = \"chef\"\ncookbooks = \"chef/cookbooks\"\nroles = \"chef/roles\"\nrun_list = {run_list}\n"
+        )
+    };
+    let ids = |greeting: &str, run_list: &str| f.ids(&f.write("a.toml", &def(greeting, run_list)));
+    let before = ids("v1", "[\"web\"]");
+    assert_eq!(
+        before,
+        ids("v1", "[\"web\"]"),
+        "the same inputs, the same ids"
+    );
+
+    let var = ids("v2", "[\"web\"]");
+    let run_list = ids("v1", "[\"web\", \"role[base]\"]");
+    let template = f
+        .dir
+        .path()
+        .join("ansible/roles/webpage/templates/page.html.j2");
+    fs::write(&template, "<p>{{ greeting }}!</p>\n").unwrap();
+    let role_file = ids("v1", "[\"web\"]");
+    let recipe = f.dir.path().join("chef/cookbooks/web/recipes/default.rb");
+    fs::write(&recipe, "log 'changed'\n").unwrap();
+    let cookbook_file = ids("v1", "[\"web\"]");
+    for (what, after, previous) in [
+        ("an extra var", &var, &before),
+        ("the run list", &run_list, &before),
+        ("a role's template", &role_file, &before),
+        ("a recipe", &cookbook_file, &role_file),
+    ] {
+        assert_eq!(after["base"], previous["base"], "{what}: the base stays");
+        assert_ne!(
+            after["bake"], previous["bake"],
+            "{what} changes the bake id"
+        );
+    }
 }

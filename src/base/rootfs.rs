@@ -52,7 +52,7 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     let selections = staging.path("debconf.txt");
     fs::write(&selections, debconf_selections(def))?;
     let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
-    packages.extend(def.system.packages.iter().cloned());
+    packages.extend(def.base_packages());
     let mut cmd = Command::new("mmdebstrap")
         .arg(format!(
             "--variant={}",

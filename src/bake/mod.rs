@@ -7,9 +7,12 @@
 //! marked `needs_running_system = true` run afterwards over SSH in the fully booted image, with
 //! the build key of the base; the final hygiene pass removes that key again.
 
-use crate::bake_protocol::{self, sh_quote};
+mod ansible;
+mod chef;
+
+use crate::bake_protocol::{self, sh_quote, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
-use crate::definition::{Definition, Firmware, Provisioner};
+use crate::definition::{AnsibleRunner, Definition, Firmware, Provisioner};
 use crate::events::Reporter;
 use crate::layers::Resolved;
 use crate::manifest::Provenance;
@@ -17,6 +20,7 @@ use crate::process::Command;
 use crate::qemu::{append_console_section, create_overlay, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -56,50 +60,56 @@ enum Pass<'a> {
 /// What a [`Pass::Ssh`] runs, in order.
 enum SshStep<'a> {
     Bundle(Bundle),
-    Scripts(Vec<(usize, &'a Provisioner)>),
+    Provisioners(Vec<(usize, &'a Provisioner)>),
 }
 
-/// Bakes and returns the path of the overlay disk holding the finished image.
-pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<PathBuf> {
+/// What the bake made.
+pub struct Baked {
+    /// The overlay disk holding the finished image.
+    pub disk: PathBuf,
+    /// Versions of the tools provisioners ran in or against the image (`provisioners[N]` →
+    /// Ansible's or Chef's version line).
+    pub tools: BTreeMap<String, String>,
+}
+
+/// Bakes the image on an overlay of the base.
+pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     let overlay = input.work.join("image.qcow2");
     create_overlay(&input.base.disk(), &overlay)?;
+    let mut output = String::new();
     for pass in passes(input)? {
         match pass {
-            Pass::Offline(boot, bundle) => run_offline(input, boot, &overlay, bundle, reporter)?,
+            Pass::Offline(boot, bundle) => {
+                output += &run_offline(input, boot, &overlay, bundle, reporter)?
+            }
             Pass::Ssh(steps) => {
                 let session = SshSession::boot(input, &overlay, reporter)?;
                 for step in steps {
-                    match step {
+                    output += &match step {
                         SshStep::Bundle(b) => session.run_bundle(&b.dir, b.script, b.what)?,
-                        SshStep::Scripts(scripts) => session.run_scripts(&scripts, reporter)?,
+                        SshStep::Provisioners(list) => session.run_provisioners(&list, reporter)?,
                     }
                 }
                 session.poweroff()?;
             }
         }
     }
-    Ok(overlay)
+    Ok(Baked {
+        disk: overlay,
+        tools: bake_protocol::tools(&output).into_iter().collect(),
+    })
 }
 
 /// The bake's passes, from what the base records: with the bake init (`direct_boot`) every
 /// step runs offline and only the scripts that need a running system go over SSH; without it
 /// everything runs over SSH. Image hygiene always comes last.
 fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
-    let (offline, online): (Vec<_>, Vec<_>) =
-        input
-            .def
-            .provisioners
-            .iter()
-            .enumerate()
-            .partition(|(_, p)| {
-                !matches!(
-                    p,
-                    Provisioner::Shell {
-                        needs_running_system: true,
-                        ..
-                    }
-                )
-            });
+    let (online, offline): (Vec<_>, Vec<_>) = input
+        .def
+        .provisioners
+        .iter()
+        .enumerate()
+        .partition(|(_, p)| p.needs_running_system());
     let dir = input.work.join("bundle");
     fs::create_dir_all(&dir)?;
     let mut script = bake_protocol::prelude();
@@ -124,7 +134,7 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
                 script,
                 what: "bake",
             }),
-            SshStep::Scripts(online),
+            SshStep::Provisioners(online),
             SshStep::Bundle(hygiene_pass("image hygiene")?),
         ])],
         Some(boot) if online.is_empty() => {
@@ -137,7 +147,7 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
             let what = "bake (offline steps)";
             vec![
                 Pass::Offline(boot, Bundle { dir, script, what }),
-                Pass::Ssh(vec![SshStep::Scripts(online)]),
+                Pass::Ssh(vec![SshStep::Provisioners(online)]),
                 Pass::Offline(boot, hygiene_pass("image hygiene")?),
             ]
         }
@@ -239,16 +249,26 @@ fn stage_provisioner(
                 sh_quote(mode)
             ))
         }
+        Provisioner::Ansible(a) => ansible::stage_in_image(def, index, a, &staged),
+        Provisioner::Chef(c) => chef::stage(def, index, c, &staged),
     }
 }
 
-/// The last step of every bake: build key, machine id, host keys, caches and logs removed,
-/// provenance written to `/etc/imgforge/build.json`.
+/// The last step of every bake: build key, machine id, host keys, caches, logs and the bake's
+/// own Ansible removed, provenance written to `/etc/imgforge/build.json`.
 fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
     fs::write(
         bundle.join("build.json"),
-        serde_json::to_string_pretty(&input.provenance.image_record("@PACKAGES@"))?,
+        serde_json::to_string_pretty(&input.provenance.image_record("@PACKAGES@", "@TOOLS@"))?,
     )?;
+    // Debian's Ansible, installed into the base only for the playbooks, goes with what it
+    // pulled in; named in system.packages, it stays.
+    let purge = match input.def.bake_only_packages().join(" ") {
+        none if none.is_empty() => String::new(),
+        packages => format!(
+            "apt-get purge -y --autoremove {packages} >/dev/null || fail 'hygiene: purge {packages}' $?\n"
+        ),
+    };
     Ok(format!(
         r#"step hygiene
 if [ -f /root/.ssh/authorized_keys ]; then
@@ -257,13 +277,15 @@ if [ -f /root/.ssh/authorized_keys ]; then
 fi
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
-apt-get clean >/dev/null 2>&1
+{purge}apt-get clean >/dev/null 2>&1
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/* /var/tmp/*
 find /var/log -type f -exec truncate -s 0 {{}} +
 step provenance
 pk=$(dpkg-query -W -f='"${{Package}}=${{Version}}",' | sed 's/,$//')
 mkdir -p /etc/imgforge
-sed "s|\"@PACKAGES@\"|[$pk]|" $B/build.json > /etc/imgforge/build.json || fail provenance $?
+tools=$(paste -sd, {TOOLS_FILE} 2>/dev/null)
+rm -rf "$(dirname {TOOLS_FILE})"
+sed -e "s|\"@PACKAGES@\"|[$pk]|" -e "s|\"@TOOLS@\"|{{$tools}}|" $B/build.json > /etc/imgforge/build.json || fail provenance $?
 fstrim / >/dev/null 2>&1
 echo 'imgforge-bake: all steps done'
 "#
@@ -306,14 +328,15 @@ fn start_bake_vm(cfg: &VmConfig, run_dir: &Path, serial: &Path, reporter: &Repor
     }
 }
 
-/// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init.
+/// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init;
+/// returns the console.
 fn run_offline(
     input: &BakeInput,
     boot: &DirectBoot,
     overlay: &Path,
     bundle: Bundle,
     reporter: &Reporter,
-) -> Result<()> {
+) -> Result<String> {
     let what = bundle.what;
     reporter.phase(what);
     let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
@@ -354,7 +377,7 @@ fn run_offline(
     append_console_section(input.console_log, what, &console)?;
     waited?;
     match bake_protocol::exit_status(&console) {
-        Some(0) => Ok(()),
+        Some(0) => Ok(console),
         Some(code) => {
             let failed = bake_protocol::failed_step(&console).unwrap_or("the bake script");
             bail!(
@@ -436,8 +459,9 @@ impl<'a> SshSession<'a> {
         ssh_command(&self.input.base.build_key(), self.port)
     }
 
-    /// Runs `remote` with `stdin`, logging its output; a failure names `what` and quotes it.
-    fn run(&self, what: &str, remote: &str, stdin: Vec<u8>) -> Result<()> {
+    /// Runs `remote` with `stdin`, logging and returning its output; a failure names `what` and
+    /// quotes it.
+    fn run(&self, what: &str, remote: &str, stdin: Vec<u8>) -> Result<String> {
         let (code, out) = self.ssh().arg(remote).stdin(stdin).run_unchecked()?;
         let text = format!(
             "{}{}",
@@ -453,33 +477,84 @@ impl<'a> SshSession<'a> {
                 bake_protocol::step_output(&text)
             );
         }
-        Ok(())
+        Ok(text)
     }
 
     /// Unpacks a bundle in the running system and runs its `bake.sh`.
-    fn run_bundle(&self, bundle_dir: &Path, script: String, what: &str) -> Result<()> {
+    fn run_bundle(&self, bundle_dir: &Path, script: String, what: &str) -> Result<String> {
         let tar = pack_bundle(bundle_dir, script)?;
         self.run(what, &bake_protocol::ssh_run_bundle(), fs::read(&tar)?)
     }
 
-    /// Runs the provisioners that need a running system, in order.
-    fn run_scripts(&self, scripts: &[(usize, &Provisioner)], reporter: &Reporter) -> Result<()> {
+    /// Runs the provisioners that need a running system, in order, and returns their output:
+    /// scripts as they are, Ansible from the host or as a bundle, Chef as a bundle.
+    fn run_provisioners(
+        &self,
+        list: &[(usize, &Provisioner)],
+        reporter: &Reporter,
+    ) -> Result<String> {
         let def = self.input.def;
-        for (index, p) in scripts {
-            let Provisioner::Shell { script, .. } = p else {
-                continue;
+        let mut output = String::new();
+        for (index, p) in list {
+            let index = *index;
+            output += &match p {
+                Provisioner::Shell { script, .. } => {
+                    let body = fs::read(def.resolve(script)).with_context(|| {
+                        format!(
+                            "{}: field `provisioners[{index}].script`",
+                            def.path.display()
+                        )
+                    })?;
+                    let what = format!("provisioners[{index}] ({})", script.display());
+                    reporter.println(&format!("    {what} over SSH"));
+                    self.run(&what, "sh -es 2>&1", body)?
+                }
+                Provisioner::Ansible(a) if a.runner == AnsibleRunner::Host => {
+                    self.ansible_from_host(index, a, reporter)?
+                }
+                _ => {
+                    let dir = self.input.work.join(format!("bundle-{index}"));
+                    fs::create_dir_all(&dir)?;
+                    let script =
+                        bake_protocol::prelude() + &stage_provisioner(def, index, p, &dir)?;
+                    reporter.println(&format!("    provisioners[{index}] over SSH"));
+                    self.run_bundle(&dir, script, &format!("provisioners[{index}]"))?
+                }
             };
-            let body = fs::read(def.resolve(script)).with_context(|| {
-                format!(
-                    "{}: field `provisioners[{index}].script`",
-                    def.path.display()
-                )
-            })?;
-            let what = format!("provisioners[{index}] ({})", script.display());
-            reporter.println(&format!("    {what} over SSH"));
-            self.run(&what, "sh -es 2>&1", body)?;
         }
-        Ok(())
+        Ok(output)
+    }
+
+    /// Runs a playbook with the host's Ansible against this VM, and records its version in the
+    /// image as the image's own Ansible would.
+    fn ansible_from_host(
+        &self,
+        index: usize,
+        a: &crate::definition::AnsibleProvisioner,
+        reporter: &Reporter,
+    ) -> Result<String> {
+        let what = ansible::label(index, a);
+        reporter.println(&format!("    {what} from the host over SSH"));
+        let key = self.input.base.build_key();
+        let target = ansible::SshTarget {
+            port: self.port,
+            key: &key,
+        };
+        let scratch = self.input.work.join(format!("ansible-{index}"));
+        let run = ansible::run_from_host(self.input.def, index, a, &target, &scratch);
+        let run = run.inspect_err(|e| {
+            let _ = append_console_section(self.input.console_log, &what, &format!("{e:#}"));
+        })?;
+        append_console_section(self.input.console_log, &what, &run.output)?;
+        let record = bake_protocol::record_tool(
+            &format!("provisioners[{index}]"),
+            &format!("echo {}", sh_quote(&run.version)),
+        );
+        self.run(
+            &format!("{what}: record"),
+            "sh -es 2>&1",
+            record.into_bytes(),
+        )
     }
 
     /// Powers the VM off and waits for it.

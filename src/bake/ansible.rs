@@ -1,0 +1,220 @@
+//! Ansible playbooks in the bake. With `runner = "image"` the image's own `ansible-playbook`
+//! (Debian's `ansible-core`) runs the playbook with a local connection: offline under the bake
+//! init, or in the booted image over SSH. With `runner = "host"` the host's `ansible-playbook`
+//! connects to the booted build VM over SSH. Either way Ansible's home and temporary files stay
+//! in the bundle's directory (a tmpfs), so nothing of Ansible is left in the image.
+
+use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR};
+use crate::definition::{AnsibleProvisioner, Definition};
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::Path;
+
+/// How a provisioner's steps and failures are named: `provisioners[0] (ansible site.yml)`.
+pub fn label(index: usize, a: &AnsibleProvisioner) -> String {
+    format!("provisioners[{index}] (ansible {})", a.playbook.display())
+}
+
+/// Stages playbook `a` into `staged` (its directory in the bundle) and returns the bake step
+/// that runs it in the image.
+pub fn stage_in_image(
+    def: &Definition,
+    index: usize,
+    a: &AnsibleProvisioner,
+    staged: &Path,
+) -> Result<String> {
+    fs::create_dir_all(staged)?;
+    fs::write(staged.join("vars.json"), serde_json::to_vec(&a.extra_vars)?)?;
+    let guest_dir = format!("{BUNDLE_DIR}/provisioners/{index}");
+    let project = match (a.in_service, &def.service) {
+        (true, Some(service)) => {
+            let parent = a.playbook.parent().unwrap_or(Path::new(""));
+            format!(
+                "{}/{}",
+                service.dest.trim_end_matches('/'),
+                parent.display()
+            )
+        }
+        (true, None) => bail!(
+            "{}: field `provisioners[{index}].in_service`: there is no [service]",
+            def.path.display()
+        ),
+        (false, _) => {
+            crate::sources::copy_tree(&def.ansible_project(a), &staged.join("project"))
+                .with_context(|| {
+                    format!(
+                        "{}: field `provisioners[{index}].playbook`",
+                        def.path.display()
+                    )
+                })?;
+            format!("{guest_dir}/project")
+        }
+    };
+    let label = sh_quote(&label(index, a));
+    let command = playbook_command(
+        a,
+        "-c local -i localhost,",
+        &format!("@{guest_dir}/vars.json"),
+    );
+    let env = environment(a, "$P", "$D")
+        .iter()
+        .chain([&("ANSIBLE_REMOTE_TEMP", "$D/tmp".to_string())])
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(format!(
+        r#"step {label}
+command -v ansible-playbook >/dev/null || fail {label}': ansible-playbook is not in the image (runner = "image" installs Debian'"'"'s ansible-core into the base)' 127
+D={guest_dir}
+P={project}
+{record}{run}if [ "$rc" != 0 ]; then
+  task=$(sed -n 's/^TASK \[\(.*\)\] \**$/\1/p' "$D/log" | tail -n1)
+  fail {label}": ${{task:+task }}${{task:-ansible-playbook failed before its first task}}" "$rc"
+fi
+rm -rf "$D"
+"#,
+        project = sh_quote(&project),
+        record = bake_protocol::record_tool(
+            &format!("provisioners[{index}]"),
+            &format!("env {env} ansible-playbook --version")
+        ),
+        run = bake_protocol::run_logged(&format!("(cd \"$P\" && env {env} {command})")),
+    ))
+}
+
+/// The `ansible-playbook` command line for `a` with `connection` options and extra vars from
+/// `vars`, as shell words.
+fn playbook_command(a: &AnsibleProvisioner, connection: &str, vars: &str) -> String {
+    let mut words = format!("ansible-playbook {connection} -e {}", sh_quote(vars));
+    if !a.tags.is_empty() {
+        words += &format!(" --tags {}", sh_quote(&a.tags.join(",")));
+    }
+    let name = a.playbook.file_name().unwrap_or_default().to_string_lossy();
+    words + " " + &sh_quote(&name)
+}
+
+/// Ansible's settings for a run in `project` whose own files stay under `scratch`: no colour,
+/// no retry files, a UTF-8 locale (Ansible refuses others), roles and collections from the
+/// project.
+fn environment(
+    a: &AnsibleProvisioner,
+    project: &str,
+    scratch: &str,
+) -> Vec<(&'static str, String)> {
+    let roles: Vec<String> = std::iter::once(format!("{project}/roles"))
+        .chain(
+            a.roles_path
+                .iter()
+                .map(|r| format!("{project}/{}", r.display())),
+        )
+        .collect();
+    vec![
+        ("LC_ALL", "C.UTF-8".to_string()),
+        ("ANSIBLE_HOME", format!("{scratch}/home")),
+        ("ANSIBLE_LOCAL_TEMP", format!("{scratch}/tmp")),
+        ("ANSIBLE_NOCOLOR", "1".to_string()),
+        ("ANSIBLE_RETRY_FILES_ENABLED", "0".to_string()),
+        ("ANSIBLE_ROLES_PATH", roles.join(":")),
+        ("ANSIBLE_COLLECTIONS_PATH", format!("{project}/collections")),
+    ]
+}
+
+/// Where the host's Ansible reaches the build VM.
+pub struct SshTarget<'a> {
+    /// The forwarded SSH port on 127.0.0.1.
+    pub port: u16,
+    /// The base's build key.
+    pub key: &'a Path,
+}
+
+/// What a playbook run from the host printed, and the version of Ansible that ran it.
+pub struct HostRun {
+    /// Everything `ansible-playbook` printed.
+    pub output: String,
+    /// `ansible-playbook --version`, first line.
+    pub version: String,
+}
+
+/// Runs playbook `a` with the host's `ansible-playbook` against the build VM; `scratch` is a
+/// directory of the build for Ansible's own files. A failure names the task that failed.
+pub fn run_from_host(
+    def: &Definition,
+    index: usize,
+    a: &AnsibleProvisioner,
+    vm: &SshTarget,
+    scratch: &Path,
+) -> Result<HostRun> {
+    let version = Command::new("ansible-playbook")
+        .arg("--version")
+        .run()
+        .context("runner = \"host\" needs ansible-playbook on this machine (Debian: apt install ansible-core)")?
+        .text()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    fs::create_dir_all(scratch)?;
+    let vars = scratch.join("vars.json");
+    fs::write(&vars, serde_json::to_vec(&a.extra_vars)?)?;
+    let project = def.ansible_project(a);
+    let mut cmd = Command::new("ansible-playbook")
+        .current_dir(&project)
+        .args(["-i", "127.0.0.1,", "-u", "root", "-e"])
+        .arg(format!("ansible_port={}", vm.port))
+        .arg("--private-key")
+        .arg(vm.key)
+        .arg("-e")
+        .arg(format!("@{}", vars.display()))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_REMOTE_TEMP", "/run/imgforge-ansible")
+        .env(
+            "ANSIBLE_SSH_ARGS",
+            "-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes",
+        );
+    for (key, value) in environment(a, &project.to_string_lossy(), &scratch.to_string_lossy()) {
+        cmd = cmd.env(key, &value);
+    }
+    if !a.tags.is_empty() {
+        cmd = cmd.arg("--tags").arg(a.tags.join(","));
+    }
+    let (code, out) = cmd
+        .arg(a.playbook.file_name().unwrap_or_default())
+        .run_unchecked()?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if code != 0 {
+        bail!(
+            "{}: {} failed at task {} (exit status {code}); its output:\n{}",
+            def.path.display(),
+            label(index, a),
+            failed_task(&output).unwrap_or("(none started)"),
+            crate::process::tail_lines(&output, 30)
+        );
+    }
+    Ok(HostRun { output, version })
+}
+
+/// The last task Ansible started, from its `TASK [name] ****` lines.
+fn failed_task(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("TASK ["))
+        .filter_map(|l| l.rsplit_once(']').map(|(name, _)| name))
+        .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_task_is_the_last_one_ansible_started() {
+        let output = "PLAY [web] ****\n\nTASK [webpage : install] ****\nok: [x]\n\nTASK [webpage : break on purpose] ********\nfatal: [x]: FAILED! => {}\n";
+        assert_eq!(failed_task(output), Some("webpage : break on purpose"));
+        assert_eq!(failed_task("ERROR! the playbook could not be found"), None);
+    }
+}
