@@ -163,6 +163,8 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     }
     Ok(json!({
         "base": base,
+        // The image's name and version are baked into /etc/imgforge/build.json.
+        "image": { "name": def.image.name.0, "version": def.image.version },
         "service": service,
         "data": data,
         "provisioners": provisioners,

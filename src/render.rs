@@ -86,7 +86,9 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
     })
 }
 
-/// The variables an answer-file template sees.
+/// The variables an answer-file template sees: only what shapes the base (no image name or
+/// version), so definitions with the same OS settings render the same answer file and share
+/// one base layer.
 pub fn context(def: &Definition) -> Result<Value> {
     let sys = &def.system;
     let mirror = url::Url::parse(&sys.mirror).with_context(|| {
@@ -127,8 +129,6 @@ pub fn context(def: &Definition) -> Result<Value> {
     // Room for the partition table (and the ESP under UEFI).
     let root_mib = disk_mib.saturating_sub(if uefi { 202 } else { 2 });
     Ok(json!({
-        "image_name": def.image.name.0,
-        "image_version": def.image.version,
         "release": def.os.release,
         "suite": suite(&def.os.release),
         "hostname": sys.hostname,

@@ -745,3 +745,23 @@ fn playbook_and_cookbook_inputs_change_the_bake_id_exactly_when_they_change() {
         );
     }
 }
+
+#[test]
+fn definitions_with_other_names_and_versions_but_the_same_os_share_one_base() {
+    let f = Fixture::new();
+    let a = f.ids(&f.write("a.toml", ID_DEF));
+    let other = ID_DEF
+        .replace("name = \"idtest\"", "name = \"other-image\"")
+        .replace("version = \"1\"", "version = \"7.3\"");
+    let b = f.ids(&f.write("b.toml", &other));
+    assert_eq!(a["base"], b["base"], "the OS layer is shared");
+    assert_ne!(
+        a["bake"], b["bake"],
+        "name and version are baked into build.json"
+    );
+    let c = f.ids(&f.write(
+        "c.toml",
+        &ID_DEF.replace("hostname = \"h\"", "hostname = \"g\""),
+    ));
+    assert_ne!(a["base"], c["base"], "an OS setting is part of the base");
+}
