@@ -113,15 +113,15 @@ fn report_ids(def: &Definition, ids: &LayerIds, reporter: &Reporter) {
 }
 
 /// Where a build's output goes: `<output>/<name>/<build-id>/`.
-struct OutputDir {
-    name_dir: PathBuf,
+pub(crate) struct OutputDir {
+    pub(crate) name_dir: PathBuf,
     final_dir: PathBuf,
-    manifest_path: PathBuf,
+    pub(crate) manifest_path: PathBuf,
     build_id: String,
 }
 
 impl OutputDir {
-    fn new(root: &Path, def: &Definition, ids: &LayerIds) -> OutputDir {
+    pub(crate) fn new(root: &Path, def: &Definition, ids: &LayerIds) -> OutputDir {
         let name_dir = root.join(&def.image.name.0);
         let final_dir = name_dir.join(&ids.build);
         OutputDir {

@@ -166,6 +166,10 @@ pub struct RegisterArgs {
     /// On failure keep the incomplete snapshot / uploaded objects (for debugging).
     #[arg(long)]
     pub keep_partial: bool,
+    /// AMI: make a new default version of this launch template (id or name) that launches the
+    /// image, copied from the current default.
+    #[arg(long, value_name = "NAME_OR_ID")]
+    pub launch_template: Option<String>,
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -211,6 +215,7 @@ impl RegisterArgs {
             concurrency: args.concurrency,
             keep_partial: args.keep_partial,
             wait: Duration::from_secs(3600),
+            launch_template: args.launch_template.clone(),
             cloud: args.cloud.options(),
         })
     }
@@ -324,6 +329,10 @@ pub struct PruneArgs {
     /// List what would go and why each kept image is kept; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Disable the images (DisableImage; snapshots kept, can be enabled again) instead of
+    /// deregistering them and deleting their snapshots.
+    #[arg(long)]
+    pub disable: bool,
     /// Instances per DescribeInstances page (moto pages by reservation: benchmarks lower it).
     #[arg(long, hide = true, env = "IMGFORGE_PAGE_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(i32).range(5..=1000))]
@@ -341,6 +350,7 @@ impl PruneArgs {
             keep: self.keep,
             min_age: self.min_age,
             dry_run: self.dry_run,
+            disable: self.disable,
             page_size: self.page_size,
             cloud: self.cloud.options(),
         }

@@ -92,11 +92,17 @@ pub enum Event {
     Remove,
     /// `prune` removed an image.
     Removed,
+    /// `imgforge plan`: each definition's ids and which layers exist (a result line).
+    BuildPlan,
+    /// The last line of a build of several definitions: each one's id, time and result.
+    BuildSummary,
+    /// `register --launch-template` made a new default launch template version.
+    LaunchTemplateVersion,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 40] = [
+    pub const ALL: [Event; 43] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -137,6 +143,9 @@ impl Event {
         Event::Keep,
         Event::Remove,
         Event::Removed,
+        Event::BuildPlan,
+        Event::BuildSummary,
+        Event::LaunchTemplateVersion,
     ];
 
     /// The value of the `event` field.
@@ -182,6 +191,9 @@ impl Event {
             Event::Keep => "keep",
             Event::Remove => "remove",
             Event::Removed => "removed",
+            Event::BuildPlan => "build_plan",
+            Event::BuildSummary => "build_summary",
+            Event::LaunchTemplateVersion => "launch_template_version",
         }
     }
 }

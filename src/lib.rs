@@ -42,6 +42,7 @@ mod export;
 mod httpserve;
 mod layers;
 pub mod manifest;
+mod plan;
 mod process;
 mod prune;
 mod qemu;
@@ -59,6 +60,7 @@ pub use cancel::install_handlers;
 pub use cloud::{parse_age, CloudOptions};
 pub use doctor::run as doctor;
 pub use layers::{resolve_and_compute, validate, LayerIds, Resolved};
+pub use plan::{plan, table as plan_table, LayerState, PlanItem};
 pub use prune::{run as prune, PruneOptions};
 pub use register::ami::BootMode;
 pub use register::{

@@ -47,6 +47,15 @@ enum Command {
         /// Definition file.
         file: PathBuf,
     },
+    /// Show each definition's layer ids and which layers are already built or cached.
+    Plan {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Root of the output tree.
+        #[arg(long, default_value = "output")]
+        output_dir: PathBuf,
+    },
     /// Build an image: base layer, bake, export, verify.
     Build(cli::BuildArgs),
     /// Boot a built image and run its checks again.
@@ -110,6 +119,18 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Validate { files } => validate(&files, reporter),
         Command::Render { file, output } => render_answer_file(&file, output.as_deref()),
         Command::Id { file } => print_ids(&file, reporter),
+        Command::Plan { files, output_dir } => {
+            let items = imgforge::plan(&files, &output_dir)?;
+            let to_build: Vec<_> = items
+                .iter()
+                .filter(|i| i.needs_build)
+                .map(|i| &i.file)
+                .collect();
+            let mut value = json!({ "definitions": items, "to_build": to_build });
+            value["event"] = json!(Event::BuildPlan.name());
+            reporter.result(&imgforge::plan_table(&items), &value);
+            Ok(())
+        }
         Command::Build(args) => {
             imgforge::install_handlers()?;
             build_image(&args, reporter)

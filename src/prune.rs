@@ -33,6 +33,9 @@ pub struct PruneOptions {
     pub min_age: Option<Duration>,
     /// List what would go and why each kept image is kept; change nothing.
     pub dry_run: bool,
+    /// Disable the images (DisableImage: not launchable, listed only on request, snapshots
+    /// kept, can be enabled again) instead of deregistering them.
+    pub disable: bool,
     /// Instances per DescribeInstances page (5 to 1000).
     pub page_size: i32,
     /// Cloud connection.
@@ -87,7 +90,7 @@ pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
         );
         return Ok(());
     }
-    remove_all(&clients, &calls, doomed, reporter).await
+    remove_all(&clients, &calls, doomed, args.disable, reporter).await
 }
 
 /// Why each image is kept: the newest `--keep`, those younger than `--min-age`, and those an
@@ -138,19 +141,24 @@ async fn reasons_to_keep(
     Ok(reasons)
 }
 
-/// Deregisters `doomed` and deletes their snapshots, reporting each; fails naming the first
-/// image that could not be removed (the others are still removed).
+/// Deregisters `doomed` and deletes their snapshots (or, with `disable`, disables them),
+/// reporting each; fails naming the first image that could not be removed (the others are
+/// still removed).
 async fn remove_all(
     clients: &Clients,
     calls: &ApiCalls,
     doomed: Vec<&Image>,
+    disable: bool,
     reporter: &Reporter,
 ) -> Result<()> {
-    reporter.phase("deregister");
+    reporter.phase(if disable { "disable" } else { "deregister" });
     let results: Vec<(String, Result<Vec<String>>)> = stream::iter(doomed)
         .map(|image| async {
             let id = image.image_id().unwrap_or("").to_string();
-            let result = remove(clients, image).await;
+            let result = match disable {
+                true => disable_image(clients, image).await.map(|()| Vec::new()),
+                false => remove(clients, image).await,
+            };
             (id, result)
         })
         .buffer_unordered(CONCURRENCY)
@@ -163,13 +171,17 @@ async fn remove_all(
         match result {
             Ok(snapshots) => {
                 removed += 1;
-                reporter.event(
-                    Event::Removed,
-                    &format!(
+                let message = match disable {
+                    true => format!("disabled {id} (its snapshots are kept)"),
+                    false => format!(
                         "deregistered {id}, deleted snapshot(s) {}",
                         snapshots.join(", ")
                     ),
-                    json!({ "image": id, "snapshots": snapshots }),
+                };
+                reporter.event(
+                    Event::Removed,
+                    &message,
+                    json!({ "image": id, "snapshots": snapshots, "disabled": disable }),
                 );
             }
             Err(e) => {
@@ -487,6 +499,19 @@ async fn used_by_groups(
             }
         }
     }
+    Ok(())
+}
+
+/// Disables `image`: it can no longer be launched, and can be enabled again.
+async fn disable_image(clients: &Clients, image: &Image) -> Result<()> {
+    let id = image.image_id().context("image without an id")?;
+    clients
+        .ec2
+        .disable_image()
+        .image_id(id)
+        .send()
+        .await
+        .map_err(|e| cloud::sdk_error(e, &format!("DisableImage {id}")))?;
     Ok(())
 }
 

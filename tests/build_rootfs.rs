@@ -20,10 +20,31 @@ use std::process::Command;
 fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let web = WebFixture::new("imgforge test data v1", "");
+    let states = |plan: &Value| {
+        (
+            plan["build"].as_str().unwrap().to_string(),
+            plan["bake"].as_str().unwrap().to_string(),
+            plan["base"].as_str().unwrap().to_string(),
+        )
+    };
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    let before = web.plan();
+    let base_was_cached = cache_dir()
+        .join("base")
+        .join(before["ids"]["base"].as_str().unwrap())
+        .join("base.json")
+        .is_file();
+    let base_state = if base_was_cached { "cached" } else { "missing" };
+    assert_eq!(states(&before), s("missing", "missing", base_state));
+    assert_eq!(before["needs_build"], true);
 
     let (code, events, err) = web.build(&[]);
     assert_eq!(code, 0, "cold build failed:\n{err}");
     let m1 = last_manifest(&events);
+    let after = web.plan();
+    assert_eq!(after["ids"], m1["ids"], "plan and build agree on the ids");
+    assert_eq!(states(&after), s("built", "built", "cached"));
+    assert_eq!(after["needs_build"], false);
     assert_eq!(m1["cached"], false);
     let passed: Vec<&Value> = events
         .iter()
@@ -82,6 +103,7 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     // A lost artifact is not "up to date": the build says what is missing and makes it again.
     let qcow2 = dir1.join("debian-12-web-1.0.0.qcow2");
     fs::remove_file(&qcow2).unwrap();
+    assert_eq!(states(&web.plan()), s("damaged", "missing", "cached"));
     let (code, events, err) = web.build(&[]);
     assert_eq!(code, 0, "rebuild of a damaged output failed:\n{err}");
     let damaged = events
@@ -109,6 +131,7 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
 
     // New data: the base is reused, the bake is new, and the image serves the new page.
     web.set_data("imgforge test data v2", "");
+    assert_eq!(states(&web.plan()), s("missing", "missing", "cached"));
     let (code, events, err) = web.build(&[]);
     assert_eq!(code, 0, "re-bake failed:\n{err}");
     let m3 = last_manifest(&events);

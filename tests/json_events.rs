@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 40] = [
+const NAMES: [&str; 43] = [
     "ids",
     "phase",
     "base_cached",
@@ -44,6 +44,9 @@ const NAMES: [&str; 40] = [
     "keep",
     "remove",
     "removed",
+    "build_plan",
+    "build_summary",
+    "launch_template_version",
 ];
 
 #[test]

@@ -240,3 +240,80 @@ async fn keeps_the_newest_and_every_image_in_use_and_deletes_the_snapshots_of_th
     assert!(out.contains("nothing to prune"), "{out}");
     assert_eq!(image_ids(&ec2).await, images_after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_keeps_the_snapshots_and_the_templates_images() {
+    let moto = Moto::start();
+    let ec2 = Client::new(&moto.sdk_config().await);
+    let old = register(&ec2, NAME, "build-1").await;
+    let used = register(&ec2, NAME, "build-2").await;
+    let newest = register(&ec2, NAME, "build-3").await;
+    ec2.create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id(&used.0)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let (code, stdout, stderr) = imgforge(
+        &moto,
+        &[
+            "--json",
+            "prune",
+            "--image-name",
+            NAME,
+            "--keep",
+            "1",
+            "--disable",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let removed: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "removed")
+        .collect();
+    assert_eq!(removed.len(), 1, "{stdout}");
+    assert_eq!(removed[0]["image"], old.0.as_str());
+    assert_eq!(removed[0]["disabled"], true);
+
+    // Disabled, not deregistered, with its snapshot; the template's image and the newest are
+    // untouched. (moto lists disabled images even without IncludeDisabled, so the states are
+    // read instead.)
+    let described = ec2
+        .describe_images()
+        .image_ids(&old.0)
+        .image_ids(&used.0)
+        .image_ids(&newest.0)
+        .include_disabled(true)
+        .send()
+        .await
+        .unwrap();
+    let states: BTreeMap<String, String> = described
+        .images()
+        .iter()
+        .map(|i| {
+            (
+                i.image_id().unwrap().to_string(),
+                i.state().unwrap().as_str().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        BTreeMap::from([
+            (old.0.clone(), "disabled".to_string()),
+            (used.0.clone(), "available".to_string()),
+            (newest.0.clone(), "available".to_string()),
+        ])
+    );
+    assert!(
+        snapshot_ids(&ec2).await.contains(&old.1),
+        "the snapshot is kept"
+    );
+}

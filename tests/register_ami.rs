@@ -496,3 +496,103 @@ async fn copies_reach_each_region_once_and_a_rerun_reuses_them() {
         [first["image_id"].as_str().unwrap().to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_template_gets_one_new_default_version_per_build() {
+    use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let build_id = "facade".repeat(10) + "0123";
+    let manifest = fixture(dir.path(), &build_id, &[(0, b"boot".to_vec())], 4 * BLOCK);
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
+    let created = ec2
+        .create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id("ami-00000000000000001")
+                .instance_type(InstanceType::T3Micro)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let template_id = created
+        .launch_template()
+        .unwrap()
+        .launch_template_id()
+        .unwrap()
+        .to_string();
+
+    let versions = || async {
+        ec2.describe_launch_template_versions()
+            .launch_template_id(&template_id)
+            .send()
+            .await
+            .unwrap()
+            .launch_template_versions()
+            .to_vec()
+    };
+    for run in 0..2 {
+        let (code, stdout, stderr) = register(&moto, &manifest, &["--launch-template", "web"]);
+        assert_eq!(code, 0, "run {run}: {stderr}");
+        let result = result_line(&stdout);
+        let image_id = result["image_id"].as_str().unwrap();
+        let update = &result["launch_template"];
+        assert_eq!(update["launch_template_id"], template_id.as_str());
+        assert_eq!(update["version"], 2, "run {run}: {result}");
+        assert_eq!(update["reused"], run == 1, "run {run}: {result}");
+        let event = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "launch_template_version")
+            .expect("a launch_template_version event");
+        assert_eq!(event["image_id"], image_id);
+
+        let all = versions().await;
+        assert_eq!(
+            all.len(),
+            2,
+            "run {run}: one version added, whatever the runs"
+        );
+        let default: Vec<_> = all
+            .iter()
+            .filter(|v| v.default_version() == Some(true))
+            .collect();
+        assert_eq!(default.len(), 1);
+        assert_eq!(default[0].version_number(), Some(2));
+        assert_eq!(
+            default[0].launch_template_data().and_then(|d| d.image_id()),
+            Some(image_id)
+        );
+        assert!(default[0]
+            .version_description()
+            .is_some_and(|d| d.contains(&build_id[..12])));
+    }
+    let tags = ec2
+        .describe_tags()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("resource-id")
+                .values(&template_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .to_vec();
+    assert!(
+        tags.iter()
+            .any(|t| t.key() == Some("imgforge:build-id") && t.value() == Some(build_id.as_str())),
+        "{tags:?}"
+    );
+
+    // A template that does not exist is named, after the image was registered.
+    let (code, _, stderr) = register(&moto, &manifest, &["--launch-template", "nope"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("launch template nope does not exist"),
+        "{stderr}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod ebs_upload;
 pub mod emi;
 pub mod import;
+pub mod launch_template;
 
 #[cfg(test)]
 mod bundle_tests;
@@ -28,7 +29,7 @@ use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
 use crate::manifest::Manifest;
 use ami::{BootMode, Flavor, ImageSpec, Root};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -104,6 +105,8 @@ pub struct RegisterOptions {
     pub keep_partial: bool,
     /// How long to wait for the image to become available.
     pub wait: Duration,
+    /// A launch template (id or name) whose new default version launches the image (AMI only).
+    pub launch_template: Option<String>,
     /// Cloud connection.
     pub cloud: CloudOptions,
 }
@@ -126,6 +129,7 @@ impl RegisterOptions {
             concurrency: 64,
             keep_partial: false,
             wait: Duration::from_secs(3600),
+            launch_template: None,
             cloud: CloudOptions::default(),
         }
     }
@@ -195,6 +199,8 @@ pub struct RegisteredImage {
     pub copies: Vec<(String, String)>,
     /// Upload measurements, when this run uploaded.
     pub upload: Option<UploadStats>,
+    /// The launch template pointed at the image (`--launch-template`).
+    pub launch_template: Option<launch_template::TemplateUpdate>,
 }
 
 /// Registers the build at `manifest_path` as `opts` says; reuses an image tagged with the same
@@ -205,6 +211,9 @@ pub async fn register_manifest(
     opts: &RegisterOptions,
     reporter: &Reporter,
 ) -> Result<RegisteredImage> {
+    if opts.launch_template.is_some() && opts.target == Target::Emi {
+        bail!("--launch-template is for AMIs: Eucalyptus has no launch templates");
+    }
     let manifest = Manifest::load(manifest_path)?;
     // Before any cloud call: the bytes to upload are the bytes that were built and verified.
     let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
@@ -230,6 +239,7 @@ pub async fn register_manifest(
         reused: false,
         copies: Vec::new(),
         upload: None,
+        launch_template: None,
     };
     reporter.phase("register: look for an image of this build");
     if let Some(image_id) = ami::find_existing(&run.ec2, &run.build_id).await? {
@@ -275,6 +285,16 @@ pub async fn register_manifest(
         reporter,
     )
     .await?;
+    if let Some(template) = &opts.launch_template {
+        let update = launch_template::point_at_image(
+            &run.ec2,
+            template,
+            &out.image_id,
+            &run.build_id,
+            reporter,
+        );
+        out.launch_template = Some(update.await?);
+    }
     Ok(out)
 }
 

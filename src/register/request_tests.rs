@@ -252,3 +252,29 @@ async fn import_snapshot_names_the_raw_object_and_tags_the_task() {
         Some(BUILD)
     );
 }
+
+#[tokio::test]
+async fn a_new_launch_template_version_is_made_from_the_default_one() {
+    // moto ignores SourceVersion (its new version holds only the image); AWS copies every
+    // other setting from it, so the request must carry it.
+    let (ec2, rx) = capturing_client();
+    let _ = super::launch_template::new_version_request(&ec2, "lt-0123", 3, "ami-9", BUILD)
+        .send()
+        .await;
+    let p = params(rx);
+    let expect = [
+        ("Action", "CreateLaunchTemplateVersion"),
+        ("LaunchTemplateId", "lt-0123"),
+        ("SourceVersion", "3"),
+        ("LaunchTemplateData.ImageId", "ami-9"),
+        ("VersionDescription", "imgforge build 0123456789ab"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(p.get(k).map(String::as_str), Some(v), "{k} in {p:#?}");
+    }
+    assert!(
+        !p.keys()
+            .any(|k| k.starts_with("LaunchTemplateData.") && k != "LaunchTemplateData.ImageId"),
+        "only the image changes: {p:#?}"
+    );
+}

@@ -108,6 +108,19 @@ impl WebFixture {
         (code, events, err)
     }
 
+    /// `imgforge plan --json` of the definition: its one planned item.
+    pub fn plan(&self) -> Value {
+        let (code, out, err) = run(imgforge()
+            .args(["plan", "--json", "--output-dir"])
+            .arg(self.output())
+            .arg(self.definition())
+            .env("IMGFORGE_CACHE", cache_dir()));
+        assert_eq!(code, 0, "{err}");
+        let plan: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(plan["event"], "build_plan");
+        plan["definitions"][0].clone()
+    }
+
     /// What is left in the output directory of this image (finished or partial builds).
     pub fn outputs(&self) -> Vec<PathBuf> {
         fs::read_dir(self.output().join("debian-12-web"))
