@@ -25,8 +25,12 @@ where
 /// Options of `imgforge build`.
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// The image definition.
-    pub file: PathBuf,
+    /// The image definitions; several are built at once with `--jobs`.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// How many builds run at once (capped by the memory their build VMs need).
+    #[arg(long, short = 'j', default_value_t = 1)]
+    pub jobs: usize,
     /// Rebuild even if this build id is already in the output directory.
     #[arg(long)]
     pub force: bool,
@@ -45,10 +49,10 @@ pub struct BuildArgs {
 }
 
 impl BuildArgs {
-    /// The library's options for these arguments.
-    pub fn options(&self) -> imgforge::BuildOptions {
+    /// The library's options for building `file` with these arguments.
+    pub fn options(&self, file: &std::path::Path) -> imgforge::BuildOptions {
         imgforge::BuildOptions {
-            file: self.file.clone(),
+            file: file.to_path_buf(),
             force: self.force,
             output_dir: self.output_dir.clone(),
             no_verify: self.no_verify,

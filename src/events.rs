@@ -203,6 +203,8 @@ pub struct Reporter {
     json: bool,
     started: Instant,
     spinner: Mutex<Option<ProgressBar>>,
+    /// The job this reporter speaks for when several builds run at once.
+    job: Option<String>,
 }
 
 impl Reporter {
@@ -212,6 +214,18 @@ impl Reporter {
             json,
             started: Instant::now(),
             spinner: Mutex::new(None),
+            job: None,
+        }
+    }
+
+    /// A reporter for one of several builds running at once: its events carry `job`, its lines
+    /// start with `[job]`, and it shows no spinner.
+    pub fn for_job(&self, job: &str) -> Reporter {
+        Reporter {
+            json: self.json,
+            started: self.started,
+            spinner: Mutex::new(None),
+            job: Some(job.to_string()),
         }
     }
 
@@ -231,6 +245,9 @@ impl Reporter {
             if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields) {
                 o.extend(extra);
             }
+            if let (Some(o), Some(job)) = (obj.as_object_mut(), &self.job) {
+                o.insert("job".into(), json!(job));
+            }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{obj}");
             let _ = out.flush();
@@ -244,9 +261,10 @@ impl Reporter {
         if self.json {
             return;
         }
-        match self.spinner.lock().unwrap().as_ref() {
-            Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
+        match (self.spinner.lock().unwrap().as_ref(), &self.job) {
+            (_, Some(job)) => eprintln!("[{job}] {message}"),
+            (Some(bar), None) => bar.println(message),
+            (None, None) => eprintln!("{message}"),
         }
     }
 
@@ -257,7 +275,7 @@ impl Reporter {
             &format!("==> {name}"),
             json!({ "phase": name }),
         );
-        if self.json || !std::io::stderr().is_terminal() {
+        if self.json || self.job.is_some() || !std::io::stderr().is_terminal() {
             return;
         }
         let mut slot = self.spinner.lock().unwrap();

@@ -31,6 +31,7 @@ mod atomic;
 mod bake;
 mod bake_protocol;
 mod base;
+mod batch;
 mod bootcmd;
 mod build;
 mod cancel;
@@ -55,6 +56,7 @@ mod verify;
 
 pub use atomic::write as write_atomically;
 pub use base::{BaseInfo, BaseLayer, DirectBoot};
+pub use batch::{build_all, jobs_that_fit, JobResult};
 pub use build::{build, BuildOptions, BuildOutcome, BuildResult};
 pub use cancel::install_handlers;
 pub use cloud::{parse_age, CloudOptions};

@@ -197,9 +197,87 @@ fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
     Ok(())
 }
 
-/// `imgforge build`: the image (or base) and its result line, then `--register`.
+/// `imgforge build`: one definition, or several at once (`--jobs`) with a summary at the end.
 fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
-    match imgforge::build(&args.options(), reporter)? {
+    if let [file] = args.files.as_slice() {
+        let built = imgforge::build(&args.options(file), reporter)?;
+        return report_build(args, file, &built, reporter);
+    }
+    let jobs = imgforge::jobs_that_fit(args.jobs, &args.files);
+    if jobs < args.jobs.min(args.files.len()) {
+        reporter.event(
+            Event::Warning,
+            &format!("running {jobs} build(s) at once, not {}: the host's available memory holds no more build VMs", args.jobs),
+            json!({ "jobs": jobs, "asked": args.jobs }),
+        );
+    }
+    let builds: Vec<_> = args.files.iter().map(|f| args.options(f)).collect();
+    let results = imgforge::build_all(&builds, jobs, reporter);
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for job in &results {
+        let outcome = job
+            .result
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|built| {
+                report_build(args, &job.file, built, reporter).map_err(|e| format!("{e:#}"))?;
+                Ok(built)
+            });
+        let (result, build_id, error) = match outcome {
+            Ok(imgforge::BuildResult::Image(o)) if o.cached => {
+                ("cached", o.manifest.provenance.ids.build.clone(), None)
+            }
+            Ok(imgforge::BuildResult::Image(o)) => {
+                ("built", o.manifest.provenance.ids.build.clone(), None)
+            }
+            Ok(imgforge::BuildResult::Base { base, .. }) => ("base", base.info.id.clone(), None),
+            Err(e) => ("failed", String::new(), Some(e)),
+        };
+        if let Some(e) = &error {
+            failed.push(format!("{}: {e}", job.file.display()));
+        }
+        rows.push(json!({
+            "file": job.file, "result": result, "build_id": build_id,
+            "seconds": (job.seconds * 10.0).round() / 10.0, "error": error,
+        }));
+    }
+    let table: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r["file"].as_str().unwrap_or_default().to_string(),
+                format!("{:.1}s", r["seconds"].as_f64().unwrap_or_default()),
+                r["result"].as_str().unwrap_or_default().to_string(),
+                r["build_id"]
+                    .as_str()
+                    .map(|id| id.chars().take(12).collect())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    reporter.result(
+        &imgforge::events::table(["definition", "time", "result", "build"], &table),
+        &json!({ "event": Event::BuildSummary.name(), "builds": rows, "failed": failed.len() }),
+    );
+    match failed.as_slice() {
+        [] => Ok(()),
+        [first, ..] => anyhow::bail!(
+            "{} of {} builds failed; first: {first}",
+            failed.len(),
+            results.len()
+        ),
+    }
+}
+
+/// Reports one finished build (its result line), then registers it with `--register`.
+fn report_build(
+    args: &cli::BuildArgs,
+    file: &Path,
+    built: &imgforge::BuildResult,
+    reporter: &Reporter,
+) -> Result<()> {
+    match built {
         imgforge::BuildResult::Image(outcome) => {
             let human = if outcome.cached {
                 format!(
@@ -215,7 +293,7 @@ fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
             value["manifest_path"] = json!(outcome.manifest_path);
             reporter.result(&human, &value);
             if args.register {
-                register_build(&args.file, &outcome, reporter)?;
+                register_build(file, outcome, reporter)?;
             }
         }
         imgforge::BuildResult::Base { base, cached } => {

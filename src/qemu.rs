@@ -11,10 +11,11 @@ use crate::definition::{Accelerator, Firmware, Machine};
 use crate::process::{tail_lines, Command};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The QEMU system emulator imgforge runs.
@@ -452,9 +453,21 @@ pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<()> {
 
 /// A free TCP port on 127.0.0.1, for a port forward.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // Builds running at once in this process never get the same port: each port handed out
+    // is remembered, and one the kernel offers again is skipped.
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
 }
 
 /// Appends a section `===== title =====` holding `console` (control sequences removed) to a

@@ -328,3 +328,112 @@ fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
     std::io::Read::read_exact(&mut fs::File::open(&raw).unwrap(), &mut mbr).unwrap();
     assert!(mbr.iter().all(|&b| b == 0), "BIOS boot code in the MBR");
 }
+
+#[test]
+fn several_definitions_build_at_once_on_one_shared_base_and_a_failure_stops_no_other() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    // A hostname no other test uses: a base of its own.
+    let web = WebFixture::new("jobs test", "");
+    let def = fs::read_to_string(web.definition())
+        .unwrap()
+        .replace("hostname = \"web\"", "hostname = \"jobs\"");
+    let a = web.dir.path().join("a.toml");
+    let b = web.dir.path().join("b.toml");
+    let c = web.dir.path().join("c.toml");
+    fs::write(&a, &def).unwrap();
+    fs::write(
+        &b,
+        def.replace("name = \"debian-12-web\"", "name = \"web-b\"")
+            .replace("version = \"1.0.0\"", "version = \"2.0\""),
+    )
+    .unwrap();
+    fs::write(
+        web.dir.path().join("fail.sh"),
+        "echo 'c fails on purpose'\nexit 3\n",
+    )
+    .unwrap();
+    fs::write(
+        &c,
+        def.replace("name = \"debian-12-web\"", "name = \"web-c\"")
+            .replacen(
+                "[[checks]]",
+                "[[provisioners]]\ntype = \"shell\"\nscript = \"fail.sh\"\n\n[[checks]]",
+                1,
+            ),
+    )
+    .unwrap();
+    // A base of this test only: gone from the cache, so that the run has to build it.
+    let (code, ids, err) = run(imgforge().args(["id", "--json"]).arg(&a));
+    assert_eq!(code, 0, "{err}");
+    let ids: Value = serde_json::from_str(ids.trim()).unwrap();
+    let _ = fs::remove_dir_all(cache_dir().join("base").join(ids["base"].as_str().unwrap()));
+    let (code, out, err) = run(imgforge()
+        .args(["build", "--json", "--jobs", "2", "--output-dir"])
+        .arg(web.output())
+        .args([&a, &b, &c])
+        .env("IMGFORGE_CACHE", cache_dir()));
+    assert_eq!(code, 1, "one build failed: {err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |job: &str, event: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["job"] == job && e["event"] == event)
+            .collect()
+    };
+    let base_a = &of("a", "ids")[0]["ids"]["base"];
+    assert_eq!(
+        base_a,
+        &of("b", "ids")[0]["ids"]["base"],
+        "one base for both"
+    );
+    assert_eq!(base_a, &of("c", "ids")[0]["ids"]["base"]);
+    let mmdebstrap = events
+        .iter()
+        .filter(|e| e["event"] == "phase" && e["phase"] == "mmdebstrap")
+        .count();
+    assert_eq!(mmdebstrap, 1, "the shared base is built once");
+    for job in ["a", "b"] {
+        assert_eq!(of(job, "check_passed").len(), 2, "{job} passed its checks");
+    }
+
+    // The summary, then the error that makes the exit code.
+    let [.., summary, error] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(summary["event"], "build_summary", "{summary}");
+    assert_eq!(error["event"], "error");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("1 of 3 builds failed"));
+    assert_eq!(summary["failed"], 1);
+    let builds = summary["builds"].as_array().unwrap();
+    let results: Vec<&str> = builds
+        .iter()
+        .map(|b| b["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["built", "built", "failed"]);
+    assert!(
+        builds[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("provisioners[0] (fail.sh)"),
+        "{summary}"
+    );
+    for (build, name) in builds[..2].iter().zip(["debian-12-web", "web-b"]) {
+        let id = build["build_id"].as_str().unwrap();
+        assert!(web
+            .output()
+            .join(name)
+            .join(id)
+            .join("manifest.json")
+            .is_file());
+    }
+    assert!(
+        !web.output().join("web-c").exists()
+            || fs::read_dir(web.output().join("web-c")).unwrap().count() == 0
+    );
+}

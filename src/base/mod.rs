@@ -171,6 +171,20 @@ pub fn ensure(
     ids: &LayerIds,
     reporter: &Reporter,
 ) -> Result<(BaseLayer, bool)> {
+    // One build of a base at a time, across threads and processes: the others wait here and
+    // then find it cached.
+    std::fs::create_dir_all(cache_root())?;
+    let lock_path = cache_root().join(format!("{}.lock", ids.base));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        reporter.println(&format!(
+            "    base layer {} is being built by another build; waiting for it",
+            short(&ids.base)
+        ));
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
     if let Some(base) = BaseLayer::open(&ids.base) {
         reporter.event(
             Event::BaseCached,
