@@ -12,6 +12,7 @@ use crate::definition::Definition;
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds, Resolved};
 use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
+use crate::remote_cache::RemoteCache;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ pub struct BuildOptions {
     pub no_verify: bool,
     /// Build (or find) the base layer only.
     pub base_only: bool,
+    /// Remote layer cache (`s3://bucket/prefix`), over the definition's `[cache] url`.
+    pub cache_url: Option<String>,
 }
 
 /// What a build produced.
@@ -65,7 +68,8 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let answer = crate::render::render(&def)?;
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     if opts.base_only {
-        let (base, cached) = crate::base::ensure(&def, &answer, &ids, reporter)?;
+        let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
+        let (base, cached) = crate::base::ensure(&def, &answer, &ids, remote.as_ref(), reporter)?;
         return Ok(BuildResult::Base { base, cached });
     }
     report_ids(&def, &ids, reporter);
@@ -78,7 +82,8 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
 
     let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
     let (base, base_cached) = ctx.step("base", |c| {
-        crate::base::ensure(&c.def, &answer, &c.ids, reporter)
+        let remote = RemoteCache::for_definition(c.opts.cache_url.as_deref(), &c.def)?;
+        crate::base::ensure(&c.def, &answer, &c.ids, remote.as_ref(), reporter)
     })?;
     let baked = ctx.step("bake", |c| {
         crate::bake::bake(&c.bake_input(&base), reporter)

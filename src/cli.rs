@@ -43,6 +43,10 @@ pub struct BuildArgs {
     /// Build (or find) the base layer only, and report where it is.
     #[arg(long)]
     pub base_only: bool,
+    /// Remote layer cache shared by runners, `s3://BUCKET/PREFIX` (over the definition's
+    /// `[cache] url`); endpoints and credentials from the standard AWS chain.
+    #[arg(long, env = "IMGFORGE_CACHE_URL")]
+    pub cache_url: Option<String>,
     /// After the build, register the image with the definition's `[publish]` targets.
     #[arg(long, conflicts_with = "base_only")]
     pub register: bool,
@@ -57,6 +61,7 @@ impl BuildArgs {
             output_dir: self.output_dir.clone(),
             no_verify: self.no_verify,
             base_only: self.base_only,
+            cache_url: self.cache_url.clone(),
         }
     }
 }

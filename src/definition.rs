@@ -101,6 +101,9 @@ pub struct Definition {
     /// Where `--register` publishes the image.
     #[serde(default)]
     pub publish: Publish,
+    /// `[cache]`: the layer cache shared by runners.
+    #[serde(default)]
+    pub cache: CacheSettings,
     /// Directory of the definition file; relative paths in it are resolved against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -566,6 +569,15 @@ pub struct ChefProvisioner {
     /// Run it in the booted image (over SSH) instead of offline.
     #[serde(default)]
     pub needs_running_system: bool,
+}
+
+/// `[cache]`: where layers are shared between runners.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Remote layer cache, `s3://bucket/prefix` (`--cache-url` and `IMGFORGE_CACHE_URL` win).
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `[[checks]]`: what proves a built image works.

@@ -98,11 +98,15 @@ pub enum Event {
     BuildSummary,
     /// `register --launch-template` made a new default launch template version.
     LaunchTemplateVersion,
+    /// The base layer came from the remote layer cache.
+    BaseDownloaded,
+    /// The base layer was stored in the remote layer cache.
+    BaseUploaded,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 43] = [
+    pub const ALL: [Event; 45] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -146,6 +150,8 @@ impl Event {
         Event::BuildPlan,
         Event::BuildSummary,
         Event::LaunchTemplateVersion,
+        Event::BaseDownloaded,
+        Event::BaseUploaded,
     ];
 
     /// The value of the `event` field.
@@ -194,6 +200,8 @@ impl Event {
             Event::BuildPlan => "build_plan",
             Event::BuildSummary => "build_summary",
             Event::LaunchTemplateVersion => "launch_template_version",
+            Event::BaseDownloaded => "base_downloaded",
+            Event::BaseUploaded => "base_uploaded",
         }
     }
 }

@@ -48,6 +48,7 @@ mod process;
 mod prune;
 mod qemu;
 mod register;
+mod remote_cache;
 mod render;
 mod rotate;
 mod sources;

@@ -55,6 +55,9 @@ enum Command {
         /// Root of the output tree.
         #[arg(long, default_value = "output")]
         output_dir: PathBuf,
+        /// Remote layer cache, `s3://BUCKET/PREFIX` (over each definition's `[cache] url`).
+        #[arg(long, env = "IMGFORGE_CACHE_URL")]
+        cache_url: Option<String>,
     },
     /// Build an image: base layer, bake, export, verify.
     Build(cli::BuildArgs),
@@ -119,8 +122,12 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Validate { files } => validate(&files, reporter),
         Command::Render { file, output } => render_answer_file(&file, output.as_deref()),
         Command::Id { file } => print_ids(&file, reporter),
-        Command::Plan { files, output_dir } => {
-            let items = imgforge::plan(&files, &output_dir)?;
+        Command::Plan {
+            files,
+            output_dir,
+            cache_url,
+        } => {
+            let items = imgforge::plan(&files, &output_dir, cache_url.as_deref())?;
             let to_build: Vec<_> = items
                 .iter()
                 .filter(|i| i.needs_build)

@@ -1,12 +1,13 @@
 //! `imgforge plan`: for each definition, its layer ids and which layers already exist (a
-//! finished build in the output directory, a base layer in the local cache), so that a CI
-//! system can emit a job matrix of only what must be built.
+//! finished build in the output directory, a base layer in the local or remote cache), so
+//! that a CI system can emit a job matrix of only what must be built.
 
 use crate::base::BaseLayer;
 use crate::build::OutputDir;
 use crate::definition::Definition;
 use crate::layers::{short, LayerIds};
 use crate::manifest::{Manifest, FILE_NAME};
+use crate::remote_cache::RemoteCache;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ pub enum LayerState {
     Built,
     /// In the local layer cache.
     Cached,
+    /// In the remote layer cache (`--cache-url`): downloaded, not built.
+    Remote,
     /// In the output directory, but an artifact is missing or changed: it will be rebuilt.
     Damaged,
     /// Nowhere: building it is part of the build.
@@ -46,13 +49,21 @@ pub struct PlanItem {
     pub needs_build: bool,
 }
 
-/// Plans every definition in `files` against the output directory `output_dir` and the local
-/// cache; fails on the first definition that does not load or resolve.
-pub fn plan(files: &[PathBuf], output_dir: &Path) -> Result<Vec<PlanItem>> {
-    files.iter().map(|f| plan_one(f, output_dir)).collect()
+/// Plans every definition in `files` against the output directory `output_dir`, the local
+/// cache and the remote cache (`cache_url`, or each definition's `[cache] url`); fails on the
+/// first definition that does not load or resolve.
+pub fn plan(
+    files: &[PathBuf],
+    output_dir: &Path,
+    cache_url: Option<&str>,
+) -> Result<Vec<PlanItem>> {
+    files
+        .iter()
+        .map(|f| plan_one(f, output_dir, cache_url))
+        .collect()
 }
 
-fn plan_one(file: &Path, output_dir: &Path) -> Result<PlanItem> {
+fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<PlanItem> {
     let def = Definition::load(file)?;
     let answer = crate::render::render(&def)?;
     let (ids, _) = crate::layers::resolve_and_compute(&def, &answer)?;
@@ -67,8 +78,15 @@ fn plan_one(file: &Path, output_dir: &Path) -> Result<PlanItem> {
         _ if bake_in_output(&out.name_dir, &ids.bake) => LayerState::Built,
         _ => LayerState::Missing,
     };
+    let remote = || -> Result<bool> {
+        match RemoteCache::for_definition(cache_url, &def)? {
+            Some(r) => r.has(crate::base::REMOTE_KIND, &ids.base),
+            None => Ok(false),
+        }
+    };
     let base = match BaseLayer::open(&ids.base) {
         Some(_) => LayerState::Cached,
+        None if remote()? => LayerState::Remote,
         None => LayerState::Missing,
     };
     Ok(PlanItem {

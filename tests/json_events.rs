@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 43] = [
+const NAMES: [&str; 45] = [
     "ids",
     "phase",
     "base_cached",
@@ -47,6 +47,8 @@ const NAMES: [&str; 43] = [
     "build_plan",
     "build_summary",
     "launch_template_version",
+    "base_downloaded",
+    "base_uploaded",
 ];
 
 #[test]

@@ -15,8 +15,9 @@ use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};
 use crate::process::Command;
+use crate::remote_cache::{Fetched, RemoteCache, Stored};
 use crate::render::AnswerFile;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -100,14 +101,24 @@ pub struct BaseStaging {
 }
 
 impl BaseStaging {
-    /// Starts a staging directory for base `id` and makes its build key.
-    pub fn new(id: &str) -> Result<BaseStaging> {
+    /// An empty staging directory for base `id`.
+    pub fn empty(id: &str) -> Result<BaseStaging> {
         let root = cache_root();
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create {}", root.display()))?;
         let dir = tempfile::Builder::new()
             .prefix(".building-")
             .tempdir_in(&root)?;
+        Ok(BaseStaging {
+            dir,
+            id: id.to_string(),
+        })
+    }
+
+    /// Starts a staging directory for base `id` and makes its build key.
+    pub fn new(id: &str) -> Result<BaseStaging> {
+        let staging = BaseStaging::empty(id)?;
+        let dir = &staging.dir;
         Command::new("ssh-keygen")
             .args([
                 "-q",
@@ -122,10 +133,7 @@ impl BaseStaging {
             .arg(dir.path().join("build-key"))
             .run()
             .context("cannot make the build key")?;
-        Ok(BaseStaging {
-            dir,
-            id: id.to_string(),
-        })
+        Ok(staging)
     }
 
     /// Path inside the staging directory.
@@ -146,6 +154,26 @@ impl BaseStaging {
             &self.path("base.json"),
             serde_json::to_string_pretty(&info)?.as_bytes(),
         )?;
+        self.into_cache(info)
+    }
+
+    /// Moves a directory unpacked from the remote cache (`base.json` included) into the cache.
+    pub fn commit_unpacked(self) -> Result<BaseLayer> {
+        let text = std::fs::read_to_string(self.path("base.json"))
+            .context("the remote base layer has no base.json")?;
+        let info: BaseInfo =
+            serde_json::from_str(&text).context("the remote base layer's base.json")?;
+        if info.id != self.id {
+            bail!(
+                "the remote base layer says it is {}, not {}",
+                info.id,
+                self.id
+            );
+        }
+        self.into_cache(info)
+    }
+
+    fn into_cache(self, info: BaseInfo) -> Result<BaseLayer> {
         let final_dir = cache_root().join(&self.id);
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -164,11 +192,14 @@ impl BaseStaging {
 /// Comment on the build key, so hygiene can remove exactly its authorized_keys line.
 pub const BUILD_KEY_COMMENT: &str = "imgforge-build-key";
 
-/// Returns the cached base layer for `ids.base`, building it first if needed.
+/// Returns the cached base layer for `ids.base`: from the local cache, else from the remote
+/// cache, else built (and then stored in the remote cache); the bool says whether it was
+/// cached locally.
 pub fn ensure(
     def: &Definition,
     answer: &AnswerFile,
     ids: &LayerIds,
+    remote: Option<&RemoteCache>,
     reporter: &Reporter,
 ) -> Result<(BaseLayer, bool)> {
     // One build of a base at a time, across threads and processes: the others wait here and
@@ -194,7 +225,19 @@ pub fn ensure(
             ),
             serde_json::json!({ "base": ids.base, "cached": true }),
         );
+        if let Some(remote) = remote {
+            if !remote.has(REMOTE_KIND, &ids.base)? {
+                upload(remote, &base, reporter)?;
+            }
+        }
         return Ok((base, true));
+    }
+    if let Some(base) = remote
+        .map(|r| download(r, &ids.base, reporter))
+        .transpose()?
+        .flatten()
+    {
+        return Ok((base, false));
     }
     let staging = BaseStaging::new(&ids.base)?;
     let info = match def.builder.kind {
@@ -202,7 +245,76 @@ pub fn ensure(
         BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
     };
     crate::cancel::check()?;
-    Ok((staging.commit(info)?, false))
+    let base = staging.commit(info)?;
+    if let Some(remote) = remote {
+        upload(remote, &base, reporter)?;
+    }
+    Ok((base, false))
+}
+
+/// What base layers are stored as in the remote cache.
+pub const REMOTE_KIND: &str = "base";
+
+/// The base layer `id` from the remote cache, unpacked into the local one; `None` when the
+/// remote cache does not have it, or has a corrupt copy (reported, deleted, to be rebuilt).
+fn download(remote: &RemoteCache, id: &str, reporter: &Reporter) -> Result<Option<BaseLayer>> {
+    reporter.phase("download base layer");
+    let staging = BaseStaging::empty(id)?;
+    match remote.fetch(REMOTE_KIND, id, staging.dir.path())? {
+        Fetched::Missing => Ok(None),
+        Fetched::Corrupt {
+            object,
+            expected,
+            actual,
+        } => {
+            reporter.event(
+                Event::Warning,
+                &format!(
+                    "{object} is corrupt (sha256 {actual}, recorded {expected}): not used, \
+                     deleted; the base layer is built again"
+                ),
+                serde_json::json!({ "object": object, "expected": expected, "actual": actual }),
+            );
+            Ok(None)
+        }
+        Fetched::Unpacked => {
+            let base = staging.commit_unpacked()?;
+            reporter.event(
+                Event::BaseDownloaded,
+                &format!("base layer {} came from the remote cache", short(id)),
+                serde_json::json!({ "base": id }),
+            );
+            Ok(Some(base))
+        }
+    }
+}
+
+/// Stores `base` in the remote cache.
+fn upload(remote: &RemoteCache, base: &BaseLayer, reporter: &Reporter) -> Result<()> {
+    reporter.phase("upload base layer");
+    let stored = remote.store(REMOTE_KIND, &base.info.id, &base.dir)?;
+    let (message, bytes) = match stored {
+        Stored::Uploaded(bytes) => (
+            format!(
+                "base layer {} stored in the remote cache ({bytes} bytes)",
+                short(&base.info.id)
+            ),
+            Some(bytes),
+        ),
+        Stored::AlreadyThere => (
+            format!(
+                "base layer {} was stored in the remote cache by another build meanwhile",
+                short(&base.info.id)
+            ),
+            None,
+        ),
+    };
+    reporter.event(
+        Event::BaseUploaded,
+        &message,
+        serde_json::json!({ "base": base.info.id, "bytes": bytes, "already_there": bytes.is_none() }),
+    );
+    Ok(())
 }
 
 /// Copies `from` to `to` keeping nothing but the bytes.

@@ -1,0 +1,263 @@
+//! The layer cache runners share through S3 (`--cache-url s3://bucket/prefix`): a base layer
+//! is stored as one zstd-compressed tar object `<prefix>/base/<id>.tar.zst` whose sha256 is in
+//! its metadata. A build looks in the local cache, then here (download, check the digest, use),
+//! then builds and uploads. Uploads are conditional (`If-None-Match: *`): when two runners
+//! upload the same id at once, one object is written whole and the other upload is refused,
+//! so no reader ever sees a partial object. An object whose bytes do not match its digest is
+//! reported, deleted and built again, never used.
+
+use crate::cloud::{sdk_error, CloudOptions};
+use crate::definition::Definition;
+use anyhow::{bail, Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// Metadata key holding an object's sha256.
+const DIGEST_KEY: &str = "sha256";
+
+/// A connection to the remote layer cache.
+pub struct RemoteCache {
+    url: String,
+    bucket: String,
+    prefix: String,
+    s3: aws_sdk_s3::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What a download found.
+pub enum Fetched {
+    /// No object for this id.
+    Missing,
+    /// The layer was unpacked into the directory.
+    Unpacked,
+    /// The object's bytes do not match its recorded digest (it has been deleted).
+    Corrupt {
+        /// The object's address.
+        object: String,
+        /// The digest recorded with it.
+        expected: String,
+        /// The digest of what was downloaded.
+        actual: String,
+    },
+}
+
+/// What an upload did.
+pub enum Stored {
+    /// The object was written; its compressed size in bytes.
+    Uploaded(u64),
+    /// Another runner had written it first (or it was already there).
+    AlreadyThere,
+}
+
+impl RemoteCache {
+    /// The remote cache a build of `def` uses: `url` (`--cache-url`, `IMGFORGE_CACHE_URL`)
+    /// or the definition's `[cache] url`; none when neither is set.
+    pub fn for_definition(url: Option<&str>, def: &Definition) -> Result<Option<RemoteCache>> {
+        url.or(def.cache.url.as_deref())
+            .map(RemoteCache::connect)
+            .transpose()
+    }
+
+    /// Connects to the cache at `url` (`s3://bucket/prefix`) with the standard AWS chain
+    /// (`AWS_ENDPOINT_URL_S3`, profiles, instance roles).
+    pub fn connect(url: &str) -> Result<RemoteCache> {
+        let rest = url
+            .strip_prefix("s3://")
+            .with_context(|| format!("cache URL {url}: only s3://BUCKET/PREFIX is supported"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("cache URL {url}: no bucket");
+        }
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let config = runtime.block_on(crate::cloud::load(&CloudOptions::default()))?;
+        // Layers are hundreds of megabytes: no limit on a whole operation, only on silence.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .build();
+        let s3_config = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .timeout_config(timeouts)
+            .build();
+        Ok(RemoteCache {
+            url: url.to_string(),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            runtime,
+        })
+    }
+
+    /// The object key of layer `id` of `kind` (`base`).
+    fn key(&self, kind: &str, id: &str) -> String {
+        match self.prefix.as_str() {
+            "" => format!("{kind}/{id}.tar.zst"),
+            p => format!("{p}/{kind}/{id}.tar.zst"),
+        }
+    }
+
+    /// The object's address, for messages.
+    fn address(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Whether layer `id` of `kind` is in the cache.
+    pub fn has(&self, kind: &str, id: &str) -> Result<bool> {
+        let key = self.key(kind, id);
+        let head = self
+            .runtime
+            .block_on(self.s3.head_object().bucket(&self.bucket).key(&key).send());
+        match head {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(sdk_error(e, &format!("HeadObject {}", self.address(&key)))),
+        }
+    }
+
+    /// Downloads layer `id` of `kind`, checks its digest and unpacks it into `dir`.
+    pub fn fetch(&self, kind: &str, id: &str, dir: &Path) -> Result<Fetched> {
+        let key = self.key(kind, id);
+        let object = self.address(&key);
+        let got = self
+            .runtime
+            .block_on(self.s3.get_object().bucket(&self.bucket).key(&key).send());
+        let got = match got {
+            Ok(got) => got,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Ok(Fetched::Missing)
+            }
+            Err(e) => return Err(sdk_error(e, &format!("GetObject {object}"))),
+        };
+        let expected = got
+            .metadata()
+            .and_then(|m| m.get(DIGEST_KEY))
+            .cloned()
+            .unwrap_or_default();
+        let download = tempfile::NamedTempFile::new_in(dir)?;
+        let actual = self.runtime.block_on(async {
+            let mut body = got.body.into_async_read();
+            let mut file = BufWriter::new(download.as_file());
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = tokio::io::AsyncReadExt::read(&mut body, &mut buf)
+                    .await
+                    .with_context(|| format!("{object}: download interrupted"))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                file.write_all(&buf[..n])?;
+            }
+            file.flush()?;
+            anyhow::Ok(hex::encode(hash.finalize()))
+        })?;
+        if actual != expected {
+            let _ = self.runtime.block_on(
+                self.s3
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send(),
+            );
+            return Ok(Fetched::Corrupt {
+                object,
+                expected,
+                actual,
+            });
+        }
+        let decoder = zstd::Decoder::new(File::open(download.path())?)?;
+        tar::Archive::new(decoder)
+            .unpack(dir)
+            .with_context(|| format!("{object}: cannot unpack into {}", dir.display()))?;
+        Ok(Fetched::Unpacked)
+    }
+
+    /// Uploads the files of `dir` as layer `id` of `kind`, unless the cache has it already.
+    pub fn store(&self, kind: &str, id: &str, dir: &Path) -> Result<Stored> {
+        let key = self.key(kind, id);
+        let object = self.address(&key);
+        let packed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(Path::new(".")))?;
+        let digest = pack(dir, packed.as_file())?;
+        let size = packed.as_file().metadata()?.len();
+        let put = self.runtime.block_on(async {
+            let body = ByteStream::from_path(packed.path())
+                .await
+                .with_context(|| format!("cannot read {}", packed.path().display()))?;
+            let sent = self
+                .s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .metadata(DIGEST_KEY, &digest)
+                .if_none_match("*")
+                .body(body)
+                .send()
+                .await;
+            anyhow::Ok(sent)
+        })?;
+        match put {
+            Ok(_) => Ok(Stored::Uploaded(size)),
+            Err(e) if precondition_failed(&e) => Ok(Stored::AlreadyThere),
+            Err(e) => Err(sdk_error(
+                e,
+                &format!("PutObject {object} (cache {})", self.url),
+            )),
+        }
+    }
+}
+
+/// Whether a conditional write was refused because the object exists.
+fn precondition_failed<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "PreconditionFailed" || c == "ConditionalRequestConflict")
+}
+
+/// Writes the regular files of `dir` (sorted, no subdirectories) as a zstd-compressed tar into
+/// `out`; returns the sha256 of the compressed bytes.
+fn pack(dir: &Path, out: &File) -> Result<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let hashing = Hashing {
+        inner: BufWriter::new(out),
+        hash: Sha256::new(),
+    };
+    let mut tar = tar::Builder::new(zstd::Encoder::new(hashing, 3)?);
+    for name in names {
+        tar.append_path_with_name(dir.join(&name), &name)
+            .with_context(|| format!("cannot pack {}", dir.join(&name).display()))?;
+    }
+    let mut hashing = tar.into_inner()?.finish()?;
+    hashing.inner.flush()?;
+    Ok(hex::encode(hashing.hash.finalize()))
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

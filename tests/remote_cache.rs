@@ -1,0 +1,201 @@
+//! The remote layer cache against moto's S3 through the real SDK: two runners racing to upload
+//! the same base end with one intact object; a runner with an empty local cache downloads the
+//! base instead of running mmdebstrap, and its image passes its checks; a remote object with
+//! one byte changed is refused by its digest, deleted and rebuilt.
+
+mod common;
+
+use common::web::{base_lock, cache_dir, WebFixture};
+use common::{imgforge, run, Moto};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+const BUCKET: &str = "layers";
+const URL: &str = "s3://layers/ci";
+
+/// `imgforge build --json` of `def` with `local` as the local cache and the remote cache at
+/// [`URL`] on `moto`: (exit code, events, stderr).
+fn build(moto: &Moto, def: &Path, local: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
+    let (code, out, err) = run(&mut build_command(moto, def, local, extra));
+    (code, events(&out), err)
+}
+
+fn build_command(moto: &Moto, def: &Path, local: &Path, extra: &[&str]) -> Command {
+    let mut cmd = imgforge();
+    cmd.args(["build", "--json", "--cache-url", URL])
+        .args(extra)
+        .arg(def)
+        .env("IMGFORGE_CACHE", local)
+        .envs(moto.env());
+    cmd
+}
+
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn has_phase(events: &[Value], phase: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["event"] == "phase" && e["phase"] == phase)
+}
+
+fn uploads(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "base_uploaded")
+        .collect()
+}
+
+/// The remote object of base `id`: its bytes and its recorded sha256.
+async fn remote_object(s3: &aws_sdk_s3::Client, id: &str) -> (Vec<u8>, String) {
+    let got = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(format!("ci/base/{id}.tar.zst"))
+        .send()
+        .await
+        .unwrap();
+    let digest = got.metadata().unwrap()["sha256"].clone();
+    (got.body.collect().await.unwrap().to_vec(), digest)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[test]
+fn runners_share_base_layers_through_s3() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let moto = Moto::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&rt.block_on(moto.sdk_config()))
+            .force_path_style(true)
+            .build(),
+    );
+    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    let web = WebFixture::new("remote cache test", "");
+    let def = web.definition();
+
+    // Two runners whose local caches both hold the base, racing to upload it.
+    let (code, _, err) = run(imgforge()
+        .args(["build", "--base-only"])
+        .arg(&def)
+        .env("IMGFORGE_CACHE", cache_dir()));
+    assert_eq!(code, 0, "{err}");
+    let (_, ids, _) = run(imgforge().args(["id", "--json"]).arg(&def));
+    let base_id = serde_json::from_str::<Value>(ids.trim()).unwrap()["base"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(second.path().join("base")).unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(cache_dir().join("base").join(&base_id))
+        .arg(second.path().join("base"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let racers: Vec<_> = [cache_dir(), second.path().to_path_buf()]
+        .iter()
+        .map(|local| {
+            build_command(&moto, &def, local, &["--base-only"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut all_uploads = Vec::new();
+    for racer in racers {
+        let out = racer.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let events = events(&String::from_utf8_lossy(&out.stdout));
+        all_uploads.extend(uploads(&events).into_iter().cloned());
+    }
+    let written: Vec<_> = all_uploads
+        .iter()
+        .filter(|u| u["already_there"] == false)
+        .collect();
+    assert_eq!(written.len(), 1, "one object written: {all_uploads:?}");
+    let (bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
+    assert_eq!(sha256(&bytes), digest, "the object is whole");
+    assert_eq!(bytes.len() as u64, written[0]["bytes"].as_u64().unwrap());
+
+    // A runner with an empty local cache: plan says remote; the build downloads the base,
+    // runs no mmdebstrap, and the image passes its checks.
+    let fresh = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(imgforge()
+        .args(["plan", "--json", "--cache-url", URL, "--output-dir"])
+        .arg(web.output())
+        .arg(&def)
+        .env("IMGFORGE_CACHE", fresh.path())
+        .envs(moto.env()));
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(plan["definitions"][0]["base"], "remote", "{plan}");
+    let (code, events, err) = build(
+        &moto,
+        &def,
+        fresh.path(),
+        &["--output-dir", web.output().to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        events.iter().any(|e| e["event"] == "base_downloaded"),
+        "{events:?}"
+    );
+    assert!(
+        !has_phase(&events, "mmdebstrap"),
+        "the base was not rebuilt"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "check_passed")
+            .count(),
+        2,
+        "the image made on the downloaded base passes its checks"
+    );
+
+    // One byte changed in the remote object: refused by its digest, deleted, rebuilt, stored.
+    let (mut bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    rt.block_on(
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(format!("ci/base/{base_id}.tar.zst"))
+            .metadata("sha256", &digest)
+            .body(bytes.into())
+            .send(),
+    )
+    .unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let (code, events, err) = build(&moto, &def, empty.path(), &["--base-only"]);
+    assert_eq!(code, 0, "{err}");
+    let warning = events
+        .iter()
+        .find(|e| e["event"] == "warning" && e["object"].is_string())
+        .unwrap_or_else(|| panic!("no warning about the corrupt object: {events:?}"));
+    assert_eq!(warning["expected"], digest.as_str());
+    assert_ne!(warning["actual"], digest.as_str());
+    assert!(warning["message"].as_str().unwrap().contains("is corrupt"));
+    assert!(
+        !events.iter().any(|e| e["event"] == "base_downloaded"),
+        "never used"
+    );
+    assert!(has_phase(&events, "mmdebstrap"), "rebuilt");
+    assert_eq!(uploads(&events)[0]["already_there"], false, "stored again");
+    let (bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
+    assert_eq!(sha256(&bytes), digest, "the new object is whole");
+}
