@@ -12,7 +12,7 @@ use crate::definition::Definition;
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds, Resolved};
 use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
-use crate::remote_cache::RemoteCache;
+use crate::remote_cache::{Layer, RemoteCache};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -80,19 +80,24 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
         }
     }
 
+    let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
+    let remote = remote.as_ref();
     let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
     let (base, base_cached) = ctx.step("base", |c| {
-        let remote = RemoteCache::for_definition(c.opts.cache_url.as_deref(), &c.def)?;
-        crate::base::ensure(&c.def, &answer, &c.ids, remote.as_ref(), reporter)
+        crate::base::ensure(&c.def, &answer, &c.ids, remote, reporter)
     })?;
-    let baked = ctx.step("bake", |c| {
-        crate::bake::bake(&c.bake_input(&base), reporter)
-    })?;
+    let (baked, bake_fetched) = ctx.step("bake", |c| c.bake(&base, remote))?;
     let artifacts = ctx.step("export", |c| {
         crate::export::export(&c.def, &baked.disk, c.staging.path(), reporter)
     })?;
     if !opts.no_verify {
         ctx.step("verify", |c| c.verify(&artifacts, &baked.disk))?;
+    }
+    // Shared only once its image has passed the checks.
+    if let (Some(remote), false) = (remote, bake_fetched) {
+        let dir = ctx.work.path().join("bake-layer-out");
+        baked.save(&dir)?;
+        remote.upload(Layer::Bake, &ctx.ids.bake, &dir, reporter)?;
     }
     crate::cancel::check()?;
     ctx.timings
@@ -232,6 +237,22 @@ impl<'a> BuildContext<'a> {
         self.timings
             .insert(name.to_string(), started.elapsed().as_secs_f64());
         Ok(out)
+    }
+
+    /// The bake layer, from the remote cache when it has this bake id, else baked here; the
+    /// bool says whether it was downloaded.
+    fn bake(&self, base: &BaseLayer, remote: Option<&RemoteCache>) -> Result<(Baked, bool)> {
+        if let Some(remote) = remote {
+            let dir = self.work.path().join("bake-layer");
+            std::fs::create_dir_all(&dir)?;
+            if remote.download(Layer::Bake, &self.ids.bake, &dir, self.reporter)? {
+                return Ok((Baked::open(&dir, &base.disk())?, true));
+            }
+        }
+        Ok((
+            crate::bake::bake(&self.bake_input(base), self.reporter)?,
+            false,
+        ))
     }
 
     fn bake_input<'b>(&'b self, base: &'b BaseLayer) -> crate::bake::BakeInput<'b> {

@@ -102,11 +102,15 @@ pub enum Event {
     BaseDownloaded,
     /// The base layer was stored in the remote layer cache.
     BaseUploaded,
+    /// The bake layer came from the remote layer cache: nothing was baked.
+    BakeDownloaded,
+    /// The bake layer was stored in the remote layer cache.
+    BakeUploaded,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 45] = [
+    pub const ALL: [Event; 47] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -152,6 +156,8 @@ impl Event {
         Event::LaunchTemplateVersion,
         Event::BaseDownloaded,
         Event::BaseUploaded,
+        Event::BakeDownloaded,
+        Event::BakeUploaded,
     ];
 
     /// The value of the `event` field.
@@ -202,6 +208,8 @@ impl Event {
             Event::LaunchTemplateVersion => "launch_template_version",
             Event::BaseDownloaded => "base_downloaded",
             Event::BaseUploaded => "base_uploaded",
+            Event::BakeDownloaded => "bake_downloaded",
+            Event::BakeUploaded => "bake_uploaded",
         }
     }
 }

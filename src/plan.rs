@@ -7,7 +7,7 @@ use crate::build::OutputDir;
 use crate::definition::Definition;
 use crate::layers::{short, LayerIds};
 use crate::manifest::{Manifest, FILE_NAME};
-use crate::remote_cache::RemoteCache;
+use crate::remote_cache::{Layer, RemoteCache};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
     };
     let remote = || -> Result<bool> {
         match RemoteCache::for_definition(cache_url, &def)? {
-            Some(r) => r.has(crate::base::REMOTE_KIND, &ids.base),
+            Some(r) => r.has(Layer::Base, &ids.base),
             None => Ok(false),
         }
     };

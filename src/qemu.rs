@@ -437,18 +437,36 @@ impl Drop for Vm {
 /// Creates `overlay`, a qcow2 that records changes over `backing` (which is never written);
 /// the backing format is taken from its extension (`.qcow2`, else raw).
 pub fn create_overlay(backing: &Path, overlay: &Path) -> Result<()> {
-    let format = match backing.extension().and_then(|e| e.to_str()) {
-        Some("qcow2") => "qcow2",
-        _ => "raw",
-    };
-    let backing = std::fs::canonicalize(backing)
-        .with_context(|| format!("{} is missing", backing.display()))?;
+    let (format, backing) = backing_file(backing)?;
     Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(backing)
         .arg(overlay)
         .run()?;
     Ok(())
+}
+
+/// Points an overlay made on another machine at `backing`, the same disk at this machine's
+/// path (`qemu-img rebase -u`: only the reference changes, no data is read).
+pub fn rebase_overlay(overlay: &Path, backing: &Path) -> Result<()> {
+    let (format, backing) = backing_file(backing)?;
+    Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", format, "-b"])
+        .arg(backing)
+        .arg(overlay)
+        .run()?;
+    Ok(())
+}
+
+/// The format (from the extension) and absolute path of a backing disk.
+fn backing_file(backing: &Path) -> Result<(&'static str, PathBuf)> {
+    let format = match backing.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        _ => "raw",
+    };
+    let path = std::fs::canonicalize(backing)
+        .with_context(|| format!("{} is missing", backing.display()))?;
+    Ok((format, path))
 }
 
 /// A free TCP port on 127.0.0.1, for a port forward.

@@ -1,6 +1,6 @@
-//! The layer cache runners share through S3 (`--cache-url s3://bucket/prefix`): a base layer
-//! is stored as one zstd-compressed tar object `<prefix>/base/<id>.tar.zst` whose sha256 is in
-//! its metadata. A build looks in the local cache, then here (download, check the digest, use),
+//! The layer cache runners share through S3 (`--cache-url s3://bucket/prefix`): a base or bake
+//! layer is stored as one zstd-compressed tar object `<prefix>/<base|bake>/<id>.tar.zst` whose
+//! sha256 is in its metadata. A build looks in the local cache, then here (download, check the digest, use),
 //! then builds and uploads. Uploads are conditional (`If-None-Match: *`): when two runners
 //! upload the same id at once, one object is written whole and the other upload is refused,
 //! so no reader ever sees a partial object. An object whose bytes do not match its digest is
@@ -8,8 +8,11 @@
 
 use crate::cloud::{sdk_error, CloudOptions};
 use crate::definition::Definition;
+use crate::events::{Event, Reporter};
+use crate::layers::short;
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -28,8 +31,34 @@ pub struct RemoteCache {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The layers the remote cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// A base layer: the OS disk with its kernel, initrd, build key and `base.json`.
+    Base,
+    /// A bake layer: the baked overlay of a base (only what the bake changed) and `bake.json`.
+    Bake,
+}
+
+impl Layer {
+    /// The layer's name in object keys, events and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Base => "base",
+            Layer::Bake => "bake",
+        }
+    }
+
+    fn events(self) -> (Event, Event) {
+        match self {
+            Layer::Base => (Event::BaseDownloaded, Event::BaseUploaded),
+            Layer::Bake => (Event::BakeDownloaded, Event::BakeUploaded),
+        }
+    }
+}
+
 /// What a download found.
-pub enum Fetched {
+enum Fetched {
     /// No object for this id.
     Missing,
     /// The layer was unpacked into the directory.
@@ -46,7 +75,7 @@ pub enum Fetched {
 }
 
 /// What an upload did.
-pub enum Stored {
+enum Stored {
     /// The object was written; its compressed size in bytes.
     Uploaded(u64),
     /// Another runner had written it first (or it was already there).
@@ -92,8 +121,9 @@ impl RemoteCache {
         })
     }
 
-    /// The object key of layer `id` of `kind` (`base`).
-    fn key(&self, kind: &str, id: &str) -> String {
+    /// The object key of `layer` `id`.
+    fn key(&self, layer: Layer, id: &str) -> String {
+        let kind = layer.name();
         match self.prefix.as_str() {
             "" => format!("{kind}/{id}.tar.zst"),
             p => format!("{p}/{kind}/{id}.tar.zst"),
@@ -105,9 +135,9 @@ impl RemoteCache {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    /// Whether layer `id` of `kind` is in the cache.
-    pub fn has(&self, kind: &str, id: &str) -> Result<bool> {
-        let key = self.key(kind, id);
+    /// Whether `layer` `id` is in the cache.
+    pub fn has(&self, layer: Layer, id: &str) -> Result<bool> {
+        let key = self.key(layer, id);
         let head = self
             .runtime
             .block_on(self.s3.head_object().bucket(&self.bucket).key(&key).send());
@@ -118,9 +148,74 @@ impl RemoteCache {
         }
     }
 
-    /// Downloads layer `id` of `kind`, checks its digest and unpacks it into `dir`.
-    pub fn fetch(&self, kind: &str, id: &str, dir: &Path) -> Result<Fetched> {
-        let key = self.key(kind, id);
+    /// Downloads `layer` `id` into `dir` and reports it; false when the cache does not have
+    /// it, or has a corrupt copy (reported with both digests and deleted, never used).
+    pub fn download(
+        &self,
+        layer: Layer,
+        id: &str,
+        dir: &Path,
+        reporter: &Reporter,
+    ) -> Result<bool> {
+        let name = layer.name();
+        reporter.phase(&format!("download {name} layer"));
+        match self.fetch(layer, id, dir)? {
+            Fetched::Missing => Ok(false),
+            Fetched::Corrupt {
+                object,
+                expected,
+                actual,
+            } => {
+                reporter.event(
+                    Event::Warning,
+                    &format!(
+                        "{object} is corrupt (sha256 {actual}, recorded {expected}): not used, \
+                         deleted; the {name} layer is made again"
+                    ),
+                    json!({ "object": object, "expected": expected, "actual": actual }),
+                );
+                Ok(false)
+            }
+            Fetched::Unpacked => {
+                reporter.event(
+                    layer.events().0,
+                    &format!("{name} layer {} came from the remote cache", short(id)),
+                    json!({ "layer": name, "id": id }),
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// Stores the files of `dir` as `layer` `id` and reports it.
+    pub fn upload(&self, layer: Layer, id: &str, dir: &Path, reporter: &Reporter) -> Result<()> {
+        let name = layer.name();
+        reporter.phase(&format!("upload {name} layer"));
+        let bytes = match self.store(layer, id, dir)? {
+            Stored::Uploaded(bytes) => Some(bytes),
+            Stored::AlreadyThere => None,
+        };
+        let message = match bytes {
+            Some(b) => format!(
+                "{name} layer {} stored in the remote cache ({b} bytes)",
+                short(id)
+            ),
+            None => format!(
+                "{name} layer {} was stored in the remote cache by another build meanwhile",
+                short(id)
+            ),
+        };
+        reporter.event(
+            layer.events().1,
+            &message,
+            json!({ "layer": name, "id": id, "bytes": bytes, "already_there": bytes.is_none() }),
+        );
+        Ok(())
+    }
+
+    /// Downloads `layer` `id`, checks its digest and unpacks it into `dir`.
+    fn fetch(&self, layer: Layer, id: &str, dir: &Path) -> Result<Fetched> {
+        let key = self.key(layer, id);
         let object = self.address(&key);
         let got = self
             .runtime
@@ -177,9 +272,9 @@ impl RemoteCache {
         Ok(Fetched::Unpacked)
     }
 
-    /// Uploads the files of `dir` as layer `id` of `kind`, unless the cache has it already.
-    pub fn store(&self, kind: &str, id: &str, dir: &Path) -> Result<Stored> {
-        let key = self.key(kind, id);
+    /// Uploads the files of `dir` as `layer` `id`, unless the cache has it already.
+    fn store(&self, layer: Layer, id: &str, dir: &Path) -> Result<Stored> {
+        let key = self.key(layer, id);
         let object = self.address(&key);
         let packed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(Path::new(".")))?;
         let digest = pack(dir, packed.as_file())?;

@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 45] = [
+const NAMES: [&str; 47] = [
     "ids",
     "phase",
     "base_cached",
@@ -49,6 +49,8 @@ const NAMES: [&str; 45] = [
     "launch_template_version",
     "base_downloaded",
     "base_uploaded",
+    "bake_downloaded",
+    "bake_uploaded",
 ];
 
 #[test]

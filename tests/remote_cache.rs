@@ -1,7 +1,8 @@
 //! The remote layer cache against moto's S3 through the real SDK: two runners racing to upload
 //! the same base end with one intact object; a runner with an empty local cache downloads the
-//! base instead of running mmdebstrap, and its image passes its checks; a remote object with
-//! one byte changed is refused by its digest, deleted and rebuilt.
+//! base instead of running mmdebstrap, and its image passes its checks; the next one downloads
+//! the bake too and bakes nothing; a remote object with one byte changed is refused by its
+//! digest, deleted and rebuilt.
 
 mod common;
 
@@ -36,6 +37,13 @@ fn events(stdout: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
+}
+
+/// The last event: a build's manifest.
+fn last(events: &[Value]) -> &Value {
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "manifest", "{last}");
+    last
 }
 
 fn has_phase(events: &[Value], phase: &str) -> bool {
@@ -165,6 +173,51 @@ fn runners_share_base_layers_through_s3() {
             .count(),
         2,
         "the image made on the downloaded base passes its checks"
+    );
+    let stored = events
+        .iter()
+        .find(|e| e["event"] == "bake_uploaded")
+        .unwrap_or_else(|| panic!("the bake layer was not stored: {events:?}"));
+    assert_eq!(stored["already_there"], false);
+    let build_id = last(&events)["ids"]["build"].clone();
+
+    // Another fresh runner: base and bake both come from the remote cache, nothing is baked,
+    // and the image (the baked overlay rebased onto this runner's base) passes its checks.
+    let fresh2 = tempfile::tempdir().unwrap();
+    let out2 = fresh2.path().join("output");
+    let (code, events, err) = build(
+        &moto,
+        &def,
+        fresh2.path(),
+        &["--output-dir", out2.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    for downloaded in ["base_downloaded", "bake_downloaded"] {
+        assert!(
+            events.iter().any(|e| e["event"] == downloaded),
+            "{downloaded}: {events:?}"
+        );
+    }
+    let baked_here = events.iter().any(|e| {
+        e["event"] == "phase"
+            && e["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("bake (")
+    });
+    assert!(!baked_here, "no bake VM ran: {events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "check_passed")
+            .count(),
+        2,
+        "the image from the downloaded bake passes its checks"
+    );
+    assert_eq!(last(&events)["ids"]["build"], build_id, "the same build");
+    assert!(
+        !events.iter().any(|e| e["event"] == "bake_uploaded"),
+        "nothing to store"
     );
 
     // One byte changed in the remote object: refused by its digest, deleted, rebuilt, stored.

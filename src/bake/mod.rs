@@ -72,6 +72,42 @@ pub struct Baked {
     pub tools: BTreeMap<String, String>,
 }
 
+/// The files of a bake layer in the remote cache.
+const LAYER_DISK: &str = "image.qcow2";
+const LAYER_RECORD: &str = "bake.json";
+
+impl Baked {
+    /// Writes the bake layer into `dir` for the remote cache: the overlay (only what the bake
+    /// changed, on top of the base) and `bake.json` with the tools that ran.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir)?;
+        fs::hard_link(&self.disk, dir.join(LAYER_DISK))
+            .or_else(|_| fs::copy(&self.disk, dir.join(LAYER_DISK)).map(|_| ()))
+            .with_context(|| {
+                format!("cannot stage {} for the remote cache", self.disk.display())
+            })?;
+        fs::write(
+            dir.join(LAYER_RECORD),
+            serde_json::to_vec_pretty(&self.tools)?,
+        )?;
+        Ok(())
+    }
+
+    /// A bake layer unpacked into `dir`, its overlay pointed at `base_disk`: the same base
+    /// (the bake id covers the base id), at this machine's path.
+    pub fn open(dir: &Path, base_disk: &Path) -> Result<Baked> {
+        let disk = dir.join(LAYER_DISK);
+        crate::qemu::rebase_overlay(&disk, base_disk)?;
+        let record = fs::read(dir.join(LAYER_RECORD)).with_context(|| {
+            format!("the bake layer in {} has no {LAYER_RECORD}", dir.display())
+        })?;
+        Ok(Baked {
+            disk,
+            tools: serde_json::from_slice(&record).context("the bake layer's bake.json")?,
+        })
+    }
+}
+
 /// Bakes the image on an overlay of the base.
 pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     let overlay = input.work.join("image.qcow2");

@@ -15,7 +15,7 @@ use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};
 use crate::process::Command;
-use crate::remote_cache::{Fetched, RemoteCache, Stored};
+use crate::remote_cache::{Layer, RemoteCache};
 use crate::render::AnswerFile;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -226,8 +226,8 @@ pub fn ensure(
             serde_json::json!({ "base": ids.base, "cached": true }),
         );
         if let Some(remote) = remote {
-            if !remote.has(REMOTE_KIND, &ids.base)? {
-                upload(remote, &base, reporter)?;
+            if !remote.has(Layer::Base, &ids.base)? {
+                remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
             }
         }
         return Ok((base, true));
@@ -247,74 +247,19 @@ pub fn ensure(
     crate::cancel::check()?;
     let base = staging.commit(info)?;
     if let Some(remote) = remote {
-        upload(remote, &base, reporter)?;
+        remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
     }
     Ok((base, false))
 }
 
-/// What base layers are stored as in the remote cache.
-pub const REMOTE_KIND: &str = "base";
-
 /// The base layer `id` from the remote cache, unpacked into the local one; `None` when the
 /// remote cache does not have it, or has a corrupt copy (reported, deleted, to be rebuilt).
 fn download(remote: &RemoteCache, id: &str, reporter: &Reporter) -> Result<Option<BaseLayer>> {
-    reporter.phase("download base layer");
     let staging = BaseStaging::empty(id)?;
-    match remote.fetch(REMOTE_KIND, id, staging.dir.path())? {
-        Fetched::Missing => Ok(None),
-        Fetched::Corrupt {
-            object,
-            expected,
-            actual,
-        } => {
-            reporter.event(
-                Event::Warning,
-                &format!(
-                    "{object} is corrupt (sha256 {actual}, recorded {expected}): not used, \
-                     deleted; the base layer is built again"
-                ),
-                serde_json::json!({ "object": object, "expected": expected, "actual": actual }),
-            );
-            Ok(None)
-        }
-        Fetched::Unpacked => {
-            let base = staging.commit_unpacked()?;
-            reporter.event(
-                Event::BaseDownloaded,
-                &format!("base layer {} came from the remote cache", short(id)),
-                serde_json::json!({ "base": id }),
-            );
-            Ok(Some(base))
-        }
+    match remote.download(Layer::Base, id, staging.dir.path(), reporter)? {
+        true => Ok(Some(staging.commit_unpacked()?)),
+        false => Ok(None),
     }
-}
-
-/// Stores `base` in the remote cache.
-fn upload(remote: &RemoteCache, base: &BaseLayer, reporter: &Reporter) -> Result<()> {
-    reporter.phase("upload base layer");
-    let stored = remote.store(REMOTE_KIND, &base.info.id, &base.dir)?;
-    let (message, bytes) = match stored {
-        Stored::Uploaded(bytes) => (
-            format!(
-                "base layer {} stored in the remote cache ({bytes} bytes)",
-                short(&base.info.id)
-            ),
-            Some(bytes),
-        ),
-        Stored::AlreadyThere => (
-            format!(
-                "base layer {} was stored in the remote cache by another build meanwhile",
-                short(&base.info.id)
-            ),
-            None,
-        ),
-    };
-    reporter.event(
-        Event::BaseUploaded,
-        &message,
-        serde_json::json!({ "base": base.info.id, "bytes": bytes, "already_there": bytes.is_none() }),
-    );
-    Ok(())
 }
 
 /// Copies `from` to `to` keeping nothing but the bytes.
