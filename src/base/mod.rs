@@ -204,8 +204,10 @@ pub fn ensure(
 ) -> Result<(BaseLayer, bool)> {
     // One build of a base at a time, across threads and processes: the others wait here and
     // then find it cached.
-    std::fs::create_dir_all(cache_root())?;
-    let lock_path = cache_root().join(format!("{}.lock", ids.base));
+    // The locks live beside the layers, not among them: a base directory holds only layers.
+    let locks = crate::sources::cache_dir().join("locks");
+    std::fs::create_dir_all(&locks)?;
+    let lock_path = locks.join(format!("base-{}.lock", ids.base));
     let lock = std::fs::File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
