@@ -76,8 +76,8 @@ enum Fetched {
 
 /// What an upload did.
 enum Stored {
-    /// The object was written; its compressed size in bytes.
-    Uploaded(u64),
+    /// The object was written: its compressed size in bytes and its sha256.
+    Uploaded(u64, String),
     /// Another runner had written it first (or it was already there).
     AlreadyThere,
 }
@@ -191,9 +191,9 @@ impl RemoteCache {
     pub fn upload(&self, layer: Layer, id: &str, dir: &Path, reporter: &Reporter) -> Result<()> {
         let name = layer.name();
         reporter.phase(&format!("upload {name} layer"));
-        let bytes = match self.store(layer, id, dir)? {
-            Stored::Uploaded(bytes) => Some(bytes),
-            Stored::AlreadyThere => None,
+        let (bytes, digest) = match self.store(layer, id, dir)? {
+            Stored::Uploaded(bytes, digest) => (Some(bytes), Some(digest)),
+            Stored::AlreadyThere => (None, None),
         };
         let message = match bytes {
             Some(b) => format!(
@@ -208,7 +208,8 @@ impl RemoteCache {
         reporter.event(
             layer.events().1,
             &message,
-            json!({ "layer": name, "id": id, "bytes": bytes, "already_there": bytes.is_none() }),
+            json!({ "layer": name, "id": id, "bytes": bytes, "sha256": digest,
+                    "already_there": bytes.is_none() }),
         );
         Ok(())
     }
@@ -283,20 +284,14 @@ impl RemoteCache {
             let body = ByteStream::from_path(packed.path())
                 .await
                 .with_context(|| format!("cannot read {}", packed.path().display()))?;
-            let sent = self
-                .s3
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .metadata(DIGEST_KEY, &digest)
-                .if_none_match("*")
+            let sent = put_request(&self.s3, &self.bucket, &key, &digest)
                 .body(body)
                 .send()
                 .await;
             anyhow::Ok(sent)
         })?;
         match put {
-            Ok(_) => Ok(Stored::Uploaded(size)),
+            Ok(_) => Ok(Stored::Uploaded(size, digest)),
             Err(e) if precondition_failed(&e) => Ok(Stored::AlreadyThere),
             Err(e) => Err(sdk_error(
                 e,
@@ -304,6 +299,21 @@ impl RemoteCache {
             )),
         }
     }
+}
+
+/// The PutObject call of a layer: its digest in the metadata, and written only if no object
+/// has the key yet (`If-None-Match: *`), so that a racing runner's upload is refused.
+fn put_request(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    digest: &str,
+) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .metadata(DIGEST_KEY, digest)
+        .if_none_match("*")
 }
 
 /// Whether a conditional write was refused because the object exists.
@@ -329,7 +339,10 @@ fn pack(dir: &Path, out: &File) -> Result<String> {
         inner: BufWriter::new(out),
         hash: Sha256::new(),
     };
+    // Deterministic headers (no times, owners or umask): two runners packing the same layer
+    // upload the same bytes, whichever of them the bucket ends up holding.
     let mut tar = tar::Builder::new(zstd::Encoder::new(hashing, 3)?);
+    tar.mode(tar::HeaderMode::Deterministic);
     for name in names {
         tar.append_path_with_name(dir.join(&name), &name)
             .with_context(|| format!("cannot pack {}", dir.join(&name).display()))?;
@@ -354,5 +367,39 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+    #[tokio::test]
+    async fn a_layer_upload_is_conditional_and_carries_its_digest() {
+        // What S3 enforces is in the request: moto does not check it atomically, so the
+        // request itself is asserted here.
+        let (http, rx) = aws_smithy_http_client::test_util::capture_request(None);
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:9")
+            .force_path_style(true)
+            .http_client(http)
+            .build();
+        let s3 = aws_sdk_s3::Client::from_conf(conf);
+        let _ = put_request(&s3, "layers", "ci/base/abc.tar.zst", "d1g35t")
+            .body(ByteStream::from_static(b"layer"))
+            .send()
+            .await;
+        let req = rx.expect_request();
+        assert!(
+            req.uri().contains("/layers/ci/base/abc.tar.zst"),
+            "{}",
+            req.uri()
+        );
+        assert_eq!(req.headers().get("if-none-match"), Some("*"));
+        assert_eq!(req.headers().get("x-amz-meta-sha256"), Some("d1g35t"));
     }
 }
