@@ -339,10 +339,12 @@ fn pack(dir: &Path, out: &File) -> Result<String> {
         inner: BufWriter::new(out),
         hash: Sha256::new(),
     };
-    // Deterministic headers (no times, owners or umask): two runners packing the same layer
-    // upload the same bytes, whichever of them the bucket ends up holding.
+    // Deterministic headers (no times, owners or umask) and no sparse maps (where a copy has
+    // holes depends on how it was written): two runners packing the same layer upload the
+    // same bytes, whichever of them the bucket ends up holding. zstd squeezes the zeros.
     let mut tar = tar::Builder::new(zstd::Encoder::new(hashing, 3)?);
     tar.mode(tar::HeaderMode::Deterministic);
+    tar.sparse(false);
     for name in names {
         tar.append_path_with_name(dir.join(&name), &name)
             .with_context(|| format!("cannot pack {}", dir.join(&name).display()))?;
@@ -374,6 +376,33 @@ impl<W: Write> Write for Hashing<W> {
 mod tests {
     use super::*;
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+    #[test]
+    fn the_same_layer_packs_into_the_same_bytes_whatever_its_times_modes_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // A file with a hole in `a`, the same bytes written out in full in `b`.
+        let sparse = File::create(a.join("disk.qcow2")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&sparse, b"data", 5 << 20).unwrap();
+        let mut full = vec![0u8; 8 << 20];
+        full[5 << 20..(5 << 20) + 4].copy_from_slice(b"data");
+        std::fs::write(b.join("disk.qcow2"), &full).unwrap();
+        std::fs::write(a.join("base.json"), "{}").unwrap();
+        std::fs::write(b.join("base.json"), "{}").unwrap();
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "2001-02-03"])
+            .arg(b.join("base.json"))
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        let digest = |d: &Path| pack(d, &tempfile::tempfile().unwrap()).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        std::fs::write(b.join("base.json"), "{ }").unwrap();
+        assert_ne!(digest(&a), digest(&b), "a changed byte changes the digest");
+    }
 
     #[tokio::test]
     async fn a_layer_upload_is_conditional_and_carries_its_digest() {
