@@ -52,10 +52,12 @@ pub fn stage_in_image(
         }
     };
     let label = sh_quote(&label(index, a));
-    let command = playbook_command(
-        a,
-        "-c local -i localhost,",
-        &format!("@{guest_dir}/vars.json"),
+    let mut words = vec![format!("@{guest_dir}/vars.json")];
+    words.extend(playbook_args(a));
+    let words: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    let command = format!(
+        "ansible-playbook -c local -i localhost, -e {}",
+        words.join(" ")
     );
     let env = environment(a, "$P", "$D")
         .iter()
@@ -83,15 +85,21 @@ rm -rf "$D"
     ))
 }
 
-/// The `ansible-playbook` command line for `a` with `connection` options and extra vars from
-/// `vars`, as shell words.
-fn playbook_command(a: &AnsibleProvisioner, connection: &str, vars: &str) -> String {
-    let mut words = format!("ansible-playbook {connection} -e {}", sh_quote(vars));
+/// The arguments that pick what `ansible-playbook` runs: `--tags` when the definition names
+/// tags, then the playbook (its file name: the run is in its directory).
+fn playbook_args(a: &AnsibleProvisioner) -> Vec<String> {
+    let mut args = Vec::new();
     if !a.tags.is_empty() {
-        words += &format!(" --tags {}", sh_quote(&a.tags.join(",")));
+        args.extend(["--tags".to_string(), a.tags.join(",")]);
     }
-    let name = a.playbook.file_name().unwrap_or_default().to_string_lossy();
-    words + " " + &sh_quote(&name)
+    args.push(
+        a.playbook
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    );
+    args
 }
 
 /// Ansible's settings for a run in `project` whose own files stay under `scratch`: no colour,
@@ -175,12 +183,7 @@ pub fn run_from_host(
     for (key, value) in environment(a, &project.to_string_lossy(), &scratch.to_string_lossy()) {
         cmd = cmd.env(key, &value);
     }
-    if !a.tags.is_empty() {
-        cmd = cmd.arg("--tags").arg(a.tags.join(","));
-    }
-    let (code, out) = cmd
-        .arg(a.playbook.file_name().unwrap_or_default())
-        .run_unchecked()?;
+    let (code, out) = cmd.args(playbook_args(a)).run_unchecked()?;
     let output = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
