@@ -34,6 +34,8 @@ pub struct BuildOptions {
     pub base_only: bool,
     /// Remote layer cache (`s3://bucket/prefix`), over the definition's `[cache] url`.
     pub cache_url: Option<String>,
+    /// Sign the finished build with this key (OpenSSH or minisign) as the last step.
+    pub sign: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -61,8 +63,18 @@ pub enum BuildResult {
     },
 }
 
-/// Runs the pipeline.
+/// Runs the pipeline, then signs the build when asked (a build found intact in the output
+/// directory too).
 pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
+    let result = build_image(opts, reporter)?;
+    if let (Some(key), BuildResult::Image(outcome)) = (&opts.sign, &result) {
+        reporter.phase("sign");
+        crate::signature::sign_build(&outcome.manifest_path, key, reporter)?;
+    }
+    Ok(result)
+}
+
+fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let started = Instant::now();
     let def = Definition::load(&opts.file)?;
     let answer = crate::render::render(&def)?;
@@ -87,8 +99,9 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
         crate::base::ensure(&c.def, &answer, &c.ids, remote, reporter)
     })?;
     let (baked, bake_fetched) = ctx.step("bake", |c| c.bake(&base, remote))?;
+    let sealed = ctx.step("seal", |c| c.seal(&base, &baked))?;
     let artifacts = ctx.step("export", |c| {
-        crate::export::export(&c.def, &baked.disk, c.staging.path(), reporter)
+        crate::export::export(&c.def, &sealed, c.staging.path(), reporter)
     })?;
     if !opts.no_verify {
         ctx.step("verify", |c| c.verify(&artifacts, &baked.disk))?;
@@ -102,7 +115,7 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     crate::cancel::check()?;
     ctx.timings
         .insert("total".into(), started.elapsed().as_secs_f64());
-    let manifest = ctx.manifest(&base, &baked, artifacts);
+    let manifest = ctx.manifest(&base, &baked, artifacts, sealed);
     ctx.publish(manifest, base_cached, &out)
 }
 
@@ -255,6 +268,22 @@ impl<'a> BuildContext<'a> {
         ))
     }
 
+    /// Records what the baked image holds and, where the builder allows, writes it again
+    /// reproducibly (see `seal`).
+    fn seal(&self, base: &BaseLayer, baked: &Baked) -> Result<crate::seal::Sealed> {
+        crate::seal::seal(
+            &crate::seal::SealInput {
+                def: &self.def,
+                base: &base.info,
+                provenance: &self.provenance,
+                baked_disk: &baked.disk,
+                work: self.work.path(),
+                out_dir: self.staging.path(),
+            },
+            self.reporter,
+        )
+    }
+
     fn bake_input<'b>(&'b self, base: &'b BaseLayer) -> crate::bake::BakeInput<'b> {
         crate::bake::BakeInput {
             def: &self.def,
@@ -287,6 +316,7 @@ impl<'a> BuildContext<'a> {
         base: &BaseLayer,
         baked: &Baked,
         artifacts: Vec<ArtifactRecord>,
+        sealed: crate::seal::Sealed,
     ) -> Manifest {
         let mut tools = base.info.tools.clone();
         tools.extend(baked.tools.clone());
@@ -310,6 +340,8 @@ impl<'a> BuildContext<'a> {
             arch: self.def.os.arch,
             disk_size: self.def.machine.disk_size.0,
             artifacts,
+            documents: sealed.documents,
+            reproducible: sealed.reproducible,
             timings: self.timings.clone(),
             tools,
             checks: self.def.checks.clone(),

@@ -50,6 +50,10 @@ pub struct BuildArgs {
     /// After the build, register the image with the definition's `[publish]` targets.
     #[arg(long, conflicts_with = "base_only")]
     pub register: bool,
+    /// Sign the build (manifest and SHA256SUMS) with this private key as the last step: an
+    /// OpenSSH key (`ssh-keygen -Y sign` format) or a minisign key, unencrypted.
+    #[arg(long, value_name = "KEY", conflicts_with = "base_only")]
+    pub sign: Option<PathBuf>,
 }
 
 impl BuildArgs {
@@ -62,6 +66,7 @@ impl BuildArgs {
             no_verify: self.no_verify,
             base_only: self.base_only,
             cache_url: self.cache_url.clone(),
+            sign: self.sign.clone(),
         }
     }
 }
@@ -83,6 +88,13 @@ pub struct VerifyArgs {
     /// How long the checks may take to pass, like 90s or 5m (default: the build's boot timeout).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub boot_timeout: Option<Duration>,
+    /// Require the build to be signed by a key in this file (an OpenSSH allowed_signers file,
+    /// or a minisign public key) before anything else is checked.
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Check the signature and every digest, but do not boot the image.
+    #[arg(long)]
+    pub no_boot: bool,
 }
 
 impl VerifyArgs {
@@ -93,6 +105,8 @@ impl VerifyArgs {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             boot_timeout: self.boot_timeout,
+            allowed_signers: self.allowed_signers.clone(),
+            no_boot: self.no_boot,
         }
     }
 }
@@ -179,6 +193,10 @@ pub struct RegisterArgs {
     /// image, copied from the current default.
     #[arg(long, value_name = "NAME_OR_ID")]
     pub launch_template: Option<String>,
+    /// Refuse a build not signed by a key in this file (OpenSSH allowed_signers, or a minisign
+    /// public key), before any cloud call; the image is tagged with the signer's fingerprint.
+    #[arg(long, value_name = "FILE")]
+    pub require_signature: Option<PathBuf>,
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -225,6 +243,7 @@ impl RegisterArgs {
             keep_partial: args.keep_partial,
             wait: Duration::from_secs(3600),
             launch_template: args.launch_template.clone(),
+            require_signature: args.require_signature.clone(),
             cloud: args.cloud.options(),
         })
     }
@@ -287,6 +306,11 @@ pub struct RotateArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Launch only images whose build was signed by a key in this file (OpenSSH
+    /// allowed_signers, or a minisign public key): the image's `imgforge:signer` tag, set by
+    /// `register --require-signature`, must be one of its keys' fingerprints.
+    #[arg(long, value_name = "FILE")]
+    pub require_signature: Option<PathBuf>,
     /// Interval between polls while waiting (tests use milliseconds).
     #[arg(long, hide = true, env = "IMGFORGE_POLL_INTERVAL", default_value = "15s",
           value_parser = humantime::parse_duration)]
@@ -316,6 +340,7 @@ impl RotateArgs {
             health_timeout: self.health_timeout,
             asg_instance_refresh: self.asg_instance_refresh,
             dry_run: self.dry_run,
+            require_signature: self.require_signature,
             poll_interval: self.poll_interval,
             page_size: self.page_size,
             cloud: self.cloud.options(),

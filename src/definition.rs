@@ -600,6 +600,27 @@ pub enum Check {
     },
 }
 
+/// The time in a snapshot mirror URL: a path segment `YYYYMMDDTHHMMSSZ`, as
+/// snapshot.debian.org names its dated archives.
+pub fn snapshot_time(mirror: &str) -> Option<u32> {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    mirror.split('/').find_map(|segment| {
+        time::PrimitiveDateTime::parse(segment, &format)
+            .ok()
+            .and_then(|t| u32::try_from(t.assume_utc().unix_timestamp()).ok())
+    })
+}
+
+/// The release date of a Debian release (its first point release), the default
+/// `SOURCE_DATE_EPOCH` when nothing newer is pinned.
+fn release_date(release: &str) -> u32 {
+    match release {
+        "bullseye" | "11" => 1_628_899_200, // 2021-08-14
+        "trixie" | "13" => 1_754_697_600,   // 2025-08-09
+        _ => 1_686_355_200,                 // bookworm, 2023-06-10
+    }
+}
+
 /// `[output]`: export formats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -610,6 +631,10 @@ pub struct Output {
     /// Compress qcow2 output.
     #[serde(default)]
     pub compress: bool,
+    /// The time every timestamp in the image is clamped to (seconds since 1970); unset, it
+    /// is derived from the inputs ([`Definition::source_date_epoch`]).
+    #[serde(default)]
+    pub source_date_epoch: Option<u32>,
 }
 
 impl Default for Output {
@@ -617,6 +642,7 @@ impl Default for Output {
         Output {
             formats: default_formats(),
             compress: false,
+            source_date_epoch: None,
         }
     }
 }
@@ -1177,6 +1203,17 @@ impl Definition {
             _ => {}
         }
         problems
+    }
+
+    /// The time the image's timestamps are clamped to (`SOURCE_DATE_EPOCH`):
+    /// `output.source_date_epoch`, else the time of a dated snapshot mirror
+    /// (`system.mirror` such as `http://snapshot.debian.org/archive/debian/20261120T000000Z/`),
+    /// else the release date of the OS release, so the same inputs give the same bytes.
+    pub fn source_date_epoch(&self) -> u32 {
+        self.output
+            .source_date_epoch
+            .or_else(|| snapshot_time(&self.system.mirror))
+            .unwrap_or_else(|| release_date(&self.os.release))
     }
 
     /// The packages the base installs: `system.packages`, then [`Self::bake_only_packages`].

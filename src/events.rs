@@ -106,11 +106,17 @@ pub enum Event {
     BakeDownloaded,
     /// The bake layer was stored in the remote layer cache.
     BakeUploaded,
+    /// `imgforge diff`: what differs between two builds (a result line).
+    Diff,
+    /// A build's manifest and `SHA256SUMS` were signed.
+    Signed,
+    /// A build's signatures were checked against the allowed signers.
+    SignatureChecked,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 47] = [
+    pub const ALL: [Event; 50] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -158,6 +164,9 @@ impl Event {
         Event::BaseUploaded,
         Event::BakeDownloaded,
         Event::BakeUploaded,
+        Event::Diff,
+        Event::Signed,
+        Event::SignatureChecked,
     ];
 
     /// The value of the `event` field.
@@ -210,6 +219,9 @@ impl Event {
             Event::BaseUploaded => "base_uploaded",
             Event::BakeDownloaded => "bake_downloaded",
             Event::BakeUploaded => "bake_uploaded",
+            Event::Diff => "diff",
+            Event::Signed => "signed",
+            Event::SignatureChecked => "signature_checked",
         }
     }
 }

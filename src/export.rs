@@ -5,6 +5,7 @@ use crate::definition::{Definition, DiskFormat};
 use crate::events::{Event, Reporter};
 use crate::manifest::{ArtifactRecord, SUMS_FILE_NAME};
 use crate::process::Command;
+use crate::seal::Sealed;
 use crate::sources::sha256_file;
 use anyhow::Result;
 use std::path::Path;
@@ -20,14 +21,15 @@ fn convert_args(format: DiskFormat, compress: bool) -> Vec<&'static str> {
     }
 }
 
-/// Converts `disk` into every format of the definition inside `out_dir`, and writes
-/// `SHA256SUMS` there.
+/// Converts the sealed disk into every format of the definition inside `out_dir`, and writes
+/// `SHA256SUMS` there, listing the artifacts and the seal's documents.
 pub fn export(
     def: &Definition,
-    disk: &Path,
+    sealed: &Sealed,
     out_dir: &Path,
     reporter: &Reporter,
 ) -> Result<Vec<ArtifactRecord>> {
+    let disk = &sealed.disk;
     let mut records = Vec::new();
     for &format in &def.output.formats {
         let file = format!(
@@ -59,7 +61,9 @@ pub fn export(
     }
     let sums: String = records
         .iter()
-        .map(|r| format!("{}  {}\n", r.sha256, r.file))
+        .map(|r| (&r.sha256, &r.file))
+        .chain(sealed.documents.iter().map(|d| (&d.sha256, &d.file)))
+        .map(|(sha256, file)| format!("{sha256}  {file}\n"))
         .collect();
     crate::atomic::write(&out_dir.join(SUMS_FILE_NAME), sums.as_bytes())?;
     Ok(records)

@@ -71,12 +71,35 @@ enum Command {
     Rotate(cli::RotateArgs),
     /// Deregister old images and delete their snapshots.
     Prune(cli::PruneArgs),
+    /// Sign a build (its manifest and SHA256SUMS) with an OpenSSH or minisign key.
+    Sign {
+        /// The build's manifest.json.
+        manifest: PathBuf,
+        /// The private key: OpenSSH (`ssh-keygen -Y sign` format, namespace imgforge) or
+        /// minisign, unencrypted.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Explain how two builds differ: packages, then files (exit 3 when they differ).
+    Diff {
+        /// The first build's manifest.json.
+        a: PathBuf,
+        /// The second build's manifest.json.
+        b: PathBuf,
+    },
     /// Report what this host has for building images.
     Doctor,
 }
 
+/// `imgforge diff` found a difference (exit code [`EXIT_DIFFERENT`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the builds differ")]
+struct BuildsDiffer;
+
 /// Exit code for bad input (a definition error); 1 is any other failure.
 const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code of `imgforge diff` for two builds that differ.
+const EXIT_DIFFERENT: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -86,6 +109,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             reporter.finish();
+            if e.downcast_ref::<BuildsDiffer>().is_some() {
+                return ExitCode::from(EXIT_DIFFERENT);
+            }
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
                 let line = json!({ "event": Event::Error.name(), "message": format!("{e:#}") });
@@ -166,6 +192,13 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         }
         Command::Rotate(args) => runtime()?.block_on(imgforge::rotate(args.options(), reporter)),
         Command::Prune(args) => runtime()?.block_on(imgforge::prune(args.options(), reporter)),
+        Command::Sign { manifest, key } => {
+            imgforge::sign_build(&manifest, &key, reporter).map(|_| ())
+        }
+        Command::Diff { a, b } => match imgforge::diff(&a, &b, reporter)?.any() {
+            true => Err(BuildsDiffer.into()),
+            false => Ok(()),
+        },
         Command::Doctor => imgforge::doctor(reporter),
     }
 }

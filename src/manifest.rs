@@ -89,8 +89,12 @@ pub struct Provenance {
     /// Digest of the data snapshot (tarball sha256 or git commit), if one was baked.
     #[serde(default)]
     pub data_digest: Option<String>,
-    /// RFC 3339 time the build started its steps (after its ids were known).
+    /// RFC 3339 time the build started its steps (after its ids were known); kept out of the
+    /// image, which carries [`Self::source_date_epoch`] instead.
     pub built_at: String,
+    /// The time every timestamp in the image is clamped to (`SOURCE_DATE_EPOCH`).
+    #[serde(default)]
+    pub source_date_epoch: Option<u32>,
 }
 
 impl Provenance {
@@ -111,10 +115,12 @@ impl Provenance {
             }),
             data_digest: resolved.data.as_ref().map(|d| d.digest().to_string()),
             built_at: now_rfc3339(),
+            source_date_epoch: Some(def.source_date_epoch()),
         }
     }
 
-    /// `/etc/imgforge/build.json` as the image carries it; `packages` and `tools` (the versions
+    /// `/etc/imgforge/build.json` as the image carries it (the same for the same inputs: no
+    /// build time); `packages` and `tools` (the versions
     /// of what the provisioners ran) are placeholders filled in inside the image.
     pub fn image_record(&self, packages: &str, tools: &str) -> serde_json::Value {
         serde_json::json!({
@@ -126,7 +132,7 @@ impl Provenance {
             "service": self.service,
             "data_sha256": self.data_digest,
             "imgforge_version": self.imgforge_version,
-            "built_at": self.built_at,
+            "source_date_epoch": self.source_date_epoch,
             "packages": packages,
             "tools": tools,
         })
@@ -175,6 +181,13 @@ pub struct Manifest {
     pub disk_size: u64,
     /// The exported disk images.
     pub artifacts: Vec<ArtifactRecord>,
+    /// What the image holds: package list, file list and SPDX SBOM (absent before 0.1.0's
+    /// seal step).
+    #[serde(default)]
+    pub documents: Vec<DocumentRecord>,
+    /// Whether the disk was written reproducibly (same inputs, same bytes; rootfs builder).
+    #[serde(default)]
+    pub reproducible: bool,
     /// Seconds spent in each phase.
     #[serde(default)]
     pub timings: BTreeMap<String, f64>,
@@ -215,6 +228,78 @@ pub struct ArtifactRecord {
     pub sha256: String,
 }
 
+/// What a document beside the artifacts records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentKind {
+    /// The installed packages (`name version architecture`).
+    Packages,
+    /// Every path with its mode, owner, size and digest.
+    Files,
+    /// SPDX 2.3 JSON software bill of materials.
+    Sbom,
+}
+
+/// One document written beside the artifacts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    /// What it records.
+    pub kind: DocumentKind,
+    /// File name, relative to the manifest's directory.
+    pub file: String,
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// sha256 of the file.
+    pub sha256: String,
+}
+
+impl DocumentRecord {
+    /// The record of `bytes` written as `file`.
+    pub fn of(kind: DocumentKind, file: String, bytes: &[u8]) -> DocumentRecord {
+        use sha2::Digest;
+        DocumentRecord {
+            kind,
+            file,
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+        }
+    }
+}
+
+/// A file a manifest records by name, size and sha256: an artifact or a document.
+pub trait RecordedFile {
+    /// File name, relative to the manifest's directory.
+    fn file(&self) -> &str;
+    /// Recorded size.
+    fn size(&self) -> u64;
+    /// Recorded sha256.
+    fn sha256(&self) -> &str;
+}
+
+impl RecordedFile for ArtifactRecord {
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+impl RecordedFile for DocumentRecord {
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
 /// The current time in RFC 3339 (UTC).
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -230,7 +315,7 @@ pub fn bootable(artifacts: &[ArtifactRecord]) -> Option<&ArtifactRecord> {
 }
 
 /// The directory holding a build's manifest and artifacts.
-fn build_dir(manifest_path: &Path) -> &Path {
+pub(crate) fn build_dir(manifest_path: &Path) -> &Path {
     match manifest_path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -269,24 +354,24 @@ impl Manifest {
     pub fn checked_artifact(
         &self,
         manifest_path: &Path,
-        record: &ArtifactRecord,
+        record: &(impl RecordedFile + ?Sized),
     ) -> Result<PathBuf, ArtifactError> {
         let path = self.checked_size(manifest_path, record)?;
         let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
-        let listed = self.sums_entry(&sums, &record.file)?;
+        let listed = self.sums_entry(&sums, record.file())?;
         let actual = crate::sources::sha256_file(&path).map_err(|e| ArtifactError::Missing {
             path: path.clone(),
             remedy: format!("it cannot be read ({e:#}); {}", self.rebuild_hint()),
         })?;
         for (expected, recorded_in) in [
-            (&record.sha256, manifest_path.to_path_buf()),
+            (record.sha256(), manifest_path.to_path_buf()),
             (&listed, sums),
         ] {
-            if &actual != expected {
+            if actual != expected {
                 return Err(ArtifactError::Digest {
                     path,
                     recorded_in,
-                    expected: expected.clone(),
+                    expected: expected.to_string(),
                     actual,
                     remedy: self.rebuild_hint(),
                 });
@@ -303,26 +388,37 @@ impl Manifest {
             .and_then(|m| m.modified())
             .ok();
         let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
-        for record in &self.artifacts {
+        for record in self.recorded_files() {
             let path = self.checked_size(manifest_path, record)?;
             let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             let written_later = match (mtime, manifest_mtime) {
                 (Some(a), Some(m)) => a > m,
                 _ => true,
             };
-            if written_later || self.sums_entry(&sums, &record.file)? != record.sha256 {
+            if written_later || self.sums_entry(&sums, record.file())? != record.sha256() {
                 self.checked_artifact(manifest_path, record)?;
             }
         }
         Ok(())
     }
 
+    /// Every file the manifest records: artifacts, then documents.
+    pub fn recorded_files(&self) -> impl Iterator<Item = &dyn RecordedFile> {
+        let artifacts = self.artifacts.iter().map(|a| a as &dyn RecordedFile);
+        artifacts.chain(self.documents.iter().map(|d| d as &dyn RecordedFile))
+    }
+
+    /// The record of the document of `kind`.
+    pub fn document(&self, kind: DocumentKind) -> Option<&DocumentRecord> {
+        self.documents.iter().find(|d| d.kind == kind)
+    }
+
     fn checked_size(
         &self,
         manifest_path: &Path,
-        record: &ArtifactRecord,
+        record: &(impl RecordedFile + ?Sized),
     ) -> Result<PathBuf, ArtifactError> {
-        let path = build_dir(manifest_path).join(&record.file);
+        let path = build_dir(manifest_path).join(record.file());
         let actual = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => m.len(),
             _ => {
@@ -332,11 +428,11 @@ impl Manifest {
                 })
             }
         };
-        if actual != record.size {
+        if actual != record.size() {
             return Err(ArtifactError::Size {
                 path,
                 manifest: manifest_path.to_path_buf(),
-                expected: record.size,
+                expected: record.size(),
                 actual,
                 remedy: self.rebuild_hint(),
             });

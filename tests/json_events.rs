@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 47] = [
+const NAMES: [&str; 50] = [
     "ids",
     "phase",
     "base_cached",
@@ -51,6 +51,9 @@ const NAMES: [&str; 47] = [
     "base_uploaded",
     "bake_downloaded",
     "bake_uploaded",
+    "diff",
+    "signed",
+    "signature_checked",
 ];
 
 #[test]

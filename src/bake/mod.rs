@@ -290,8 +290,9 @@ fn stage_provisioner(
     }
 }
 
-/// The last step of every bake: build key, machine id, host keys, caches, logs and the bake's
-/// own Ansible removed, provenance written to `/etc/imgforge/build.json`.
+/// The last step of every bake: build key, machine id, host keys, random seeds, caches, logs
+/// and the bake's own Ansible removed (each would differ between two builds of the same
+/// inputs, or between instances), provenance written to `/etc/imgforge/build.json`.
 fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
     fs::write(
         bundle.join("build.json"),
@@ -315,6 +316,7 @@ fi
 rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
 {purge}apt-get clean >/dev/null 2>&1
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/* /var/tmp/*
+rm -rf /var/log/journal/* /var/lib/systemd/random-seed /var/lib/systemd/credential.secret /var/cache/ldconfig/aux-cache
 find /var/log -type f -exec truncate -s 0 {{}} +
 step provenance
 pk=$(dpkg-query -W -f='"${{Package}}=${{Version}}",' | sed 's/,$//')

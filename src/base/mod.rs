@@ -11,6 +11,8 @@
 mod installer;
 mod rootfs;
 
+pub(crate) use rootfs::assemble_disk;
+
 use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};

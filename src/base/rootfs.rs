@@ -44,7 +44,7 @@ fn kernel_cmdline(uuid: &str) -> String {
 /// Builds the base layer into `staging` and returns its facts.
 pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
     let started = Instant::now();
-    let uuid = new_uuid()?;
+    let uuid = derived_uuid(&staging.id, "root filesystem");
     let tree = staging.path("tree");
     reporter.phase("mmdebstrap");
     let hook = staging.path("customize.sh");
@@ -68,10 +68,15 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         .arg(crate::render::suite(&def.os.release))
         .arg(&tree)
         .arg(&def.system.mirror);
+    if crate::definition::snapshot_time(&def.system.mirror).is_some() {
+        // A dated snapshot's Release file has long expired; its date is the point.
+        cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
+    }
     if let Some(proxy) = &def.system.proxy {
         cmd = cmd.env("http_proxy", proxy).env("https_proxy", proxy);
     }
-    cmd.run()
+    cmd.env("SOURCE_DATE_EPOCH", &def.source_date_epoch().to_string())
+        .run()
         .context("mmdebstrap could not build the OS tree")?;
 
     reporter.phase("assemble disk");
@@ -136,11 +141,24 @@ fn tool_version(program: &str, flag: &str) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn new_uuid() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .context("cannot read a random UUID from /proc")?
-        .trim()
-        .to_string())
+/// A UUID (version 4 layout) derived from `seed` and `purpose`: the same base gets the same
+/// filesystem and partition identifiers, so its disk is the same bytes.
+fn derived_uuid(seed: &str, purpose: &str) -> String {
+    use sha2::Digest;
+    let mut b: [u8; 16] = sha2::Sha256::digest(format!("{purpose}:{seed}"))[..16]
+        .try_into()
+        .expect("16 of 32 bytes");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The mmdebstrap customize hook: system settings, users, the build key, first-boot SSH host
@@ -263,22 +281,32 @@ fn copy_boot_files(tree: &Path, staging: &BaseStaging) -> Result<()> {
     Ok(())
 }
 
-/// Makes the raw disk: partition table, ext4 root from `tree`, and the boot loader.
-fn assemble_disk(def: &Definition, tree: &Path, raw: &Path, uuid: &str) -> Result<()> {
+/// Makes the raw disk: partition table, ext4 root from `tree`, and the boot loader; every
+/// identifier derived from `uuid` and every timestamp clamped to the source date, so the same
+/// tree gives the same bytes.
+pub(crate) fn assemble_disk(def: &Definition, tree: &Path, raw: &Path, uuid: &str) -> Result<()> {
     let size = def.machine.disk_size.0;
     let f = fs::File::create(raw).with_context(|| format!("cannot create {}", raw.display()))?;
     f.set_len(size)?;
     drop(f);
     let uefi = def.machine.firmware == Firmware::Uefi;
     let first = FIRST_PARTITION_BYTES / 512;
+    // Identifiers derived from the root filesystem's UUID, not random: same tree, same disk.
+    let id = |purpose| derived_uuid(uuid, purpose);
     let table = if uefi {
         let esp = ESP_BYTES / 512;
         format!(
-            "label: gpt\nstart={first}, size={esp}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\nstart={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n",
-            first + esp
+            "label: gpt\nlabel-id: {}\nstart={first}, size={esp}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={}, name=ESP\nstart={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={}, name=root\n",
+            id("disk"),
+            id("esp partition"),
+            first + esp,
+            id("root partition"),
         )
     } else {
-        format!("label: dos\nstart={first}, type=83, bootable\n")
+        format!(
+            "label: dos\nlabel-id: 0x{}\nstart={first}, type=83, bootable\n",
+            &id("disk")[..8]
+        )
     };
     Command::new("sfdisk")
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
@@ -288,23 +316,30 @@ fn assemble_disk(def: &Definition, tree: &Path, raw: &Path, uuid: &str) -> Resul
     let root_offset = FIRST_PARTITION_BYTES + if uefi { ESP_BYTES } else { 0 };
     // Keep 1 MiB free at the end for the GPT backup header.
     let root_kib = (size - root_offset - (1 << 20)) / 1024;
+    let epoch = def.source_date_epoch();
     Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "root", "-U", uuid])
         .arg("-E")
-        .arg(format!("offset={root_offset}"))
+        .arg(format!(
+            "offset={root_offset},hash_seed={}",
+            id("directory hash seed")
+        ))
         .arg("-d")
         .arg(tree)
         .arg(raw)
         .arg(format!("{root_kib}k"))
+        .env("E2FSPROGS_FAKE_TIME", &epoch.to_string())
         .run()
         .context("mkfs.ext4 could not fill the root filesystem")?;
+    crate::ext4_times::clamp_times(raw, root_offset, epoch)
+        .context("cannot clamp the root filesystem's timestamps")?;
     let early = raw.with_extension("early.cfg");
     fs::write(
         &early,
         format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"),
     )?;
     if uefi {
-        install_grub_efi(raw, &early)?;
+        install_grub_efi(raw, &early, &id("esp serial")[..8], epoch)?;
     } else {
         install_grub_bios(raw, &early)?;
     }
@@ -370,7 +405,7 @@ fn install_grub_bios(raw: &Path, early: &Path) -> Result<()> {
 }
 
 /// Builds GRUB as `EFI/BOOT/BOOTX64.EFI` on a FAT EFI system partition written with mtools.
-fn install_grub_efi(raw: &Path, early: &Path) -> Result<()> {
+fn install_grub_efi(raw: &Path, early: &Path, serial: &str, epoch: u32) -> Result<()> {
     let efi = raw.with_extension("BOOTX64.EFI");
     Command::new("grub-mkimage")
         .args([
@@ -389,18 +424,27 @@ fn install_grub_efi(raw: &Path, early: &Path) -> Result<()> {
         .args(CORE_MODULES)
         .run()
         .context("grub-mkimage for UEFI failed: is grub-efi-amd64-bin installed?")?;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.into());
+    fs::File::options()
+        .write(true)
+        .open(&efi)?
+        .set_modified(when)?;
     let image = format!("{}@@{}", raw.display(), FIRST_PARTITION_BYTES);
     let sectors = (ESP_BYTES / 512).to_string();
     Command::new("mformat")
         .args([
-            "-i", &image, "-F", "-v", "ESP", "-T", &sectors, "-h", "64", "-s", "32", "::",
+            "-i", &image, "-F", "-v", "ESP", "-N", serial, "-T", &sectors, "-h", "64", "-s", "32",
+            "::",
         ])
+        .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .run()?;
     Command::new("mmd")
         .args(["-i", &image, "::/EFI", "::/EFI/BOOT"])
+        .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .run()?;
     Command::new("mcopy")
-        .args(["-i", &image])
+        .args(["-i", &image, "-m"])
+        .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .arg(&efi)
         .arg("::/EFI/BOOT/BOOTX64.EFI")
         .run()?;

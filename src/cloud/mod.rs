@@ -233,6 +233,11 @@ pub mod tags {
     pub const SERVICE_COMMIT: &str = "imgforge:service-commit";
     /// Data snapshot digest.
     pub const DATA_DIGEST: &str = "imgforge:data-sha256";
+    /// sha256 of the build's SPDX SBOM.
+    pub const SBOM_DIGEST: &str = "imgforge:sbom-sha256";
+    /// Fingerprint of the key that signed the build (set when `register --require-signature`
+    /// checked it).
+    pub const SIGNER: &str = "imgforge:signer";
     /// On a replacement instance: the instance it replaces.
     pub const REPLACES: &str = "imgforge:replaces";
     /// `never` on an instance exempts it from rotation.

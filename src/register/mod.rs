@@ -27,7 +27,8 @@ mod request_tests;
 use crate::cloud::{self, CloudOptions};
 use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
-use crate::manifest::Manifest;
+use crate::manifest::{DocumentKind, Manifest};
+use crate::signature::Signer;
 use ami::{BootMode, Flavor, ImageSpec, Root};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -107,6 +108,9 @@ pub struct RegisterOptions {
     pub wait: Duration,
     /// A launch template (id or name) whose new default version launches the image (AMI only).
     pub launch_template: Option<String>,
+    /// Refuse a build not signed by a key of this allowed-signers file; tag the image with
+    /// the signer's fingerprint.
+    pub require_signature: Option<PathBuf>,
     /// Cloud connection.
     pub cloud: CloudOptions,
 }
@@ -130,6 +134,7 @@ impl RegisterOptions {
             keep_partial: false,
             wait: Duration::from_secs(3600),
             launch_template: None,
+            require_signature: None,
             cloud: CloudOptions::default(),
         }
     }
@@ -214,13 +219,22 @@ pub async fn register_manifest(
     if opts.launch_template.is_some() && opts.target == Target::Emi {
         bail!("--launch-template is for AMIs: Eucalyptus has no launch templates");
     }
+    // Before any cloud call: the build is signed by an allowed key, and the bytes to upload are
+    // the bytes that were built and verified.
+    let signer = match &opts.require_signature {
+        Some(allowed) => Some(crate::signature::check_build(
+            manifest_path,
+            allowed,
+            reporter,
+        )?),
+        None => None,
+    };
     let manifest = Manifest::load(manifest_path)?;
-    // Before any cloud call: the bytes to upload are the bytes that were built and verified.
     let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
     let config = cloud::load(&opts.cloud).await?;
     let run = Registration {
         ec2: aws_sdk_ec2::Client::new(&config),
-        spec: image_spec(&manifest, opts),
+        spec: image_spec(&manifest, opts, signer.as_ref()),
         build_id: manifest.provenance.ids.build.clone(),
         manifest,
         config,
@@ -361,7 +375,7 @@ impl Registration<'_> {
             image: raw.to_path_buf(),
             volume_size: self.manifest.disk_size,
             description: format!("{} (imgforge build {})", self.spec.name, self.build_id),
-            tags: self.manifest.provenance.tags(),
+            tags: self.spec.tags.clone(),
         };
         let done = uploader.upload(&req, &params, &progress).await?;
         progress.finish();
@@ -402,7 +416,7 @@ impl Registration<'_> {
                 bucket,
                 key: &format!("imgforge/{}/{}.raw", self.build_id, self.spec.name),
                 description: &self.spec.name,
-                tags: &self.manifest.provenance.tags(),
+                tags: &self.spec.tags,
                 concurrency: opts.concurrency.clamp(1, 16),
                 keep_partial: opts.keep_partial,
                 disk_size: self.manifest.disk_size,
@@ -522,7 +536,11 @@ fn arch_name(manifest: &Manifest) -> &'static str {
 }
 
 /// What RegisterImage is told about this build.
-pub fn image_spec(manifest: &Manifest, opts: &RegisterOptions) -> ImageSpec {
+pub fn image_spec(
+    manifest: &Manifest,
+    opts: &RegisterOptions,
+    signer: Option<&Signer>,
+) -> ImageSpec {
     let short = &manifest.provenance.ids.build[..manifest.provenance.ids.build.len().min(12)];
     ImageSpec {
         name: format!(
@@ -542,8 +560,21 @@ pub fn image_spec(manifest: &Manifest, opts: &RegisterOptions) -> ImageSpec {
         }),
         imds_v2: opts.imds_v2,
         tpm: opts.tpm,
-        tags: manifest.provenance.tags(),
+        tags: image_tags(manifest, signer),
     }
+}
+
+/// The provenance tags, the SBOM's digest and, for a build whose signature was required and
+/// checked, the signer's fingerprint (what `rotate --require-signature` looks for).
+fn image_tags(manifest: &Manifest, signer: Option<&Signer>) -> Vec<(String, String)> {
+    let mut tags = manifest.provenance.tags();
+    if let Some(sbom) = manifest.document(DocumentKind::Sbom) {
+        tags.push((cloud::tags::SBOM_DIGEST.to_string(), sbom.sha256.clone()));
+    }
+    if let Some(signer) = signer {
+        tags.push((cloud::tags::SIGNER.to_string(), signer.fingerprint.clone()));
+    }
+    tags
 }
 
 fn bundle_prefix(manifest: &Manifest) -> String {

@@ -79,7 +79,7 @@ const EUCALYPTUS_REJECTS: [&str; 6] = [
 async fn aws_register_image_carries_the_snapshot_boot_mode_ena_imds_tpm_and_tags() {
     let mut opts = RegisterOptions::new(Target::Ami);
     opts.tpm = true;
-    let spec = image_spec(&manifest("uefi"), &opts);
+    let spec = image_spec(&manifest("uefi"), &opts, None);
     let (ec2, rx) = capturing_client();
     let root = Root::Snapshot {
         snapshot_id: "snap-0123456789abcdef0".into(),
@@ -133,7 +133,7 @@ async fn aws_register_image_carries_the_snapshot_boot_mode_ena_imds_tpm_and_tags
 async fn bios_builds_say_legacy_bios_and_imds_can_be_left_optional() {
     let mut opts = RegisterOptions::new(Target::Ami);
     opts.imds_v2 = false;
-    let spec = image_spec(&manifest("bios"), &opts);
+    let spec = image_spec(&manifest("bios"), &opts, None);
     let (ec2, rx) = capturing_client();
     let root = Root::Snapshot {
         snapshot_id: "snap-1".into(),
@@ -150,7 +150,7 @@ async fn bios_builds_say_legacy_bios_and_imds_can_be_left_optional() {
 
     // An explicit --boot-mode wins over the firmware.
     opts.boot_mode = Some(BootMode::UefiPreferred);
-    let spec = image_spec(&manifest("bios"), &opts);
+    let spec = image_spec(&manifest("bios"), &opts, None);
     let (ec2, rx) = capturing_client();
     let _ = ami::register_request(&ec2, Flavor::Aws, &spec, &root)
         .unwrap()
@@ -166,7 +166,7 @@ async fn bios_builds_say_legacy_bios_and_imds_can_be_left_optional() {
 async fn eucalyptus_register_image_has_none_of_the_parameters_eucalyptus_rejects() {
     let mut opts = RegisterOptions::new(Target::Emi);
     opts.tpm = true; // asked for, yet never sent to Eucalyptus
-    let spec = image_spec(&manifest("uefi"), &opts);
+    let spec = image_spec(&manifest("uefi"), &opts, None);
 
     // From a bundle.
     let (ec2, rx) = capturing_client();

@@ -47,6 +47,9 @@ pub struct RotateOptions {
     pub asg_instance_refresh: bool,
     /// Print the plan and change nothing.
     pub dry_run: bool,
+    /// Launch only images signed by a key of this allowed-signers file (by their
+    /// `imgforge:signer` tag).
+    pub require_signature: Option<std::path::PathBuf>,
     /// Interval between polls while waiting.
     pub poll_interval: Duration,
     /// Instances per DescribeInstances page (5 to 1000).
@@ -79,6 +82,10 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
 /// Runs `imgforge rotate`.
 pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
     args.check()?;
+    let allowed = match &args.require_signature {
+        Some(file) => Some(crate::signature::allowed_fingerprints(file)?),
+        None => None,
+    };
     let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
     let calls = ApiCalls::default();
     let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
@@ -86,6 +93,9 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
     reporter.phase("plan");
     let plan = plan::build(&clients, &args.selection(), SystemTime::now()).await?;
     plan.report(reporter);
+    if let Some(allowed) = &allowed {
+        plan.check_signed(allowed)?;
+    }
     if args.dry_run {
         reporter.finish();
         summary(

@@ -43,6 +43,8 @@ pub struct Target {
     pub build_id: Option<String>,
     /// Its creation date (RFC 3339).
     pub created: Option<String>,
+    /// Its `imgforge:signer` tag: the fingerprint of the key that signed its build.
+    pub signer: Option<String>,
     /// Its block device mappings (root volume size and snapshot).
     pub block_devices: Vec<BlockDeviceMapping>,
 }
@@ -194,6 +196,33 @@ impl Plan {
         }
     }
 
+    /// Refuses the plan unless every image a replacement would launch carries the
+    /// `imgforge:signer` tag of one of the `allowed` fingerprints.
+    pub fn check_signed(&self, allowed: &[String]) -> Result<()> {
+        for item in self.items.iter().filter(|i| i.action == Action::Replace) {
+            let Some(target) = self.target(item) else {
+                continue;
+            };
+            match &target.signer {
+                Some(fp) if allowed.contains(fp) => {}
+                Some(fp) => bail!(
+                    "image {} was signed by {fp}, which is not an allowed signer: nothing \
+                     launched; register a build signed by an allowed key, or add the key to the \
+                     allowed signers",
+                    target.image_id
+                ),
+                None => bail!(
+                    "image {} carries no {} tag (its build was not registered with \
+                     --require-signature): nothing launched; register a signed build with \
+                     `imgforge register --require-signature`",
+                    target.image_id,
+                    tags::SIGNER
+                ),
+            }
+        }
+        Ok(())
+    }
+
     fn describe_action(&self, item: &Item) -> String {
         let target = self
             .target(item)
@@ -255,6 +284,7 @@ fn target_of(image: &Image) -> Result<Target> {
             .to_string(),
         build_id: tag(image.tags(), tags::BUILD_ID).map(str::to_string),
         created: image.creation_date().map(str::to_string),
+        signer: tag(image.tags(), tags::SIGNER).map(str::to_string),
         block_devices: image.block_device_mappings().to_vec(),
     })
 }

@@ -195,3 +195,39 @@ pub fn qemu_processes_using(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Runs `command` in a chroot of the root filesystem (at 1 MiB) of a raw image, mounted
+/// read-only through a loop device; returns its stdout.
+pub fn in_image_chroot(raw: &Path, command: &[&str]) -> String {
+    let mnt = tempfile::tempdir().unwrap();
+    let loopdev = Command::new("losetup")
+        .args(["--find", "--show", "--read-only", "--offset", "1048576"])
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(loopdev.status.success(), "losetup: {loopdev:?}");
+    let loopdev = String::from_utf8(loopdev.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mounted = Command::new("mount")
+        .args(["-o", "ro", &loopdev])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    let out = mounted.success().then(|| {
+        Command::new("chroot")
+            .arg(mnt.path())
+            .args(command)
+            .output()
+            .unwrap()
+    });
+    Command::new("umount").arg(mnt.path()).status().unwrap();
+    Command::new("losetup")
+        .args(["-d", &loopdev])
+        .status()
+        .unwrap();
+    let out = out.expect("cannot mount the image's root filesystem");
+    assert!(out.status.success(), "{command:?} in the image: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1,0 +1,214 @@
+//! Seal: the step between bake and export. It opens the baked disk's root filesystem through
+//! a loop device, writes what the image holds beside the artifacts (package list, file list
+//! and an SPDX SBOM), and, for the rootfs builder's images, writes the disk again from that
+//! tree with every timestamp clamped to `SOURCE_DATE_EPOCH` and every identifier derived from
+//! the build: the same inputs give the same bytes, whatever time the bake VM kept.
+
+use crate::base::BaseInfo;
+use crate::contents::{self, PackageList};
+use crate::definition::Definition;
+use crate::events::Reporter;
+use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// What sealing needs.
+pub struct SealInput<'a> {
+    /// The definition built.
+    pub def: &'a Definition,
+    /// The base the bake started from (its root UUID, for a disk written again).
+    pub base: &'a BaseInfo,
+    /// The build's provenance (name, version, ids, service, data).
+    pub provenance: &'a Provenance,
+    /// The baked disk.
+    pub baked_disk: &'a Path,
+    /// Scratch space, removed with the build.
+    pub work: &'a Path,
+    /// Where the records go (the build's output directory being assembled).
+    pub out_dir: &'a Path,
+}
+
+/// A sealed image: the raw disk export converts, and the records written beside it.
+pub struct Sealed {
+    /// The raw disk.
+    pub disk: PathBuf,
+    /// Package list, file list and SBOM, in the output directory.
+    pub documents: Vec<DocumentRecord>,
+    /// Whether the disk was written again from its tree, reproducibly (rootfs builder).
+    pub reproducible: bool,
+}
+
+/// Seals the baked disk (see the module documentation).
+pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
+    let raw = input.work.join("baked.raw");
+    Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(input.baked_disk)
+        .arg(&raw)
+        .run()?;
+    let root = RootMount::find(&raw, input.work)?;
+    let documents = write_records(input, root.path(), reporter)?;
+    let Some(boot) = &input.base.direct_boot else {
+        drop(root);
+        return Ok(Sealed {
+            disk: raw,
+            documents,
+            reproducible: false,
+        });
+    };
+    let sealed = input.work.join("sealed.raw");
+    crate::base::assemble_disk(input.def, root.path(), &sealed, &boot.root_uuid)
+        .context("cannot write the image again from its file tree")?;
+    drop(root);
+    std::fs::remove_file(&raw).ok();
+    Ok(Sealed {
+        disk: sealed,
+        documents,
+        reproducible: true,
+    })
+}
+
+/// Writes the package list, the file list and the SBOM of the tree at `root`.
+fn write_records(
+    input: &SealInput,
+    root: &Path,
+    reporter: &Reporter,
+) -> Result<Vec<DocumentRecord>> {
+    let def = input.def;
+    let stem = format!("{}-{}", def.image.name, def.image.version);
+    let mut packages = PackageList::new();
+    for p in crate::sbom::installed_packages(root)? {
+        let key = match packages.contains_key(&p.name) {
+            true => format!("{}:{}", p.name, p.architecture),
+            false => p.name.clone(),
+        };
+        packages.insert(key, format!("{} {}", p.version, p.architecture));
+    }
+    let files = contents::list_files(root)?;
+    let prov = input.provenance;
+    let service = prov
+        .service
+        .as_ref()
+        .map(|s| (s.repo.as_str(), s.commit.as_str()));
+    let data = match (&def.data, &prov.data_digest) {
+        (Some(d), Some(digest)) => Some((&*d.dest, digest.as_str())),
+        _ => None,
+    };
+    let sbom = crate::sbom::spdx_document(&crate::sbom::SbomInput {
+        root,
+        name: &prov.name,
+        version: &prov.version,
+        build_id: &prov.ids.build,
+        created: &rfc3339(def.source_date_epoch()),
+        tool: &format!("imgforge-{}", prov.imgforge_version),
+        service,
+        data,
+    })?;
+    let documents = [
+        (
+            DocumentKind::Packages,
+            format!("{stem}.packages"),
+            contents::packages_text(&packages).into_bytes(),
+        ),
+        (
+            DocumentKind::Files,
+            format!("{stem}.files"),
+            contents::files_text(&files).into_bytes(),
+        ),
+        (
+            DocumentKind::Sbom,
+            format!("{stem}.spdx.json"),
+            serde_json::to_vec_pretty(&sbom)?,
+        ),
+    ];
+    let mut records = Vec::new();
+    for (kind, file, bytes) in documents {
+        crate::atomic::write(&input.out_dir.join(&file), &bytes)?;
+        records.push(DocumentRecord::of(kind, file, &bytes));
+    }
+    reporter.println(&format!(
+        "    {} packages, {} paths recorded; SBOM {stem}.spdx.json",
+        packages.len(),
+        files.len()
+    ));
+    Ok(records)
+}
+
+/// `epoch` as RFC 3339 UTC.
+fn rfc3339(epoch: u32) -> String {
+    time::OffsetDateTime::from_unix_timestamp(epoch.into())
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The root filesystem of a raw disk, mounted read-only through a loop device; unmounted and
+/// detached when dropped.
+struct RootMount {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl RootMount {
+    /// Mounts each partition of `raw` in turn and keeps the first that holds a dpkg database.
+    fn find(raw: &Path, work: &Path) -> Result<RootMount> {
+        for (start, size) in partitions(raw)? {
+            let device = Command::new("losetup")
+                .args(["--find", "--show", "--offset", &start.to_string()])
+                .args(["--sizelimit", &size.to_string()])
+                .arg(raw)
+                .run()
+                .context(
+                    "cannot attach the baked disk to a loop device (sealing an image needs root)",
+                )?
+                .text();
+            let mount = RootMount {
+                dir: tempfile::Builder::new().prefix("root-").tempdir_in(work)?,
+                device,
+            };
+            let mounted = Command::new("mount")
+                .args(["-o", "ro", &mount.device])
+                .arg(mount.dir.path())
+                .run();
+            if mounted.is_ok() && mount.path().join("var/lib/dpkg/status").is_file() {
+                return Ok(mount);
+            }
+        }
+        bail!(
+            "{}: no partition of the baked disk holds a Debian root filesystem (var/lib/dpkg/status)",
+            raw.display()
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).run_unchecked();
+        if let Err(e) = Command::new("losetup").args(["-d", &self.device]).run() {
+            tracing::warn!("cannot detach {}: {e:#}", self.device);
+        }
+    }
+}
+
+/// The partitions of a disk image as (offset, size) in bytes, from `sfdisk --json`.
+fn partitions(raw: &Path) -> Result<Vec<(u64, u64)>> {
+    let out = Command::new("sfdisk").arg("--json").arg(raw).run()?;
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{}: sfdisk printed no partition table", raw.display()))?;
+    let table = &table["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    Ok(table["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["start"].as_u64()? * sector, p["size"].as_u64()? * sector)))
+        .collect())
+}
