@@ -156,7 +156,7 @@ struct RootMount {
 impl RootMount {
     /// Mounts each partition of `raw` in turn and keeps the first that holds a dpkg database.
     fn find(raw: &Path, work: &Path) -> Result<RootMount> {
-        for (start, size) in partitions(raw)? {
+        for (start, size) in candidates(raw)? {
             let device = Command::new("losetup")
                 .args(["--find", "--show", "--offset", &start.to_string()])
                 .args(["--sizelimit", &size.to_string()])
@@ -211,4 +211,13 @@ fn partitions(raw: &Path) -> Result<Vec<(u64, u64)>> {
         .flatten()
         .filter_map(|p| Some((p["start"].as_u64()? * sector, p["size"].as_u64()? * sector)))
         .collect())
+}
+
+/// Where a root filesystem may be: each partition, or the whole disk when it has no
+/// partition table.
+fn candidates(raw: &Path) -> Result<Vec<(u64, u64)>> {
+    match partitions(raw) {
+        Ok(found) if !found.is_empty() => Ok(found),
+        _ => Ok(vec![(0, std::fs::metadata(raw)?.len())]),
+    }
 }

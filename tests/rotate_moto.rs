@@ -761,3 +761,72 @@ async fn an_explicit_image_is_the_target_and_a_missing_one_is_named() {
     assert_eq!(state(&instance(&ec2, &old).await), "running");
     assert_eq!(instances(&ec2, vec![]).await.len(), 1, "nothing launched");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
+    let moto = Moto::start_faketime();
+    let ec2 = Client::new(&moto.sdk_config().await);
+    let s = settings(&ec2).await;
+    moto.set_offset("-31d");
+    let v1 = register(&ec2, "build-1").await;
+    for n in 0..2 {
+        launch(
+            &ec2,
+            &s,
+            &v1,
+            &format!("web-{n}"),
+            &[("imgforge:image", NAME)],
+        )
+        .await;
+    }
+    moto.set_offset("+0");
+    let v2 = register(&ec2, "build-2").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
+    let (intruder, _) = common::ssh_key(keys.path(), "intruder");
+    let trusted = common::allowed_signers(keys.path(), "ci@example.com", &ci_pub);
+    let trusted = trusted.to_str().unwrap();
+    let args = [
+        "--json",
+        "rotate",
+        "--max-age",
+        "30d",
+        "--image-name",
+        NAME,
+        "--require-signature",
+        trusted,
+    ];
+    let all_instances = instances(&ec2, vec![]).await.len();
+
+    // Unsigned (no signer tag), then signed by a key not allowed: refused, nothing launched.
+    let intruder_fp = common::ssh_fingerprint(&intruder);
+    for (signer, named) in [
+        (None, "imgforge:signer"),
+        (Some(&intruder_fp), &intruder_fp),
+    ] {
+        if let Some(fp) = signer {
+            ec2.create_tags()
+                .resources(&v2)
+                .tags(tag("imgforge:signer", fp))
+                .send()
+                .await
+                .unwrap();
+        }
+        let (code, out, err) = imgforge(&moto, &args).await;
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains(&v2) && err.contains(named), "{err}");
+        assert!(events_of(&events(&out), "launch").is_empty(), "{out}");
+        assert_eq!(instances(&ec2, vec![]).await.len(), all_instances);
+    }
+
+    // Signed by the allowed key: the old instances are replaced.
+    ec2.create_tags()
+        .resources(&v2)
+        .tags(tag("imgforge:signer", &common::ssh_fingerprint(&ci)))
+        .send()
+        .await
+        .unwrap();
+    let (code, out, err) = imgforge(&moto, &args).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(events_of(&events(&out), "replaced").len(), 2, "{out}");
+}

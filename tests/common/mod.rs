@@ -170,17 +170,22 @@ pub fn sha256_of(path: &std::path::Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// Writes `manifest` as `manifest.json` in `dir` after recording, for each of its artifacts, the
-/// real size and sha256 of the file in `dir`, and writes the matching `SHA256SUMS`, as a build
-/// does; returns the manifest's path.
+/// Writes `manifest` as `manifest.json` in `dir` after recording, for each of its artifacts and
+/// documents, the real size and sha256 of the file in `dir`, and writes the matching
+/// `SHA256SUMS`, as a build does; returns the manifest's path.
 pub fn write_build_record(dir: &std::path::Path, mut manifest: serde_json::Value) -> PathBuf {
     let mut sums = String::new();
-    for a in manifest["artifacts"].as_array_mut().unwrap() {
-        let file = dir.join(a["file"].as_str().unwrap());
-        let sha = sha256_of(&file);
-        sums.push_str(&format!("{sha}  {}\n", a["file"].as_str().unwrap()));
-        a["size"] = std::fs::metadata(&file).unwrap().len().into();
-        a["sha256"] = sha.into();
+    for list in ["artifacts", "documents"] {
+        let Some(items) = manifest.get_mut(list).and_then(|l| l.as_array_mut()) else {
+            continue;
+        };
+        for a in items {
+            let file = dir.join(a["file"].as_str().unwrap());
+            let sha = sha256_of(&file);
+            sums.push_str(&format!("{sha}  {}\n", a["file"].as_str().unwrap()));
+            a["size"] = std::fs::metadata(&file).unwrap().len().into();
+            a["sha256"] = sha.into();
+        }
     }
     std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
     let path = dir.join("manifest.json");
@@ -247,4 +252,35 @@ pub fn assert_names_digests(stderr: &str, file: &std::path::Path, built: &str, n
             && stderr.contains(now),
         "names the file and both digests: {stderr}"
     );
+}
+
+/// An ed25519 key pair made by ssh-keygen: (private key path, public key line).
+pub fn ssh_key(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// `ssh-keygen -lf`'s SHA256 fingerprint of a key.
+pub fn ssh_fingerprint(key: &std::path::Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// An allowed_signers file trusting `public` as `principal`.
+pub fn allowed_signers(dir: &std::path::Path, principal: &str, public: &str) -> PathBuf {
+    let path = dir.join(format!("allowed-{principal}"));
+    std::fs::write(&path, format!("{principal} {public}\n")).unwrap();
+    path
 }
