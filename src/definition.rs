@@ -1490,6 +1490,22 @@ mirror = "http://deb.debian.org/debian"
     }
 
     #[test]
+    fn the_source_date_comes_from_the_definition_else_a_snapshot_mirror_else_the_release() {
+        assert_eq!(parse(MINIMAL).unwrap().source_date_epoch(), 1_686_355_200);
+        let snapshot = MINIMAL.replace(
+            "http://deb.debian.org/debian",
+            "http://snapshot.debian.org/archive/debian/20261120T093000Z/",
+        );
+        // 2026-11-20 09:30:00 UTC.
+        assert_eq!(parse(&snapshot).unwrap().source_date_epoch(), 1_795_167_000);
+        let pinned = format!("{snapshot}[output]\nsource_date_epoch = 1700000000\n");
+        assert_eq!(parse(&pinned).unwrap().source_date_epoch(), 1_700_000_000);
+        let negative = format!("{MINIMAL}[output]\nsource_date_epoch = -1\n");
+        let e = parse(&negative).unwrap_err().to_string();
+        assert!(e.contains("output.source_date_epoch"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_field() {
         let text = MINIMAL.replace("hostname = \"h\"", "hostname = \"h\"\ncolour = \"red\"");
         let e = parse(&text).unwrap_err().to_string();

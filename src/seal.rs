@@ -6,8 +6,8 @@
 
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
-use crate::definition::Definition;
-use crate::events::Reporter;
+use crate::definition::{Definition, OsFamily};
+use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
@@ -47,7 +47,26 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         .arg(input.baked_disk)
         .arg(&raw)
         .run()?;
-    let root = RootMount::find(&raw, input.work)?;
+    let Some(root) = RootMount::find(&raw, input.work)? else {
+        if input.def.os.family == OsFamily::Debian {
+            bail!(
+                "{}: no partition of the baked disk holds a Debian root filesystem \
+                 (var/lib/dpkg/status)",
+                raw.display()
+            );
+        }
+        // Red Hat family: its package database is not read yet, so no records.
+        reporter.event(
+            Event::Warning,
+            "no package list, file list or SBOM: they are recorded for Debian images only",
+            serde_json::json!({ "reason": "not a Debian root filesystem" }),
+        );
+        return Ok(Sealed {
+            disk: raw,
+            documents: Vec::new(),
+            reproducible: false,
+        });
+    };
     let documents = write_records(input, root.path(), reporter)?;
     let Some(boot) = &input.base.direct_boot else {
         drop(root);
@@ -155,7 +174,7 @@ struct RootMount {
 
 impl RootMount {
     /// Mounts each partition of `raw` in turn and keeps the first that holds a dpkg database.
-    fn find(raw: &Path, work: &Path) -> Result<RootMount> {
+    fn find(raw: &Path, work: &Path) -> Result<Option<RootMount>> {
         for (start, size) in candidates(raw)? {
             let device = Command::new("losetup")
                 .args(["--find", "--show", "--offset", &start.to_string()])
@@ -175,13 +194,10 @@ impl RootMount {
                 .arg(mount.dir.path())
                 .run();
             if mounted.is_ok() && mount.path().join("var/lib/dpkg/status").is_file() {
-                return Ok(mount);
+                return Ok(Some(mount));
             }
         }
-        bail!(
-            "{}: no partition of the baked disk holds a Debian root filesystem (var/lib/dpkg/status)",
-            raw.display()
-        )
+        Ok(None)
     }
 
     fn path(&self) -> &Path {

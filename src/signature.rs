@@ -1,8 +1,7 @@
 //! Detached signatures for build outputs: OpenSSH `SSHSIG` (as `ssh-keygen -Y sign`) and minisign.
 
-use std::fs::{self, File, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -84,17 +83,7 @@ pub fn sign(file: &Path, key: &Path) -> anyhow::Result<String> {
     } else {
         sign_ssh(file, key, &text)?
     };
-    let target = sig_path(file);
-    let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
-    let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
-        .and_then(|mut tmp| {
-            tmp.write_all(sig.as_bytes())?;
-            tmp.as_file()
-                .set_permissions(Permissions::from_mode(0o644))?;
-            tmp.as_file().sync_all().map(|()| tmp)
-        })
-        .map_err(|e| E::Io(target.clone(), e))?;
-    tmp.persist(&target).map_err(|e| E::Io(target, e.error))?;
+    crate::atomic::write(&sig_path(file), sig.as_bytes())?;
     Ok(fingerprint)
 }
 

@@ -43,16 +43,25 @@ fn two_cold_builds_are_identical_and_diff_names_the_one_changed_input() {
     let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let out_a = fixture.dir.path().join("out-a");
     let out_b = fixture.dir.path().join("out-b");
-    // A is verified (booted) and B is not: verify must not change what it boots either.
-    let a = build_in(&fixture, cache_a.path(), &out_a, &[]);
+    // A is verified (booted) and signed, B neither: neither may change the artifacts.
+    let (key, public) = common::ssh_key(fixture.dir.path(), "ci");
+    let key_arg = key.to_str().unwrap();
+    let a = build_in(&fixture, cache_a.path(), &out_a, &["--sign", key_arg]);
     let b = build_in(&fixture, cache_b.path(), &out_b, &["--no-verify"]);
     assert_eq!(a["ids"]["build"], b["ids"]["build"]);
     assert_eq!(a["reproducible"], true, "{a}");
     let (dir_a, dir_b) = (build_dir(&a), build_dir(&b));
-    for ext in ["raw", "qcow2", "packages", "files", "spdx.json"] {
+    let (_, _, explained) = run(imgforge()
+        .arg("diff")
+        .arg(manifest_of(&a))
+        .arg(manifest_of(&b)));
+    for ext in ["packages", "files", "spdx.json", "raw", "qcow2"] {
         let file = format!("debian-12-web-1.0.0.{ext}");
         let (x, y) = (sha256sum(&dir_a.join(&file)), sha256sum(&dir_b.join(&file)));
-        assert_eq!(x, y, "{file} differs between two builds of the same inputs");
+        assert_eq!(
+            x, y,
+            "{file} differs between two builds of the same inputs; imgforge diff:\n{explained}"
+        );
     }
     assert_eq!(
         std::fs::read(dir_a.join("SHA256SUMS")).unwrap(),
@@ -109,6 +118,15 @@ fn two_cold_builds_are_identical_and_diff_names_the_one_changed_input() {
     assert_eq!(d["artifacts"]["debian-12-web-1.0.0.raw"], false);
 
     check_sbom(&dir_a);
+    let allowed = common::allowed_signers(fixture.dir.path(), "ci@example.com", &public);
+    let (code, _, err) = run(imgforge()
+        .args(["verify", "--no-boot", "--allowed-signers"])
+        .arg(&allowed)
+        .arg(manifest_of(&a)));
+    assert_eq!(
+        code, 0,
+        "build --sign made a signature verify accepts: {err}"
+    );
 }
 
 /// The SBOM passes `pyspdxtools -i`, and its packages are what `dpkg-query` lists inside the

@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Changes a signed build in place, given its manifest's path.
+type Spoil<'a> = dyn Fn(&Path) + 'a;
+
 /// A small build record: a 2 MiB raw disk with a few bytes in it and an SBOM document.
 fn build(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
@@ -113,7 +116,7 @@ fn a_signed_build_verifies_with_ssh_keygen_and_every_tampering_is_refused_before
     assert_eq!(code, 0, "{err}");
 
     // Each bad case on its own copy of the signed build: what it names, and no request.
-    let cases: [(&str, &dyn Fn(&Path), &str); 5] = [
+    let cases: [(&str, &Spoil<'_>, &str); 5] = [
         ("manifest", &|m| drop(flip_byte(m, 10)), "manifest.json"),
         (
             "sums",
