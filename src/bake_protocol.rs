@@ -98,15 +98,17 @@ sleep 30
     )
 }
 
-/// Shell functions every bake script starts with: step markers, failures naming the step, and,
-/// offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
-pub fn prelude() -> String {
+/// Shell functions every bake script starts with: step markers, failures naming the step,
+/// `SOURCE_DATE_EPOCH` for the tools that honour it (useradd's password dates, Python's
+/// bytecode), and, offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
+pub fn prelude(source_date_epoch: u32) -> String {
     format!(
         r#"#!/bin/sh
 set -u
 B={BUNDLE_DIR}
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
+SOURCE_DATE_EPOCH={source_date_epoch}
+export PATH SOURCE_DATE_EPOCH
 step() {{ echo "{STEP_MARKER}$1"; }}
 fail() {{ echo "{FAILED_MARKER}$1 (exit $2)"; exit "$2"; }}
 if [ "$(cat /proc/1/comm)" != systemd ]; then
@@ -192,8 +194,8 @@ mod tests {
         assert_eq!(step_output(&console), "tar: short read");
         assert_eq!(exit_status("no marker"), None);
         // The scripts print exactly the markers read back here.
-        assert!(prelude().contains(&format!("echo \"{STEP_MARKER}$1\"")));
-        assert!(prelude().contains(&format!("echo \"{FAILED_MARKER}$1 (exit $2)\"")));
+        assert!(prelude(0).contains(&format!("echo \"{STEP_MARKER}$1\"")));
+        assert!(prelude(0).contains(&format!("echo \"{FAILED_MARKER}$1 (exit $2)\"")));
         assert!(init_script().contains(&format!("echo \"{STATUS_MARKER}$rc\"")));
     }
 }

@@ -163,6 +163,8 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
         });
     }
     Ok(json!({
+        // What the bake runs around the provisioners (its prelude and hygiene).
+        "bake_layout": 2,
         "base": base,
         // The image's name and version are baked into /etc/imgforge/build.json.
         "image": { "name": def.image.name.0, "version": def.image.version },

@@ -276,29 +276,23 @@ pub trait RecordedFile {
     fn sha256(&self) -> &str;
 }
 
-impl RecordedFile for ArtifactRecord {
-    fn file(&self) -> &str {
-        &self.file
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn sha256(&self) -> &str {
-        &self.sha256
-    }
+/// Both kinds of record carry the same three fields.
+macro_rules! recorded_file {
+    ($($record:ty),*) => {$(
+        impl RecordedFile for $record {
+            fn file(&self) -> &str {
+                &self.file
+            }
+            fn size(&self) -> u64 {
+                self.size
+            }
+            fn sha256(&self) -> &str {
+                &self.sha256
+            }
+        }
+    )*};
 }
-
-impl RecordedFile for DocumentRecord {
-    fn file(&self) -> &str {
-        &self.file
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn sha256(&self) -> &str {
-        &self.sha256
-    }
-}
+recorded_file!(ArtifactRecord, DocumentRecord);
 
 /// The current time in RFC 3339 (UTC).
 fn now_rfc3339() -> String {

@@ -206,6 +206,21 @@ fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
 
+/// Two managed instances of build-1 launched 31 days ago, then build-2 registered now: (the
+/// old instances, build-2's image id).
+async fn two_old_instances_and_a_new_image(moto: &Moto, ec2: &Client) -> (Vec<String>, String) {
+    let s = settings(ec2).await;
+    moto.set_offset("-31d");
+    let v1 = register(ec2, "build-1").await;
+    let mut old = Vec::new();
+    for n in 0..2 {
+        let name = format!("web-{n}");
+        old.push(launch(ec2, &s, &v1, &name, &[("imgforge:image", NAME)]).await);
+    }
+    moto.set_offset("+0");
+    (old, register(ec2, "build-2").await)
+}
+
 /// A mixed fleet: old instances made at -31d, young ones at +0.
 struct Fleet {
     v1: String,
@@ -473,15 +488,7 @@ async fn replaces_exactly_the_old_instances_keeping_the_floor_then_does_nothing(
 async fn a_replacement_failing_its_health_check_is_terminated_and_the_old_one_kept() {
     let moto = Moto::start_faketime();
     let ec2 = Client::new(&moto.sdk_config().await);
-    let s = settings(&ec2).await;
-    moto.set_offset("-31d");
-    let v1 = register(&ec2, "build-1").await;
-    let old: Vec<String> = vec![
-        launch(&ec2, &s, &v1, "web-0", &[("imgforge:image", NAME)]).await,
-        launch(&ec2, &s, &v1, "web-1", &[("imgforge:image", NAME)]).await,
-    ];
-    moto.set_offset("+0");
-    register(&ec2, "build-2").await;
+    let (old, _) = two_old_instances_and_a_new_image(&moto, &ec2).await;
 
     // No web server answers on moto's invented private addresses: the check can never pass.
     // (Where a sandbox proxy accepts every outbound TCP connection, a bare --health-port check
@@ -766,21 +773,7 @@ async fn an_explicit_image_is_the_target_and_a_missing_one_is_named() {
 async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     let moto = Moto::start_faketime();
     let ec2 = Client::new(&moto.sdk_config().await);
-    let s = settings(&ec2).await;
-    moto.set_offset("-31d");
-    let v1 = register(&ec2, "build-1").await;
-    for n in 0..2 {
-        launch(
-            &ec2,
-            &s,
-            &v1,
-            &format!("web-{n}"),
-            &[("imgforge:image", NAME)],
-        )
-        .await;
-    }
-    moto.set_offset("+0");
-    let v2 = register(&ec2, "build-2").await;
+    let (_, v2) = two_old_instances_and_a_new_image(&moto, &ec2).await;
     let keys = tempfile::tempdir().unwrap();
     let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
     let (intruder, _) = common::ssh_key(keys.path(), "intruder");

@@ -148,7 +148,8 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
         .partition(|(_, p)| p.needs_running_system());
     let dir = input.work.join("bundle");
     fs::create_dir_all(&dir)?;
-    let mut script = bake_protocol::prelude();
+    let epoch = input.def.source_date_epoch();
+    let mut script = bake_protocol::prelude(epoch);
     script += &stage_service(input, &dir)?;
     script += &stage_data(input, &dir)?;
     for (index, p) in &offline {
@@ -158,7 +159,7 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
     fs::create_dir_all(&hygiene_dir)?;
     let hygiene_pass = |what| -> Result<Bundle> {
         Ok(Bundle {
-            script: bake_protocol::prelude() + &hygiene(input, &hygiene_dir)?,
+            script: bake_protocol::prelude(epoch) + &hygiene(input, &hygiene_dir)?,
             dir: hygiene_dir.clone(),
             what,
         })
@@ -553,8 +554,8 @@ impl<'a> SshSession<'a> {
                 _ => {
                     let dir = self.input.work.join(format!("bundle-{index}"));
                     fs::create_dir_all(&dir)?;
-                    let script =
-                        bake_protocol::prelude() + &stage_provisioner(def, index, p, &dir)?;
+                    let script = bake_protocol::prelude(def.source_date_epoch())
+                        + &stage_provisioner(def, index, p, &dir)?;
                     reporter.println(&format!("    provisioners[{index}] over SSH"));
                     self.run_bundle(&dir, script, &format!("provisioners[{index}]"))?
                 }
