@@ -111,9 +111,9 @@ SOURCE_DATE_EPOCH={source_date_epoch}
 export PATH SOURCE_DATE_EPOCH
 step() {{ echo "{STEP_MARKER}$1"; }}
 fail() {{ echo "{FAILED_MARKER}$1 (exit $2)"; exit "$2"; }}
-if [ "$(cat /proc/1/comm)" != systemd ]; then
-  # Offline (the bake init is PID 1): shared memory (Python's multiprocessing, Ansible), and
-  # QEMU's user network brought up by hand.
+if [ "${{IMGFORGE_BAKE_IN:-vm}}" = vm ] && [ "$(cat /proc/1/comm)" != systemd ]; then
+  # Offline in a VM (the bake init is PID 1): shared memory (Python's multiprocessing,
+  # Ansible), and QEMU's user network brought up by hand. A chroot bake has both from the host.
   mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
   ip link set lo up
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2

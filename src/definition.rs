@@ -249,6 +249,23 @@ pub struct Machine {
     /// Limits on each phase.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Where a bake that needs no running system runs: `auto` (a chroot where the host allows
+    /// it, else a VM), `chroot` or `vm`. Not part of any id: both give the same image.
+    #[serde(default)]
+    pub bake: BakeIn,
+}
+
+/// Where a bake that needs no running system runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BakeIn {
+    /// A chroot when imgforge runs as root with `unshare`, else a VM.
+    #[default]
+    Auto,
+    /// A chroot of the base's tree on the host, in its own namespaces.
+    Chroot,
+    /// The base's kernel in QEMU with the bake init as PID 1.
+    Vm,
 }
 
 impl Default for Machine {
@@ -260,6 +277,7 @@ impl Default for Machine {
             firmware: Firmware::default(),
             accelerator: Accelerator::default(),
             timeouts: Timeouts::default(),
+            bake: BakeIn::default(),
         }
     }
 }

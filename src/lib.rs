@@ -45,6 +45,7 @@ mod export;
 mod ext4_times;
 mod httpserve;
 mod layers;
+mod loopmount;
 pub mod manifest;
 mod plan;
 mod process;

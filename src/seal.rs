@@ -8,6 +8,7 @@ use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
 use crate::definition::{Definition, OsFamily};
 use crate::events::{Event, Reporter};
+use crate::loopmount::{Access, RootMount};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
@@ -47,7 +48,7 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         .arg(input.baked_disk)
         .arg(&raw)
         .run()?;
-    let Some(root) = RootMount::find(&raw, input.work)? else {
+    let Some(root) = RootMount::find(&raw, input.work, Access::ReadOnly)? else {
         if input.def.os.family == OsFamily::Debian {
             bail!(
                 "{}: no partition of the baked disk holds a Debian root filesystem \
@@ -163,77 +164,4 @@ fn rfc3339(epoch: u32) -> String {
                 .ok()
         })
         .unwrap_or_default()
-}
-
-/// The root filesystem of a raw disk, mounted read-only through a loop device; unmounted and
-/// detached when dropped.
-struct RootMount {
-    dir: tempfile::TempDir,
-    device: String,
-}
-
-impl RootMount {
-    /// Mounts each partition of `raw` in turn and keeps the first that holds a dpkg database.
-    fn find(raw: &Path, work: &Path) -> Result<Option<RootMount>> {
-        for (start, size) in candidates(raw)? {
-            let device = Command::new("losetup")
-                .args(["--find", "--show", "--offset", &start.to_string()])
-                .args(["--sizelimit", &size.to_string()])
-                .arg(raw)
-                .run()
-                .context(
-                    "cannot attach the baked disk to a loop device (sealing an image needs root)",
-                )?
-                .text();
-            let mount = RootMount {
-                dir: tempfile::Builder::new().prefix("root-").tempdir_in(work)?,
-                device,
-            };
-            let mounted = Command::new("mount")
-                .args(["-o", "ro", &mount.device])
-                .arg(mount.dir.path())
-                .run();
-            if mounted.is_ok() && mount.path().join("var/lib/dpkg/status").is_file() {
-                return Ok(Some(mount));
-            }
-        }
-        Ok(None)
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for RootMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).run_unchecked();
-        if let Err(e) = Command::new("losetup").args(["-d", &self.device]).run() {
-            tracing::warn!("cannot detach {}: {e:#}", self.device);
-        }
-    }
-}
-
-/// The partitions of a disk image as (offset, size) in bytes, from `sfdisk --json`.
-fn partitions(raw: &Path) -> Result<Vec<(u64, u64)>> {
-    let out = Command::new("sfdisk").arg("--json").arg(raw).run()?;
-    let table: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{}: sfdisk printed no partition table", raw.display()))?;
-    let table = &table["partitiontable"];
-    let sector = table["sectorsize"].as_u64().unwrap_or(512);
-    Ok(table["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some((p["start"].as_u64()? * sector, p["size"].as_u64()? * sector)))
-        .collect())
-}
-
-/// Where a root filesystem may be: each partition, or the whole disk when it has no
-/// partition table.
-fn candidates(raw: &Path) -> Result<Vec<(u64, u64)>> {
-    match partitions(raw) {
-        Ok(found) if !found.is_empty() => Ok(found),
-        _ => Ok(vec![(0, std::fs::metadata(raw)?.len())]),
-    }
 }

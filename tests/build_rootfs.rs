@@ -88,6 +88,13 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert!(read_from_image(&raw, "/srv/web/index.html")
         .unwrap()
         .contains("imgforge test data v1"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["phase"] == "bake (offline) (chroot)"),
+        "as root the bake runs in a chroot: {events:?}"
+    );
+    same_image_from_a_vm_bake(&dir1);
 
     // Same inputs: nothing is rebuilt.
     let (code, events, err) = web.build(&[]);
@@ -182,6 +189,36 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
 /// What the bake's last pass leaves: an empty (not missing) machine-id, so that systemd makes a
 /// new one at first boot; no SSH host keys; no authorized_keys for root, which held only the
 /// build key.
+/// The same inputs baked in a VM (`machine.bake = "vm"`) give the same file tree and, sealed,
+/// the same bytes as the chroot bake that made `chroot_build`.
+fn same_image_from_a_vm_bake(chroot_build: &std::path::Path) {
+    let web = WebFixture::new("imgforge test data v1", "");
+    let def = fs::read_to_string(web.definition()).unwrap();
+    let def = def.replacen("[machine]\n", "[machine]\nbake = \"vm\"\n", 1);
+    fs::write(web.definition(), def).unwrap();
+    let (code, events, err) = web.build(&["--no-verify"]);
+    assert_eq!(code, 0, "VM bake failed:\n{err}");
+    assert!(events.iter().any(|e| e["phase"] == "bake (offline)"));
+    let vm_build = build_dir(last_manifest(&events));
+    assert_eq!(
+        vm_build.file_name(),
+        chroot_build.file_name(),
+        "one build id"
+    );
+    for file in ["debian-12-web-1.0.0.files", "debian-12-web-1.0.0.raw"] {
+        let (a, b) = (chroot_build.join(file), vm_build.join(file));
+        assert!(
+            common::sha256_of(&a) == common::sha256_of(&b),
+            "{file} differs between the chroot and the VM bake; imgforge diff:\n{}",
+            run(imgforge()
+                .arg("diff")
+                .arg(chroot_build.join("manifest.json"))
+                .arg(vm_build.join("manifest.json")))
+            .2
+        );
+    }
+}
+
 fn assert_hygiene(raw: &std::path::Path) {
     assert_eq!(
         read_from_image(raw, "/etc/machine-id").as_deref(),

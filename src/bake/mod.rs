@@ -9,10 +9,11 @@
 
 mod ansible;
 mod chef;
+mod chroot;
 
 use crate::bake_protocol::{self, sh_quote, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
-use crate::definition::{AnsibleRunner, Definition, Firmware, Provisioner};
+use crate::definition::{AnsibleRunner, BakeIn, Definition, Firmware, Provisioner};
 use crate::events::Reporter;
 use crate::layers::Resolved;
 use crate::manifest::Provenance;
@@ -108,12 +109,24 @@ impl Baked {
     }
 }
 
-/// Bakes the image on an overlay of the base.
+/// Bakes the image on an overlay of the base: in a chroot when the whole bake is one offline
+/// pass and the host allows it (see `chroot`), else in VMs.
 pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     let overlay = input.work.join("image.qcow2");
+    let mut passes = passes(input)?;
+    if let ([Pass::Offline(..)], true) = (passes.as_slice(), in_chroot(input.def)?) {
+        let Some(Pass::Offline(_, bundle)) = passes.pop() else {
+            unreachable!("matched one offline pass")
+        };
+        let output = chroot::run(input, &overlay, bundle, reporter)?;
+        return Ok(Baked {
+            disk: overlay,
+            tools: bake_protocol::tools(&output).into_iter().collect(),
+        });
+    }
     create_overlay(&input.base.disk(), &overlay)?;
     let mut output = String::new();
-    for pass in passes(input)? {
+    for pass in passes {
         match pass {
             Pass::Offline(boot, bundle) => {
                 output += &run_offline(input, boot, &overlay, bundle, reporter)?
@@ -134,6 +147,21 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
         disk: overlay,
         tools: bake_protocol::tools(&output).into_iter().collect(),
     })
+}
+
+/// Whether an offline bake runs in a chroot (`machine.bake`): `auto` where the host allows
+/// it, `chroot` only where it does.
+fn in_chroot(def: &Definition) -> Result<bool> {
+    match def.machine.bake {
+        BakeIn::Vm => Ok(false),
+        BakeIn::Auto => Ok(chroot::available()),
+        BakeIn::Chroot if chroot::available() => Ok(true),
+        BakeIn::Chroot => bail!(
+            "{}: field `machine.bake` is \"chroot\", but a chroot bake needs root and `unshare`: \
+             run imgforge as root, or set machine.bake = \"vm\"",
+            def.path.display()
+        ),
+    }
 }
 
 /// The bake's passes, from what the base records: with the bake init (`direct_boot`) every

@@ -1,0 +1,121 @@
+//! The chroot bake: where a bake needs no running system and imgforge runs as root, the bundle
+//! is applied to the base's file tree on the host (the way mkosi, Aminator and
+//! diskimage-builder bake) instead of booting the base in a VM. The tree is the base disk
+//! converted to raw and mounted through a loop device; the script runs in a chroot in its own
+//! mount and PID namespaces (`unshare`), so its mounts and any process it leaves behind go
+//! with it, and with a `policy-rc.d` that keeps package scripts from starting services on the
+//! host. The result is written back as an overlay of the base, as the VM bake leaves it.
+
+use super::{pack_bundle, BakeInput, Bundle};
+use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR, STATUS_MARKER};
+use crate::events::Reporter;
+use crate::loopmount::{Access, RootMount};
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Whether this host can bake in a chroot: root, and `unshare` to make the namespaces.
+pub fn available() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    root && crate::process::on_path("unshare").is_some()
+}
+
+/// Runs `bundle` in a chroot of the base's tree and writes the result to `overlay` (a qcow2
+/// backed by the base disk); returns the script's output.
+pub fn run(
+    input: &BakeInput,
+    overlay: &Path,
+    bundle: Bundle,
+    reporter: &Reporter,
+) -> Result<String> {
+    reporter.phase(&format!("{} (chroot)", bundle.what));
+    let what = bundle.what;
+    let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
+    let raw = input.work.join("bake.raw");
+    let base = input.base.disk();
+    Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&base)
+        .arg(&raw)
+        .run()?;
+    let root = RootMount::find(&raw, input.work, Access::ReadWrite)?
+        .context("the base disk has no root filesystem to bake in")?;
+    let wrapper = input.work.join("chroot-bake.sh");
+    std::fs::write(&wrapper, wrapper_script())?;
+    let (_, out) = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh"])
+        .arg(&wrapper)
+        .arg(root.path())
+        .arg(&bundle_tar)
+        .run_unchecked()
+        .context("cannot start the chroot bake (unshare)")?;
+    let output = strip_ansi_escapes::strip_str(
+        String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr),
+    );
+    for line in output.lines() {
+        reporter.detail(line);
+    }
+    crate::qemu::append_console_section(input.console_log, what, &output)?;
+    root.unmount()?;
+    match bake_protocol::exit_status(&output) {
+        Some(0) => {}
+        Some(code) => bail!(
+            "{}: {} failed (exit status {code}); its output:\n{}",
+            input.def.path.display(),
+            bake_protocol::failed_step(&output).unwrap_or("the bake script"),
+            bake_protocol::step_output(&output)
+        ),
+        None => bail!(
+            "the chroot bake ended without reporting a result; its last lines:\n{}",
+            crate::process::tail_lines(&output, 20)
+        ),
+    }
+    // Only what the bake changed goes into the overlay, on top of the base as before.
+    Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", "-F", "qcow2", "-B"])
+        .arg(&base)
+        .arg(&raw)
+        .arg(overlay)
+        .run()?;
+    std::fs::remove_file(&raw).ok();
+    Ok(output)
+}
+
+/// The host side, run in the new namespaces with the tree (`$1`) and the bundle tar (`$2`):
+/// the kernel file systems a bake expects, the host's DNS, no service starts; then the bundle's
+/// `bake.sh` in the chroot, and its exit status in the bake protocol's words.
+fn wrapper_script() -> String {
+    let bundle = sh_quote(BUNDLE_DIR);
+    format!(
+        r#"set -u
+R=$1
+mount --make-rprivate /
+mount -t proc proc "$R/proc"
+mount -t sysfs -o ro sys "$R/sys"
+mount -t tmpfs -o mode=755 dev "$R/dev"
+for n in null zero full random urandom tty; do
+  touch "$R/dev/$n" && mount --bind "/dev/$n" "$R/dev/$n"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts" && ln -sf pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs tmpfs "$R/dev/shm"
+mount -t tmpfs tmpfs "$R/run"
+mount -t tmpfs tmpfs "$R/tmp"
+if [ -L "$R/etc/resolv.conf" ]; then
+  r=$(readlink "$R/etc/resolv.conf"); case $r in /*) ;; *) r=/etc/$r ;; esac
+  mkdir -p "$(dirname "$R$r")" && cp /etc/resolv.conf "$R$r"
+else
+  # A copy: whatever the bake writes there stays in this namespace, and the image's own file
+  # is what remains.
+  cp /etc/resolv.conf "$R/run/resolv.conf.host" && mount --bind "$R/run/resolv.conf.host" "$R/etc/resolv.conf"
+fi
+printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d" && chmod 755 "$R/usr/sbin/policy-rc.d"
+mkdir -p "$R"{bundle} && tar -xf "$2" -C "$R"{bundle}
+IMGFORGE_BAKE_IN=chroot chroot "$R" /bin/sh -c 'cd {bundle} && sh ./bake.sh' 2>&1
+rc=$?
+rm -f "$R/usr/sbin/policy-rc.d"
+echo "{STATUS_MARKER}$rc"
+"#
+    )
+}
