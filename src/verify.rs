@@ -137,6 +137,9 @@ fn wait_for_checks(
 }
 
 /// A reason the boot can no longer succeed, from what the guest and its firmware printed.
+/// GRUB's prompts: it could not go on by itself and waits for a person.
+const GRUB_PROMPTS: [&str; 2] = ["grub rescue>", "grub>"];
+
 fn boot_failure(vm: &mut Vm) -> Result<Option<String>> {
     if vm.has_exited()? {
         return Ok(Some(
@@ -147,6 +150,12 @@ fn boot_failure(vm: &mut Vm) -> Result<Option<String>> {
     if let Some(at) = console.find(KERNEL_PANIC) {
         let reason = console[at..].lines().next().unwrap_or_default();
         return Ok(Some(format!("the kernel panicked: {}", reason.trim())));
+    }
+    if let Some(prompt) = GRUB_PROMPTS.iter().find(|p| console.contains(*p)) {
+        return Ok(Some(format!(
+            "the boot loader stopped at its prompt (`{prompt}`): it found no configuration or \
+             nothing to boot"
+        )));
     }
     if vm.firmware_log().contains(NO_BOOTABLE_DEVICE) {
         return Ok(Some(

@@ -336,7 +336,11 @@ pub(crate) fn assemble_disk(def: &Definition, tree: &Path, raw: &Path, uuid: &st
     let early = raw.with_extension("early.cfg");
     fs::write(
         &early,
-        format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"),
+        // The serial console from the first instruction on, so that a boot loader that cannot
+        // go on (no grub.cfg, no kernel) says so where verify reads.
+        format!(
+            "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\nsearch --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"
+        ),
     )?;
     if uefi {
         install_grub_efi(raw, &early, &id("esp serial")[..8], epoch)?;
