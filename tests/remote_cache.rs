@@ -216,7 +216,7 @@ fn runners_share_base_layers_through_s3() {
                 .unwrap_or_default()
                 .starts_with("bake (")
     });
-    assert!(!baked_here, "no bake VM ran: {events:?}");
+    assert!(!baked_here, "nothing was baked here: {events:?}");
     assert_eq!(
         events
             .iter()
