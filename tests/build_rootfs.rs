@@ -300,6 +300,45 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
 }
 
 #[test]
+fn a_bake_past_its_timeout_is_stopped_with_what_it_started_and_leaves_nothing() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let web = WebFixture::new("timeout test", "");
+    fs::write(
+        web.dir.path().join("hang.sh"),
+        "echo 'hanging now'\nsleep 3131 &\nsleep 3132\n",
+    )
+    .unwrap();
+    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"hang.sh\"\n");
+    let def = fs::read_to_string(web.definition()).unwrap();
+    fs::write(
+        web.definition(),
+        def.replace("bake = \"20m\"", "bake = \"5s\""),
+    )
+    .unwrap();
+    let (code, _, err) = web.build(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("machine.timeouts.bake") && err.contains("hanging now"),
+        "names the limit and quotes the output: {err}"
+    );
+    let left = Command::new("pgrep")
+        .args(["-f", "sleep 313"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the bake's processes are gone: {left:?}"
+    );
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    let work = cache_dir().join("work");
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(&work.display().to_string()),
+        "no loop device is left on the build's files: {loops:?}"
+    );
+    assert!(web.outputs().is_empty(), "{:?}", web.outputs());
+}
+
+#[test]
 fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();

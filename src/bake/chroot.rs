@@ -14,6 +14,10 @@ use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+/// `timeout`'s exit statuses when the time ran out: the bake ended on SIGTERM, or on the
+/// SIGKILL that follows.
+const TIMED_OUT: [i32; 2] = [124, 137];
+
 /// Whether this host can bake in a chroot: root, and `unshare` to make the namespaces.
 pub fn available() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -43,8 +47,19 @@ pub fn run(
         .context("the base disk has no root filesystem to bake in")?;
     let wrapper = input.work.join("chroot-bake.sh");
     std::fs::write(&wrapper, wrapper_script())?;
-    let (_, out) = Command::new("unshare")
-        .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh"])
+    // `timeout` ends `unshare`, and with it every process of the bake (`--kill-child`).
+    let limit = input.def.machine.timeouts.bake.0;
+    let (code, out) = Command::new("timeout")
+        .args(["--kill-after=10", &format!("{}s", limit.as_secs().max(1))])
+        .args([
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+        ])
         .arg(&wrapper)
         .arg(root.path())
         .arg(&bundle_tar)
@@ -58,6 +73,15 @@ pub fn run(
     }
     crate::qemu::append_console_section(input.console_log, what, &output)?;
     root.unmount()?;
+    if TIMED_OUT.contains(&code) {
+        bail!(
+            "{}: the bake took longer than machine.timeouts.bake ({}) and was stopped; its last \
+             lines:\n{}",
+            input.def.path.display(),
+            humantime::format_duration(limit),
+            crate::process::tail_lines(&output, 20)
+        );
+    }
     match bake_protocol::exit_status(&output) {
         Some(0) => {}
         Some(code) => bail!(
