@@ -40,10 +40,18 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     out.text().lines().nth(1)?.trim().parse().ok()
 }
 
-/// Whether this process runs as root (the owner of `/proc/self` is its effective user).
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+/// Whether this process runs as root, which the seal step's loop mounts need.
+fn root() -> Finding {
+    let root = crate::process::running_as_root();
+    Finding {
+        name: "root",
+        ok: root,
+        detail: match root {
+            true => "yes: the seal step can mount the baked disk through a loop device".into(),
+            false => "no: the seal step mounts the baked disk through a loop device; run imgforge as root (sudo)".into(),
+        },
+        required: true,
+    }
 }
 
 /// Checks the host and reports; fails if something required is missing.
@@ -62,16 +70,7 @@ pub fn run(reporter: &Reporter) -> Result<()> {
         program("xorriso", "xorriso", false),
         program("losetup", "mount", true),
     ];
-    let root = running_as_root();
-    findings.push(Finding {
-        name: "root",
-        ok: root,
-        detail: match root {
-            true => "yes: the seal step can mount the baked disk through a loop device".into(),
-            false => "no: the seal step mounts the baked disk through a loop device; run imgforge as root (sudo)".into(),
-        },
-        required: true,
-    });
+    findings.push(root());
     let accel = match crate::qemu::probe_kvm() {
         Ok(()) => Finding {
             name: "accelerator",

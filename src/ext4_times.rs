@@ -47,8 +47,8 @@ fn crc(seed: u32, data: &[u8]) -> u32 {
 
 /// Clamps every timestamp of every in-use inode of the ext4 filesystem that starts `offset`
 /// bytes into `image` to at most `epoch` (seconds since 1970, below 2^31): ctime, mtime and
-/// crtime, with their nanosecond `_extra` parts zeroed when clamped; atime becomes `epoch`, and recomputes each changed
-/// inode's metadata_csum checksum. Also any superblock times above epoch, in the primary
+/// crtime, with their nanosecond `_extra` parts zeroed when clamped; atime becomes `epoch`; and
+/// recomputes each changed inode's metadata_csum checksum. Also any superblock times above epoch, in the primary
 /// superblock and every backup. Returns how many inodes changed.
 pub fn clamp_times(image: &Path, offset: u64, epoch: u32) -> Result<u64> {
     let file = OpenOptions::new().read(true).write(true).open(image);
@@ -58,116 +58,187 @@ pub fn clamp_times(image: &Path, offset: u64, epoch: u32) -> Result<u64> {
     clamped.with_context(|| format!("cannot clamp the ext4 times of {}", image.display()))
 }
 
+/// An ext4 filesystem `offset` bytes into an open image file.
+struct Fs<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Fs<'_> {
+    fn read(&self, buf: &mut [u8], pos: u64) -> Result<()> {
+        let pos = self.offset + pos;
+        self.file
+            .read_exact_at(buf, pos)
+            .with_context(|| format!("cannot read at {pos}"))
+    }
+
+    fn write(&self, buf: &[u8], pos: u64) -> Result<()> {
+        let pos = self.offset + pos;
+        self.file
+            .write_all_at(buf, pos)
+            .with_context(|| format!("cannot write at {pos}"))
+    }
+}
+
+/// What the primary superblock says about the layout, checked to be one this module handles.
+struct Geometry {
+    /// Block size in bytes.
+    bs: u64,
+    /// First data block, blocks and inodes per group, group count.
+    first: u64,
+    bpg: u64,
+    ipg: u32,
+    groups: u64,
+    /// Inode and group descriptor sizes.
+    isz: usize,
+    dsz: usize,
+    /// ro_compat features.
+    ro: u32,
+    /// metadata_csum is on, and the checksum seed.
+    csum: bool,
+    seed: u32,
+    /// sparse_super2's two backup groups.
+    sparse2: Option<[u64; 2]>,
+}
+
+impl Geometry {
+    fn of(sb: &[u8], offset: u64) -> Result<Geometry> {
+        ensure!(
+            le16(sb, 0x38) == 0xEF53,
+            "no ext4 filesystem at offset {offset}"
+        );
+        let (incompat, ro) = (le32(sb, 0x60), le32(sb, 0x64));
+        let (bad_in, bad_ro) = (incompat & !INCOMPAT_OK, ro & !RO_COMPAT_OK);
+        let why = format!("incompat {bad_in:#x}, ro_compat {bad_ro:#x}");
+        ensure!(bad_in | bad_ro == 0, "ext4 features not handled ({why})");
+        let csum = ro & RO_METADATA_CSUM != 0;
+        ensure!(
+            !csum || sb[0x175] == 1,
+            "unknown checksum type {}",
+            sb[0x175]
+        );
+        let log_bs = le32(sb, 0x18);
+        let (first, bpg) = (le32(sb, 0x14) as u64, le32(sb, 0x20) as u64);
+        let ipg = le32(sb, 0x28);
+        let rev0 = le32(sb, 0x4C) == 0;
+        let isz = if rev0 { 128 } else { le16(sb, 0x58) as usize };
+        let wide = incompat & 0x80 != 0; // 64bit
+        let dsz = if wide { le16(sb, 0xFE) as usize } else { 32 };
+        let bs = 1024u64 << log_bs.min(6);
+        let blocks = le32(sb, 0x04) as u64 | (u64::from(wide) * le32(sb, 0x150) as u64) << 32;
+        let groups = blocks.saturating_sub(first).div_ceil(bpg.max(1));
+        ensure!(
+            log_bs <= 6
+                && isz.is_power_of_two()
+                && (128..=bs).contains(&(isz as u64))
+                && (1..=bs * 8).contains(&(ipg as u64))
+                && (dsz == 32 || wide && dsz >= 64 && dsz.is_power_of_two())
+                && groups * ipg as u64 == le32(sb, 0x00) as u64,
+            "ext4 geometry not handled (block size {bs}, inode size {isz}, desc size {dsz})"
+        );
+        let seed = match incompat & 0x2000 {
+            0 => crc(!0, &sb[0x68..0x78]), // from the UUID
+            _ => le32(sb, 0x270),          // csum_seed
+        };
+        let sparse2 = le32(sb, 0x5C) & 0x200 != 0;
+        let sparse2 = sparse2.then(|| [0x24C, 0x250].map(|o| le32(sb, o) as u64));
+        Ok(Geometry {
+            bs,
+            first,
+            bpg,
+            ipg,
+            groups,
+            isz,
+            dsz,
+            ro,
+            csum,
+            seed,
+            sparse2,
+        })
+    }
+}
+
 /// `clamp_times` on an open image.
 fn clamp_file(file: &File, offset: u64, epoch: u32) -> Result<u64> {
     ensure!(epoch < 1 << 31, "epoch {epoch} is not below 2^31");
-    let read = |buf: &mut [u8], pos: u64| {
-        let pos = offset + pos;
-        file.read_exact_at(buf, pos)
-            .with_context(|| format!("cannot read at {pos}"))
-    };
-    let write = |buf: &[u8], pos: u64| {
-        let pos = offset + pos;
-        file.write_all_at(buf, pos)
-            .with_context(|| format!("cannot write at {pos}"))
-    };
+    let fs = Fs { file, offset };
     let mut sb = [0u8; 1024];
-    read(&mut sb, 1024)?;
-    ensure!(
-        le16(&sb, 0x38) == 0xEF53,
-        "no ext4 filesystem at offset {offset}"
-    );
-    let (incompat, ro) = (le32(&sb, 0x60), le32(&sb, 0x64));
-    let (bad_in, bad_ro) = (incompat & !INCOMPAT_OK, ro & !RO_COMPAT_OK);
-    let why = format!("incompat {bad_in:#x}, ro_compat {bad_ro:#x}");
-    ensure!(bad_in | bad_ro == 0, "ext4 features not handled ({why})");
-    let csum = ro & RO_METADATA_CSUM != 0;
-    ensure!(
-        !csum || sb[0x175] == 1,
-        "unknown checksum type {}",
-        sb[0x175]
-    );
-    let log_bs = le32(&sb, 0x18);
-    let (first, bpg) = (le32(&sb, 0x14) as u64, le32(&sb, 0x20) as u64);
-    let ipg = le32(&sb, 0x28);
-    let rev0 = le32(&sb, 0x4C) == 0;
-    let isz = if rev0 { 128 } else { le16(&sb, 0x58) as usize };
-    let wide = incompat & 0x80 != 0; // 64bit
-    let dsz = if wide { le16(&sb, 0xFE) as usize } else { 32 };
-    let bs = 1024u64 << log_bs.min(6);
-    let blocks = le32(&sb, 0x04) as u64 | (u64::from(wide) * le32(&sb, 0x150) as u64) << 32;
-    let groups = blocks.saturating_sub(first).div_ceil(bpg.max(1));
-    ensure!(
-        log_bs <= 6
-            && isz.is_power_of_two()
-            && (128..=bs).contains(&(isz as u64))
-            && (1..=bs * 8).contains(&(ipg as u64))
-            && (dsz == 32 || wide && dsz >= 64 && dsz.is_power_of_two())
-            && groups * ipg as u64 == le32(&sb, 0x00) as u64,
-        "ext4 geometry not handled (block size {bs}, inode size {isz}, desc size {dsz})"
-    );
-    let seed = match incompat & 0x2000 {
-        0 => crc(!0, &sb[0x68..0x78]), // from the UUID
-        _ => le32(&sb, 0x270),         // csum_seed
-    };
+    fs.read(&mut sb, 1024)?;
+    let geo = Geometry::of(&sb, offset)?;
+    clamp_superblocks(&fs, &geo, epoch)?;
+    let mut gdt = vec![0u8; geo.groups as usize * geo.dsz];
+    fs.read(&mut gdt, (geo.first + 1) * geo.bs)?;
+    let mut changed = 0;
+    for (g, d) in gdt.chunks(geo.dsz).enumerate() {
+        changed += clamp_group(&fs, &geo, g as u32, d, epoch)?;
+    }
+    Ok(changed)
+}
 
-    let sparse2 = le32(&sb, 0x5C) & 0x200 != 0;
-    let sparse2 = sparse2.then(|| [0x24C, 0x250].map(|o| le32(&sb, o) as u64));
-    for g in (0..groups).filter(|&g| has_super(g, ro & 1 != 0, sparse2)) {
-        let pos = if g == 0 { 1024 } else { (g * bpg + first) * bs };
-        read(&mut sb, pos)?;
-        let sum_ok = !csum || le32(&sb, 0x3FC) == crc(!0, &sb[..0x3FC]);
+/// Clamps the times of the primary superblock and of every backup.
+fn clamp_superblocks(fs: &Fs, geo: &Geometry, epoch: u32) -> Result<()> {
+    let mut sb = [0u8; 1024];
+    let groups = (0..geo.groups).filter(|&g| has_super(g, geo.ro & 1 != 0, geo.sparse2));
+    for g in groups {
+        let pos = if g == 0 {
+            1024
+        } else {
+            (g * geo.bpg + geo.first) * geo.bs
+        };
+        fs.read(&mut sb, pos)?;
+        let sum_ok = !geo.csum || le32(&sb, 0x3FC) == crc(!0, &sb[..0x3FC]);
         ensure!(
             le16(&sb, 0x38) == 0xEF53 && sum_ok,
             "bad superblock in group {g}"
         );
         if clamp_super(&mut sb, epoch) {
-            if csum {
+            if geo.csum {
                 let sum = crc(!0, &sb[..0x3FC]);
                 put32(&mut sb, 0x3FC, sum);
             }
-            write(&sb, pos)?;
+            fs.write(&sb, pos)?;
         }
     }
+    Ok(())
+}
 
-    let mut gdt = vec![0u8; groups as usize * dsz];
-    read(&mut gdt, (first + 1) * bs)?;
-    let desc_csum = ro & (RO_METADATA_CSUM | 0x10) != 0; // or gdt_csum: flags and itable_unused hold
+/// Clamps the in-use inodes of group `g` (descriptor `d`); returns how many changed.
+fn clamp_group(fs: &Fs, geo: &Geometry, g: u32, d: &[u8], epoch: u32) -> Result<u64> {
+    let (bs, isz, ipg) = (geo.bs, geo.isz, geo.ipg);
+    let desc_csum = geo.ro & (RO_METADATA_CSUM | 0x10) != 0; // or gdt_csum: flags and itable_unused hold
+                                                             // A 16-bit field of the descriptor's 64bit half, or 0 in a 32-byte descriptor.
+    let hi16 = |o: usize| if geo.dsz >= 64 { le16(d, o) as u64 } else { 0 };
+    if desc_csum && le16(d, 0x12) & 1 != 0 {
+        return Ok(0); // INODE_UNINIT
+    }
+    let unused = u64::from(desc_csum) * (le16(d, 0x1C) as u64 | hi16(0x32) << 16);
+    let used = (ipg as u64).saturating_sub(unused) as usize;
+    let mut bitmap = vec![0u8; used.div_ceil(8)];
+    let bitmap_at = le32(d, 0x04) as u64 | (hi16(0x24) | hi16(0x26) << 16) << 32;
+    fs.read(&mut bitmap, bitmap_at * bs)?;
+    let in_use = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    let Some(last) = (0..used).rev().find(|&i| in_use(i)) else {
+        return Ok(0);
+    };
+    let table = (le32(d, 0x08) as u64 | (hi16(0x28) | hi16(0x2A) << 16) << 32) * bs;
+    let mut inodes = vec![0u8; (last + 1) * isz];
+    fs.read(&mut inodes, table)?;
     let mut changed = 0;
-    for (g, d) in gdt.chunks(dsz).enumerate() {
-        // A 16-bit field of the descriptor's 64bit half, or 0 in a 32-byte descriptor.
-        let hi16 = |o: usize| if dsz >= 64 { le16(d, o) as u64 } else { 0 };
-        if desc_csum && le16(d, 0x12) & 1 != 0 {
-            continue; // INODE_UNINIT
-        }
-        let unused = u64::from(desc_csum) * (le16(d, 0x1C) as u64 | hi16(0x32) << 16);
-        let used = (ipg as u64).saturating_sub(unused) as usize;
-        let mut bitmap = vec![0u8; used.div_ceil(8)];
-        let bitmap_at = le32(d, 0x04) as u64 | (hi16(0x24) | hi16(0x26) << 16) << 32;
-        read(&mut bitmap, bitmap_at * bs)?;
-        let in_use = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
-        let Some(last) = (0..used).rev().find(|&i| in_use(i)) else {
+    for (i, ino) in inodes.chunks_mut(isz).enumerate() {
+        let inum = g * ipg + i as u32 + 1;
+        let sum_ok = !geo.csum || inode_csum(geo.seed, inum, ino) == stored_csum(ino);
+        if !in_use(i) || !clamp_inode(ino, epoch) {
             continue;
-        };
-        let table = (le32(d, 0x08) as u64 | (hi16(0x28) | hi16(0x2A) << 16) << 32) * bs;
-        let mut inodes = vec![0u8; (last + 1) * isz];
-        read(&mut inodes, table)?;
-        for (i, ino) in inodes.chunks_mut(isz).enumerate() {
-            let inum = g as u32 * ipg + i as u32 + 1;
-            let sum_ok = !csum || inode_csum(seed, inum, ino) == stored_csum(ino);
-            if !in_use(i) || !clamp_inode(ino, epoch) {
-                continue;
-            }
-            ensure!(sum_ok, "inode {inum} has a bad checksum: run e2fsck");
-            if csum {
-                let sum = inode_csum(seed, inum, ino);
-                for (k, &f) in csum_fields(ino).iter().enumerate() {
-                    ino[f..f + 2].copy_from_slice(&((sum >> (16 * k)) as u16).to_le_bytes());
-                }
-            }
-            write(ino, table + (i * isz) as u64)?;
-            changed += 1;
         }
+        ensure!(sum_ok, "inode {inum} has a bad checksum: run e2fsck");
+        if geo.csum {
+            let sum = inode_csum(geo.seed, inum, ino);
+            for (k, &f) in csum_fields(ino).iter().enumerate() {
+                ino[f..f + 2].copy_from_slice(&((sum >> (16 * k)) as u16).to_le_bytes());
+            }
+        }
+        fs.write(ino, table + (i * isz) as u64)?;
+        changed += 1;
     }
     Ok(changed)
 }

@@ -197,6 +197,13 @@ pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether this process runs as root (the owner of `/proc/self` is its effective user): loop
+/// mounts (the seal, the chroot bake) need it.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

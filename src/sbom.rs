@@ -112,71 +112,14 @@ pub fn spdx_document(input: &SbomInput) -> Result<Value> {
         "primaryPackagePurpose": "OPERATING-SYSTEM", "downloadLocation": NOASSERTION,
         "filesAnalyzed": false, "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
     })];
-    let (mut refs, mut ids) = (Refs::new(), BTreeSet::new());
-    for p in installed_packages(input.root)? {
-        // Debian names are [a-z0-9+.-] and architectures [a-z0-9-]: 'P' for '+' and the '.'
-        // before the architecture keep SPDXIDs unique.
-        let id = format!(
-            "SPDXRef-deb-{}.{}",
-            p.name.replace('+', "P"),
-            p.architecture
-        );
-        let id = sanitize(&id);
-        ensure!(ids.insert(id.clone()), "duplicate package {id}");
-        let copyright = input
-            .root
-            .join(format!("usr/share/doc/{}/copyright", p.name));
-        let (name, arch) = (pct(&p.name, ""), pct(&p.architecture, ""));
-        let purl = format!(
-            "pkg:deb/debian/{name}@{}?arch={arch}{distro}",
-            pct(&p.version, ":")
-        );
-        packages.push(json!({
-            "SPDXID": id, "name": p.name, "versionInfo": p.version,
-            "supplier": p.maintainer.as_deref().map_or(NOASSERTION.to_string(), organization),
-            "sourceInfo": format!("built package from: {} {}", p.source, p.source_version),
-            "downloadLocation": NOASSERTION, "filesAnalyzed": false,
-            "licenseConcluded": NOASSERTION,
-            "licenseDeclared": declared_license(&copyright, &p.name, &mut refs),
-            "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                              "referenceLocator": purl}],
-        }));
-    }
-    if let Some((repo, commit)) = input.service {
-        let repo = repo.strip_prefix("git+").unwrap_or(repo);
-        let trimmed = repo.trim_end_matches('/');
-        let name = trimmed.rsplit(['/', ':']).next().unwrap_or(repo);
-        let name = match name.strip_suffix(".git").unwrap_or(name) {
-            "" | "." | ".." => "service",
-            name => name,
-        };
-        // A repository on the build host's disk has no location SPDX can name.
-        let location = match repo.contains("://") || repo.starts_with("git@") {
-            true => format!("git+{repo}@{commit}"),
-            false => NOASSERTION.to_string(),
-        };
-        packages.push(json!({
-            "SPDXID": "SPDXRef-Service", "name": name,
-            "versionInfo": commit, "primaryPackagePurpose": "APPLICATION",
-            "downloadLocation": location, "filesAnalyzed": false,
-            "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
-            "comment": format!("service from git repository {repo} at commit {commit}"),
-        }));
-    }
-    if let Some((path, digest)) = input.data {
-        let mut data = json!({
-            "SPDXID": "SPDXRef-Data", "name": path, "downloadLocation": NOASSERTION,
-            "filesAnalyzed": false, "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
-            "comment": format!("data snapshot unpacked at {path}"),
-        });
-        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let sha = digest.to_ascii_lowercase();
-            data["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": sha}]);
-        } else {
-            data["versionInfo"] = json!(digest);
-        }
-        packages.push(data);
-    }
+    let mut refs = Refs::new();
+    packages.extend(debian_packages(input.root, &distro, &mut refs)?);
+    packages.extend(
+        input
+            .service
+            .map(|(repo, commit)| service_package(repo, commit)),
+    );
+    packages.extend(input.data.map(|(path, digest)| data_package(path, digest)));
     packages.sort_by(|a, b| a["SPDXID"].as_str().cmp(&b["SPDXID"].as_str()));
     let rel = |from, kind, to: &Value| {
         json!({"spdxElementId": from, "relationshipType": kind,
@@ -203,6 +146,80 @@ pub fn spdx_document(input: &SbomInput) -> Result<Value> {
         "packages": packages, "relationships": relationships,
         "hasExtractedLicensingInfos": extracted.collect::<Vec<_>>(),
     }))
+}
+
+/// One SPDX package per installed Debian package of the tree at `root`, with its purl
+/// (`distro` is the purl's `&distro=` qualifier or empty) and declared licence.
+fn debian_packages(root: &Path, distro: &str, refs: &mut Refs) -> Result<Vec<Value>> {
+    let mut ids = BTreeSet::new();
+    let mut packages = Vec::new();
+    for p in installed_packages(root)? {
+        // Debian names are [a-z0-9+.-] and architectures [a-z0-9-]: 'P' for '+' and the '.'
+        // before the architecture keep SPDXIDs unique.
+        let id = format!(
+            "SPDXRef-deb-{}.{}",
+            p.name.replace('+', "P"),
+            p.architecture
+        );
+        let id = sanitize(&id);
+        ensure!(ids.insert(id.clone()), "duplicate package {id}");
+        let copyright = root.join(format!("usr/share/doc/{}/copyright", p.name));
+        let (name, arch) = (pct(&p.name, ""), pct(&p.architecture, ""));
+        let purl = format!(
+            "pkg:deb/debian/{name}@{}?arch={arch}{distro}",
+            pct(&p.version, ":")
+        );
+        packages.push(json!({
+            "SPDXID": id, "name": p.name, "versionInfo": p.version,
+            "supplier": p.maintainer.as_deref().map_or(NOASSERTION.to_string(), organization),
+            "sourceInfo": format!("built package from: {} {}", p.source, p.source_version),
+            "downloadLocation": NOASSERTION, "filesAnalyzed": false,
+            "licenseConcluded": NOASSERTION,
+            "licenseDeclared": declared_license(&copyright, &p.name, refs),
+            "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                              "referenceLocator": purl}],
+        }));
+    }
+    Ok(packages)
+}
+
+/// The baked service as a package: named after its repository, versioned by its commit.
+fn service_package(repo: &str, commit: &str) -> Value {
+    let repo = repo.strip_prefix("git+").unwrap_or(repo);
+    let trimmed = repo.trim_end_matches('/');
+    let name = trimmed.rsplit(['/', ':']).next().unwrap_or(repo);
+    let name = match name.strip_suffix(".git").unwrap_or(name) {
+        "" | "." | ".." => "service",
+        name => name,
+    };
+    // A repository on the build host's disk has no location SPDX can name.
+    let location = match repo.contains("://") || repo.starts_with("git@") {
+        true => format!("git+{repo}@{commit}"),
+        false => NOASSERTION.to_string(),
+    };
+    json!({
+        "SPDXID": "SPDXRef-Service", "name": name,
+        "versionInfo": commit, "primaryPackagePurpose": "APPLICATION",
+        "downloadLocation": location, "filesAnalyzed": false,
+        "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
+        "comment": format!("service from git repository {repo} at commit {commit}"),
+    })
+}
+
+/// The data snapshot as a package: its sha256 as a checksum, or its git commit as the version.
+fn data_package(path: &str, digest: &str) -> Value {
+    let mut data = json!({
+        "SPDXID": "SPDXRef-Data", "name": path, "downloadLocation": NOASSERTION,
+        "filesAnalyzed": false, "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
+        "comment": format!("data snapshot unpacked at {path}"),
+    });
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let sha = digest.to_ascii_lowercase();
+        data["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": sha}]);
+    } else {
+        data["versionInfo"] = json!(digest);
+    }
+    data
 }
 
 /// deb822 paragraphs as (lowercased field, value); continuation lines are appended after '\n'

@@ -20,9 +20,7 @@ const TIMED_OUT: [i32; 2] = [124, 137];
 
 /// Whether this host can bake in a chroot: root, and `unshare` to make the namespaces.
 pub fn available() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    root && crate::process::on_path("unshare").is_some()
+    crate::process::running_as_root() && crate::process::on_path("unshare").is_some()
 }
 
 /// Runs `bundle` in a chroot of the base's tree and writes the result to `overlay` (a qcow2
