@@ -104,7 +104,7 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
         crate::export::export(&c.def, &sealed, c.staging.path(), reporter)
     })?;
     if !opts.no_verify {
-        ctx.step("verify", |c| c.verify(&artifacts, &baked.disk))?;
+        ctx.step("verify", |c| c.verify(&artifacts, &sealed.disk))?;
     }
     // Shared only once its image has passed the checks.
     if let (Some(remote), false) = (remote, bake_fetched) {
@@ -295,8 +295,8 @@ impl<'a> BuildContext<'a> {
         }
     }
 
-    /// Boots the exported image (or, with neither qcow2 nor raw, the baked disk) and runs the
-    /// definition's checks.
+    /// Boots the exported image (or, with neither qcow2 nor raw, the sealed disk they were
+    /// converted from) and runs the definition's checks.
     fn verify(&self, artifacts: &[ArtifactRecord], disk: &Path) -> Result<()> {
         let bootable = crate::manifest::bootable(artifacts)
             .map(|a| self.staging.path().join(&a.file))
