@@ -105,8 +105,9 @@ fn runners_share_base_layers_through_s3() {
         .to_string();
     let second = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(second.path().join("base")).unwrap();
+    // Hard links: the racers only read the base, and the suite's disk stays small.
     let copied = Command::new("cp")
-        .arg("-r")
+        .arg("-al")
         .arg(cache_dir().join("base").join(&base_id))
         .arg(second.path().join("base"))
         .status()
@@ -130,6 +131,7 @@ fn runners_share_base_layers_through_s3() {
         let events = events(&String::from_utf8_lossy(&out.stdout));
         all_uploads.extend(uploads(&events).into_iter().cloned());
     }
+    drop(second);
     // The uploads are conditional (If-None-Match: *), so S3 takes one and refuses the other;
     // moto checks the condition when a request starts, so two PUTs in flight at once may both
     // be taken there. Either way the bucket ends with one whole object, and it is the same
@@ -191,6 +193,7 @@ fn runners_share_base_layers_through_s3() {
         .unwrap_or_else(|| panic!("the bake layer was not stored: {events:?}"));
     assert_eq!(stored["already_there"], false);
     let build_id = last(&events)["ids"]["build"].clone();
+    drop(fresh);
 
     // Another fresh runner: base and bake both come from the remote cache, nothing is baked,
     // and the image (the baked overlay rebased onto this runner's base) passes its checks.
@@ -230,6 +233,8 @@ fn runners_share_base_layers_through_s3() {
         !events.iter().any(|e| e["event"] == "bake_uploaded"),
         "nothing to store"
     );
+
+    drop(fresh2);
 
     // One byte changed in the remote object: refused by its digest, deleted, rebuilt, stored.
     let (mut bytes, digest) = rt.block_on(remote_object(&s3, &base_id));

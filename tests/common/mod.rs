@@ -5,7 +5,7 @@ pub mod web;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -39,6 +39,8 @@ pub struct Moto {
     pub endpoint: String,
     /// The faketime offset file, when running under faketime.
     pub fake_time_file: Option<PathBuf>,
+    /// moto_server's own log (its stdout and stderr), shown when a test fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl Moto {
@@ -81,10 +83,11 @@ impl Moto {
         } else {
             cmd = Command::new(&server);
         }
+        let log = tempfile::NamedTempFile::new().unwrap();
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap());
         let child = cmd.spawn().expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -99,6 +102,7 @@ impl Moto {
             child,
             endpoint,
             fake_time_file,
+            log,
         }
     }
 
@@ -133,6 +137,16 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed test shows what moto said: its tracebacks explain its HTTP 500s.
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            let lines: Vec<_> = log.lines().filter(|l| !l.contains("\" 200 -")).collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "moto_server log (last lines, 200s left out):\n{}",
+                tail.join("\n")
+            );
+        }
         if let Some(f) = &self.fake_time_file {
             let _ = std::fs::remove_file(f);
         }
