@@ -112,11 +112,13 @@ pub enum Event {
     Signed,
     /// A build's signatures were checked against the allowed signers.
     SignatureChecked,
+    /// `imgforge cache gc`: what was removed from the local cache (a result line).
+    CacheGc,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 50] = [
+    pub const ALL: [Event; 51] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -167,6 +169,7 @@ impl Event {
         Event::Diff,
         Event::Signed,
         Event::SignatureChecked,
+        Event::CacheGc,
     ];
 
     /// The value of the `event` field.
@@ -222,6 +225,7 @@ impl Event {
             Event::Diff => "diff",
             Event::Signed => "signed",
             Event::SignatureChecked => "signature_checked",
+            Event::CacheGc => "cache_gc",
         }
     }
 }

@@ -89,6 +89,29 @@ enum Command {
     },
     /// Report what this host has for building images.
     Doctor,
+    /// Keep the local cache in bounds.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Remove base layers, downloads and work directories unused for `--max-age`, and trim
+    /// the package cache to `--packages-max-size`; layers a build holds are kept.
+    Gc {
+        /// Remove what was not used for this long (`30d`, `12h`, `2w`).
+        #[arg(long, default_value = "30d", value_parser = imgforge::parse_age)]
+        max_age: std::time::Duration,
+        /// Trim the shared package cache to this size (`2G`, `500M`); default
+        /// `IMGFORGE_PACKAGE_CACHE_SIZE`, else 2G.
+        #[arg(long, value_parser = parse_size)]
+        packages_max_size: Option<u64>,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `imgforge diff` found a difference (exit code [`EXIT_DIFFERENT`]).
@@ -137,6 +160,12 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    imgforge::definition::ByteSize::parse(text)
+        .map(|b| b.0)
+        .ok_or_else(|| format!("`{text}` is not a size: write it like 2G or 500M"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -195,6 +224,14 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
         Command::Sign { manifest, key } => {
             imgforge::sign_build(&manifest, &key, reporter).map(|_| ())
         }
+        Command::Cache {
+            action:
+                CacheAction::Gc {
+                    max_age,
+                    packages_max_size,
+                    dry_run,
+                },
+        } => collect_cache(max_age, packages_max_size, dry_run, reporter),
         Command::Diff { a, b } => match imgforge::diff(&a, &b, reporter)?.any() {
             true => Err(BuildsDiffer.into()),
             false => Ok(()),
@@ -347,6 +384,39 @@ fn report_build(
             reporter.result(&format!("base layer: {}", base.disk().display()), &value);
         }
     }
+    Ok(())
+}
+
+/// `imgforge cache gc`.
+fn collect_cache(
+    max_age: std::time::Duration,
+    packages_max_size: Option<u64>,
+    dry_run: bool,
+    reporter: &Reporter,
+) -> Result<()> {
+    let packages_max_size = match packages_max_size {
+        Some(size) => size,
+        None => imgforge::package_cache_limit()?,
+    };
+    let root = imgforge::cache_dir();
+    let opts = imgforge::GcOptions {
+        max_age,
+        packages_max_size,
+        dry_run,
+    };
+    let report = imgforge::cache_gc(&root, &opts)?;
+    let verb = if dry_run { "would free" } else { "freed" };
+    let human = format!(
+        "cache {}: {} base layers, {} other entries, {} packages; {verb} {:.1} MiB",
+        root.display(),
+        report.bases.len(),
+        report.other.len(),
+        report.packages.files,
+        report.freed_bytes as f64 / f64::from(1 << 20)
+    );
+    let mut value = serde_json::to_value(&report)?;
+    value["event"] = json!(Event::CacheGc.name());
+    reporter.result(&human, &value);
     Ok(())
 }
 

@@ -46,6 +46,16 @@ fn hash_zeros(h: &mut Sha256, mut count: u64) {
     }
 }
 
+/// Sets a cached file's modification time to now: its "last used", which `imgforge cache gc`
+/// goes by.
+pub fn mark_used(path: &Path) -> Result<()> {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .with_context(|| format!("cannot mark {} as used", path.display()))
+}
+
 /// Where imgforge keeps downloads and cached layers: `IMGFORGE_CACHE`, else
 /// `$XDG_CACHE_HOME/imgforge`, else `~/.cache/imgforge`.
 pub fn cache_dir() -> PathBuf {
@@ -91,6 +101,8 @@ pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Res
     let dir = cache_dir().join("downloads");
     let cached = dir.join(expected);
     if cached.is_file() && &sha256_file(&cached)? == expected {
+        // Last used now: `imgforge cache gc` keeps it.
+        mark_used(&cached)?;
         return Ok(cached);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 50] = [
+const NAMES: [&str; 51] = [
     "ids",
     "phase",
     "base_cached",
@@ -54,6 +54,7 @@ const NAMES: [&str; 50] = [
     "diff",
     "signed",
     "signature_checked",
+    "cache_gc",
 ];
 
 #[test]

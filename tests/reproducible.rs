@@ -1,5 +1,6 @@
 //! Proof that an image is exactly what was built: two builds of `debian-12-web` from empty
-//! caches give the same bytes; `imgforge diff` names exactly the input that changed; the SBOM
+//! layer caches (the second reusing the first's downloaded packages, one of them damaged) give
+//! the same bytes; `imgforge diff` names exactly the input that changed; the SBOM
 //! passes SPDX validation and lists what dpkg lists inside the image.
 
 mod common;
@@ -27,6 +28,36 @@ fn build_in(fixture: &WebFixture, cache: &Path, output: &Path, extra: &[&str]) -
     last_manifest(&events).clone()
 }
 
+/// Flips one byte in the middle of the first cached `.deb` under `packages`; returns its path
+/// relative to `packages`.
+fn damage_one_package(packages: &Path) -> PathBuf {
+    let release = std::fs::read_dir(packages)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut names: Vec<_> = std::fs::read_dir(&release)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    names.sort();
+    let deb = &names[0];
+    let mut bytes = std::fs::read(deb).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(deb, bytes).unwrap();
+    deb.strip_prefix(packages).unwrap().to_path_buf()
+}
+
+/// What the base of `build` recorded about its use of the package cache in `cache`.
+fn package_use(cache: &Path, build: &Value) -> Value {
+    let base = build["ids"]["base"].as_str().unwrap();
+    let info = std::fs::read_to_string(cache.join("base").join(base).join("base.json")).unwrap();
+    serde_json::from_str::<Value>(&info).unwrap()["packages"].clone()
+}
+
 fn manifest_of(event: &Value) -> PathBuf {
     PathBuf::from(event["manifest_path"].as_str().unwrap())
 }
@@ -47,8 +78,38 @@ fn two_cold_builds_are_identical_and_diff_names_the_one_changed_input() {
     let (key, public) = common::ssh_key(fixture.dir.path(), "ci");
     let key_arg = key.to_str().unwrap();
     let a = build_in(&fixture, cache_a.path(), &out_a, &["--sign", key_arg]);
+    // B's layer cache is empty, but it takes A's package cache with one package damaged: the
+    // packages A downloaded are reused, the damaged one is downloaded again, and the image is
+    // the same, so the package cache cannot change what is built.
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(cache_a.path().join("packages"))
+        .arg(cache_b.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let damaged = damage_one_package(&cache_b.path().join("packages"));
     let b = build_in(&fixture, cache_b.path(), &out_b, &["--no-verify"]);
     assert_eq!(a["ids"]["build"], b["ids"]["build"]);
+    let (used_a, used_b) = (
+        package_use(cache_a.path(), &a),
+        package_use(cache_b.path(), &b),
+    );
+    assert_eq!(used_a["reused"], 0, "{used_a}");
+    let total = used_a["downloaded"].as_u64().unwrap();
+    assert!(total > 100, "{used_a}");
+    assert_eq!(
+        used_b,
+        serde_json::json!({ "reused": total - 1, "downloaded": 1, "damaged": 1 }),
+        "{} was damaged",
+        damaged.display()
+    );
+    let again = cache_b.path().join("packages").join(&damaged);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(cache_a.path().join("packages").join(&damaged)).unwrap(),
+        "the cache holds the package as the mirror serves it again"
+    );
     assert_eq!(a["reproducible"], true, "{a}");
     let (dir_a, dir_b) = (build_dir(&a), build_dir(&b));
     let (_, _, explained) = run(imgforge()

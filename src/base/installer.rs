@@ -75,6 +75,7 @@ pub fn build(
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
         answer_file_fetched_after_s: Some(fetched_after_s),
+        packages: None,
     })
 }
 

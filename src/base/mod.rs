@@ -9,6 +9,7 @@
 //! [`installer`] (the OS installer booted in QEMU with the rendered answer file).
 
 mod installer;
+pub mod packages;
 mod rootfs;
 
 pub(crate) use rootfs::assemble_disk;
@@ -41,6 +42,9 @@ pub struct BaseInfo {
     /// in seconds after the server started (just before the installer's VM).
     #[serde(default)]
     pub answer_file_fetched_after_s: Option<f64>,
+    /// For the rootfs builder: how many packages came from the package cache.
+    #[serde(default)]
+    pub packages: Option<packages::PackageUse>,
 }
 
 /// What a base with the bake init needs to boot from its kernel and initrd.
@@ -221,6 +225,8 @@ pub fn ensure(
             .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     }
     if let Some(base) = BaseLayer::open(&ids.base) {
+        // Last used now: `imgforge cache gc` keeps it.
+        crate::sources::mark_used(&base.dir.join("base.json"))?;
         reporter.event(
             Event::BaseCached,
             &format!(

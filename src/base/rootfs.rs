@@ -3,6 +3,7 @@
 //! `mkfs.ext4 -d` fills the root filesystem at its offset, GRUB's core image goes into the MBR
 //! gap (BIOS) or onto a FAT EFI system partition written with mtools (UEFI).
 
+use super::packages::{self, PackageCache};
 use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::bake_protocol::{self, sh_quote};
 use crate::definition::{Definition, Firmware};
@@ -53,6 +54,13 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     fs::write(&selections, debconf_selections(def))?;
     let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
     packages.extend(def.base_packages());
+    let suite = crate::render::suite(&def.os.release);
+    let package_limit = packages::limit()?;
+    let package_cache = (package_limit > 0)
+        .then(|| PackageCache::open(&packages::cache_root(), &suite, &def.system.mirror))
+        .transpose()?;
+    let synced = staging.path("packages");
+    fs::create_dir_all(&synced)?;
     let mut cmd = Command::new("mmdebstrap")
         .arg(format!(
             "--variant={}",
@@ -63,9 +71,17 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
             selections.display()
-        ))
+        ));
+    // The package cache's hooks first: the customize hook below cleans the archive directory.
+    for arg in package_cache
+        .iter()
+        .flat_map(|c| c.mmdebstrap_args(&synced))
+    {
+        cmd = cmd.arg(arg);
+    }
+    cmd = cmd
         .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
-        .arg(crate::render::suite(&def.os.release))
+        .arg(suite)
         .arg(&tree)
         .arg(&def.system.mirror);
     if crate::definition::snapshot_time(&def.system.mirror).is_some() {
@@ -78,6 +94,18 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     cmd.env("SOURCE_DATE_EPOCH", &def.source_date_epoch().to_string())
         .run()
         .context("mmdebstrap could not build the OS tree")?;
+    let package_use = package_cache
+        .map(|c| c.absorb(&synced))
+        .transpose()?
+        .inspect(|used| {
+            reporter.println(&format!(
+                "    package cache: {} packages reused, {} downloaded ({} damaged in the cache, \
+                 removed and downloaded again)",
+                used.reused, used.downloaded, used.damaged
+            ))
+        });
+    fs::remove_dir_all(&synced).ok();
+    packages::trim(&packages::cache_root(), package_limit, false)?;
 
     reporter.phase("assemble disk");
     copy_boot_files(&tree, staging)?;
@@ -107,6 +135,7 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         build_seconds: started.elapsed().as_secs_f64(),
         tools,
         answer_file_fetched_after_s: None,
+        packages: package_use,
     })
 }
 
