@@ -252,6 +252,11 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
         "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
     );
     s += &format!(
+        "install -d \"$R/etc/ssh/sshd_config.d\"\ncat > \"$R/etc/ssh/sshd_config.d/imgforge-host-keys.conf\" <<'EOF'\n{SSHD_HOST_KEYS}EOF\n"
+    );
+    // e2scrub looks for LVM snapshots, which these disks have none of: a unit less at boot.
+    s += "chroot \"$R\" systemctl disable e2scrub_reap.service e2scrub_all.timer >/dev/null 2>&1 || true\n";
+    s += &format!(
         "install -d \"$(dirname \"$R{init}\")\"\ncat > \"$R{init}\" <<'EOF'\n{script}EOF\nchmod 755 \"$R{init}\"\n",
         init = bake_protocol::INIT_PATH,
         script = bake_protocol::init_script()
@@ -269,6 +274,8 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
 }
 
 /// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
+/// Ed25519 and ECDSA only: an RSA key takes seconds of a first boot under emulation, and every
+/// instance `rotate` launches pays its first boot. [`SSHD_HOST_KEYS`] tells sshd so.
 const HOSTKEYS_UNIT: &str = "[Unit]
 Description=imgforge: generate SSH host keys on first boot
 Before=ssh.service
@@ -276,10 +283,16 @@ ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -N \"\" -t ed25519 -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/usr/bin/ssh-keygen -q -N \"\" -t ecdsa -f /etc/ssh/ssh_host_ecdsa_key
 
 [Install]
 WantedBy=multi-user.target
+";
+
+/// sshd's host keys, so that it does not look for the RSA key the first boot does not make.
+const SSHD_HOST_KEYS: &str = "HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
 ";
 
 fn grub_cfg(uuid: &str) -> String {
@@ -288,7 +301,7 @@ fn grub_cfg(uuid: &str) -> String {
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
-set timeout=1
+set timeout=0
 search --no-floppy --fs-uuid --set=root {uuid}
 menuentry 'Debian GNU/Linux' {{
   linux /vmlinuz {cmdline} quiet
