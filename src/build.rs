@@ -277,6 +277,7 @@ impl<'a> BuildContext<'a> {
                 base: &base.info,
                 provenance: &self.provenance,
                 baked_disk: &baked.disk,
+                baked_raw: baked.raw.as_deref(),
                 work: self.work.path(),
                 out_dir: self.staging.path(),
             },

@@ -24,6 +24,8 @@ pub struct SealInput<'a> {
     pub provenance: &'a Provenance,
     /// The baked disk.
     pub baked_disk: &'a Path,
+    /// The baked disk as raw, when the bake left one: read instead of converting `baked_disk`.
+    pub baked_raw: Option<&'a Path>,
     /// Scratch space, removed with the build.
     pub work: &'a Path,
     /// Where the records go (the build's output directory being assembled).
@@ -42,12 +44,18 @@ pub struct Sealed {
 
 /// Seals the baked disk (see the module documentation).
 pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
-    let raw = input.work.join("baked.raw");
-    Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(input.baked_disk)
-        .arg(&raw)
-        .run()?;
+    let raw = match input.baked_raw {
+        Some(raw) => raw.to_path_buf(),
+        None => {
+            let raw = input.work.join("baked.raw");
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(input.baked_disk)
+                .arg(&raw)
+                .run()?;
+            raw
+        }
+    };
     let Some(root) = RootMount::find(&raw, input.work, Access::ReadOnly)? else {
         if input.def.os.family == OsFamily::Debian {
             bail!(

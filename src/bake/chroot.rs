@@ -12,7 +12,7 @@ use crate::events::Reporter;
 use crate::loopmount::{Access, RootMount};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `timeout`'s exit statuses when the time ran out: the bake ended on SIGTERM, or on the
 /// SIGKILL that follows.
@@ -24,13 +24,14 @@ pub fn available() -> bool {
 }
 
 /// Runs `bundle` in a chroot of the base's tree and writes the result to `overlay` (a qcow2
-/// backed by the base disk); returns the script's output.
+/// backed by the base disk); returns the script's output and the baked disk as raw, which the
+/// seal step reads instead of converting the overlay back.
 pub fn run(
     input: &BakeInput,
     overlay: &Path,
     bundle: Bundle,
     reporter: &Reporter,
-) -> Result<String> {
+) -> Result<(String, PathBuf)> {
     reporter.phase(&format!("{} (chroot)", bundle.what));
     let what = bundle.what;
     let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
@@ -100,8 +101,7 @@ pub fn run(
         .arg(&raw)
         .arg(overlay)
         .run()?;
-    std::fs::remove_file(&raw).ok();
-    Ok(output)
+    Ok((output, raw))
 }
 
 /// The host side, run in the new namespaces with the tree (`$1`) and the bundle tar (`$2`):

@@ -68,6 +68,8 @@ enum SshStep<'a> {
 pub struct Baked {
     /// The overlay disk holding the finished image.
     pub disk: PathBuf,
+    /// The same disk as raw, when the bake wrote one anyway (the chroot bake).
+    pub raw: Option<PathBuf>,
     /// Versions of the tools provisioners ran in or against the image (`provisioners[N]` →
     /// Ansible's or Chef's version line).
     pub tools: BTreeMap<String, String>,
@@ -104,6 +106,7 @@ impl Baked {
         })?;
         Ok(Baked {
             disk,
+            raw: None,
             tools: serde_json::from_slice(&record).context("the bake layer's bake.json")?,
         })
     }
@@ -118,9 +121,10 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
         let Some(Pass::Offline(_, bundle)) = passes.pop() else {
             unreachable!("matched one offline pass")
         };
-        let output = chroot::run(input, &overlay, bundle, reporter)?;
+        let (output, raw) = chroot::run(input, &overlay, bundle, reporter)?;
         return Ok(Baked {
             disk: overlay,
+            raw: Some(raw),
             tools: bake_protocol::tools(&output).into_iter().collect(),
         });
     }
@@ -145,6 +149,7 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     }
     Ok(Baked {
         disk: overlay,
+        raw: None,
         tools: bake_protocol::tools(&output).into_iter().collect(),
     })
 }

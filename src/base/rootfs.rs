@@ -98,10 +98,13 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         .map(|c| c.absorb(&synced))
         .transpose()?
         .inspect(|used| {
+            let damaged = match used.damaged {
+                0 => String::new(),
+                n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
+            };
             reporter.println(&format!(
-                "    package cache: {} packages reused, {} downloaded ({} damaged in the cache, \
-                 removed and downloaded again)",
-                used.reused, used.downloaded, used.damaged
+                "    package cache: {} packages reused, {} downloaded{damaged}",
+                used.reused, used.downloaded
             ))
         });
     fs::remove_dir_all(&synced).ok();
