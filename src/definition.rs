@@ -253,7 +253,44 @@ pub struct Machine {
     /// it, else a VM), `chroot` or `vm`. Not part of any id: both give the same image.
     #[serde(default)]
     pub bake: BakeIn,
+    /// The drivers in the initramfs (rootfs builder): `generic` (any hardware, bare metal
+    /// included) or `virtual` (virtual machines and clouds only: a quarter of the size, and a
+    /// shorter boot).
+    #[serde(default)]
+    pub initramfs: Initramfs,
 }
+
+/// The drivers in an image's initramfs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Initramfs {
+    /// initramfs-tools' `MODULES=most`: the storage drivers of most hardware.
+    #[default]
+    Generic,
+    /// Only [`VIRTUAL_DRIVERS`]: virtio, NVMe, Xen, Hyper-V, VMware, ENA, AHCI and IDE.
+    Virtual,
+}
+
+/// The modules of a `virtual` initramfs: the disks of QEMU/KVM, EC2 (Xen and Nitro NVMe, ENA),
+/// Hyper-V, VMware, VirtualBox and libvirt, and the root filesystem.
+pub const VIRTUAL_DRIVERS: [&str; 16] = [
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "sr_mod",
+    "nvme",
+    "xen_blkfront",
+    "hv_vmbus",
+    "hv_storvsc",
+    "vmw_pvscsi",
+    "mptspi",
+    "ahci",
+    "ata_piix",
+    "ena",
+    "ext4",
+    "crc32c_generic",
+];
 
 /// Where a bake that needs no running system runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +315,7 @@ impl Default for Machine {
             accelerator: Accelerator::default(),
             timeouts: Timeouts::default(),
             bake: BakeIn::default(),
+            initramfs: Initramfs::default(),
         }
     }
 }
@@ -1058,6 +1096,15 @@ impl Definition {
                 "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel",
             ),
             _ => {}
+        }
+        if self.builder.kind == BuilderKind::Installer
+            && self.machine.initramfs == Initramfs::Virtual
+        {
+            fail(
+                "machine.initramfs",
+                "a `virtual` initramfs is made by the rootfs builder only; the installer builder \
+                 keeps the installer's own (use \"generic\")",
+            );
         }
         for (field, artifact) in self.artifacts() {
             if artifact.path.is_some() == artifact.url.is_some() {

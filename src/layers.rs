@@ -103,6 +103,7 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         "machine": {
             "disk_size": def.machine.disk_size.0,
             "firmware": def.machine.firmware,
+            "initramfs": def.machine.initramfs,
         },
         "answer_file": answer.text,
         "template": answer.template_text,

@@ -347,7 +347,10 @@ fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
     fs::write(
         &def,
         shipped
-            .replace("firmware = \"bios\"", "firmware = \"uefi\"")
+            .replace(
+                "firmware = \"bios\"",
+                "firmware = \"uefi\"\ninitramfs = \"virtual\"",
+            )
             .replace("formats = [\"qcow2\"]", "formats = [\"raw\"]"),
     )
     .unwrap();
@@ -403,6 +406,52 @@ fn uefi_image_boots_through_ovmf_from_its_efi_system_partition() {
     let mut mbr = [0u8; 440];
     std::io::Read::read_exact(&mut fs::File::open(&raw).unwrap(), &mut mbr).unwrap();
     assert!(mbr.iter().all(|&b| b == 0), "BIOS boot code in the MBR");
+
+    // It booted (above) with the `virtual` initramfs: the listed drivers, not the generic set.
+    let root = &table["partitiontable"]["partitions"][1];
+    let modules = initramfs_modules(&raw, root, dir.path());
+    assert!(modules.contains("virtio_blk.ko"), "{modules}");
+    assert!(modules.contains("nvme.ko"), "{modules}");
+    assert!(
+        !modules.contains("megaraid_sas.ko"),
+        "a generic driver: {modules}"
+    );
+}
+
+/// The file list of the initramfs in the root filesystem at partition `part` of `raw`.
+fn initramfs_modules(raw: &std::path::Path, part: &Value, scratch: &std::path::Path) -> String {
+    let image = scratch.join("root.img");
+    let dd = Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", image.display()))
+        .arg(format!("skip={}", part["start"]))
+        .arg(format!("count={}", part["size"]))
+        .args(["bs=512", "conv=sparse", "status=none"])
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    let boot = scratch.join("dumped");
+    fs::create_dir_all(&boot).unwrap();
+    let dumped = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump /boot {}", boot.display()))
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{dumped:?}");
+    let initrd = fs::read_dir(boot.join("boot"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("initrd.img-")
+        })
+        .expect("an initrd in /boot");
+    let listed = Command::new("lsinitramfs").arg(&initrd).output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    String::from_utf8_lossy(&listed.stdout).into_owned()
 }
 
 #[test]

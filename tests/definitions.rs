@@ -765,3 +765,27 @@ fn definitions_with_other_names_and_versions_but_the_same_os_share_one_base() {
     ));
     assert_ne!(a["base"], c["base"], "an OS setting is part of the base");
 }
+
+#[test]
+fn a_virtual_initramfs_is_refused_for_the_installer_builder_and_unknown_kinds_by_name() {
+    let installer = fs::read_to_string(repo_root().join("images/debian-12-installer.toml"))
+        .unwrap()
+        .replace(
+            "firmware = \"bios\"",
+            "firmware = \"bios\"\ninitramfs = \"virtual\"",
+        );
+    let (code, err) = validate_text(&installer);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `machine.initramfs`") && err.contains("rootfs builder only"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!("{GOOD}\n[machine]\ninitramfs = \"tiny\"\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `machine.initramfs`") && err.contains("unknown variant `tiny`"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!("{GOOD}\n[machine]\ninitramfs = \"virtual\"\n"));
+    assert_eq!(code, 0, "{err}");
+}

@@ -6,7 +6,7 @@
 use super::packages::{self, PackageCache};
 use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::bake_protocol::{self, sh_quote};
-use crate::definition::{Definition, Firmware};
+use crate::definition::{Definition, Firmware, Initramfs, VIRTUAL_DRIVERS};
 use crate::events::Reporter;
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
@@ -257,6 +257,12 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
     s += &format!(
         "install -d \"$R/etc/ssh/sshd_config.d\"\ncat > \"$R/etc/ssh/sshd_config.d/imgforge-host-keys.conf\" <<'EOF'\n{SSHD_HOST_KEYS}EOF\n"
     );
+    if def.machine.initramfs == Initramfs::Virtual {
+        s += &format!(
+            "echo MODULES=list > \"$R/etc/initramfs-tools/conf.d/imgforge\"\nprintf '%s\\n' {} >> \"$R/etc/initramfs-tools/modules\"\nchroot \"$R\" update-initramfs -u -k all >/dev/null\n",
+            VIRTUAL_DRIVERS.join(" ")
+        );
+    }
     // e2scrub looks for LVM snapshots, which these disks have none of: a unit less at boot.
     s += "chroot \"$R\" systemctl disable e2scrub_reap.service e2scrub_all.timer >/dev/null 2>&1 || true\n";
     s += &format!(
