@@ -3,7 +3,7 @@
 //! `mkfs.ext4 -d` fills the root filesystem at its offset, GRUB's core image goes into the MBR
 //! gap (BIOS) or onto a FAT EFI system partition written with mtools (UEFI).
 
-use super::packages::{self, PackageCache};
+use super::packages::{self, PackageCache, PackageUse};
 use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::bake_protocol::{self, sh_quote};
 use crate::definition::{Definition, Firmware, Initramfs, VIRTUAL_DRIVERS};
@@ -48,8 +48,51 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     let uuid = derived_uuid(&staging.id, "root filesystem");
     let tree = staging.path("tree");
     reporter.phase("mmdebstrap");
+    let package_use = make_tree(def, staging, &uuid, &tree, reporter)?;
+
+    reporter.phase("assemble disk");
+    copy_boot_files(&tree, staging)?;
+    let raw = staging.path("disk.raw");
+    assemble_disk(def, &tree, &raw, &uuid)?;
+    fs::remove_dir_all(&tree).ok();
+    Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(staging.path("disk.qcow2"))
+        .run()?;
+    fs::remove_file(&raw).ok();
+
+    let mut tools = BTreeMap::new();
+    tools.insert(
+        "mmdebstrap".to_string(),
+        tool_version("mmdebstrap", "--version"),
+    );
+    tools.insert("mke2fs".to_string(), tool_version("mke2fs", "-V"));
+    Ok(BaseInfo {
+        id: staging.id.clone(),
+        builder: crate::definition::BuilderKind::Rootfs,
+        direct_boot: Some(DirectBoot {
+            kernel_cmdline: kernel_cmdline(&uuid),
+            root_uuid: uuid,
+        }),
+        build_seconds: started.elapsed().as_secs_f64(),
+        tools,
+        answer_file_fetched_after_s: None,
+        packages: package_use,
+    })
+}
+
+/// Makes the OS tree at `tree` with mmdebstrap, through the package cache unless it is off;
+/// returns how the package cache was used.
+fn make_tree(
+    def: &Definition,
+    staging: &BaseStaging,
+    uuid: &str,
+    tree: &Path,
+    reporter: &Reporter,
+) -> Result<Option<PackageUse>> {
     let hook = staging.path("customize.sh");
-    fs::write(&hook, customize_script(def, &uuid, &staging.public_key()?)?)?;
+    fs::write(&hook, customize_script(def, uuid, &staging.public_key()?)?)?;
     let selections = staging.path("debconf.txt");
     fs::write(&selections, debconf_selections(def))?;
     let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
@@ -82,7 +125,7 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     cmd = cmd
         .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
         .arg(suite)
-        .arg(&tree)
+        .arg(tree)
         .arg(&def.system.mirror);
     if crate::definition::snapshot_time(&def.system.mirror).is_some() {
         // A dated snapshot's Release file has long expired; its date is the point.
@@ -94,52 +137,20 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
     cmd.env("SOURCE_DATE_EPOCH", &def.source_date_epoch().to_string())
         .run()
         .context("mmdebstrap could not build the OS tree")?;
-    let package_use = package_cache
-        .map(|c| c.absorb(&synced))
-        .transpose()?
-        .inspect(|used| {
-            let damaged = match used.damaged {
-                0 => String::new(),
-                n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
-            };
-            reporter.println(&format!(
-                "    package cache: {} packages reused, {} downloaded{damaged}",
-                used.reused, used.downloaded
-            ))
-        });
+    let package_use = package_cache.map(|c| c.absorb(&synced)).transpose()?;
+    if let Some(used) = &package_use {
+        let damaged = match used.damaged {
+            0 => String::new(),
+            n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
+        };
+        reporter.println(&format!(
+            "    package cache: {} packages reused, {} downloaded{damaged}",
+            used.reused, used.downloaded
+        ));
+    }
     fs::remove_dir_all(&synced).ok();
     packages::trim(&packages::cache_root(), package_limit, false)?;
-
-    reporter.phase("assemble disk");
-    copy_boot_files(&tree, staging)?;
-    let raw = staging.path("disk.raw");
-    assemble_disk(def, &tree, &raw, &uuid)?;
-    fs::remove_dir_all(&tree).ok();
-    Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(staging.path("disk.qcow2"))
-        .run()?;
-    fs::remove_file(&raw).ok();
-
-    let mut tools = BTreeMap::new();
-    tools.insert(
-        "mmdebstrap".to_string(),
-        tool_version("mmdebstrap", "--version"),
-    );
-    tools.insert("mke2fs".to_string(), tool_version("mke2fs", "-V"));
-    Ok(BaseInfo {
-        id: staging.id.clone(),
-        builder: crate::definition::BuilderKind::Rootfs,
-        direct_boot: Some(DirectBoot {
-            kernel_cmdline: kernel_cmdline(&uuid),
-            root_uuid: uuid,
-        }),
-        build_seconds: started.elapsed().as_secs_f64(),
-        tools,
-        answer_file_fetched_after_s: None,
-        packages: package_use,
-    })
+    Ok(package_use)
 }
 
 /// The locale's own selections (so `locales` configures cleanly), then the definition's.
@@ -251,20 +262,7 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
         "install -d -m 700 \"$R/root/.ssh\"\necho {} >> \"$R/root/.ssh/authorized_keys\"\nchmod 600 \"$R/root/.ssh/authorized_keys\"\n",
         q(build_key)
     );
-    s += &format!(
-        "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
-    );
-    s += &format!(
-        "install -d \"$R/etc/ssh/sshd_config.d\"\ncat > \"$R/etc/ssh/sshd_config.d/imgforge-host-keys.conf\" <<'EOF'\n{SSHD_HOST_KEYS}EOF\n"
-    );
-    if def.machine.initramfs == Initramfs::Virtual {
-        s += &format!(
-            "echo MODULES=list > \"$R/etc/initramfs-tools/conf.d/imgforge\"\nprintf '%s\\n' {} >> \"$R/etc/initramfs-tools/modules\"\nchroot \"$R\" update-initramfs -u -k all >/dev/null\n",
-            VIRTUAL_DRIVERS.join(" ")
-        );
-    }
-    // e2scrub looks for LVM snapshots, which these disks have none of: a unit less at boot.
-    s += "chroot \"$R\" systemctl disable e2scrub_reap.service e2scrub_all.timer >/dev/null 2>&1 || true\n";
+    s += &first_boot_settings(def);
     s += &format!(
         "install -d \"$(dirname \"$R{init}\")\"\ncat > \"$R{init}\" <<'EOF'\n{script}EOF\nchmod 755 \"$R{init}\"\n",
         init = bake_protocol::INIT_PATH,
@@ -280,6 +278,27 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
     );
     s += "chroot \"$R\" apt-get clean\nrm -rf \"$R\"/var/lib/apt/lists/*\n";
     Ok(s)
+}
+
+/// The customize hook's part for the first boot: SSH host keys made then, the initramfs of
+/// `machine.initramfs`, no e2scrub.
+fn first_boot_settings(def: &Definition) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
+    );
+    s += &format!(
+        "install -d \"$R/etc/ssh/sshd_config.d\"\ncat > \"$R/etc/ssh/sshd_config.d/imgforge-host-keys.conf\" <<'EOF'\n{SSHD_HOST_KEYS}EOF\n"
+    );
+    if def.machine.initramfs == Initramfs::Virtual {
+        s += &format!(
+            "echo MODULES=list > \"$R/etc/initramfs-tools/conf.d/imgforge\"\nprintf '%s\\n' {} >> \"$R/etc/initramfs-tools/modules\"\nchroot \"$R\" update-initramfs -u -k all >/dev/null\n",
+            VIRTUAL_DRIVERS.join(" ")
+        );
+    }
+    // e2scrub looks for LVM snapshots, which these disks have none of: a unit less at boot.
+    s += "chroot \"$R\" systemctl disable e2scrub_reap.service e2scrub_all.timer >/dev/null 2>&1 || true\n";
+    s
 }
 
 /// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
