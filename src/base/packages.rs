@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_LIMIT: u64 = 2 << 30;
 
 /// The package cache's size limit: `IMGFORGE_PACKAGE_CACHE_SIZE` (`2G`, `500M`; `0` turns the
-/// cache off), else [`DEFAULT_LIMIT`].
+/// cache off), else `DEFAULT_LIMIT` (2 GiB).
 pub fn limit() -> Result<u64> {
     match std::env::var("IMGFORGE_PACKAGE_CACHE_SIZE") {
         Ok(v) => crate::definition::ByteSize::parse(&v)
