@@ -264,12 +264,10 @@ fn wrong_data_checksum_fails_before_any_vm_starts() {
 fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let web = WebFixture::new("provisioner test", "");
-    fs::write(
-        web.dir.path().join("fail.sh"),
+    web.add_shell_provisioner(
+        "fail.sh",
         "echo 'provisioner was here'\necho 'disk is full, giving up' >&2\nexit 7\n",
-    )
-    .unwrap();
-    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"fail.sh\"\n");
+    );
     let (code, _, err) = web.build(&[]);
     assert_ne!(code, 0);
     assert!(
@@ -303,12 +301,7 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
 fn a_bake_past_its_timeout_is_stopped_with_what_it_started_and_leaves_nothing() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let web = WebFixture::new("timeout test", "");
-    fs::write(
-        web.dir.path().join("hang.sh"),
-        "echo 'hanging now'\nsleep 3131 &\nsleep 3132\n",
-    )
-    .unwrap();
-    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"hang.sh\"\n");
+    web.add_shell_provisioner("hang.sh", "echo 'hanging now'\nsleep 3131 &\nsleep 3132\n");
     let def = fs::read_to_string(web.definition()).unwrap();
     fs::write(
         web.definition(),

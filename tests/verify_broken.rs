@@ -79,12 +79,7 @@ fn a_build_whose_boot_loader_lost_its_configuration_fails_its_own_verify() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let web = WebFixture::new("no grub.cfg test", "");
     // The seal writes the boot loader again, but not its configuration, which is in the tree.
-    fs::write(
-        web.dir.path().join("wipe.sh"),
-        "rm -f /boot/grub/grub.cfg\n",
-    )
-    .unwrap();
-    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"wipe.sh\"\n");
+    web.add_shell_provisioner("wipe.sh", "rm -f /boot/grub/grub.cfg\n");
     web.replace_checks(TCP_22);
     let (code, events, err) = web.build(&[]);
     assert_eq!(
@@ -128,14 +123,12 @@ fn a_kernel_panic_fails_verify_and_the_builds_own_verify() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let web = WebFixture::new("panic test", "");
     // init is replaced by a program that crashes the kernel (the bake itself runs its own init).
-    fs::write(
-        web.dir.path().join("panic.sh"),
+    web.add_shell_provisioner(
+        "panic.sh",
         "rm -f /usr/sbin/init\n\
          printf '#!/bin/sh\\necho 1 > /proc/sys/kernel/sysrq\\necho c > /proc/sysrq-trigger\\n' > /usr/sbin/init\n\
          chmod 755 /usr/sbin/init\n",
-    )
-    .unwrap();
-    web.insert_before_checks("[[provisioners]]\ntype = \"shell\"\nscript = \"panic.sh\"\n");
+    );
     web.replace_checks(TCP_22);
     let manifest = build_unverified(&web);
     for (checks, named) in [

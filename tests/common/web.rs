@@ -85,6 +85,15 @@ impl WebFixture {
         fs::write(self.definition(), def).unwrap();
     }
 
+    /// Writes `script` as `name` beside the definition and runs it as a shell provisioner (an
+    /// offline one), before the checks.
+    pub fn add_shell_provisioner(&self, name: &str, script: &str) {
+        fs::write(self.dir.path().join(name), script).unwrap();
+        self.insert_before_checks(&format!(
+            "[[provisioners]]\ntype = \"shell\"\nscript = \"{name}\"\n"
+        ));
+    }
+
     /// Replaces every check of the definition with `checks` (TOML `[[checks]]` tables).
     pub fn replace_checks(&self, checks: &str) {
         let def = fs::read_to_string(self.definition()).unwrap();
