@@ -99,10 +99,18 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
         crate::base::ensure(&c.def, &answer, &c.ids, remote, reporter)
     })?;
     let (baked, bake_fetched) = ctx.step("bake", |c| c.bake(&base, remote))?;
-    let sealed = ctx.step("seal", |c| c.seal(&base, &baked))?;
-    let artifacts = ctx.step("export", |c| {
-        crate::export::export(&c.def, &sealed, c.staging.path(), reporter)
+    let mut sealed = ctx.step("seal", |c| c.seal(&base, &baked))?;
+    let exported = ctx.step("export", |c| {
+        let target = crate::export::ExportTarget {
+            out_dir: c.staging.path(),
+            final_dir: &out.final_dir,
+            work: c.work.path(),
+            built_at: &c.provenance.built_at,
+        };
+        crate::export::export(&c.def, &sealed, &target, reporter)
     })?;
+    sealed.documents.extend(exported.documents);
+    let artifacts = exported.artifacts;
     if !opts.no_verify {
         ctx.step("verify", |c| c.verify(&artifacts, &sealed.disk))?;
     }

@@ -101,6 +101,9 @@ pub struct Definition {
     /// Where `--register` publishes the image.
     #[serde(default)]
     pub publish: Publish,
+    /// `[cloud]`: how an instance takes its keys, hostname and user data where it runs.
+    #[serde(default)]
+    pub cloud: Cloud,
     /// `[cache]`: the layer cache shared by runners.
     #[serde(default)]
     pub cache: CacheSettings,
@@ -691,6 +694,11 @@ pub struct Output {
     /// is derived from the inputs ([`Definition::source_date_epoch`]).
     #[serde(default)]
     pub source_date_epoch: Option<u32>,
+    /// Where the team serves its Vagrant boxes (`https://boxes.example.com/web`): the box
+    /// catalogue's URL is this plus the box's file name. Unset, the catalogue points at the
+    /// finished build's directory with a `file://` URL.
+    #[serde(default)]
+    pub box_url: Option<String>,
 }
 
 impl Default for Output {
@@ -699,6 +707,7 @@ impl Default for Output {
             formats: default_formats(),
             compress: false,
             source_date_epoch: None,
+            box_url: None,
         }
     }
 }
@@ -719,6 +728,10 @@ pub enum DiskFormat {
     Vmdk,
     /// Hyper-V / Azure VHD (qemu-img `vpc`).
     Vhd,
+    /// A Vagrant box for the libvirt provider: the image plus the `vagrant` user, as a
+    /// `.box` (tar of `box.img`, `metadata.json` and a `Vagrantfile`).
+    #[serde(rename = "vagrant-libvirt")]
+    VagrantLibvirt,
 }
 
 impl DiskFormat {
@@ -729,9 +742,44 @@ impl DiskFormat {
             DiskFormat::Raw => "raw",
             DiskFormat::Vmdk => "vmdk",
             DiskFormat::Vhd => "vhd",
+            DiskFormat::VagrantLibvirt => "box",
         }
     }
 }
+
+/// `[cloud]`: the image's integration with the place an instance runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    /// `cloud-init` or `none`; unset, `cloud-init` for a Debian image with a `[publish]`
+    /// target, else `none`.
+    #[serde(default)]
+    pub init: Option<CloudInit>,
+    /// The user the instance metadata's SSH keys go to (default `admin`, as on Debian's own
+    /// AMIs), made at an instance's first boot with passwordless sudo.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Also take the EC2 metadata service of a cloud that does not identify itself as AWS
+    /// (Eucalyptus): cloud-init then asks 169.254.169.254 wherever no NoCloud seed is found,
+    /// which costs a machine without metadata (bare metal) up to 30 s of its first boot.
+    /// Unset, true when the definition has a `[publish.eucalyptus]` target.
+    #[serde(default)]
+    pub private_ec2: Option<bool>,
+}
+
+/// What configures an instance at its first boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloudInit {
+    /// Debian's `cloud-init`: NoCloud seed disks and the EC2 metadata service.
+    #[serde(rename = "cloud-init")]
+    CloudInit,
+    /// Nothing: the image keeps what was baked.
+    #[serde(rename = "none")]
+    None,
+}
+
+/// The user `[cloud]` gives the metadata's keys to when `user` is unset.
+pub const DEFAULT_CLOUD_USER: &str = "admin";
 
 /// `[publish]`: registration targets used by `build --register`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1119,8 +1167,39 @@ impl Definition {
         if self.output.formats.is_empty() {
             fail(
                 "output.formats",
-                "name at least one of qcow2, raw, vmdk, vhd",
+                "name at least one of qcow2, raw, vmdk, vhd, vagrant-libvirt",
             );
+        }
+        if self.output.formats.contains(&DiskFormat::VagrantLibvirt)
+            && self.machine.firmware == Firmware::Uefi
+        {
+            fail(
+                "output.formats",
+                "a vagrant-libvirt box boots with BIOS (the box format has no firmware setting, \
+                 so vagrant-libvirt starts it with SeaBIOS): drop it or set machine.firmware = \"bios\"",
+            );
+        }
+        if self.cloud.init == Some(CloudInit::CloudInit) && self.os.family != OsFamily::Debian {
+            fail(
+                "cloud.init",
+                "cloud-init integration is made for Debian images only so far; set \
+                 init = \"none\" and install and configure cloud-init with a provisioner",
+            );
+        }
+        if let Some(user) = &self.cloud.user {
+            let valid = !user.is_empty()
+                && user.len() <= 32
+                && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !valid || user == "root" || self.system.users.iter().any(|u| &u.name == user) {
+                fail(
+                    "cloud.user",
+                    "name a new user (lowercase letters, digits, `_` and `-`; not root nor one \
+                     of system.users): cloud-init makes it at an instance's first boot",
+                );
+            }
         }
         if self.builder.kind == BuilderKind::Rootfs
             && self.machine.firmware == Firmware::Uefi
@@ -1284,8 +1363,36 @@ impl Definition {
     /// The packages the base installs: `system.packages`, then [`Self::bake_only_packages`].
     pub fn base_packages(&self) -> Vec<String> {
         let mut packages = self.system.packages.clone();
+        if self.cloud_init() {
+            packages.extend(CLOUD_INIT_PACKAGES.iter().map(|p| p.to_string()));
+        }
         packages.extend(self.bake_only_packages().iter().map(|p| p.to_string()));
         packages
+    }
+
+    /// Whether instances configure themselves with cloud-init (`cloud.init`, or its default:
+    /// on for a Debian image with a `[publish]` target).
+    pub fn cloud_init(&self) -> bool {
+        match self.cloud.init {
+            Some(init) => init == CloudInit::CloudInit,
+            None => {
+                self.os.family == OsFamily::Debian
+                    && (self.publish.aws.is_some() || self.publish.eucalyptus.is_some())
+            }
+        }
+    }
+
+    /// Whether cloud-init also takes the metadata service of a cloud that does not identify
+    /// itself as AWS (`cloud.private_ec2`, default: a `[publish.eucalyptus]` target).
+    pub fn cloud_private_ec2(&self) -> bool {
+        self.cloud
+            .private_ec2
+            .unwrap_or(self.publish.eucalyptus.is_some())
+    }
+
+    /// The user the metadata's SSH keys go to.
+    pub fn cloud_user(&self) -> &str {
+        self.cloud.user.as_deref().unwrap_or(DEFAULT_CLOUD_USER)
     }
 
     /// What the base installs only for the bake, and the bake purges again: Debian's Ansible
@@ -1383,6 +1490,10 @@ fn locate_field(text: &str, field: &str) -> (usize, usize) {
     }
     (1, 1)
 }
+
+/// What `[cloud] init = "cloud-init"` adds to the base: cloud-init, and `growpart` to grow
+/// the root partition to the volume's size.
+pub const CLOUD_INIT_PACKAGES: [&str; 2] = ["cloud-init", "cloud-guest-utils"];
 
 /// Debian's Ansible and the apt bindings its `apt` module needs, for playbooks that run in the
 /// image.

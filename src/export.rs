@@ -1,9 +1,10 @@
 //! Export: the finished disk converted into the requested formats with `qemu-img convert`,
-//! each with its size and sha256, plus a `SHA256SUMS` file.
+//! each with its size and sha256, plus a `SHA256SUMS` file; a Vagrant box ([`crate::vagrant`])
+//! with its catalogue.
 
 use crate::definition::{Definition, DiskFormat};
 use crate::events::{Event, Reporter};
-use crate::manifest::{ArtifactRecord, SUMS_FILE_NAME};
+use crate::manifest::{ArtifactRecord, DocumentRecord, SUMS_FILE_NAME};
 use crate::process::Command;
 use crate::seal::Sealed;
 use crate::sources::sha256_file;
@@ -18,25 +19,46 @@ fn convert_args(format: DiskFormat, compress: bool) -> Vec<&'static str> {
         DiskFormat::Raw => vec!["-O", "raw"],
         DiskFormat::Vmdk => vec!["-O", "vmdk", "-o", "subformat=streamOptimized"],
         DiskFormat::Vhd => vec!["-O", "vpc", "-o", "subformat=dynamic"],
+        DiskFormat::VagrantLibvirt => unreachable!("a Vagrant box is not a qemu-img conversion"),
     }
 }
 
-/// Converts the sealed disk into every format of the definition inside `out_dir`, and writes
-/// `SHA256SUMS` there, listing the artifacts and the seal's documents. The formats are
-/// converted and hashed at the same time, each on its own thread; the records keep the
-/// definition's order.
+/// Where export writes and where the build will finally be.
+pub struct ExportTarget<'a> {
+    /// The build's output directory being assembled.
+    pub out_dir: &'a Path,
+    /// The directory the finished build is moved to (for the Vagrant catalogue's URL).
+    pub final_dir: &'a Path,
+    /// Scratch space, removed with the build.
+    pub work: &'a Path,
+    /// The build's time (RFC 3339), which versions the Vagrant catalogue.
+    pub built_at: &'a str,
+}
+
+/// What export wrote: the artifacts, and the documents it added (the Vagrant catalogue).
+pub struct Exported {
+    /// One record per format, in the definition's order.
+    pub artifacts: Vec<ArtifactRecord>,
+    /// Documents written beside them, listed in `SHA256SUMS` with the seal's.
+    pub documents: Vec<DocumentRecord>,
+}
+
+/// Converts the sealed disk into every format of the definition inside `target.out_dir`, and
+/// writes `SHA256SUMS` there, listing the artifacts, the seal's documents and the Vagrant
+/// catalogue when there is a box. The formats are converted and hashed at the same time, each
+/// on its own thread; the records keep the definition's order.
 pub fn export(
     def: &Definition,
     sealed: &Sealed,
-    out_dir: &Path,
+    target: &ExportTarget,
     reporter: &Reporter,
-) -> Result<Vec<ArtifactRecord>> {
+) -> Result<Exported> {
     let records = std::thread::scope(|scope| {
         let writers: Vec<_> = def
             .output
             .formats
             .iter()
-            .map(|&format| scope.spawn(move || write_artifact(def, sealed, format, out_dir)))
+            .map(|&format| scope.spawn(move || write_artifact(def, sealed, format, target)))
             .collect();
         writers
             .into_iter()
@@ -50,14 +72,37 @@ pub fn export(
             serde_json::json!({ "file": r.file, "format": r.format, "size": r.size, "sha256": r.sha256 }),
         );
     }
+    let documents = records
+        .iter()
+        .filter(|r| r.format == DiskFormat::VagrantLibvirt)
+        .map(|r| {
+            crate::vagrant::write_catalogue(
+                def,
+                &r.file,
+                &r.sha256,
+                target.final_dir,
+                target.built_at,
+                target.out_dir,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let sums: String = records
         .iter()
         .map(|r| (&r.sha256, &r.file))
-        .chain(sealed.documents.iter().map(|d| (&d.sha256, &d.file)))
+        .chain(
+            sealed
+                .documents
+                .iter()
+                .chain(&documents)
+                .map(|d| (&d.sha256, &d.file)),
+        )
         .map(|(sha256, file)| format!("{sha256}  {file}\n"))
         .collect();
-    crate::atomic::write(&out_dir.join(SUMS_FILE_NAME), sums.as_bytes())?;
-    Ok(records)
+    crate::atomic::write(&target.out_dir.join(SUMS_FILE_NAME), sums.as_bytes())?;
+    Ok(Exported {
+        artifacts: records,
+        documents,
+    })
 }
 
 /// Writes the sealed disk as one `format` into `out_dir` and hashes it.
@@ -65,7 +110,7 @@ fn write_artifact(
     def: &Definition,
     sealed: &Sealed,
     format: DiskFormat,
-    out_dir: &Path,
+    target: &ExportTarget,
 ) -> Result<ArtifactRecord> {
     let file = format!(
         "{}-{}.{}",
@@ -73,13 +118,17 @@ fn write_artifact(
         def.image.version,
         format.extension()
     );
-    let path = out_dir.join(&file);
-    Command::new("qemu-img")
-        .arg("convert")
-        .args(convert_args(format, def.output.compress))
-        .arg(&sealed.disk)
-        .arg(&path)
-        .run()?;
+    let path = target.out_dir.join(&file);
+    if format == DiskFormat::VagrantLibvirt {
+        crate::vagrant::write_box(def, &sealed.disk, target.work, target.out_dir, &file)?;
+    } else {
+        Command::new("qemu-img")
+            .arg("convert")
+            .args(convert_args(format, def.output.compress))
+            .arg(&sealed.disk)
+            .arg(&path)
+            .run()?;
+    }
     Ok(ArtifactRecord {
         format,
         size: std::fs::metadata(&path)?.len(),

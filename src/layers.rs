@@ -77,6 +77,7 @@ pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Re
         "bake": bake,
         "formats": def.output.formats,
         "compress": def.output.compress,
+        "box_url": def.output.box_url,
     }));
     Ok(LayerIds { base, bake, build })
 }
@@ -96,7 +97,7 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         "imgforge": env!("CARGO_PKG_VERSION"),
         // What a cached base records (base.json) and holds; bases of another layout are not
         // reused.
-        "base_layout": 5,
+        "base_layout": 6,
         "source_date_epoch": def.source_date_epoch(),
         "builder": def.builder,
         "os": def.os,
@@ -165,13 +166,18 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     }
     Ok(json!({
         // What the bake runs around the provisioners (its prelude and hygiene).
-        "bake_layout": 2,
+        "bake_layout": 3,
         "base": base,
         // The image's name and version are baked into /etc/imgforge/build.json.
         "image": { "name": def.image.name.0, "version": def.image.version },
         "service": service,
         "data": data,
         "provisioners": provisioners,
+        "cloud": {
+            "init": def.cloud_init(),
+            "user": def.cloud_user(),
+            "private_ec2": def.cloud_private_ec2(),
+        },
     }))
 }
 

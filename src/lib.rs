@@ -61,6 +61,7 @@ mod seal;
 mod signature;
 mod sources;
 mod sparse;
+mod vagrant;
 mod verify;
 
 pub use atomic::write as write_atomically;

@@ -238,6 +238,9 @@ pub enum DocumentKind {
     Files,
     /// SPDX 2.3 JSON software bill of materials.
     Sbom,
+    /// A Vagrant box catalogue listing the build's `vagrant-libvirt` box.
+    #[serde(rename = "vagrant-catalogue")]
+    VagrantCatalogue,
 }
 
 /// One document written beside the artifacts.

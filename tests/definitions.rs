@@ -789,3 +789,77 @@ fn a_virtual_initramfs_is_refused_for_the_installer_builder_and_unknown_kinds_by
     let (code, err) = validate_text(&format!("{GOOD}\n[machine]\ninitramfs = \"virtual\"\n"));
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn environment_outputs_are_refused_by_name_where_they_cannot_work() {
+    let (code, err) = validate_text(&format!("{GOOD}\n[output]\nformats = [\"vagrant\"]\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `output.formats")
+            && err.contains("unknown variant `vagrant`")
+            && err.contains("vagrant-libvirt"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[machine]\nfirmware = \"uefi\"\ndisk_size = \"2G\"\n[output]\nformats = [\"vagrant-libvirt\"]\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `output.formats`") && err.contains("boots with BIOS"),
+        "{err}"
+    );
+    let rocky = fs::read_to_string(repo_root().join("images/rocky-9-kickstart.toml")).unwrap();
+    let (code, err) = validate_text(&format!("{rocky}\n[cloud]\ninit = \"cloud-init\"\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `cloud.init`") && err.contains("Debian images only"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[cloud]\ninit = \"cloud-init\"\nuser = \"root\"\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("field `cloud.user`"), "{err}");
+    let (code, err) = validate_text(&format!("{GOOD}\n[cloud]\ninit = \"yes\"\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `cloud.init`") && err.contains("unknown variant `yes`"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
+        "{GOOD}\n[cloud]\ninit = \"cloud-init\"\n[output]\nformats = [\"qcow2\", \"vagrant-libvirt\"]\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn cloud_init_is_part_of_the_base_and_on_by_default_with_a_publish_target() {
+    let f = Fixture::new();
+    let plain = f.write("plain.toml", ID_DEF);
+    let cloud = f.write(
+        "cloud.toml",
+        &format!("{ID_DEF}\n[cloud]\ninit = \"cloud-init\"\n"),
+    );
+    let published = f.write(
+        "published.toml",
+        &format!("{ID_DEF}\n[publish.aws]\nregion = \"us-east-1\"\n"),
+    );
+    let opted_out = f.write(
+        "opted-out.toml",
+        &format!("{ID_DEF}\n[publish.aws]\nregion = \"us-east-1\"\n[cloud]\ninit = \"none\"\n"),
+    );
+    let (plain, cloud) = (f.ids(&plain), f.ids(&cloud));
+    let (published, opted_out) = (f.ids(&published), f.ids(&opted_out));
+    assert_ne!(
+        plain["base"], cloud["base"],
+        "cloud-init's packages are in the base"
+    );
+    assert_eq!(
+        cloud["base"], published["base"],
+        "a publish target turns it on"
+    );
+    assert_eq!(
+        plain["base"], opted_out["base"],
+        "init = \"none\" keeps today's image"
+    );
+}

@@ -10,6 +10,7 @@
 mod ansible;
 mod chef;
 mod chroot;
+mod cloud_init;
 
 use crate::bake_protocol::{self, sh_quote, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
@@ -340,6 +341,7 @@ fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
             "apt-get purge -y --autoremove {packages} >/dev/null || fail 'hygiene: purge {packages}' $?\n"
         ),
     };
+    let cloud = cloud_init::hygiene_script(input.def);
     Ok(format!(
         r#"step hygiene
 if [ -f /root/.ssh/authorized_keys ]; then
@@ -351,7 +353,7 @@ rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
 {purge}apt-get clean >/dev/null 2>&1
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/* /var/tmp/*
 rm -rf /var/log/journal/* /var/lib/systemd/random-seed /var/lib/systemd/credential.secret /var/cache/ldconfig/aux-cache
-find /var/log -type f -exec truncate -s 0 {{}} +
+{cloud}find /var/log -type f -exec truncate -s 0 {{}} +
 step provenance
 pk=$(dpkg-query -W -f='"${{Package}}=${{Version}}",' | sed 's/,$//')
 mkdir -p /etc/imgforge

@@ -306,7 +306,7 @@ fn first_boot_settings(def: &Definition) -> String {
 /// instance `rotate` launches pays its first boot. [`SSHD_HOST_KEYS`] tells sshd so.
 const HOSTKEYS_UNIT: &str = "[Unit]
 Description=imgforge: generate SSH host keys on first boot
-Before=ssh.service
+Before=ssh.service cloud-init.service
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 
 [Service]

@@ -1,0 +1,185 @@
+//! The `vagrant-libvirt` output: a Vagrant box for the libvirt provider, and a box catalogue
+//! entry a team can serve. The box is the sealed image plus what Vagrant expects of a base
+//! box (the `vagrant` user with Vagrant's well-known insecure key, passwordless sudo, sshd
+//! without DNS lookups). Only the box gets them: the other formats never carry that key.
+
+use crate::definition::Definition;
+use crate::loopmount::{Access, RootMount};
+use crate::manifest::{DocumentKind, DocumentRecord};
+use crate::process::Command;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::Path;
+
+/// Vagrant's insecure public key, published by HashiCorp in every Vagrant release
+/// (`keys/vagrant.pub`). `vagrant up` replaces it with a key of its own at the first boot.
+pub const INSECURE_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key";
+
+/// What makes an image a Vagrant base box, run in a chroot of the box's own copy.
+const VAGRANT_USER_SCRIPT: &str = r#"set -e
+id vagrant >/dev/null 2>&1 || useradd --create-home --user-group --shell /bin/bash vagrant
+install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
+printf '%s\n' "$INSECURE_KEY" > /home/vagrant/.ssh/authorized_keys
+chown vagrant:vagrant /home/vagrant/.ssh/authorized_keys
+chmod 0600 /home/vagrant/.ssh/authorized_keys
+echo 'vagrant ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/vagrant
+chmod 0440 /etc/sudoers.d/vagrant
+mkdir -p /etc/ssh/sshd_config.d
+echo 'UseDNS no' > /etc/ssh/sshd_config.d/vagrant.conf
+"#;
+
+/// Writes the box `out_dir/file` from the sealed raw `disk`, using `work` for its copy.
+pub fn write_box(
+    def: &Definition,
+    disk: &Path,
+    work: &Path,
+    out_dir: &Path,
+    file: &str,
+) -> Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("vagrant-")
+        .tempdir_in(work)?;
+    let raw = work.path().join("box.raw");
+    Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(disk)
+        .arg(&raw)
+        .run()?;
+    add_vagrant_user(&raw, work.path())?;
+    let image = work.path().join("box.img");
+    let mut convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]);
+    if def.output.compress {
+        convert = convert.arg("-c");
+    }
+    convert.arg(&raw).arg(&image).run()?;
+    std::fs::remove_file(&raw)?;
+    let entries = [
+        ("metadata.json", metadata(def).into_bytes()),
+        ("Vagrantfile", vagrantfile(def).into_bytes()),
+    ];
+    pack(
+        &out_dir.join(file),
+        &entries,
+        &image,
+        def.source_date_epoch(),
+    )
+    .with_context(|| format!("cannot write the Vagrant box {file}"))
+}
+
+/// Adds the `vagrant` user, its key, its sudo rule and sshd's `UseDNS no` to the root
+/// filesystem of `raw`.
+fn add_vagrant_user(raw: &Path, work: &Path) -> Result<()> {
+    let Some(root) = RootMount::find(raw, work, Access::ReadWrite)? else {
+        bail!(
+            "{}: no partition holds a root filesystem to add the vagrant user to",
+            raw.display()
+        );
+    };
+    if !root.path().join("usr/bin/sudo").exists() {
+        bail!(
+            "a vagrant-libvirt box needs sudo in the image (Vagrant runs its setup with it): \
+             add \"sudo\" to system.packages"
+        );
+    }
+    Command::new("chroot")
+        .arg(root.path())
+        .args(["/bin/sh", "-c", VAGRANT_USER_SCRIPT])
+        .env("INSECURE_KEY", INSECURE_KEY)
+        .run()
+        .context("cannot add the vagrant user to the box")?;
+    root.unmount()
+}
+
+/// The box's `metadata.json`: vagrant-libvirt needs the disk's format and size (whole GiB).
+fn metadata(def: &Definition) -> String {
+    let gib = def.machine.disk_size.0.div_ceil(1 << 30);
+    json!({ "provider": "libvirt", "format": "qcow2", "virtual_size": gib }).to_string()
+}
+
+/// The box's `Vagrantfile`: defaults a project's own Vagrantfile overrides.
+fn vagrantfile(def: &Definition) -> String {
+    format!(
+        "# Written by imgforge: the defaults of the {name} box; a project's Vagrantfile overrides them.
+Vagrant.configure(\"2\") do |config|
+  # The image has no shared-folder tools: sync with rsync or NFS in the project if needed.
+  config.vm.synced_folder \".\", \"/vagrant\", disabled: true
+  config.vm.provider :libvirt do |libvirt|
+    libvirt.memory = {memory}
+    libvirt.cpus = {cpus}
+    libvirt.disk_bus = \"virtio\"
+  end
+end
+",
+        name = def.image.name,
+        memory = def.machine.memory_mib,
+        cpus = def.machine.cpus,
+    )
+}
+
+/// Writes the tar `path`: `entries`, then `image` as `box.img`, owned by root and dated
+/// `epoch`, so that the same files give the same box.
+fn pack(path: &Path, entries: &[(&str, Vec<u8>)], image: &Path, epoch: u32) -> Result<()> {
+    let header = |size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(epoch.into());
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(path)?));
+    for (name, bytes) in entries {
+        tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice())?;
+    }
+    let disk = std::fs::File::open(image)?;
+    tar.append_data(&mut header(disk.metadata()?.len()), "box.img", disk)?;
+    tar.into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(())
+}
+
+/// Writes `<name>.json` into `out_dir`: a Vagrant box catalogue with this build as its one
+/// version, the box at `url` (a `file://` URL of the finished build, or `output.box_url`).
+/// The version is the image's version with the build time appended, so each nightly build is
+/// newer than the last: `1.0.0.20261127032535`.
+pub fn write_catalogue(
+    def: &Definition,
+    box_file: &str,
+    box_sha256: &str,
+    final_dir: &Path,
+    built_at: &str,
+    out_dir: &Path,
+) -> Result<DocumentRecord> {
+    let url = match &def.output.box_url {
+        Some(base) => format!("{}/{box_file}", base.trim_end_matches('/')),
+        None => format!(
+            "file://{}",
+            std::path::absolute(final_dir)?.join(box_file).display()
+        ),
+    };
+    let stamp: String = built_at.chars().filter(char::is_ascii_digit).collect();
+    let catalogue = json!({
+        "name": def.image.name.0,
+        "description": def.image.description,
+        "versions": [{
+            "version": format!("{}.{stamp}", def.image.version),
+            "providers": [{
+                "name": "libvirt",
+                "url": url,
+                "checksum_type": "sha256",
+                "checksum": box_sha256,
+            }],
+        }],
+    });
+    let file = format!("{}.json", def.image.name);
+    let bytes = serde_json::to_vec_pretty(&catalogue)?;
+    crate::atomic::write(&out_dir.join(&file), &bytes)?;
+    Ok(DocumentRecord::of(
+        DocumentKind::VagrantCatalogue,
+        file,
+        &bytes,
+    ))
+}
