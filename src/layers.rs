@@ -97,7 +97,7 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         "imgforge": env!("CARGO_PKG_VERSION"),
         // What a cached base records (base.json) and holds; bases of another layout are not
         // reused.
-        "base_layout": 6,
+        "base_layout": 5,
         "source_date_epoch": def.source_date_epoch(),
         "builder": def.builder,
         "os": def.os,

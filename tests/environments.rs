@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::web::{build_dir, last_manifest, read_from_image, WebFixture};
+use common::web::{build_dir, in_image_chroot, last_manifest, read_from_image, WebFixture};
 use common::{imgforge, run, sha256_of, ssh_key};
 use serde_json::Value;
 use std::fs;
@@ -30,7 +30,7 @@ const INSTANCE_GIB: u64 = 5;
 
 /// The one build every test here reads.
 struct Built {
-    _fixture: WebFixture,
+    fixture: WebFixture,
     dir: PathBuf,
     manifest: Value,
 }
@@ -56,17 +56,23 @@ fn built() -> &'static Built {
             PAGE,
             "\n[cloud]\ninit = \"cloud-init\"\nprivate_ec2 = true\n",
         );
-        let def = fs::read_to_string(fixture.definition()).unwrap().replace(
-            "formats = [\"qcow2\", \"raw\"]",
-            "formats = [\"qcow2\", \"vagrant-libvirt\"]",
-        );
+        // A baked user with a baked key, which must keep working beside cloud-init's user.
+        let (_, baked_key) = ssh_key(fixture.dir.path(), "baked");
+        let def = fs::read_to_string(fixture.definition())
+            .unwrap()
+            .replace(
+                "formats = [\"qcow2\", \"raw\"]",
+                "formats = [\"qcow2\", \"vagrant-libvirt\"]",
+            )
+            .replace("ssh_keys = []", &format!("ssh_keys = [\"{baked_key}\"]"));
         fs::write(fixture.definition(), def).unwrap();
         let (code, events, err) = fixture.build(&[]);
         assert_eq!(code, 0, "{err}");
-        let manifest = last_manifest(&events)["manifest"].clone();
         let dir = build_dir(last_manifest(&events));
+        let manifest = fs::read_to_string(dir.join("manifest.json")).unwrap();
+        let manifest = serde_json::from_str(&manifest).unwrap();
         Built {
-            _fixture: fixture,
+            fixture,
             dir,
             manifest,
         }
@@ -120,8 +126,9 @@ impl Guest {
         }
     }
 
-    /// `cmd` as `user` over SSH with `key`: its stdout, or `None` if SSH or `cmd` failed.
-    fn ssh(&self, key: &Path, user: &str, cmd: &str) -> Option<String> {
+    /// `cmd` as `user` over SSH with `key`: its stdout, or what it printed if SSH or `cmd`
+    /// failed.
+    fn ssh(&self, key: &Path, user: &str, cmd: &str) -> Result<String, String> {
         let out = Command::new("ssh")
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
             .args([
@@ -138,9 +145,15 @@ impl Guest {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() {
+            true => Ok(stdout),
+            false => Err(format!(
+                "{}{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
     }
 
     /// Waits until `cmd` succeeds with non-empty output; panics with the console's tail after
@@ -149,16 +162,22 @@ impl Guest {
         let deadline = Instant::now() + Duration::from_secs(600);
         while Instant::now() < deadline {
             match self.ssh(key, user, cmd) {
-                Some(out) if !out.trim().is_empty() => return out,
+                Ok(out) if !out.trim().is_empty() => return out,
                 _ => std::thread::sleep(Duration::from_secs(3)),
             }
         }
-        let console = fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
+        let console = self.console();
         let tail: Vec<&str> = console.lines().rev().take(40).collect();
         panic!(
             "`{cmd}` as {user} never succeeded; the console's end:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
+    }
+}
+
+impl Guest {
+    fn console(&self) -> String {
+        fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 }
 
@@ -190,12 +209,14 @@ fn assert_configured(guest: &Guest, key: &Path, hostname: &str, marker: &str) {
         size > (INSTANCE_GIB - 1) << 30,
         "the root filesystem grew from {BUILT_GIB} GiB to the {INSTANCE_GIB} GiB disk: {size} bytes"
     );
+    // The image has no curl; cloud-init brings Python.
+    let page = "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1/\").read().decode())'";
     let sudo = guest.ssh(
         key,
         user,
-        "sudo -n id -un; id -un ops; curl -s http://127.0.0.1/",
+        &format!("sudo -n id -un && id -un ops && {page}"),
     );
-    let sudo = sudo.expect("sudo, the baked user and the page");
+    let sudo = sudo.unwrap_or_else(|e| panic!("sudo, the baked user and the page: {e}"));
     assert!(sudo.starts_with("root\nops\n"), "{sudo}");
     assert!(
         sudo.contains(PAGE),
@@ -237,6 +258,17 @@ fn a_nocloud_seed_gives_the_instance_its_key_hostname_and_user_data() {
         "",
     );
     assert_configured(&guest, &key, "web-nocloud", "from-nocloud");
+    let baked_key = built().fixture.dir.path().join("baked");
+    let baked = guest.ssh(&baked_key, "ops", "id -un; hostname");
+    assert_eq!(
+        baked.as_deref(),
+        Ok("ops\nweb-nocloud\n"),
+        "the baked user logs in with its baked key"
+    );
+    assert!(
+        guest.ssh(&key, "ops", "true").is_err(),
+        "the metadata's key is the cloud user's only"
+    );
 }
 
 /// One request the metadata emulator answered.
@@ -370,7 +402,7 @@ impl MetadataAnswers {
             "meta-data/public-keys/0/openssh-key" => self.public_key.clone(),
             "meta-data/placement/" => "availability-zone".into(),
             "meta-data/placement/availability-zone" => "us-east-1a".into(),
-            "dynamic/instance-identity/" => "document".into(),
+            "dynamic/instance-identity" | "dynamic/instance-identity/" => "document".into(),
             "dynamic/instance-identity/document" => serde_json::json!({
                 "instanceId": "i-0123456789abcdef0",
                 "region": "us-east-1",
@@ -489,6 +521,19 @@ fn the_cloud_image_has_no_instance_state_and_only_the_box_has_the_vagrant_key() 
     assert!(!read_from_image(&raw, "/etc/passwd")
         .unwrap()
         .contains("vagrant:"));
+    // What an EC2 instance needs to find its disk and network (Nitro: NVMe, ENA).
+    let drivers = in_image_chroot(
+        &raw,
+        &[
+            "sh",
+            "-c",
+            "lsinitramfs /boot/initrd.img-* | grep -E '/(ena|nvme)\\.ko'",
+        ],
+    );
+    assert!(
+        drivers.contains("/ena.ko") && drivers.contains("/nvme.ko"),
+        "{drivers}"
+    );
     fs::remove_file(&raw).unwrap();
 
     // The box: Vagrant's key, user, sudo rule and sshd setting, in its own copy only.
@@ -572,7 +617,7 @@ impl Libvirt {
         for tool in ["libvirtd", "virtlogd", "virsh", "vagrant", "ip"] {
             let found = Command::new("sh")
                 .arg("-c")
-                .arg(format!("command -v {tool}"))
+                .arg(format!("command -v {tool} >/dev/null"))
                 .status()
                 .unwrap()
                 .success();
@@ -596,7 +641,31 @@ impl Libvirt {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+        libvirt.remove_leftovers();
         libvirt
+    }
+
+    /// Removes the domains and box volumes an earlier run of this test left (one killed before
+    /// `vagrant destroy`): libvirt keeps them defined across daemon restarts.
+    fn remove_leftovers(&self) {
+        let virsh = |args: &[&str]| {
+            let (_, out, _) = run(Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system"])
+                .args(args));
+            out
+        };
+        for domain in virsh(&["list", "--all", "--name"]).lines() {
+            if domain.starts_with(".tmp") && domain.ends_with("_default") {
+                virsh(&["destroy", domain]);
+                virsh(&["undefine", domain, "--remove-all-storage"]);
+            }
+        }
+        for volume in virsh(&["vol-list", "default"]).lines() {
+            let name = volume.split_whitespace().next().unwrap_or_default();
+            if name.contains("_vagrant_box_image_") || name.starts_with(".tmp") {
+                virsh(&["vol-delete", "--pool", "default", name]);
+            }
+        }
     }
 
     fn host(&self, command: &[&str]) -> String {
@@ -621,6 +690,7 @@ impl Libvirt {
 
 impl Drop for Libvirt {
     fn drop(&mut self) {
+        self.remove_leftovers();
         for pidfile in ["/run/libvirtd.pid", "/run/virtlogd.pid"] {
             if let Ok(pid) = fs::read_to_string(pidfile) {
                 let _ = Command::new("kill").arg(pid.trim()).status();
@@ -679,7 +749,7 @@ end
     let record: Value =
         serde_json::from_str(&vagrant(&["ssh", "-c", "'cat /etc/imgforge/build.json'"])).unwrap();
     assert_eq!(record["name"], "debian-12-web");
-    assert_eq!(record["ids"]["bake"], built.manifest["ids"]["bake"]);
+    assert_eq!(record["bake_id"], built.manifest["ids"]["bake"]);
     let keys = vagrant(&["ssh", "-c", "'cat ~/.ssh/authorized_keys'"]);
     assert!(
         !keys.contains(VAGRANT_KEY_PART),

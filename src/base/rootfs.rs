@@ -303,10 +303,13 @@ fn first_boot_settings(def: &Definition) -> String {
 
 /// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
 /// Ed25519 and ECDSA only: an RSA key takes seconds of a first boot under emulation, and every
-/// instance `rotate` launches pays its first boot. [`SSHD_HOST_KEYS`] tells sshd so.
+/// instance `rotate` launches pays its first boot. [`SSHD_HOST_KEYS`] tells sshd so. With
+/// cloud-init, its keys come first: cloud-init.service runs before `sysinit.target`, which
+/// this unit follows (ordering it before cloud-init would be a cycle systemd breaks by
+/// dropping cloud-init).
 const HOSTKEYS_UNIT: &str = "[Unit]
 Description=imgforge: generate SSH host keys on first boot
-Before=ssh.service cloud-init.service
+Before=ssh.service
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 
 [Service]
