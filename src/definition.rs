@@ -1179,6 +1179,15 @@ impl Definition {
                  so vagrant-libvirt starts it with SeaBIOS): drop it or set machine.firmware = \"bios\"",
             );
         }
+        if self.output.formats.contains(&DiskFormat::VagrantLibvirt)
+            && self.os.family != OsFamily::Debian
+        {
+            fail(
+                "output.formats",
+                "a vagrant-libvirt box is made for Debian images only so far (the vagrant user \
+                 is added to a Debian root filesystem)",
+            );
+        }
         if self.cloud.init == Some(CloudInit::CloudInit) && self.os.family != OsFamily::Debian {
             fail(
                 "cloud.init",

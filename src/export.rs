@@ -120,7 +120,10 @@ fn write_artifact(
     );
     let path = target.out_dir.join(&file);
     if format == DiskFormat::VagrantLibvirt {
-        crate::vagrant::write_box(def, &sealed.disk, target.work, target.out_dir, &file)?;
+        let Some(box_disk) = &sealed.box_disk else {
+            anyhow::bail!("the seal step made no disk for the Vagrant box {file}");
+        };
+        crate::vagrant::write_box(def, box_disk, target.work, target.out_dir, &file)?;
     } else {
         Command::new("qemu-img")
             .arg("convert")

@@ -6,7 +6,7 @@
 
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
-use crate::definition::{Definition, OsFamily};
+use crate::definition::{Definition, DiskFormat, OsFamily};
 use crate::events::{Event, Reporter};
 use crate::loopmount::{Access, RootMount};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
@@ -40,6 +40,9 @@ pub struct Sealed {
     pub documents: Vec<DocumentRecord>,
     /// Whether the disk was written again from its tree, reproducibly (rootfs builder).
     pub reproducible: bool,
+    /// The Vagrant box's raw disk (the image plus the vagrant user), when the definition
+    /// asks for a `vagrant-libvirt` box.
+    pub box_disk: Option<PathBuf>,
 }
 
 /// Seals the baked disk (see the module documentation).
@@ -74,26 +77,42 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             disk: raw,
             documents: Vec::new(),
             reproducible: false,
+            box_disk: None,
         });
     };
     let documents = write_records(input, root.path(), reporter)?;
+    let wants_box = input
+        .def
+        .output
+        .formats
+        .contains(&DiskFormat::VagrantLibvirt);
     let Some(boot) = &input.base.direct_boot else {
         drop(root);
+        let box_disk = wants_box
+            .then(|| crate::vagrant::disk_from_disk(input.def, &raw, input.work))
+            .transpose()?;
         return Ok(Sealed {
             disk: raw,
             documents,
             reproducible: false,
+            box_disk,
         });
     };
     let sealed = input.work.join("sealed.raw");
     crate::base::assemble_disk(input.def, root.path(), &sealed, &boot.root_uuid)
         .context("cannot write the image again from its file tree")?;
+    let box_disk = wants_box
+        .then(|| {
+            crate::vagrant::disk_from_tree(input.def, root.path(), input.work, &boot.root_uuid)
+        })
+        .transpose()?;
     drop(root);
     std::fs::remove_file(&raw).ok();
     Ok(Sealed {
         disk: sealed,
         documents,
         reproducible: true,
+        box_disk,
     })
 }
 

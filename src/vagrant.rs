@@ -9,7 +9,7 @@ use crate::manifest::{DocumentKind, DocumentRecord};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Vagrant's insecure public key, published by HashiCorp in every Vagrant release
 /// (`keys/vagrant.pub`). `vagrant up` replaces it with a key of its own at the first boot.
@@ -28,66 +28,126 @@ mkdir -p /etc/ssh/sshd_config.d
 echo 'UseDNS no' > /etc/ssh/sshd_config.d/vagrant.conf
 "#;
 
-/// Writes the box `out_dir/file` from the sealed raw `disk`, using `work` for its copy.
-pub fn write_box(
-    def: &Definition,
-    disk: &Path,
-    work: &Path,
-    out_dir: &Path,
-    file: &str,
-) -> Result<()> {
-    let work = tempfile::Builder::new()
-        .prefix("vagrant-")
-        .tempdir_in(work)?;
-    let raw = work.path().join("box.raw");
+/// The box's raw disk written from `tree` (the sealed image's root, mounted read-only) the way
+/// the seal writes the image: the vagrant user is added on an overlay of the tree, and the
+/// disk gets the image's derived identifiers and clamped times, so the same inputs give the
+/// same box.
+pub fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) -> Result<PathBuf> {
+    let overlay = Overlay::mount(tree, work)?;
+    add_vagrant_user(&overlay.merged(), def.source_date_epoch())?;
+    let raw = work.join("vagrant.raw");
+    crate::base::assemble_disk(def, &overlay.merged(), &raw, uuid)
+        .context("cannot write the Vagrant box's disk from the image's tree")?;
+    Ok(raw)
+}
+
+/// The box's raw disk for an image the seal does not write again (installer builder): a copy
+/// of `disk` with the vagrant user added in place.
+pub fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf> {
+    let raw = work.join("vagrant.raw");
     Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
         .arg(disk)
         .arg(&raw)
         .run()?;
-    add_vagrant_user(&raw, work.path())?;
-    let image = work.path().join("box.img");
-    let mut convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]);
-    if def.output.compress {
-        convert = convert.arg("-c");
-    }
-    convert.arg(&raw).arg(&image).run()?;
-    std::fs::remove_file(&raw)?;
-    let entries = [
-        ("metadata.json", metadata(def).into_bytes()),
-        ("Vagrantfile", vagrantfile(def).into_bytes()),
-    ];
-    pack(
-        &out_dir.join(file),
-        &entries,
-        &image,
-        def.source_date_epoch(),
-    )
-    .with_context(|| format!("cannot write the Vagrant box {file}"))
-}
-
-/// Adds the `vagrant` user, its key, its sudo rule and sshd's `UseDNS no` to the root
-/// filesystem of `raw`.
-fn add_vagrant_user(raw: &Path, work: &Path) -> Result<()> {
-    let Some(root) = RootMount::find(raw, work, Access::ReadWrite)? else {
+    let Some(root) = RootMount::find(&raw, work, Access::ReadWrite)? else {
         bail!(
             "{}: no partition holds a root filesystem to add the vagrant user to",
             raw.display()
         );
     };
-    if !root.path().join("usr/bin/sudo").exists() {
+    add_vagrant_user(root.path(), def.source_date_epoch())?;
+    root.unmount()?;
+    Ok(raw)
+}
+
+/// Writes the box `out_dir/file` from its raw disk (made by [`disk_from_tree`] or
+/// [`disk_from_disk`]), converting it to qcow2 in `work`.
+pub fn write_box(
+    def: &Definition,
+    raw: &Path,
+    work: &Path,
+    out_dir: &Path,
+    file: &str,
+) -> Result<()> {
+    let image = work.join("box.img");
+    let mut convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]);
+    if def.output.compress {
+        convert = convert.arg("-c");
+    }
+    convert.arg(raw).arg(&image).run()?;
+    let entries = [
+        ("metadata.json", metadata(def).into_bytes()),
+        ("Vagrantfile", vagrantfile(def).into_bytes()),
+    ];
+    let packed = pack(
+        &out_dir.join(file),
+        &entries,
+        &image,
+        def.source_date_epoch(),
+    );
+    std::fs::remove_file(&image).ok();
+    packed.with_context(|| format!("cannot write the Vagrant box {file}"))
+}
+
+/// Adds the `vagrant` user, its key, its sudo rule and sshd's `UseDNS no` to the image's root
+/// at `root`, with `SOURCE_DATE_EPOCH` for the dates useradd records.
+fn add_vagrant_user(root: &Path, epoch: u32) -> Result<()> {
+    if !root.join("usr/bin/sudo").exists() {
         bail!(
             "a vagrant-libvirt box needs sudo in the image (Vagrant runs its setup with it): \
              add \"sudo\" to system.packages"
         );
     }
     Command::new("chroot")
-        .arg(root.path())
+        .arg(root)
         .args(["/bin/sh", "-c", VAGRANT_USER_SCRIPT])
         .env("INSECURE_KEY", INSECURE_KEY)
+        .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .run()
         .context("cannot add the vagrant user to the box")?;
-    root.unmount()
+    Ok(())
+}
+
+/// A writable overlay of a read-only tree, unmounted and removed when dropped.
+struct Overlay {
+    dir: tempfile::TempDir,
+}
+
+impl Overlay {
+    fn mount(lower: &Path, work: &Path) -> Result<Overlay> {
+        let overlay = Overlay {
+            dir: tempfile::Builder::new()
+                .prefix("overlay-")
+                .tempdir_in(work)?,
+        };
+        for sub in ["upper", "work", "merged"] {
+            std::fs::create_dir(overlay.dir.path().join(sub))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            overlay.dir.path().join("upper").display(),
+            overlay.dir.path().join("work").display()
+        );
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(overlay.merged())
+            .run()
+            .context("cannot mount an overlay of the image's tree for the Vagrant box")?;
+        Ok(overlay)
+    }
+
+    fn merged(&self) -> PathBuf {
+        self.dir.path().join("merged")
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        // Never mounted if mount failed: umount says so, harmlessly.
+        let _ = Command::new("umount").arg(self.merged()).run_unchecked();
+    }
 }
 
 /// The box's `metadata.json`: vagrant-libvirt needs the disk's format and size (whole GiB).

@@ -816,6 +816,14 @@ fn environment_outputs_are_refused_by_name_where_they_cannot_work() {
         "{err}"
     );
     let (code, err) = validate_text(&format!(
+        "{rocky}\n[output]\nformats = [\"vagrant-libvirt\"]\n"
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("field `output.formats`") && err.contains("Debian images only"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&format!(
         "{GOOD}\n[cloud]\ninit = \"cloud-init\"\nuser = \"root\"\n"
     ));
     assert_eq!(code, 2, "{err}");

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,8 +50,27 @@ impl Built {
     }
 }
 
+static BUILT: OnceLock<Built> = OnceLock::new();
+
+/// How many of this file's tests have ended; the last one removes the shared build (a static
+/// is never dropped), so that a CI runner's disk does not fill up with it.
+static ENDED: AtomicUsize = AtomicUsize::new(0);
+const TESTS: usize = 5;
+
+/// Counts a test as ended when dropped, whether it passed or panicked.
+struct Ends;
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        if ENDED.fetch_add(1, Ordering::SeqCst) + 1 == TESTS {
+            if let Some(built) = BUILT.get() {
+                let _ = fs::remove_dir_all(built.fixture.dir.path());
+            }
+        }
+    }
+}
+
 fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let fixture = WebFixture::new(
             PAGE,
@@ -226,6 +246,7 @@ fn assert_configured(guest: &Guest, key: &Path, hostname: &str, marker: &str) {
 
 #[test]
 fn a_nocloud_seed_gives_the_instance_its_key_hostname_and_user_data() {
+    let _ends = Ends;
     let seed_dir = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(seed_dir.path(), "nocloud");
     fs::write(
@@ -436,6 +457,7 @@ fn boot_with_metadata(tokens: bool, aws: bool, hostname: &str, marker: &str) -> 
 
 #[test]
 fn the_ec2_metadata_service_with_imdsv2_tokens_configures_the_instance() {
+    let _ends = Ends;
     let seen = boot_with_metadata(true, true, "web-imds", "from-imdsv2");
     assert!(
         seen.iter()
@@ -456,6 +478,7 @@ fn the_ec2_metadata_service_with_imdsv2_tokens_configures_the_instance() {
 
 #[test]
 fn a_private_cloud_without_tokens_or_aws_identity_configures_the_instance() {
+    let _ends = Ends;
     let seen = boot_with_metadata(false, false, "web-euca", "from-private-cloud");
     assert!(
         seen.iter().all(|s| s.method == "GET" && !s.token),
@@ -494,6 +517,7 @@ fn bytes_contain(file: &Path, needle: &str) -> bool {
 
 #[test]
 fn the_cloud_image_has_no_instance_state_and_only_the_box_has_the_vagrant_key() {
+    let _ends = Ends;
     let built = built();
     let paths = listed_paths(&built.document("files"));
     assert!(paths
@@ -705,6 +729,7 @@ impl Drop for Libvirt {
 
 #[test]
 fn the_vagrant_box_comes_up_with_vagrant_libvirt_and_destroy_leaves_nothing() {
+    let _ends = Ends;
     let built = built();
     let libvirt = Libvirt::start();
     let home = tempfile::tempdir().unwrap();
