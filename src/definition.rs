@@ -1170,6 +1170,36 @@ impl Definition {
                 "name at least one of qcow2, raw, vmdk, vhd, vagrant-libvirt",
             );
         }
+        if self.builder.kind == BuilderKind::Rootfs
+            && self.machine.firmware == Firmware::Uefi
+            && self.machine.disk_size.mib() < 1024
+        {
+            fail("machine.disk_size", "a UEFI disk needs at least 1G");
+        }
+        if let Some(aws) = &self.publish.aws {
+            if aws.upload == UploadPath::Import && aws.bucket.is_none() {
+                fail(
+                    "publish.aws.upload",
+                    "`import` uploads through S3: name the bucket with `bucket = \"…\"`",
+                );
+            }
+        }
+        problems.extend(self.environment_problems());
+        for (index, p) in self.provisioners.iter().enumerate() {
+            let field = |key: &str| format!("provisioners[{index}].{key}");
+            for (key, message) in self.provisioner_problems(p) {
+                problems.push((field(key), message));
+            }
+        }
+        problems
+    }
+
+    /// (field, what is wrong) for the outputs and cloud integration of the places an image
+    /// runs: a Vagrant box it cannot be, cloud-init where it is not made yet, a bad cloud user.
+    fn environment_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut fail =
+            |field: &str, message: &str| problems.push((field.to_string(), message.to_string()));
         if self.output.formats.contains(&DiskFormat::VagrantLibvirt)
             && self.machine.firmware == Firmware::Uefi
         {
@@ -1208,26 +1238,6 @@ impl Definition {
                     "name a new user (lowercase letters, digits, `_` and `-`; not root nor one \
                      of system.users): cloud-init makes it at an instance's first boot",
                 );
-            }
-        }
-        if self.builder.kind == BuilderKind::Rootfs
-            && self.machine.firmware == Firmware::Uefi
-            && self.machine.disk_size.mib() < 1024
-        {
-            fail("machine.disk_size", "a UEFI disk needs at least 1G");
-        }
-        if let Some(aws) = &self.publish.aws {
-            if aws.upload == UploadPath::Import && aws.bucket.is_none() {
-                fail(
-                    "publish.aws.upload",
-                    "`import` uploads through S3: name the bucket with `bucket = \"…\"`",
-                );
-            }
-        }
-        for (index, p) in self.provisioners.iter().enumerate() {
-            let field = |key: &str| format!("provisioners[{index}].{key}");
-            for (key, message) in self.provisioner_problems(p) {
-                problems.push((field(key), message));
             }
         }
         problems
