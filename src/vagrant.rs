@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 /// (`keys/vagrant.pub`). `vagrant up` replaces it with a key of its own at the first boot.
 pub const INSECURE_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key";
 
-/// What makes an image a Vagrant base box, run in a chroot of the box's own copy.
+/// What makes an image a Vagrant base box, run in a chroot of the box's own root (an overlay
+/// of the image's tree, or a copy of its disk).
 const VAGRANT_USER_SCRIPT: &str = r#"set -e
 id vagrant >/dev/null 2>&1 || useradd --create-home --user-group --shell /bin/bash vagrant
 install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
