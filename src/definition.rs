@@ -761,7 +761,7 @@ pub struct Cloud {
     pub user: Option<String>,
     /// Also take the EC2 metadata service of a cloud that does not identify itself as AWS
     /// (Eucalyptus): cloud-init then asks 169.254.169.254 wherever no NoCloud seed is found,
-    /// which costs a machine without metadata (bare metal) up to 30 s of its first boot.
+    /// which makes every boot of a machine with neither (bare metal) wait for the service.
     /// Unset, true when the definition has a `[publish.eucalyptus]` target.
     #[serde(default)]
     pub private_ec2: Option<bool>,
