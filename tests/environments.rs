@@ -720,6 +720,12 @@ impl Drop for Libvirt {
                 let _ = Command::new("kill").arg(pid.trim()).status();
             }
         }
+        // What libvirtd started in the namespace and left running (the NAT network's dnsmasq,
+        // when a failed test never reached `vagrant destroy`).
+        let (_, pids, _) = run(Command::new("ip").args(["netns", "pids", &self.namespace]));
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").arg(pid).status();
+        }
         std::thread::sleep(Duration::from_secs(1));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.namespace])
