@@ -81,7 +81,14 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     if opts.base_only {
         let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
-        let (base, cached) = crate::base::ensure(&def, &answer, &ids, remote.as_ref(), reporter)?;
+        let (base, cached) = crate::base::ensure(
+            &def,
+            &answer,
+            &ids,
+            resolved.packages.as_ref(),
+            remote.as_ref(),
+            reporter,
+        )?;
         return Ok(BuildResult::Base { base, cached });
     }
     report_ids(&def, &ids, reporter);
@@ -96,7 +103,14 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
     let remote = remote.as_ref();
     let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
     let (base, base_cached) = ctx.step("base", |c| {
-        crate::base::ensure(&c.def, &answer, &c.ids, remote, reporter)
+        crate::base::ensure(
+            &c.def,
+            &answer,
+            &c.ids,
+            c.resolved.packages.as_ref(),
+            remote,
+            reporter,
+        )
     })?;
     let (baked, bake_fetched) = ctx.step("bake", |c| c.bake(&base, remote))?;
     let mut sealed = ctx.step("seal", |c| c.seal(&base, &baked))?;

@@ -267,8 +267,12 @@ pub struct UnbundleArgs {
 #[derive(Debug, clap::Args)]
 pub struct RotateArgs {
     /// Replace instances older than this (`30d`, `12h`, `2w`; units s, m, h, d, w).
-    #[arg(long, value_parser = parse_age)]
-    pub max_age: Duration,
+    #[arg(long, value_parser = parse_age, required_unless_present = "superseded")]
+    pub max_age: Option<Duration>,
+    /// Replace instances whose image is not the newest image of their name, whatever their
+    /// age (how a security rebuild reaches the fleet); with --max-age, both apply.
+    #[arg(long)]
+    pub superseded: bool,
     /// Image name whose instances are managed (instances tagged `imgforge:image=NAME`).
     #[arg(long)]
     pub image_name: Option<String>,
@@ -329,6 +333,7 @@ impl RotateArgs {
     pub fn options(self) -> RotateOptions {
         RotateOptions {
             max_age: self.max_age,
+            superseded: self.superseded,
             image_name: self.image_name,
             image: self.image,
             filters: self.filters,

@@ -427,6 +427,21 @@ pub struct System {
     /// HTTP proxy for the installer and apt, if any.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// Also install from the release's updates and security suites, and give the image them as
+    /// sources (default true); `false` only where a definition says so.
+    #[serde(default = "default_true")]
+    pub updates: bool,
+    /// The security archive (Debian: default `debian-security` on the mirror's host; rhel:
+    /// the repository of updates that kickstart adds, none by default).
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+    /// OpenPGP key file (binary or armored) that signs the mirror and the security archive,
+    /// for an internal mirror with its own key (default: this host's Debian archive keyring).
+    #[serde(default)]
+    pub mirror_key: Option<PathBuf>,
+    /// `[[system.repositories]]`: extra apt repositories.
+    #[serde(default)]
+    pub repositories: Vec<Repository>,
     /// Users to create.
     #[serde(default)]
     pub users: Vec<User>,
@@ -449,6 +464,32 @@ fn default_locale() -> String {
 }
 fn default_keyboard() -> String {
     "us".into()
+}
+
+/// `[[system.repositories]]`: an extra apt repository, such as a team's own packages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Its URL.
+    pub uri: String,
+    /// Its suites (`bookworm`, `stable`).
+    pub suites: Vec<String>,
+    /// Its components.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// OpenPGP key file (binary or armored) its `InRelease` is signed with.
+    #[serde(default)]
+    pub signed_by: Option<PathBuf>,
+    /// Install from it unsigned (`[trusted=yes]`): refused unless said here, and warned about.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Packages installed from this repository's first suite, whatever other sources offer.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
 }
 
 /// `[[system.users]]`.
@@ -1185,10 +1226,85 @@ impl Definition {
             }
         }
         problems.extend(self.environment_problems());
+        problems.extend(self.source_problems());
         for (index, p) in self.provisioners.iter().enumerate() {
             let field = |key: &str| format!("provisioners[{index}].{key}");
             for (key, message) in self.provisioner_problems(p) {
                 problems.push((field(key), message));
+            }
+        }
+        problems
+    }
+
+    /// (field, what is wrong) for the package sources: a repository that is neither signed nor
+    /// trusted (or both), a key file that is not there, a source the builder cannot take.
+    fn source_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut key_file = |field: String, path: &Path| {
+            if !self.resolve(path).is_file() {
+                problems.push((
+                    field,
+                    format!(
+                        "the key file {} does not exist",
+                        self.resolve(path).display()
+                    ),
+                ));
+            }
+        };
+        if let Some(key) = &self.system.mirror_key {
+            key_file("system.mirror_key".into(), key);
+        }
+        for (i, r) in self.system.repositories.iter().enumerate() {
+            if let Some(key) = &r.signed_by {
+                key_file(format!("system.repositories[{i}].signed_by"), key);
+            }
+        }
+        let mut fail = |field: String, message: &str| problems.push((field, message.to_string()));
+        for (i, r) in self.system.repositories.iter().enumerate() {
+            let field = |key: &str| format!("system.repositories[{i}].{key}");
+            match (&r.signed_by, r.trusted) {
+                (None, false) => fail(
+                    field("signed_by"),
+                    "an unsigned repository is refused: give the key its InRelease is signed \
+                     with (`signed_by = \"key.gpg\"`), or say `trusted = true` to install from \
+                     it unchecked",
+                ),
+                (Some(_), true) => fail(
+                    field("trusted"),
+                    "`trusted = true` turns signature checks off: drop it, the repository has \
+                     a `signed_by` key",
+                ),
+                _ => {}
+            }
+            if url::Url::parse(&r.uri).is_err() {
+                fail(
+                    field("uri"),
+                    "not a URL (like http://apt.example.com/debian)",
+                );
+            }
+            if r.suites.is_empty() {
+                fail(field("suites"), "name at least one suite");
+            }
+        }
+        let apt_settings = self.system.mirror_key.is_some() || !self.system.repositories.is_empty();
+        if apt_settings && self.os.family != OsFamily::Debian {
+            fail(
+                "system.repositories".into(),
+                "`mirror_key` and `repositories` are apt settings, for the Debian family only",
+            );
+        } else if apt_settings && self.builder.kind == BuilderKind::Installer {
+            fail(
+                "system.repositories".into(),
+                "the installer builder trusts the installer's own keyring: `mirror_key` and \
+                 `repositories` are for the rootfs builder",
+            );
+        }
+        if let Some(url) = &self.system.security_mirror {
+            if url::Url::parse(url).is_err() {
+                fail(
+                    "system.security_mirror".into(),
+                    "not a URL (like http://deb.debian.org/debian-security)",
+                );
             }
         }
         problems

@@ -114,11 +114,15 @@ pub enum Event {
     SignatureChecked,
     /// `imgforge cache gc`: what was removed from the local cache (a result line).
     CacheGc,
+    /// `imgforge lock`: a definition's lock file was written (or left as it was).
+    Locked,
+    /// `imgforge outdated`: the image's packages the archive has newer versions of.
+    Outdated,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 51] = [
+    pub const ALL: [Event; 53] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -170,6 +174,8 @@ impl Event {
         Event::Signed,
         Event::SignatureChecked,
         Event::CacheGc,
+        Event::Locked,
+        Event::Outdated,
     ];
 
     /// The value of the `event` field.
@@ -226,6 +232,8 @@ impl Event {
             Event::Signed => "signed",
             Event::SignatureChecked => "signature_checked",
             Event::CacheGc => "cache_gc",
+            Event::Locked => "locked",
+            Event::Outdated => "outdated",
         }
     }
 }

@@ -4,12 +4,16 @@
 //! input that decides the layer, so key order, comments and whitespace in the TOML do not
 //! matter and any change to an input gives a new id:
 //! - base: imgforge version, builder, OS, the disk-shaping machine settings, the rendered answer
-//!   file and its template, and the installer media checksums;
+//!   file and its template, the installer media checksums, and (Debian family) the package
+//!   sources with their keys and the exact package set resolved from them (name, version,
+//!   architecture and sha256 of every package: a new package version is a new base, a
+//!   re-signed index with the same packages is not);
 //! - bake: the base id, the service commit and settings, the data digest and destination, and the
 //!   contents of every provisioner;
 //! - build: the bake id and the output settings; it names the output directory.
 
 use crate::definition::{Definition, DefinitionError, Provisioner};
+use crate::lock::ResolvedPackages;
 use crate::render::AnswerFile;
 use crate::sources::{sha256_file, tree_digest, ResolvedData, ResolvedService};
 use anyhow::Result;
@@ -36,6 +40,8 @@ pub struct Resolved {
     pub service: Option<ResolvedService>,
     /// The verified data snapshot.
     pub data: Option<ResolvedData>,
+    /// The base's package set (Debian family).
+    pub packages: Option<ResolvedPackages>,
 }
 
 /// sha256 of the canonical JSON form of `value`.
@@ -71,7 +77,7 @@ pub fn canonical_json(value: &Value) -> String {
 
 /// Computes the layer ids of `def`.
 pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Result<LayerIds> {
-    let base = digest(&base_inputs(def, answer));
+    let base = digest(&base_inputs(def, answer, resolved.packages.as_ref()));
     let bake = digest(&bake_inputs(def, &base, resolved)?);
     let build = digest(&json!({
         "bake": bake,
@@ -82,7 +88,11 @@ pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Re
     Ok(LayerIds { base, bake, build })
 }
 
-fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
+fn base_inputs(
+    def: &Definition,
+    answer: &AnswerFile,
+    packages: Option<&ResolvedPackages>,
+) -> Value {
     let media: Vec<Value> = def
         .artifacts()
         .into_iter()
@@ -97,7 +107,7 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         "imgforge": env!("CARGO_PKG_VERSION"),
         // What a cached base records (base.json) and holds; bases of another layout are not
         // reused.
-        "base_layout": 5,
+        "base_layout": 6,
         "source_date_epoch": def.source_date_epoch(),
         "builder": def.builder,
         "os": def.os,
@@ -110,6 +120,10 @@ fn base_inputs(def: &Definition, answer: &AnswerFile) -> Value {
         "template": answer.template_text,
         "installer": installer,
         "media": media,
+        "updates": def.system.updates,
+        "security_mirror": def.system.security_mirror,
+        "sources": packages.map(|p| crate::apt::sources_identity(&p.sources)),
+        "packages": packages.map(|p| p.set.identity()),
     })
 }
 
@@ -196,9 +210,11 @@ pub fn validate(file: &Path) -> std::result::Result<Definition, DefinitionError>
     Ok(def)
 }
 
-/// Resolves the service and data of `def` (before any VM starts) and computes its ids.
+/// Resolves the package set (from the lock, else the archive), the service and the data of
+/// `def` (before any VM starts) and computes its ids.
 pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(LayerIds, Resolved)> {
     let resolved = Resolved {
+        packages: crate::lock::packages(def, true)?,
         service: def
             .service
             .as_ref()

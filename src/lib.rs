@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod apt;
 mod atomic;
 mod bake;
 mod bake_protocol;
@@ -46,8 +47,10 @@ mod export;
 mod ext4_times;
 mod httpserve;
 mod layers;
+mod lock;
 mod loopmount;
 pub mod manifest;
+mod outdated;
 mod plan;
 mod process;
 mod prune;
@@ -64,6 +67,7 @@ mod sparse;
 mod vagrant;
 mod verify;
 
+pub use apt::{Changes, Upgrade};
 pub use atomic::write as write_atomically;
 pub use base::packages::limit as package_cache_limit;
 pub use base::{BaseInfo, BaseLayer, DirectBoot};
@@ -75,7 +79,9 @@ pub use cloud::{parse_age, CloudOptions};
 pub use diff::{diff, Difference};
 pub use doctor::run as doctor;
 pub use layers::{resolve_and_compute, validate, LayerIds, Resolved};
-pub use plan::{plan, table as plan_table, LayerState, PlanItem};
+pub use lock::{path_for as lock_path, write_lock};
+pub use outdated::{outdated, table as outdated_table, OutdatedPackage};
+pub use plan::{plan, table as plan_table, LayerState, PlanItem, Upstream};
 pub use prune::{run as prune, PruneOptions};
 pub use register::ami::BootMode;
 pub use register::{

@@ -59,6 +59,22 @@ enum Command {
         #[arg(long, env = "IMGFORGE_CACHE_URL")]
         cache_url: Option<String>,
     },
+    /// Write each Debian definition's exact package set to `<definition>.lock`, which `id`,
+    /// `plan` and `build` then use instead of the archive's current set.
+    Lock {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Resolve again and rewrite existing locks (they are left as they are otherwise).
+        #[arg(long)]
+        update: bool,
+    },
+    /// List a built image's packages that the archive has newer versions of, security
+    /// updates first (exit 3 with updates, 4 with security updates).
+    Outdated {
+        /// The build's manifest.json.
+        manifest: PathBuf,
+    },
     /// Build an image: base layer, bake, export, verify.
     Build(cli::BuildArgs),
     /// Boot a built image and run its checks again.
@@ -119,6 +135,17 @@ enum CacheAction {
 #[error("the builds differ")]
 struct BuildsDiffer;
 
+/// `imgforge outdated` found newer packages (exit code 3, or 4 when some are security updates).
+#[derive(Debug, thiserror::Error)]
+#[error("{count} package(s) of the image are outdated ({security} security updates)")]
+struct PackagesOutdated {
+    count: usize,
+    security: usize,
+}
+
+/// Exit code of `imgforge outdated` when some outdated package is a security update.
+const EXIT_SECURITY: u8 = 4;
+
 /// Exit code for bad input (a definition error); 1 is any other failure.
 const EXIT_BAD_INPUT: u8 = 2;
 /// Exit code of `imgforge diff` for two builds that differ.
@@ -134,6 +161,12 @@ fn main() -> ExitCode {
             reporter.finish();
             if e.downcast_ref::<BuildsDiffer>().is_some() {
                 return ExitCode::from(EXIT_DIFFERENT);
+            }
+            if let Some(o) = e.downcast_ref::<PackagesOutdated>() {
+                return ExitCode::from(match o.security {
+                    0 => EXIT_DIFFERENT,
+                    _ => EXIT_SECURITY,
+                });
             }
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
@@ -160,6 +193,37 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// `imgforge lock`: writes each definition's lock (or, without `update`, keeps one that exists).
+fn lock(files: &[PathBuf], update: bool, reporter: &Reporter) -> Result<()> {
+    for file in files {
+        let def = Definition::load(file)?;
+        let path = imgforge::lock_path(file);
+        if path.is_file() && !update {
+            reporter.event(
+                Event::Locked,
+                &format!(
+                    "{} is locked already: `imgforge lock --update` resolves it again",
+                    path.display()
+                ),
+                json!({ "definition": file, "lock": path, "written": false }),
+            );
+            continue;
+        }
+        let (path, changes) = imgforge::write_lock(&def)?;
+        let what = match &changes {
+            Some(c) if c.is_empty() => "unchanged".to_string(),
+            Some(c) => c.summary(),
+            None => "new".to_string(),
+        };
+        reporter.event(
+            Event::Locked,
+            &format!("wrote {}: {what}", path.display()),
+            json!({ "definition": file, "lock": path, "written": true, "changes": changes }),
+        );
+    }
+    Ok(())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -192,6 +256,23 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             value["event"] = json!(Event::BuildPlan.name());
             reporter.result(&imgforge::plan_table(&items), &value);
             Ok(())
+        }
+        Command::Lock { files, update } => lock(&files, update, reporter),
+        Command::Outdated { manifest } => {
+            let packages = imgforge::outdated(&manifest)?;
+            reporter.result(
+                &imgforge::outdated_table(&packages),
+                &json!({ "event": Event::Outdated.name(), "manifest": manifest,
+                         "packages": packages }),
+            );
+            match packages.len() {
+                0 => Ok(()),
+                count => Err(PackagesOutdated {
+                    count,
+                    security: packages.iter().filter(|p| p.security).count(),
+                }
+                .into()),
+            }
         }
         Command::Build(args) => {
             imgforge::install_handlers()?;

@@ -95,6 +95,10 @@ pub struct Provenance {
     /// The time every timestamp in the image is clamped to (`SOURCE_DATE_EPOCH`).
     #[serde(default)]
     pub source_date_epoch: Option<u32>,
+    /// The package sources and the exact package set of the base (Debian family): what
+    /// `plan` compares the archive with, and what `imgforge outdated` checks.
+    #[serde(default)]
+    pub packages: Option<crate::lock::ResolvedPackages>,
 }
 
 impl Provenance {
@@ -116,6 +120,7 @@ impl Provenance {
             data_digest: resolved.data.as_ref().map(|d| d.digest().to_string()),
             built_at: now_rfc3339(),
             source_date_epoch: Some(def.source_date_epoch()),
+            packages: resolved.packages.clone(),
         }
     }
 

@@ -6,6 +6,7 @@ use crate::base::BaseLayer;
 use crate::build::OutputDir;
 use crate::definition::Definition;
 use crate::layers::{short, LayerIds};
+use crate::lock::ResolvedPackages;
 use crate::manifest::{Manifest, FILE_NAME};
 use crate::remote_cache::{Layer, RemoteCache};
 use anyhow::Result;
@@ -47,6 +48,23 @@ pub struct PlanItem {
     pub base: LayerState,
     /// Whether `imgforge build` of this definition would build anything.
     pub needs_build: bool,
+    /// Where its package set came from: `archive` (resolved now) or the lock file's path.
+    pub packages_from: Option<String>,
+    /// What changed in the archive since the newest intact build of this image in the output
+    /// directory (Debian family; `None` where there is no such build).
+    pub upstream: Option<Upstream>,
+}
+
+/// What changed upstream since an earlier build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    /// The earlier build's id.
+    pub since_build: String,
+    /// When it was built.
+    pub built_at: String,
+    /// Packages added, removed and upgraded since.
+    #[serde(flatten)]
+    pub changes: crate::apt::Changes,
 }
 
 /// Plans every definition in `files` against the output directory `output_dir`, the local
@@ -66,7 +84,7 @@ pub fn plan(
 fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<PlanItem> {
     let def = Definition::load(file)?;
     let answer = crate::render::render(&def)?;
-    let (ids, _) = crate::layers::resolve_and_compute(&def, &answer)?;
+    let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     let out = OutputDir::new(output_dir, &def, &ids);
     let build = match Manifest::load(&out.manifest_path) {
         Err(_) => LayerState::Missing,
@@ -89,7 +107,16 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
         None if remote()? => LayerState::Remote,
         None => LayerState::Missing,
     };
+    let upstream = resolved
+        .packages
+        .as_ref()
+        .and_then(|now| upstream_since_last_build(&out.name_dir, now));
     Ok(PlanItem {
+        packages_from: resolved.packages.as_ref().map(|p| match &p.lock {
+            Some(lock) => lock.display().to_string(),
+            None => "archive".to_string(),
+        }),
+        upstream,
         file: file.to_path_buf(),
         name: def.image.name.0.clone(),
         version: def.image.version.clone(),
@@ -114,6 +141,33 @@ fn bake_in_output(name_dir: &Path, bake: &str) -> bool {
     })
 }
 
+/// The changes from the package set of the newest intact build under `name_dir` to `now`.
+fn upstream_since_last_build(name_dir: &Path, now: &ResolvedPackages) -> Option<Upstream> {
+    let newest = std::fs::read_dir(name_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path().join(FILE_NAME);
+            let m = Manifest::load(&path).ok()?;
+            m.quick_check(&path).ok()?;
+            Some(m.provenance)
+        })
+        .filter(|p| p.packages.is_some())
+        .max_by(|a, b| a.built_at.cmp(&b.built_at))?;
+    let security = now
+        .sources
+        .iter()
+        .filter(|s| s.security)
+        .map(|s| s.name.clone())
+        .collect();
+    let before = &newest.packages.as_ref()?.set;
+    Some(Upstream {
+        since_build: newest.ids.build,
+        built_at: newest.built_at,
+        changes: crate::apt::changes(before, &now.set, &security),
+    })
+}
+
 /// The plan as a table for people.
 pub fn table(items: &[PlanItem]) -> String {
     let state = |s: LayerState| format!("{s:?}").to_lowercase();
@@ -128,5 +182,16 @@ pub fn table(items: &[PlanItem]) -> String {
             ]
         })
         .collect();
-    crate::events::table(["image", "build", "bake", "base"], &rows)
+    let mut text = crate::events::table(["image", "build", "bake", "base"], &rows);
+    for i in items {
+        if let Some(up) = i.upstream.as_ref().filter(|u| !u.changes.is_empty()) {
+            text += &format!(
+                "\n{}: upstream since build {}: {}",
+                i.name,
+                short(&up.since_build),
+                up.changes.summary()
+            );
+        }
+    }
+    text
 }

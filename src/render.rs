@@ -124,6 +124,17 @@ pub fn context(def: &Definition) -> Result<Value> {
             .into_iter()
             .filter(|p| p != "openssh-server"),
     );
+    let security = url::Url::parse(&crate::apt::security_mirror(def)).with_context(|| {
+        format!(
+            "{}: field `system.security_mirror`: not a URL",
+            def.path.display()
+        )
+    })?;
+    // rhel: the repository of updates kickstart adds, where the definition gives one.
+    let updates_url = match (def.os.family, sys.updates, &sys.security_mirror) {
+        (OsFamily::Rhel, true, Some(url)) => url.clone(),
+        _ => String::new(),
+    };
     let disk_mib = def.machine.disk_size.mib();
     let uefi = def.machine.firmware == crate::definition::Firmware::Uefi;
     // Room for the partition table (and the ESP under UEFI).
@@ -141,12 +152,15 @@ pub fn context(def: &Definition) -> Result<Value> {
         "mirror": {
             "url": sys.mirror,
             "protocol": mirror.scheme(),
-            "host": match mirror.port() {
-                Some(p) => format!("{}:{p}", mirror.host_str().unwrap_or_default()),
-                None => mirror.host_str().unwrap_or_default().to_string(),
-            },
+            "host": host_and_port(&mirror),
             "directory": mirror.path().trim_end_matches('/'),
         },
+        "updates": sys.updates,
+        "security": {
+            "host": host_and_port(&security),
+            "directory": security.path().trim_end_matches('/'),
+        },
+        "updates_url": updates_url,
         "proxy": sys.proxy.clone().unwrap_or_default(),
         "users": users,
         "first_user": first_user,
@@ -157,6 +171,14 @@ pub fn context(def: &Definition) -> Result<Value> {
         "root_mib": root_mib,
         "uefi": uefi,
     }))
+}
+
+/// `host` or `host:port` of a URL.
+fn host_and_port(url: &url::Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    }
 }
 
 /// The language (`index` 0) or country (1) of a locale like `en_US.UTF-8`; `en` and `US` when the

@@ -55,6 +55,8 @@ const NAMES: [&str; 51] = [
     "signed",
     "signature_checked",
     "cache_gc",
+    "locked",
+    "outdated",
 ];
 
 #[test]

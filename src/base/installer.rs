@@ -76,6 +76,7 @@ pub fn build(
         tools,
         answer_file_fetched_after_s: Some(fetched_after_s),
         packages: None,
+        package_set: None,
     })
 }
 

@@ -17,6 +17,7 @@ pub(crate) use rootfs::assemble_disk;
 use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};
+use crate::lock::ResolvedPackages;
 use crate::process::Command;
 use crate::remote_cache::{Layer, RemoteCache};
 use crate::render::AnswerFile;
@@ -45,6 +46,9 @@ pub struct BaseInfo {
     /// For the rootfs builder: how many packages came from the package cache.
     #[serde(default)]
     pub packages: Option<packages::PackageUse>,
+    /// The exact package set the base was built from (Debian family).
+    #[serde(default)]
+    pub package_set: Option<crate::apt::PackageSet>,
 }
 
 /// What a base with the bake init needs to boot from its kernel and initrd.
@@ -205,6 +209,7 @@ pub fn ensure(
     def: &Definition,
     answer: &AnswerFile,
     ids: &LayerIds,
+    packages: Option<&ResolvedPackages>,
     remote: Option<&RemoteCache>,
     reporter: &Reporter,
 ) -> Result<(BaseLayer, bool)> {
@@ -251,7 +256,10 @@ pub fn ensure(
     }
     let staging = BaseStaging::new(&ids.base)?;
     let info = match def.builder.kind {
-        BuilderKind::Rootfs => rootfs::build(def, &staging, reporter)?,
+        BuilderKind::Rootfs => {
+            let packages = packages.context("the rootfs builder needs the resolved package set")?;
+            rootfs::build(def, packages, &staging, reporter)?
+        }
         BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
     };
     crate::cancel::check()?;

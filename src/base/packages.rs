@@ -10,6 +10,7 @@
 //! damaged file is downloaded again, never installed. The cache is trimmed to its size limit
 //! after each base, least recently used first; `imgforge cache gc` trims it too.
 
+use crate::apt::{Archive, PackageSet};
 use crate::bake_protocol::sh_quote;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,8 @@ pub struct PackageCache {
     dir: PathBuf,
     before: BTreeSet<String>,
     damaged: usize,
+    /// Packages [`Self::fetch`] downloaded.
+    fetched: BTreeSet<String>,
 }
 
 /// Suffix of the file holding a cached package's sha256.
@@ -84,7 +87,45 @@ impl PackageCache {
             dir,
             before,
             damaged,
+            fetched: BTreeSet::new(),
         })
+    }
+
+    /// Makes sure the cache holds every package of `set`, each matching the set's sha256: a
+    /// cached file that does not is removed, and the missing ones are downloaded from
+    /// `archive` (into a directory beside the cache, checked, then renamed in).
+    pub fn fetch(&mut self, set: &PackageSet, archive: &Archive) -> Result<()> {
+        let mut missing = Vec::new();
+        for p in &set.packages {
+            let name = p.file_name();
+            let path = self.dir.join(&name);
+            if self.before.contains(&name) {
+                let recorded = fs::read_to_string(digest_path(&path)).unwrap_or_default();
+                if recorded.trim() == p.sha256 {
+                    continue;
+                }
+                remove_package(&path)?;
+                self.before.remove(&name);
+            }
+            missing.push(p);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let incoming = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempdir_in(&self.dir)?;
+        archive.download(&missing, incoming.path())?;
+        for p in missing {
+            let name = p.file_name();
+            let cached = self.dir.join(&name);
+            crate::atomic::write(&digest_path(&cached), format!("{}\n", p.sha256).as_bytes())?;
+            fs::rename(incoming.path().join(&name), &cached)
+                .with_context(|| format!("cannot move {name} into {}", self.dir.display()))?;
+            self.before.insert(name.clone());
+            self.fetched.insert(name);
+        }
+        Ok(())
     }
 
     /// mmdebstrap options that put the cached packages into the tree's archive directory
@@ -114,12 +155,15 @@ impl PackageCache {
     pub fn absorb(&self, out: &Path) -> Result<PackageUse> {
         let mut used = PackageUse {
             damaged: self.damaged,
+            downloaded: self.fetched.len(),
             ..PackageUse::default()
         };
         for name in debs(out)? {
             let cached = self.dir.join(&name);
             if self.before.contains(&name) {
-                used.reused += 1;
+                if !self.fetched.contains(&name) {
+                    used.reused += 1;
+                }
                 crate::sources::mark_used(&cached)?;
             } else {
                 used.downloaded += 1;
@@ -259,6 +303,7 @@ mod tests {
             dir: dir.clone(),
             before: debs(&dir).unwrap(),
             damaged: 0,
+            fetched: BTreeSet::new(),
         };
         let out = tempfile::tempdir().unwrap();
         file(out.path(), "a_1_amd64.deb", 10, 0);

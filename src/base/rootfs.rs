@@ -5,9 +5,11 @@
 
 use super::packages::{self, PackageCache, PackageUse};
 use super::{BaseInfo, BaseStaging, DirectBoot};
+use crate::apt::{Archive, Source};
 use crate::bake_protocol::{self, sh_quote};
 use crate::definition::{Definition, Firmware, Initramfs, VIRTUAL_DRIVERS};
 use crate::events::Reporter;
+use crate::lock::ResolvedPackages;
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -15,22 +17,6 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
-
-/// Packages every rootfs base gets: a kernel, systemd, networking, SSH, and what the offline
-/// bake and the checks need.
-const BASE_PACKAGES: &[&str] = &[
-    "linux-image-amd64",
-    "systemd-sysv",
-    "systemd-resolved",
-    "udev",
-    "kmod",
-    "iproute2",
-    "openssh-server",
-    "ca-certificates",
-    "locales",
-    "sudo",
-    "tzdata",
-];
 
 /// Offset of the first partition: 1 MiB, leaving the MBR gap for GRUB's core image.
 const FIRST_PARTITION_BYTES: u64 = 1 << 20;
@@ -43,12 +29,17 @@ fn kernel_cmdline(uuid: &str) -> String {
 }
 
 /// Builds the base layer into `staging` and returns its facts.
-pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
+pub fn build(
+    def: &Definition,
+    packages: &ResolvedPackages,
+    staging: &BaseStaging,
+    reporter: &Reporter,
+) -> Result<BaseInfo> {
     let started = Instant::now();
     let uuid = derived_uuid(&staging.id, "root filesystem");
     let tree = staging.path("tree");
     reporter.phase("mmdebstrap");
-    let package_use = make_tree(def, staging, &uuid, &tree, reporter)?;
+    let package_use = make_tree(def, packages, staging, &uuid, &tree, reporter)?;
 
     reporter.phase("assemble disk");
     copy_boot_files(&tree, staging)?;
@@ -79,54 +70,76 @@ pub fn build(def: &Definition, staging: &BaseStaging, reporter: &Reporter) -> Re
         tools,
         answer_file_fetched_after_s: None,
         packages: package_use,
+        package_set: Some(packages.set.clone()),
     })
 }
 
-/// Makes the OS tree at `tree` with mmdebstrap, through the package cache unless it is off;
-/// returns how the package cache was used.
+/// Makes the OS tree at `tree` with mmdebstrap from exactly the resolved package set: every
+/// package is fetched first (checked against the set's sha256) into the package cache, from
+/// which mmdebstrap takes it, and the tree's installed packages are checked against the set
+/// after; returns how the package cache was used.
 fn make_tree(
     def: &Definition,
+    resolved: &ResolvedPackages,
     staging: &BaseStaging,
     uuid: &str,
     tree: &Path,
     reporter: &Reporter,
 ) -> Result<Option<PackageUse>> {
+    let archive = Archive::for_definition(def, &resolved.sources)?;
+    let _indexes = archive.update()?;
+    if resolved.lock.is_some() {
+        archive.check_available(&resolved.set)?;
+    }
+    for s in resolved.sources.iter().filter(|s| s.keyring.is_none()) {
+        reporter.event(
+            crate::events::Event::Warning,
+            &format!(
+                "the repository `{}` ({}) is trusted unsigned (`trusted = true`): nothing \
+                 checks what it serves",
+                s.name, s.uri
+            ),
+            serde_json::json!({ "repository": s.uri, "trusted": true }),
+        );
+    }
     let hook = staging.path("customize.sh");
-    fs::write(&hook, customize_script(def, uuid, &staging.public_key()?)?)?;
+    fs::write(
+        &hook,
+        customize_script(def, &resolved.sources, uuid, &staging.public_key()?)?,
+    )?;
     let selections = staging.path("debconf.txt");
     fs::write(&selections, debconf_selections(def))?;
-    let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
-    packages.extend(def.base_packages());
     let suite = crate::render::suite(&def.os.release);
     let package_limit = packages::limit()?;
-    let package_cache = (package_limit > 0)
-        .then(|| PackageCache::open(&packages::cache_root(), &suite, &def.system.mirror))
-        .transpose()?;
+    // With the cache off, the packages are fetched into the staging directory instead.
+    let cache_root = match package_limit {
+        0 => staging.path("fetched"),
+        _ => packages::cache_root(),
+    };
+    let mut package_cache = PackageCache::open(&cache_root, &suite, &def.system.mirror)?;
+    package_cache.fetch(&resolved.set, &archive)?;
     let synced = staging.path("packages");
     fs::create_dir_all(&synced)?;
+    let pinned: Vec<String> = resolved.set.packages.iter().map(|p| p.pinned()).collect();
     let mut cmd = Command::new("mmdebstrap")
         .arg(format!(
             "--variant={}",
             def.builder.variant.as_deref().unwrap_or("minbase")
         ))
-        .arg(format!("--include={}", packages.join(",")))
-        .arg("--components=main")
+        .arg(format!("--include={}", pinned.join(",")))
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
             selections.display()
         ));
     // The package cache's hooks first: the customize hook below cleans the archive directory.
-    for arg in package_cache
-        .iter()
-        .flat_map(|c| c.mmdebstrap_args(&synced))
-    {
+    for arg in package_cache.mmdebstrap_args(&synced) {
         cmd = cmd.arg(arg);
     }
     cmd = cmd
         .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
         .arg(suite)
         .arg(tree)
-        .arg(&def.system.mirror);
+        .args(resolved.sources.iter().flat_map(Source::one_line_entries));
     if crate::definition::snapshot_time(&def.system.mirror).is_some() {
         // A dated snapshot's Release file has long expired; its date is the point.
         cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
@@ -137,20 +150,23 @@ fn make_tree(
     cmd.env("SOURCE_DATE_EPOCH", &def.source_date_epoch().to_string())
         .run()
         .context("mmdebstrap could not build the OS tree")?;
-    let package_use = package_cache.map(|c| c.absorb(&synced)).transpose()?;
-    if let Some(used) = &package_use {
-        let damaged = match used.damaged {
-            0 => String::new(),
-            n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
-        };
-        reporter.println(&format!(
-            "    package cache: {} packages reused, {} downloaded{damaged}",
-            used.reused, used.downloaded
-        ));
-    }
+    crate::apt::check_installed(tree, &resolved.set)?;
+    let used = package_cache.absorb(&synced)?;
+    let damaged = match used.damaged {
+        0 => String::new(),
+        n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
+    };
+    reporter.println(&format!(
+        "    packages: {} of the set, {} reused from the package cache, {} downloaded{damaged}",
+        resolved.set.packages.len(),
+        used.reused,
+        used.downloaded
+    ));
     fs::remove_dir_all(&synced).ok();
-    packages::trim(&packages::cache_root(), package_limit, false)?;
-    Ok(package_use)
+    if package_limit > 0 {
+        packages::trim(&packages::cache_root(), package_limit, false)?;
+    }
+    Ok((package_limit > 0).then_some(used))
 }
 
 /// The locale's own selections (so `locales` configures cleanly), then the definition's.
@@ -206,7 +222,12 @@ fn derived_uuid(seed: &str, purpose: &str) -> String {
 
 /// The mmdebstrap customize hook: system settings, users, the build key, first-boot SSH host
 /// keys, the offline bake init, and GRUB's configuration.
-fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<String> {
+fn customize_script(
+    def: &Definition,
+    sources: &[Source],
+    uuid: &str,
+    build_key: &str,
+) -> Result<String> {
     let sys = &def.system;
     let mut s = String::from(
         "#!/bin/sh\n# imgforge customize hook; $1 is the new root.\nset -eu\nR=\"$1\"\n",
@@ -235,6 +256,7 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
         s += "echo 'LABEL=ESP /boot/efi vfat umask=0077,nofail 0 2' >> \"$R/etc/fstab\"\nmkdir -p \"$R/boot/efi\"\n";
     }
     s += "mkdir -p \"$R/etc/systemd/network\"\nprintf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > \"$R/etc/systemd/network/80-dhcp.network\"\nchroot \"$R\" systemctl enable systemd-networkd systemd-resolved >/dev/null 2>&1\n";
+    s += &apt_sources(sources);
     if let Some(proxy) = &sys.proxy {
         s += &format!(
             "echo 'Acquire::http::Proxy \"'{}'\";' > \"$R/etc/apt/apt.conf.d/80proxy\"\n",
@@ -278,6 +300,45 @@ fn customize_script(def: &Definition, uuid: &str, build_key: &str) -> Result<Str
     );
     s += "chroot \"$R\" apt-get clean\nrm -rf \"$R\"/var/lib/apt/lists/*\n";
     Ok(s)
+}
+
+/// The customize hook's part for apt: the sources the base was built from as deb822 files
+/// (`debian.sources` for Debian's archive, `imgforge.sources` for extra repositories), each
+/// signed by the keyring it was built with, copied to `/etc/apt/keyrings/`.
+fn apt_sources(sources: &[Source]) -> String {
+    let mut s = String::from(
+        "rm -f \"$R/etc/apt/sources.list\"\ninstall -d -m 755 \"$R/etc/apt/keyrings\" \"$R/etc/apt/sources.list.d\"\n",
+    );
+    let (mut debian, mut extra) = (String::new(), String::new());
+    for source in sources {
+        let keyring = source.image_keyring_name().map(|name| {
+            let host = source
+                .keyring
+                .as_ref()
+                .expect("a keyring name has a keyring");
+            s += &format!(
+                "install -m 644 {} \"$R/etc/apt/keyrings/{name}\"\n",
+                sh_quote(&host.display().to_string())
+            );
+            format!("/etc/apt/keyrings/{name}")
+        });
+        let file = if source.name.starts_with("debian") {
+            &mut debian
+        } else {
+            &mut extra
+        };
+        if !file.is_empty() {
+            file.push('\n');
+        }
+        file.push_str(&source.deb822(keyring.as_deref()));
+    }
+    for (name, text) in [("debian", debian), ("imgforge", extra)] {
+        if !text.is_empty() {
+            s +=
+                &format!("cat > \"$R/etc/apt/sources.list.d/{name}.sources\" <<'EOF'\n{text}EOF\n");
+        }
+    }
+    s
 }
 
 /// The customize hook's part for the first boot: SSH host keys made then, the initramfs of

@@ -1,5 +1,6 @@
-//! `imgforge rotate`: replaces instances older than a maximum age with instances of the newest
-//! image, never dropping below the capacity floor.
+//! `imgforge rotate`: replaces instances older than a maximum age, or (`--superseded`) not on
+//! the newest image of their name, with instances of the newest image, never dropping below the
+//! capacity floor.
 //!
 //! The run is a sequence of steps: [`plan`] selects the managed instances and decides an action
 //! for each; [`replace`] launches replacements (launch before terminate, at most `--max-surge` at
@@ -23,7 +24,10 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone)]
 pub struct RotateOptions {
     /// Replace instances older than this.
-    pub max_age: Duration,
+    pub max_age: Option<Duration>,
+    /// Also replace instances whose image is not the newest image of their name, whatever
+    /// their age.
+    pub superseded: bool,
     /// Image name whose instances are managed (instances tagged `imgforge:image=NAME`).
     pub image_name: Option<String>,
     /// Target image id (default: the newest available image of the instance's image name).
@@ -152,6 +156,12 @@ impl RotateOptions {
         if !(5..=1000).contains(&self.page_size) {
             bail!("the page size must be between 5 and 1000");
         }
+        if self.max_age.is_none() && !self.superseded {
+            bail!(
+                "say which instances are due: --max-age 30d (older than that), --superseded \
+                 (not on the newest image of their name), or both"
+            );
+        }
         if self.image_name.is_none() && self.filters.is_empty() {
             bail!(
                 "say which instances to rotate: --image-name NAME (instances tagged \
@@ -167,6 +177,7 @@ impl RotateOptions {
             image: self.image.clone(),
             filters: self.filters.clone(),
             max_age: self.max_age,
+            superseded: self.superseded,
             min_healthy_percent: self.min_healthy_percent,
         }
     }

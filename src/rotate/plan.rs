@@ -29,7 +29,9 @@ pub struct Selection {
     /// Extra EC2 filters.
     pub filters: Vec<Filter>,
     /// Instances older than this are replaced.
-    pub max_age: Duration,
+    pub max_age: Option<Duration>,
+    /// Instances not on the newest image of their name are replaced, whatever their age.
+    pub superseded: bool,
     /// Floor on healthy managed instances, in percent.
     pub min_healthy_percent: u32,
 }
@@ -103,7 +105,9 @@ pub struct Plan {
     /// Managed instances whose status checks are not impaired.
     pub healthy: usize,
     /// The age limit.
-    pub max_age: Duration,
+    pub max_age: Option<Duration>,
+    /// Whether instances on a superseded image are replaced too.
+    pub superseded: bool,
 }
 
 impl Plan {
@@ -172,17 +176,18 @@ impl Plan {
                 Event::Plan,
                 &format!("{} managed instance(s)", self.items.len()),
                 json!({ "instances": items, "floor": self.floor, "healthy": self.healthy,
-                        "max_age_s": self.max_age.as_secs() }),
+                        "max_age_s": self.max_age.map(|a| a.as_secs()),
+                        "superseded": self.superseded }),
             );
         } else {
             reporter.finish();
             println!("{}", table(["INSTANCE", "AGE", "IMAGE", "ACTION"], &rows));
             println!(
-                "{} managed instance(s), {} healthy, floor {}, max age {}",
+                "{} managed instance(s), {} healthy, floor {}, {}",
                 self.items.len(),
                 self.healthy,
                 self.floor,
-                format_age(self.max_age)
+                rule(self.max_age, self.superseded)
             );
         }
         for i in &self.items {
@@ -423,7 +428,12 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
         })
         .collect();
     items.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
-    keep_the_young(&mut items, &targets, selection.max_age);
+    keep_the_current(
+        &mut items,
+        &targets,
+        selection.max_age,
+        selection.superseded,
+    );
     decide_replacements(clients, &mut items, &targets).await?;
 
     let floor = (items.len() * selection.min_healthy_percent as usize).div_ceil(100);
@@ -435,6 +445,7 @@ pub async fn build(clients: &Clients, selection: &Selection, now: SystemTime) ->
         floor,
         healthy,
         max_age: selection.max_age,
+        superseded: selection.superseded,
     })
 }
 
@@ -468,12 +479,30 @@ async fn targets(
     Ok(targets)
 }
 
-/// Instances younger than `max_age` are kept (saying why); older ones tagged
-/// `imgforge:rotate=never` are skipped.
-fn keep_the_young(items: &mut [Item], targets: &BTreeMap<String, Target>, max_age: Duration) {
-    let shown = format_age(max_age);
+/// The rotation's rule for people: `max age 30d`, `superseded images`, or both.
+fn rule(max_age: Option<Duration>, superseded: bool) -> String {
+    match (max_age, superseded) {
+        (Some(age), true) => format!("max age {}, or on a superseded image", format_age(age)),
+        (Some(age), false) => format!("max age {}", format_age(age)),
+        (None, _) => "replacing instances on a superseded image".to_string(),
+    }
+}
+
+/// Instances younger than `max_age` (or any age without one) are kept (saying why) unless
+/// `superseded` and their image is not the target of their name; the others are replaced,
+/// except those tagged `imgforge:rotate=never`, which are skipped.
+fn keep_the_current(
+    items: &mut [Item],
+    targets: &BTreeMap<String, Target>,
+    max_age: Option<Duration>,
+    superseded: bool,
+) {
     for item in items {
-        if item.age > max_age {
+        let current = item.instance.image_id().unwrap_or("");
+        let target = targets.get(&item.image_name);
+        let too_old = max_age.is_some_and(|age| item.age > age);
+        let on_old_image = superseded && target.is_some_and(|t| t.image_id != current);
+        if too_old || on_old_image {
             if tag(item.instance.tags(), tags::ROTATE) == Some("never") {
                 item.action = Action::Skip {
                     reason: format!("tagged {}=never", tags::ROTATE),
@@ -481,14 +510,15 @@ fn keep_the_young(items: &mut [Item], targets: &BTreeMap<String, Target>, max_ag
             }
             continue;
         }
-        let current = item.instance.image_id().unwrap_or("");
+        let young = match max_age {
+            Some(age) => format!("younger than {}", format_age(age)),
+            None => "not superseded".to_string(),
+        };
         item.action = Action::Keep {
-            reason: match targets.get(&item.image_name) {
-                Some(t) if t.image_id == current => {
-                    format!("on the target image, younger than {shown}")
-                }
-                Some(t) => format!("younger than {shown} (newest image is {})", t.image_id),
-                None => format!("younger than {shown}"),
+            reason: match target {
+                Some(t) if t.image_id == current => format!("on the target image, {young}"),
+                Some(t) => format!("{young} (newest image is {})", t.image_id),
+                None => young,
             },
         };
     }
