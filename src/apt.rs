@@ -34,6 +34,17 @@ pub const BASE_PACKAGES: &[&str] = &[
 /// The keyring Debian's archive is signed with, from this host's `debian-archive-keyring`.
 pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// Debian suite name for a release written as a number or a codename.
+pub fn suite(release: &str) -> String {
+    match release {
+        "11" => "bullseye",
+        "12" => "bookworm",
+        "13" => "trixie",
+        other => other,
+    }
+    .to_string()
+}
+
 /// One apt source of a base.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
@@ -128,7 +139,7 @@ pub fn sources(def: &Definition) -> Result<Vec<Source>> {
         return Ok(Vec::new());
     }
     let sys = &def.system;
-    let suite = crate::render::suite(&def.os.release);
+    let suite = suite(&def.os.release);
     let keyring = match &sys.mirror_key {
         Some(k) => def.resolve(k),
         None => PathBuf::from(DEBIAN_KEYRING),
@@ -220,7 +231,7 @@ fn default_security_mirror(mirror: &str) -> String {
 /// essential set, then priorities of the release's own suite, plus apt), the base packages,
 /// the definition's packages, and each repository's packages from its first suite.
 pub fn request(def: &Definition, sources: &[Source]) -> Vec<String> {
-    let suite = crate::render::suite(&def.os.release);
+    let suite = suite(&def.os.release);
     let narrow = |what: &str| {
         format!(
             "?narrow(?or(?archive(^{suite}$),?codename(^{suite}$)),?architecture(amd64),{what})"
@@ -414,7 +425,7 @@ impl Archive {
     /// The archive of `sources` (with `proxy` for apt, and the Valid-Until check off for a
     /// dated snapshot mirror), its directory and configuration made if missing.
     pub fn open(sources: &[Source], proxy: Option<&str>, snapshot: bool) -> Result<Archive> {
-        let digest = crate::layers::digest(&sources_identity(sources));
+        let digest = crate::canonical::digest(&sources_identity(sources));
         let dir = crate::sources::cache_dir().join("apt").join(&digest[..16]);
         for sub in ["etc/apt.conf.d", "etc/preferences.d", "etc/trusted.gpg.d"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -486,7 +497,7 @@ impl Archive {
             .args(["update", "-q", "--error-on=any"])
             .run_unchecked()?;
         if code != 0 {
-            return Err(self.explain_update_failure(&out.text()));
+            return Err(self.explain_update_failure(&said(&out)));
         }
         UPDATED
             .lock()
@@ -536,7 +547,7 @@ impl Archive {
         if code != 0 {
             bail!(
                 "apt cannot resolve the base's packages from its sources: {}",
-                crate::process::tail_lines(&out.text(), 12)
+                crate::process::tail_lines(&said(&out), 12)
             );
         }
         let wanted: Vec<(String, String, String, String)> = String::from_utf8_lossy(&out.stdout)
@@ -642,7 +653,7 @@ impl Archive {
         if code != 0 && digests.is_empty() {
             bail!(
                 "apt-cache show failed: {}",
-                crate::process::tail_lines(&out.text(), 6)
+                crate::process::tail_lines(&said(&out), 6)
             );
         }
         Ok(digests)
@@ -689,33 +700,36 @@ impl Archive {
             .current_dir(dir)
             .run_unchecked()?;
         if code != 0 {
-            let text = out.text();
+            let text = said(&out);
+            let mismatch = text.contains("Hash Sum mismatch");
+            // apt names the file it failed on by its URL: `…/pool/…/NAME_VERSION_ARCH.deb`.
             let culprit = packages.iter().find(|p| {
-                text.lines().any(|l| {
-                    l.contains("Hash Sum mismatch") || l.contains("Failed to fetch")
-                } && l.contains(&format!("/{}_", p.name)))
+                let version = p.version.split_once(':').map_or(&*p.version, |(_, v)| v);
+                let encoded = version.replace('+', "%2b").replace('~', "%7e");
+                [version, encoded.as_str()]
+                    .iter()
+                    .any(|v| text.contains(&format!("/{}_{v}_", p.name)))
             });
+            let apt_said = crate::process::tail_lines(&text, 8);
             return Err(match culprit {
-                Some(p) if text.contains("Hash Sum mismatch") || text.contains("hash") => anyhow!(
+                Some(p) if mismatch => anyhow!(
                     "{} {} from `{}`: the file served does not match the sha256 its signed \
-                     index gives ({}); nothing was installed\napt said: {}",
+                     index gives ({}); nothing was installed\napt said: {apt_said}",
                     p.name,
                     p.version,
                     p.source,
-                    p.sha256,
-                    crate::process::tail_lines(&text, 6)
+                    p.sha256
                 ),
                 Some(p) => anyhow!(
-                    "{} {} from `{}` could not be downloaded; nothing was installed\napt said: {}",
+                    "{} {} from `{}` could not be downloaded; nothing was installed\napt said: \
+                     {apt_said}",
                     p.name,
                     p.version,
-                    p.source,
-                    crate::process::tail_lines(&text, 6)
+                    p.source
                 ),
                 None => anyhow!(
                     "apt could not download the base's packages; nothing was installed\napt \
-                     said: {}",
-                    crate::process::tail_lines(&text, 6)
+                     said: {apt_said}"
                 ),
             });
         }
@@ -753,6 +767,15 @@ impl ArchiveLock {
             .with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(ArchiveLock { _file: file })
     }
+}
+
+/// What apt printed, on both streams.
+fn said(out: &crate::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Whether Debian version `a` is newer than `b` (`dpkg --compare-versions`).
@@ -913,6 +936,12 @@ mod tests {
             }]
         );
         assert!(changes(&new, &new, &security).is_empty());
+    }
+
+    #[test]
+    fn numeric_releases_map_to_suites() {
+        assert_eq!(suite("12"), "bookworm");
+        assert_eq!(suite("sid"), "sid");
     }
 
     #[test]

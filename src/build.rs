@@ -57,7 +57,7 @@ pub enum BuildResult {
     /// Only the base layer (`--base-only`).
     Base {
         /// The cached base layer.
-        base: BaseLayer,
+        base: Box<BaseLayer>,
         /// Whether it was already cached.
         cached: bool,
     },
@@ -89,7 +89,10 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
             remote.as_ref(),
             reporter,
         )?;
-        return Ok(BuildResult::Base { base, cached });
+        return Ok(BuildResult::Base {
+            base: Box::new(base),
+            cached,
+        });
     }
     report_ids(&def, &ids, reporter);
     let out = OutputDir::new(&opts.output_dir, &def, &ids);

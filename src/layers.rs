@@ -12,6 +12,7 @@
 //!   contents of every provisioner;
 //! - build: the bake id and the output settings; it names the output directory.
 
+use crate::canonical::digest;
 use crate::definition::{Definition, DefinitionError, Provisioner};
 use crate::lock::ResolvedPackages;
 use crate::render::AnswerFile;
@@ -19,7 +20,6 @@ use crate::sources::{sha256_file, tree_digest, ResolvedData, ResolvedService};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// The ids of one build's layers.
@@ -42,37 +42,6 @@ pub struct Resolved {
     pub data: Option<ResolvedData>,
     /// The base's package set (Debian family).
     pub packages: Option<ResolvedPackages>,
-}
-
-/// sha256 of the canonical JSON form of `value`.
-pub fn digest(value: &Value) -> String {
-    hex::encode(Sha256::digest(canonical_json(value).as_bytes()))
-}
-
-/// JSON with object keys sorted at every level and no whitespace. Sorting here, rather than
-/// relying on the map type, keeps ids stable whether or not serde_json's `preserve_order`
-/// feature is switched on by some dependency.
-pub fn canonical_json(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(canonical_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        other => other.to_string(),
-    }
 }
 
 /// Computes the layer ids of `def`.
@@ -233,24 +202,4 @@ pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(Lay
 /// The first 12 characters of an id, for messages.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn canonical_form_sorts_keys_at_every_level() {
-        let v: Value = serde_json::from_str(r#"{"b":[{"z":1,"a":2}],"a":"x"}"#).unwrap();
-        assert_eq!(canonical_json(&v), r#"{"a":"x","b":[{"a":2,"z":1}]}"#);
-    }
-
-    #[test]
-    fn digest_ignores_key_order() {
-        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":1}"#).unwrap();
-        assert_eq!(digest(&a), digest(&b));
-        let c: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":2}"#).unwrap();
-        assert_ne!(digest(&a), digest(&c));
-    }
 }

@@ -37,6 +37,7 @@ mod bootcmd;
 mod build;
 mod cache;
 mod cancel;
+mod canonical;
 mod cloud;
 mod contents;
 pub mod definition;

@@ -32,7 +32,7 @@ pub fn path_for(definition: &Path) -> PathBuf {
 
 /// Digest of what a set was resolved for: the sources and the request.
 fn inputs_digest(sources: &[Source], request: &[String]) -> String {
-    crate::layers::digest(&serde_json::json!({
+    crate::canonical::digest(&serde_json::json!({
         "sources": apt::sources_identity(sources),
         "request": request,
     }))

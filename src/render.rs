@@ -141,7 +141,7 @@ pub fn context(def: &Definition) -> Result<Value> {
     let root_mib = disk_mib.saturating_sub(if uefi { 202 } else { 2 });
     Ok(json!({
         "release": def.os.release,
-        "suite": suite(&def.os.release),
+        "suite": crate::apt::suite(&def.os.release),
         "hostname": sys.hostname,
         "domain": sys.domain,
         "timezone": sys.timezone,
@@ -198,17 +198,6 @@ fn locale_part(locale: &str, index: usize) -> String {
     }
 }
 
-/// Debian suite name for a release written as a number or a codename.
-pub fn suite(release: &str) -> String {
-    match release {
-        "11" => "bullseye",
-        "12" => "bookworm",
-        "13" => "trixie",
-        other => other,
-    }
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,11 +222,5 @@ mod tests {
         assert_eq!(locale_part("de_AT.UTF-8", 0), "de");
         assert_eq!(locale_part("de_AT.UTF-8", 1), "AT");
         assert_eq!(locale_part("C.UTF-8", 1), "US");
-    }
-
-    #[test]
-    fn numeric_releases_map_to_suites() {
-        assert_eq!(suite("12"), "bookworm");
-        assert_eq!(suite("sid"), "sid");
     }
 }

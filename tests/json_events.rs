@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 51] = [
+const NAMES: [&str; 53] = [
     "ids",
     "phase",
     "base_cached",

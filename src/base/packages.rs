@@ -1,13 +1,15 @@
-//! The package cache shared by the rootfs builder's bases: the `.deb` files mmdebstrap
-//! downloaded, kept per release and mirror in `<cache>/packages/`, so that a base differing
-//! from a cached one by a package or two downloads only those.
+//! The package cache shared by the rootfs builder's bases: the `.deb` files of their package
+//! sets, kept per release and mirror in `<cache>/packages/`, so that a base differing from a
+//! cached one by a package or two downloads only those.
 //!
-//! mmdebstrap finds the cached files in the new tree's archive directory before its download
-//! step, and the packages it used are taken back after installing. apt trusts
-//! a file already in its archive directory when only its size matches, so imgforge keeps the
-//! sha256 of each package as apt downloaded it (`NAME.deb.sha256`, written before the package
-//! is renamed in) and removes any package that no longer matches before it is copied in: a
-//! damaged file is downloaded again, never installed. The cache is trimmed to its size limit
+//! Before mmdebstrap runs, every package of the base's set is made present in the cache
+//! ([`PackageCache::fetch`]: downloaded by apt, checked against the set's sha256); mmdebstrap
+//! finds the set's files in the new tree's archive directory before its download step, and the
+//! packages it used are taken back after installing. apt trusts a file already in its archive
+//! directory when only its size matches, so imgforge keeps the sha256 of each package
+//! (`NAME.deb.sha256`, written before the package is renamed in) and removes any package that
+//! no longer matches before it is copied in: a damaged file is downloaded again, never
+//! installed. The cache is trimmed to its size limit
 //! after each base, least recently used first; `imgforge cache gc` trims it too.
 
 use crate::apt::{Archive, PackageSet};
@@ -128,19 +130,27 @@ impl PackageCache {
         Ok(())
     }
 
-    /// mmdebstrap options that put the cached packages into the tree's archive directory
-    /// before the download and the packages found there into `out` after the installation.
+    /// mmdebstrap options that put the cached packages of `set` into the tree's archive
+    /// directory before the download and the packages found there into `out` after the
+    /// installation.
     /// Both are hard links where the file system allows (nothing writes a package in place:
     /// dpkg reads it, `apt-get clean` unlinks it), copies elsewhere; mmdebstrap's own
     /// `sync-in`/`sync-out` copy through tar, which cost more here than the download saved.
     /// The options must come before any customize hook that cleans the archive directory.
-    pub fn mmdebstrap_args(&self, out: &Path) -> Vec<String> {
+    pub fn mmdebstrap_args(&self, set: &PackageSet, out: &Path) -> Vec<String> {
         let archives = "\"$1\"/var/cache/apt/archives";
+        let cache = sh_quote(&self.dir.display().to_string());
+        let names: Vec<String> = set
+            .packages
+            .iter()
+            .map(|p| sh_quote(&p.file_name()))
+            .collect();
         vec![
             "--skip=essential/unlink".into(),
             format!(
-                "--setup-hook=mkdir -p {archives} && {}",
-                link_debs(&sh_quote(&self.dir.display().to_string()), archives)
+                "--setup-hook=mkdir -p {archives} && for f in {}; do ln {cache}/\"$f\" {archives}/ \
+                 2>/dev/null || cp {cache}/\"$f\" {archives}/; done",
+                names.join(" ")
             ),
             format!(
                 "--customize-hook={}",

@@ -109,7 +109,7 @@ fn make_tree(
     )?;
     let selections = staging.path("debconf.txt");
     fs::write(&selections, debconf_selections(def))?;
-    let suite = crate::render::suite(&def.os.release);
+    let suite = crate::apt::suite(&def.os.release);
     let package_limit = packages::limit()?;
     // With the cache off, the packages are fetched into the staging directory instead.
     let cache_root = match package_limit {
@@ -132,7 +132,7 @@ fn make_tree(
             selections.display()
         ));
     // The package cache's hooks first: the customize hook below cleans the archive directory.
-    for arg in package_cache.mmdebstrap_args(&synced) {
+    for arg in package_cache.mmdebstrap_args(&resolved.set, &synced) {
         cmd = cmd.arg(arg);
     }
     cmd = cmd

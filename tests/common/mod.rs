@@ -1,6 +1,7 @@
 //! Shared test support: the real imgforge binary, and a real moto_server on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod apt_repo;
 pub mod web;
 
 use std::net::TcpListener;
