@@ -332,6 +332,23 @@ async fn patch_day_a_new_package_version_rebuilds_the_base_and_reaches_the_fleet
         "plan explains the new base: {patched}"
     );
 
+    // The first image is outdated now, and says so with an exit status a job can act on.
+    let (code, out, err) = run(imgforge()
+        .args(["--json", "outdated"])
+        .arg(&manifest_v1)
+        .env("IMGFORGE_CACHE", cache_dir()));
+    assert_eq!(code, 3, "outdated, no security update: exit 3: {err}");
+    let report = json_lines(&out)
+        .into_iter()
+        .find(|e| e["event"] == "outdated")
+        .expect("an outdated event");
+    assert_eq!(
+        report["packages"],
+        serde_json::json!([{ "name": TOOL, "installed": "1.0", "available": "1.1",
+                             "security": false, "source": "repo1" }]),
+        "only the tool is outdated: {report}"
+    );
+
     // A 1.1 whose bytes were changed after the index was signed: refused, naming it.
     let pool = repo.pool_file(TOOL, "1.1");
     let good = fs::read(&pool).unwrap();
@@ -387,6 +404,11 @@ async fn patch_day_a_new_package_version_rebuilds_the_base_and_reaches_the_fleet
 
     // Then there is nothing left to do.
     assert_eq!(plan(&def, &output)["needs_build"], false);
+    let (code, _, err) = run(imgforge()
+        .arg("outdated")
+        .arg(v2["manifest_path"].as_str().unwrap())
+        .env("IMGFORGE_CACHE", cache_dir()));
+    assert_eq!(code, 0, "the patched image is current: {err}");
     let (code, events, err, _) = rotate(&moto, &ec2).await;
     assert_eq!(code, 0, "{err}");
     assert!(events.iter().any(|e| e["event"] == "noop"), "{events:?}");
