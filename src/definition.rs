@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod rules;
+
 /// An error in an image definition, located in its file.
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
@@ -1227,6 +1229,7 @@ impl Definition {
         }
         problems.extend(self.environment_problems());
         problems.extend(self.source_problems());
+        problems.extend(rules::problems(self));
         for (index, p) in self.provisioners.iter().enumerate() {
             let field = |key: &str| format!("provisioners[{index}].{key}");
             for (key, message) in self.provisioner_problems(p) {
@@ -1594,10 +1597,26 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 
 /// Best-effort position of a dotted field (`builder.kind`, `installer`) in the TOML text.
 fn locate_field(text: &str, field: &str) -> (usize, usize) {
-    let mut parts = field.split('.');
-    let table = parts.next().unwrap_or_default();
-    let key = parts.next_back();
-    // `provisioners[2]` is the third `[[provisioners]]`.
+    // `system.repositories[1].signed_by`: table `system.repositories` (its second), key
+    // `signed_by`; `provisioners[2]`: the third `[[provisioners]]` itself.
+    let (table, key) = match field.rsplit_once('.') {
+        Some((table, key)) if !key.contains('[') => (table, Some(key)),
+        _ => (field, None),
+    };
+    let found = locate_in_table(text, table, key);
+    match (found, table.rsplit_once('.')) {
+        // A key of an inline table (`data.tarball.path`): the line of that table's key.
+        (None, Some((parent, inline))) if !inline.contains('[') => {
+            locate_in_table(text, parent, Some(inline))
+        }
+        _ => found,
+    }
+    .unwrap_or((1, 1))
+}
+
+/// The line and column of `key` in the table `table` (`name` or `name[n]` for the n-th of an
+/// array of tables), or of the table's header without a key.
+fn locate_in_table(text: &str, table: &str, key: Option<&str>) -> Option<(usize, usize)> {
     let (table, nth) = match table.split_once('[') {
         Some((name, n)) => (name, n.trim_end_matches(']').parse().unwrap_or(0)),
         None => (table, 0),
@@ -1613,17 +1632,17 @@ fn locate_field(text: &str, field: &str) -> (usize, usize) {
                 seen += 1;
             }
             if in_table && key.is_none() {
-                return (idx + 1, line.find('[').unwrap_or(0) + 1);
+                return Some((idx + 1, line.find('[').unwrap_or(0) + 1));
             }
             continue;
         }
         if let Some(key) = key {
             if in_table && t.split('=').next().map(str::trim) == Some(key) {
-                return (idx + 1, line.find(key).unwrap_or(0) + 1);
+                return Some((idx + 1, line.find(key).unwrap_or(0) + 1));
             }
         }
     }
-    (1, 1)
+    None
 }
 
 /// What `[cloud] init = "cloud-init"` adds to the base: cloud-init, and `growpart` to grow

@@ -239,6 +239,7 @@ fn template_strictness_reaches_the_user() {
     let def = GOOD.replace("kind = \"rootfs\"", "kind = \"installer\"")
         + "\n[installer]\niso = { path = \"x.iso\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\nboot_command = [\"<enter>\"]\ntemplate = \"t.hbs\"\n";
     fs::write(dir.path().join("d.toml"), def).unwrap();
+    fs::write(dir.path().join("x.iso"), "").unwrap();
     let (code, _, err) = run(imgforge().arg("render").arg(dir.path().join("d.toml")));
     assert_ne!(code, 0);
     assert!(err.contains("t.hbs") && err.contains("hostnam"), "{err}");
@@ -544,6 +545,7 @@ fn a_template_error_is_located_in_the_template_not_the_definition() {
     let def = GOOD.replace("kind = \"rootfs\"", "kind = \"installer\"")
         + "\n[installer]\niso = { path = \"x.iso\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\nboot_command = [\"<enter>\"]\ntemplate = \"t.hbs\"\n";
     fs::write(dir.path().join("d.toml"), def).unwrap();
+    fs::write(dir.path().join("x.iso"), "").unwrap();
     let (code, _, err) = run(imgforge().arg("validate").arg(dir.path().join("d.toml")));
     assert_eq!(code, 2, "{err}");
     let err = err.replace(&dir.path().display().to_string(), "DIR");
@@ -870,4 +872,135 @@ fn cloud_init_is_part_of_the_base_and_on_by_default_with_a_publish_target() {
         plain["base"], opted_out["base"],
         "init = \"none\" keeps today's image"
     );
+}
+
+/// One bad value per rule of `validate`: each is refused naming the file, line and field, and
+/// says the rule (and the nearest valid value where there is one).
+#[test]
+fn every_value_rule_refuses_its_bad_value_naming_the_field() {
+    let zeros = "0".repeat(64);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            GOOD.replace("hostname = \"h\"", "hostname = \"web_1\""),
+            "system.hostname",
+            "RFC 1123",
+        ),
+        (format!("{GOOD}domain = \"example..com\"\n"), "system.domain", "not a DNS domain"),
+        (
+            format!("{GOOD}timezone = \"Europe/Berln\"\n"),
+            "system.timezone",
+            "did you mean `Europe/Berlin`?",
+        ),
+        (
+            format!("{GOOD}locale = \"en_US.UTF8\"\n"),
+            "system.locale",
+            "did you mean `en_US.UTF-8`?",
+        ),
+        (
+            format!("{GOOD}keyboard = \"qwerty\"\n"),
+            "system.keyboard",
+            "not a known keyboard layout (checked against this host's",
+        ),
+        (
+            format!("{GOOD}packages = [\"nginx-light\", \"Curl\"]\n"),
+            "system.packages",
+            "`Curl` is not a package name",
+        ),
+        (
+            format!("{GOOD}mirror_key = \"missing.gpg\"\n"),
+            "system.mirror_key",
+            "does not exist",
+        ),
+        (
+            format!("{GOOD}\n[[system.users]]\nname = \"Ops\"\n"),
+            "system.users[0].name",
+            "not a user name",
+        ),
+        (
+            format!("{GOOD}\n[[system.users]]\nname = \"ops\"\n\n[[system.users]]\nname = \"root\"\n"),
+            "system.users[1].name",
+            "an account the base system has already",
+        ),
+        (
+            format!("{GOOD}\n[[system.repositories]]\nuri = \"http://127.0.0.1/r\"\nsuites = [\"stable\"]\n"),
+            "system.repositories[0].signed_by",
+            "an unsigned repository is refused",
+        ),
+        (format!("{GOOD}\n[machine]\ncpus = 0\n"), "machine.cpus", "1 to 64"),
+        (
+            format!("{GOOD}\n[machine]\nmemory_mib = 128\n"),
+            "machine.memory_mib",
+            "at least 256 MiB",
+        ),
+        (
+            format!("{GOOD}\n[machine]\ndisk_size = \"1G\"\n"),
+            "machine.disk_size",
+            "at least 2G",
+        ),
+        (
+            format!("{GOOD}\n[machine]\ndisk_size = \"3T\"\n"),
+            "machine.disk_size",
+            "at most 2T",
+        ),
+        (
+            format!("{GOOD}\n[machine.timeouts]\nboot = \"0s\"\n"),
+            "machine.timeouts.boot",
+            "a timeout of 0",
+        ),
+        (
+            format!("{GOOD}\n[[checks]]\ntype = \"tcp\"\nport = 0\n"),
+            "checks[0].port",
+            "1 to 65535",
+        ),
+        (
+            format!("{GOOD}\n[[checks]]\ntype = \"http\"\nport = 80\npath = \"@evil.example/\"\nexpect = \"ok\"\n"),
+            "checks[0].path",
+            "not a request path",
+        ),
+        (
+            format!("{GOOD}\n[[checks]]\ntype = \"http\"\nport = 80\npath = \"/\"\nexpect = \"\"\n"),
+            "checks[0].expect",
+            "matches every page",
+        ),
+        (
+            format!("{GOOD}\n[data]\ndest = \"/srv\"\ntarball = {{ path = \"missing.tar\", sha256 = \"{zeros}\" }}\n"),
+            "data.tarball.path",
+            "DIR/missing.tar does not exist",
+        ),
+    ];
+    for (text, field, rule) in &cases {
+        let (code, err) = validate_text(text);
+        assert_eq!(code, 2, "{field} was not refused:\n{text}");
+        let located = err
+            .lines()
+            .find(|l| l.contains(&format!("field `{field}`")))
+            .unwrap_or_else(|| panic!("no refusal names `{field}`: {err}"));
+        assert!(located.contains(rule), "{field}: {located}");
+        let at = located
+            .split("DIR/bad.toml:")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|line| line.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no file and line: {located}"));
+        let line = text.lines().nth(at - 1).unwrap_or_default();
+        let key = field.rsplit('.').next().unwrap().split('[').next().unwrap();
+        assert!(
+            line.contains(key) || line.starts_with('['),
+            "{field} located at line {at} `{line}`"
+        );
+    }
+    // All at once, each at its own line.
+    let (code, err) = validate_text(&format!(
+        "{}timezone = \"Mars/Olympus\"\nkeyboard = \"qwerty\"\n\n[machine]\ncpus = 0\n",
+        GOOD.replace("hostname = \"h\"", "hostname = \"-h\"")
+    ));
+    assert_eq!(code, 2);
+    for field in [
+        "system.hostname",
+        "system.timezone",
+        "system.keyboard",
+        "machine.cpus",
+    ] {
+        assert!(err.contains(&format!("field `{field}`")), "{field}: {err}");
+    }
 }
