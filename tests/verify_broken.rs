@@ -59,6 +59,8 @@ fn a_disk_of_zeros_fails_verify_naming_the_missing_boot_loader() {
     for (checks, named) in [
         (tcp_check(22), "tcp port 22"),
         (http_check(80), "http://:80/ contains \"imgforge\""),
+        // No checks at all: the boot still has to be proven (by sshd on port 22).
+        (json!([]), "tcp port 22"),
     ] {
         set_checks(&manifest, checks);
         let (code, err) = verify(&manifest, &[]);
@@ -71,6 +73,46 @@ fn a_disk_of_zeros_fails_verify_naming_the_missing_boot_loader() {
             err.contains(&format!("checks not passed: {named}")),
             "{err}"
         );
+    }
+}
+
+/// Checks a manifest carries are held to the definition's rules before anything boots: a path
+/// that would send the request to another host, and an `expect` that matches any page.
+#[test]
+fn a_manifest_whose_checks_prove_nothing_is_refused_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("zeros.raw");
+    fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+    let manifest = write_build_record(
+        dir.path(),
+        json!({
+            "imgforge_version": "0.1.0", "name": "zeros", "version": "1",
+            "definition": "zeros.toml",
+            "ids": { "base": "a".repeat(64), "bake": "b".repeat(64), "build": "c".repeat(64) },
+            "firmware": "bios", "arch": "x86_64", "disk_size": 1 << 20,
+            "artifacts": [{ "format": "raw", "file": "zeros.raw" }],
+            "built_at": "2026-11-26T10:00:00Z",
+        }),
+    );
+    for (check, key) in [
+        (
+            json!({ "type": "http", "port": 80, "path": "@example.org/", "expect": "x" }),
+            "`path`",
+        ),
+        (
+            json!({ "type": "http", "port": 80, "path": "/", "expect": "" }),
+            "`expect`",
+        ),
+        (json!({ "type": "tcp", "port": 0 }), "`port`"),
+    ] {
+        set_checks(&manifest, json!([check]));
+        let (code, err) = verify(&manifest, &[]);
+        assert_eq!(code, 1, "{check} was run: {err}");
+        assert!(
+            err.contains("cannot prove the image") && err.contains(key),
+            "{err}"
+        );
+        assert!(!err.contains("firmware"), "refused before booting: {err}");
     }
 }
 

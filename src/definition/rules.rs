@@ -325,21 +325,31 @@ fn list_file(path: &str, entry: impl Fn(&str) -> Option<String>) -> Option<Vec<S
 
 fn checks(def: &Definition, out: &mut Vec<(String, String)>) {
     for (i, check) in def.checks.iter().enumerate() {
-        let field = |key: &str| format!("checks[{i}].{key}");
-        let port = match check {
+        for (key, problem) in check.problems() {
+            out.push((format!("checks[{i}].{key}"), problem));
+        }
+    }
+}
+
+impl Check {
+    /// (key, what is wrong) for each way this check could not prove anything, or could be
+    /// pointed elsewhere: `verify` refuses such a check from a manifest too.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let port = match self {
             Check::Tcp { port } | Check::Http { port, .. } => *port,
         };
         if port == 0 {
-            out.push((field("port"), "a guest port is 1 to 65535".into()));
+            out.push(("port", "a guest port is 1 to 65535".to_string()));
         }
-        if let Check::Http { path, expect, .. } = check {
+        if let Check::Http { path, expect, .. } = self {
             let bad_path = !path.starts_with('/')
                 || path.starts_with("//")
                 || path.contains(|c: char| c.is_whitespace() || c.is_control())
                 || path.contains(['@', '#', '\\']);
             if bad_path {
                 out.push((
-                    field("path"),
+                    "path",
                     format!(
                         "`{path}` is not a request path: it starts with a single `/` and has no \
                          spaces, `@`, `#` or `\\` (the check asks the image itself, never \
@@ -349,13 +359,14 @@ fn checks(def: &Definition, out: &mut Vec<(String, String)>) {
             }
             if expect.trim().is_empty() {
                 out.push((
-                    field("expect"),
+                    "expect",
                     "an empty `expect` matches every page: give text only the working service \
                      serves"
-                        .into(),
+                        .to_string(),
                 ));
             }
         }
+        out
     }
 }
 
