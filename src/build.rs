@@ -188,7 +188,7 @@ impl OutputDir {
         }
         let manifest = Manifest::load(&self.manifest_path)?;
         let short_id = short(&self.build_id);
-        match manifest.quick_check(&self.manifest_path) {
+        match manifest.check_all(&self.manifest_path) {
             Ok(()) => {
                 reporter.event(
                     Event::Cached,

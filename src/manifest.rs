@@ -17,6 +17,19 @@ pub const SUMS_FILE_NAME: &str = "SHA256SUMS";
 /// An artifact on disk that is not what its build recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
+    /// The manifest names a file outside the build directory, or a link.
+    #[error(
+        "{manifest}: it names `{file}`, which is not a plain file of the build's directory \
+         ({reason}); a manifest that points elsewhere is refused"
+    )]
+    OutsideBuild {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The name it records.
+        file: String,
+        /// What makes it unsafe.
+        reason: &'static str,
+    },
     /// The file is gone.
     #[error("{path}: the artifact is missing; {remedy}")]
     Missing {
@@ -382,24 +395,11 @@ impl Manifest {
         Ok(path)
     }
 
-    /// A cheap look at every artifact: present, of the recorded size, listed in `SHA256SUMS`
-    /// with the manifest's digest, and not written after the manifest; an artifact that fails
-    /// the last two is hashed in full before it is trusted.
-    pub fn quick_check(&self, manifest_path: &Path) -> Result<(), ArtifactError> {
-        let manifest_mtime = std::fs::metadata(manifest_path)
-            .and_then(|m| m.modified())
-            .ok();
-        let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
+    /// Every recorded file checked in full (see [`Self::checked_artifact`]): a file's times
+    /// are not evidence, since whoever can change it can set them back.
+    pub fn check_all(&self, manifest_path: &Path) -> Result<(), ArtifactError> {
         for record in self.recorded_files() {
-            let path = self.checked_size(manifest_path, record)?;
-            let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-            let written_later = match (mtime, manifest_mtime) {
-                (Some(a), Some(m)) => a > m,
-                _ => true,
-            };
-            if written_later || self.sums_entry(&sums, record.file())? != record.sha256() {
-                self.checked_artifact(manifest_path, record)?;
-            }
+            self.checked_artifact(manifest_path, record)?;
         }
         Ok(())
     }
@@ -420,7 +420,28 @@ impl Manifest {
         manifest_path: &Path,
         record: &(impl RecordedFile + ?Sized),
     ) -> Result<PathBuf, ArtifactError> {
-        let path = build_dir(manifest_path).join(record.file());
+        let file = record.file();
+        let mut parts = Path::new(file).components();
+        let plain = matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        );
+        if !plain {
+            return Err(ArtifactError::OutsideBuild {
+                manifest: manifest_path.to_path_buf(),
+                file: file.to_string(),
+                reason: "a path, not a file name",
+            });
+        }
+        let path = build_dir(manifest_path).join(file);
+        // Not followed: a link could stand for any file on this machine.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ArtifactError::OutsideBuild {
+                manifest: manifest_path.to_path_buf(),
+                file: file.to_string(),
+                reason: "a symbolic link",
+            });
+        }
         let actual = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => m.len(),
             _ => {
@@ -498,7 +519,7 @@ mod tests {
     fn an_intact_build_passes_both_checks() {
         let dir = tempfile::tempdir().unwrap();
         let (m, path) = build(dir.path());
-        m.quick_check(&path).unwrap();
+        m.check_all(&path).unwrap();
         assert_eq!(
             m.checked_artifact(&path, &m.artifacts[0]).unwrap(),
             dir.path().join("img.raw")
@@ -506,12 +527,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_or_resized_artifact_fails_the_quick_check() {
+    fn a_missing_or_resized_artifact_fails_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let (m, path) = build(dir.path());
         let file = dir.path().join("img.raw");
         std::fs::write(&file, b"short").unwrap();
-        let e = m.quick_check(&path).unwrap_err();
+        let e = m.check_all(&path).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -524,9 +545,52 @@ mod tests {
             "{e}"
         );
         std::fs::remove_file(&file).unwrap();
-        let e = m.quick_check(&path).unwrap_err().to_string();
+        let e = m.check_all(&path).unwrap_err().to_string();
         assert!(e.contains("img.raw: the artifact is missing"), "{e}");
         assert!(e.contains("imgforge build --force t.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_same_size_change_with_its_old_time_put_back_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        let file = dir.path().join("img.raw");
+        let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::fs::write(&file, b"Boot sector and more").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(before - Duration::from_secs(3600))
+            .unwrap();
+        let e = m.check_all(&path).unwrap_err();
+        assert!(matches!(e, ArtifactError::Digest { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_naming_a_file_outside_its_build_or_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let build_dir = dir.path().join("build");
+        std::fs::create_dir(&build_dir).unwrap();
+        let (mut m, path) = build(&build_dir);
+        let good = m.artifacts[0].file.clone();
+        std::fs::copy(build_dir.join(&good), dir.path().join("img.raw")).unwrap();
+        let outside = dir.path().join("img.raw").display().to_string();
+        for name in ["../img.raw", outside.as_str(), "sub/img.raw"] {
+            m.artifacts[0].file = name.to_string();
+            let e = m.checked_artifact(&path, &m.artifacts[0]).unwrap_err();
+            assert!(
+                matches!(e, ArtifactError::OutsideBuild { .. }),
+                "{name}: {e}"
+            );
+            assert!(m.check_all(&path).is_err());
+        }
+        // A link in the build directory to a file with the right bytes elsewhere.
+        m.artifacts[0].file = good.clone();
+        std::fs::remove_file(build_dir.join(&good)).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("img.raw"), build_dir.join(&good)).unwrap();
+        let e = m.checked_artifact(&path, &m.artifacts[0]).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
     }
 
     #[test]
@@ -545,10 +609,10 @@ mod tests {
         };
         // Rewritten with the same bytes after the manifest: hashed, and found intact.
         rewrite_later(b"boot sector and more");
-        m.quick_check(&path).unwrap();
+        m.check_all(&path).unwrap();
         // One byte changed, same size.
         rewrite_later(b"Boot sector and more");
-        let e = m.quick_check(&path).unwrap_err();
+        let e = m.check_all(&path).unwrap_err();
         assert!(
             matches!(&e, ArtifactError::Digest { expected, actual, .. }
                 if *expected == m.artifacts[0].sha256 && actual != expected),
@@ -569,9 +633,9 @@ mod tests {
             matches!(&e, ArtifactError::Digest { recorded_in, .. } if *recorded_in == sums),
             "{e}"
         );
-        assert!(m.quick_check(&path).is_err());
+        assert!(m.check_all(&path).is_err());
         std::fs::write(&sums, "").unwrap();
-        let e = m.quick_check(&path).unwrap_err().to_string();
+        let e = m.check_all(&path).unwrap_err().to_string();
         assert!(e.contains("img.raw is not listed"), "{e}");
         std::fs::remove_file(&sums).unwrap();
         let e = m

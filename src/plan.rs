@@ -88,7 +88,7 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
     let out = OutputDir::new(output_dir, &def, &ids);
     let build = match Manifest::load(&out.manifest_path) {
         Err(_) => LayerState::Missing,
-        Ok(m) if m.quick_check(&out.manifest_path).is_ok() => LayerState::Built,
+        Ok(m) if m.check_all(&out.manifest_path).is_ok() => LayerState::Built,
         Ok(_) => LayerState::Damaged,
     };
     let bake = match build {
@@ -137,7 +137,7 @@ fn bake_in_output(name_dir: &Path, bake: &str) -> bool {
     entries.flatten().any(|e| {
         let path = e.path().join(FILE_NAME);
         Manifest::load(&path)
-            .is_ok_and(|m| m.provenance.ids.bake == bake && m.quick_check(&path).is_ok())
+            .is_ok_and(|m| m.provenance.ids.bake == bake && m.check_all(&path).is_ok())
     })
 }
 
@@ -149,7 +149,7 @@ fn upstream_since_last_build(name_dir: &Path, now: &ResolvedPackages) -> Option<
         .filter_map(|e| {
             let path = e.path().join(FILE_NAME);
             let m = Manifest::load(&path).ok()?;
-            m.quick_check(&path).ok()?;
+            m.check_all(&path).ok()?;
             Some(m.provenance)
         })
         .filter(|p| p.packages.is_some())

@@ -378,7 +378,7 @@ fn signed_files(manifest_path: &Path) -> [PathBuf; 2] {
 /// a signature never vouches for a damaged build. Returns the key's fingerprint.
 pub fn sign_build(manifest_path: &Path, key: &Path, reporter: &Reporter) -> anyhow::Result<String> {
     let manifest = Manifest::load(manifest_path)?;
-    manifest.quick_check(manifest_path)?;
+    manifest.check_all(manifest_path)?;
     let files = signed_files(manifest_path);
     let mut fingerprint = String::new();
     for file in &files {
