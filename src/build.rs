@@ -131,8 +131,8 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
     if !opts.no_verify {
         ctx.step("verify", |c| c.verify(&artifacts, &sealed.disk))?;
     }
-    // Shared only once its image has passed the checks.
-    if let (Some(remote), false) = (remote, bake_fetched) {
+    // Shared only once its image has passed the checks: never from a build without them.
+    if let (Some(remote), false, false) = (remote, bake_fetched, opts.no_verify) {
         let dir = ctx.work.path().join("bake-layer-out");
         baked.save(&dir)?;
         remote.upload(Layer::Bake, &ctx.ids.bake, &dir, reporter)?;

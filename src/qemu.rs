@@ -458,6 +458,29 @@ pub fn rebase_overlay(overlay: &Path, backing: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a disk from elsewhere (the remote cache) that is not a qcow2 image or reaches
+/// outside itself: an external data file, or a backing file unless `backing_allowed` (an
+/// overlay whose backing file is set to this runner's base next).
+pub fn check_self_contained(disk: &Path, backing_allowed: bool) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .run()?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{}: qemu-img info said no JSON", disk.display()))?;
+    let name = disk.display();
+    if info["format"] != "qcow2" {
+        bail!("{name} is not a qcow2 image (it is {})", info["format"]);
+    }
+    if let Some(data) = info["format-specific"]["data"]["data-file"].as_str() {
+        bail!("{name} keeps its data in another file, {data}");
+    }
+    if let (Some(backing), false) = (info["backing-filename"].as_str(), backing_allowed) {
+        bail!("{name} names a backing file, {backing}");
+    }
+    Ok(())
+}
+
 /// The format (from the extension) and absolute path of a backing disk.
 fn backing_file(backing: &Path) -> Result<(&'static str, PathBuf)> {
     let format = match backing.extension().and_then(|e| e.to_str()) {
@@ -579,4 +602,54 @@ impl Qmp {
 pub fn version() -> Result<String> {
     let out = Command::new(QEMU).arg("--version").run()?;
     Ok(out.text().lines().next().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qcow2(dir: &Path, name: &str, options: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(options)
+            .arg(&path)
+            .arg("1M")
+            .run()
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_disk_reaching_outside_itself_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = qcow2(dir.path(), "plain.qcow2", &[]);
+        check_self_contained(&plain, false).unwrap();
+        let backed = qcow2(
+            dir.path(),
+            "backed.qcow2",
+            &["-F", "raw", "-b", "/etc/passwd", "-u"],
+        );
+        let e = check_self_contained(&backed, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backing file, /etc/passwd"), "{e}");
+        check_self_contained(&backed, true).unwrap();
+        let external = qcow2(
+            dir.path(),
+            "external.qcow2",
+            &[
+                "-o",
+                &format!("data_file={}", dir.path().join("data").display()),
+            ],
+        );
+        let e = check_self_contained(&external, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keeps its data in another file"), "{e}");
+        let raw = dir.path().join("raw.qcow2");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let e = check_self_contained(&raw, true).unwrap_err().to_string();
+        assert!(e.contains("not a qcow2 image"), "{e}");
+    }
 }

@@ -267,9 +267,18 @@ impl RemoteCache {
             });
         }
         let decoder = zstd::Decoder::new(File::open(download.path())?)?;
-        tar::Archive::new(decoder)
-            .unpack(dir)
-            .with_context(|| format!("{object}: cannot unpack into {}", dir.display()))?;
+        unpack_layer(decoder, dir, &object)?;
+        // The digest above is the object's own word: what it holds is checked for itself. A
+        // disk must not reach outside the layer (a backing file or an external data file
+        // would have QEMU read any file of this machine); a bake overlay's backing file is
+        // set to this runner's base next.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "qcow2") {
+                crate::qemu::check_self_contained(&path, layer == Layer::Bake)
+                    .with_context(|| format!("{object}: refused"))?;
+            }
+        }
         Ok(Fetched::Unpacked)
     }
 
@@ -354,6 +363,37 @@ fn pack(dir: &Path, out: &File) -> Result<String> {
     Ok(hex::encode(hashing.hash.finalize()))
 }
 
+/// Unpacks a layer's tar into `dir`: plain files only, each named by one file name; a link,
+/// a device, a directory or a path (`../x`, `/etc/x`) is refused, naming `object`.
+fn unpack_layer(reader: impl std::io::Read, dir: &Path, object: &str) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive
+        .entries()
+        .with_context(|| format!("{object}: not a layer archive"))?
+    {
+        let mut entry = entry.with_context(|| format!("{object}: damaged archive"))?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path.components();
+        let plain = matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        );
+        if !plain || entry.header().entry_type() != tar::EntryType::Regular {
+            bail!(
+                "{object}: holds `{}` ({:?}), which is not a plain file of a layer: the object \
+                 was not written by imgforge; nothing of it is used (delete it, and the layer is \
+                 built again)",
+                path.display(),
+                entry.header().entry_type()
+            );
+        }
+        entry
+            .unpack_in(dir)
+            .with_context(|| format!("{object}: cannot unpack into {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// A writer that hashes what passes through it.
 struct Hashing<W: Write> {
     inner: W,
@@ -376,6 +416,53 @@ impl<W: Write> Write for Hashing<W> {
 mod tests {
     use super::*;
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+    /// A tar holding one entry of `kind` named `name` (a link to /etc/passwd where a link).
+    fn tar_with(name: &str, kind: tar::EntryType) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(0);
+        header.set_mode(0o644);
+        if kind == tar::EntryType::Symlink {
+            header.set_link_name("/etc/passwd").unwrap();
+        }
+        // Written into the header's name field directly: `append_data` refuses `..` itself.
+        let field = &mut header.as_old_mut().name;
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, std::io::empty()).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_layer_holding_a_link_or_a_path_is_refused() {
+        for (name, kind) in [
+            ("disk.qcow2", tar::EntryType::Symlink),
+            ("disk.qcow2", tar::EntryType::Link),
+            ("../escape", tar::EntryType::Regular),
+            ("sub/disk.qcow2", tar::EntryType::Regular),
+            ("sub", tar::EntryType::Directory),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let e = unpack_layer(&tar_with(name, kind)[..], dir.path(), "s3://b/base/x")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("not a plain file of a layer"),
+                "{name} {kind:?}: {e}"
+            );
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        unpack_layer(
+            &tar_with("base.json", tar::EntryType::Regular)[..],
+            dir.path(),
+            "s3://b/base/x",
+        )
+        .unwrap();
+        assert!(dir.path().join("base.json").is_file());
+    }
 
     #[test]
     fn the_same_layer_packs_into_the_same_bytes_whatever_its_times_modes_and_holes() {
