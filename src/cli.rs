@@ -194,9 +194,15 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "NAME_OR_ID")]
     pub launch_template: Option<String>,
     /// Refuse a build not signed by a key in this file (OpenSSH allowed_signers, or a minisign
-    /// public key), before any cloud call; the image is tagged with the signer's fingerprint.
+    /// public key), before any cloud call; the image is tagged with the signer's fingerprint,
+    /// and an existing image of the build is reused only if its signed registration checks out.
     #[arg(long, value_name = "FILE")]
     pub require_signature: Option<PathBuf>,
+    /// Sign the registration (image id, build id, artifact sha256) with this private key
+    /// (OpenSSH or minisign, unencrypted) into the image's tags: what `rotate
+    /// --require-signature` checks.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     /// Cloud connection.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -244,6 +250,7 @@ impl RegisterArgs {
             wait: Duration::from_secs(3600),
             launch_template: args.launch_template.clone(),
             require_signature: args.require_signature.clone(),
+            sign: args.sign.clone(),
             cloud: args.cloud.options(),
         })
     }

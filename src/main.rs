@@ -451,7 +451,7 @@ fn report_build(
             value["manifest_path"] = json!(outcome.manifest_path);
             reporter.result(&human, &value);
             if args.register {
-                register_build(file, outcome, reporter)?;
+                register_build(file, outcome, args.sign.as_deref(), reporter)?;
             }
         }
         imgforge::BuildResult::Base { base, cached } => {
@@ -501,13 +501,18 @@ fn collect_cache(
     Ok(())
 }
 
-/// `build --register`: publishes a build to every target of its definition's `[publish]`.
+/// `build --register`: publishes a build to every target of its definition's `[publish]`;
+/// with `--sign KEY`, each registration is signed with the key that signed the build.
 fn register_build(
     file: &std::path::Path,
     outcome: &imgforge::BuildOutcome,
+    sign: Option<&std::path::Path>,
     reporter: &Reporter,
 ) -> Result<()> {
-    let targets = imgforge::RegisterOptions::from_publish(&outcome.manifest)?;
+    let mut targets = imgforge::RegisterOptions::from_publish(&outcome.manifest)?;
+    for t in &mut targets {
+        t.sign = sign.map(std::path::Path::to_path_buf);
+    }
     if targets.is_empty() {
         anyhow::bail!(
             "{}: --register needs a [publish.aws] or [publish.eucalyptus] table",

@@ -149,33 +149,6 @@ pub fn verify(file: &Path, allowed: &Path) -> anyhow::Result<Signer> {
     })?
 }
 
-/// The fingerprints of the keys `allowed` trusts for imgforge signatures now (the format of
-/// [`Signer::fingerprint`]); what `rotate --require-signature` compares image tags with.
-pub fn allowed_fingerprints(allowed: &Path) -> anyhow::Result<Vec<String>> {
-    let trusted = read(allowed)?;
-    if trusted.starts_with(MINISIGN_PREFIX) {
-        let pk = minisign::PublicKeyBox::from_string(&trusted)
-            .and_then(|b| b.into_public_key())
-            .map_err(|e| E::BadKey(allowed.into(), e.to_string()))?;
-        return Ok(vec![key_id(pk.keynum())]);
-    }
-    let mut fingerprints = Vec::new();
-    for (i, line) in trusted.lines().enumerate() {
-        let parsed = parse_allowed(line, now());
-        let parsed = parsed.map_err(|e| E::AllowedSigners(allowed.into(), i + 1, e))?;
-        if let Some((_, key, None)) = parsed {
-            fingerprints.push(key.fingerprint(HashAlg::Sha256).to_string());
-        }
-    }
-    if fingerprints.is_empty() {
-        anyhow::bail!(
-            "{}: no key in it allows imgforge signatures: add a line `PRINCIPAL KEYTYPE BASE64`",
-            allowed.display()
-        );
-    }
-    Ok(fingerprints)
-}
-
 fn sig_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push(".sig");

@@ -791,20 +791,39 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     ];
     let all_instances = instances(&ec2, vec![]).await.len();
 
-    // Unsigned (no signer tag), then signed by a key not allowed: refused, nothing launched.
-    let intruder_fp = common::ssh_fingerprint(&intruder);
-    for (signer, named) in [
-        (None, "imgforge:signer"),
-        (Some(&intruder_fp), &intruder_fp),
-    ] {
-        if let Some(fp) = signer {
-            ec2.create_tags()
-                .resources(&v2)
-                .tags(tag("imgforge:signer", fp))
-                .send()
-                .await
-                .unwrap();
+    let sha = "5".repeat(64);
+    let put = |pairs: Vec<(String, String)>| {
+        let ec2 = ec2.clone();
+        let v2 = v2.clone();
+        async move {
+            let mut request = ec2.create_tags().resources(&v2);
+            for (k, v) in pairs {
+                request = request.tags(tag(&k, &v));
+            }
+            request.send().await.unwrap();
         }
+    };
+    // Refused, nothing launched: no signed registration; the fingerprint tag of the allowed
+    // key (anyone who may tag images can write it); a registration signed by a key not
+    // allowed; and the allowed key's valid registration of another image (tags copied from
+    // a signed AMI onto this one).
+    let forged_cases: Vec<(Vec<(String, String)>, &str)> = vec![
+        (vec![], "carries no signed registration"),
+        (
+            vec![("imgforge:signer".into(), common::ssh_fingerprint(&ci))],
+            "carries no signed registration",
+        ),
+        (
+            common::registration_tags(&intruder, &v2, "build-2", &sha),
+            "does not check out",
+        ),
+        (
+            common::registration_tags(&ci, "ami-0signedelsewhere", "build-2", &sha),
+            "does not check out",
+        ),
+    ];
+    for (pairs, named) in forged_cases {
+        put(pairs).await;
         let (code, out, err) = imgforge(&moto, &args).await;
         assert_ne!(code, 0, "{out}");
         assert!(err.contains(&v2) && err.contains(named), "{err}");
@@ -812,13 +831,8 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
         assert_eq!(instances(&ec2, vec![]).await.len(), all_instances);
     }
 
-    // Signed by the allowed key: the old instances are replaced.
-    ec2.create_tags()
-        .resources(&v2)
-        .tags(tag("imgforge:signer", &common::ssh_fingerprint(&ci)))
-        .send()
-        .await
-        .unwrap();
+    // The allowed key's registration of this very image: the old instances are replaced.
+    put(common::registration_tags(&ci, &v2, "build-2", &sha)).await;
     let (code, out, err) = imgforge(&moto, &args).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(events_of(&events(&out), "replaced").len(), 2, "{out}");

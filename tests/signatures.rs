@@ -207,29 +207,45 @@ fn a_minisign_signature_verifies_with_minisign_and_another_key_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_signed_registration_tags_the_image_with_its_signer_and_sbom() {
+async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reused() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let (ci, ci_pub) = common::ssh_key(dir.path(), "ci");
     let trusted = common::allowed_signers(dir.path(), "ci@example.com", &ci_pub);
     let manifest = build(&dir.path().join("b"));
     sign(&manifest, &ci);
-    let mut cmd = imgforge();
-    cmd.args(["--json", "register"])
-        .arg(&manifest)
-        .args(["--to", "ami", "--require-signature"])
-        .arg(&trusted)
-        .envs(moto.env());
-    let (code, out, err) = run(&mut cmd);
-    assert_eq!(code, 0, "{err}");
+    let register = || {
+        let mut cmd = imgforge();
+        cmd.args(["--json", "register"])
+            .arg(&manifest)
+            .args(["--to", "ami", "--require-signature"])
+            .arg(&trusted)
+            .arg("--sign")
+            .arg(&ci)
+            .envs(moto.env());
+        let (code, out, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{err}");
+        let result: Value = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+            .unwrap();
+        (result, out)
+    };
+    let (first, out) = register();
     assert!(out.contains("\"signature_checked\""), "{out}");
+    let image_id = first["image_id"].as_str().unwrap().to_string();
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
-    let images = ec2.describe_images().owners("self").send().await.unwrap();
-    let image = &images.images()[0];
+    let tags_of = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let images = ec2.describe_images().image_ids(id).send().await.unwrap();
+            images.images()[0].tags().to_vec()
+        }
+    };
+    let tags = tags_of(image_id.clone()).await;
     let tag = |key: &str| {
-        image
-            .tags()
-            .iter()
+        tags.iter()
             .find(|t| t.key() == Some(key))
             .and_then(|t| t.value())
             .map(str::to_string)
@@ -237,4 +253,63 @@ async fn a_signed_registration_tags_the_image_with_its_signer_and_sbom() {
     assert_eq!(tag("imgforge:signer"), Some(common::ssh_fingerprint(&ci)));
     let sbom = common::sha256_of(&manifest.with_file_name("img.spdx.json"));
     assert_eq!(tag("imgforge:sbom-sha256"), Some(sbom));
+    // The signed registration is the documented statement about this image, and plain
+    // ssh-keygen accepts its signature.
+    let raw_sha = common::sha256_of(&manifest.with_file_name("disk.raw"));
+    assert_eq!(tag("imgforge:artifact-sha256"), Some(raw_sha.clone()));
+    let encoded: String = (0..)
+        .map_while(|i| tag(&format!("imgforge:registration-{i}")))
+        .collect();
+    use base64::Engine;
+    let statement = dir.path().join("statement");
+    std::fs::write(
+        &statement,
+        format!(
+            "imgforge registration v1\nimage {image_id}\nbuild {}\nsha256 {raw_sha}\n",
+            "5".repeat(64)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("statement.sig"),
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(ssh_keygen_verifies(&statement, &trusted, "ci@example.com"));
+
+    // Someone who may tag images deregisters it and tags another image, registered from
+    // other bytes, with its build id and its signed registration: register does not reuse
+    // that image, it registers the checked artifact anew.
+    ec2.deregister_image()
+        .image_id(&image_id)
+        .send()
+        .await
+        .unwrap();
+    let impostor = ec2
+        .register_image()
+        .name("impostor")
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    let mut copy = ec2.create_tags().resources(&impostor);
+    for t in &tags {
+        copy = copy.tags(t.clone());
+    }
+    copy.send().await.unwrap();
+    let (second, out) = register();
+    assert_eq!(second["reused"], false, "{second}");
+    assert_ne!(second["image_id"], impostor.as_str());
+    assert!(
+        out.contains(&impostor) && out.contains("is not reused"),
+        "the warning names the impostor: {out}"
+    );
+    // The new image's own registration, by contrast, is reused on the next run.
+    let (third, _) = register();
+    assert_eq!(third["reused"], true, "{third}");
+    assert_eq!(third["image_id"], second["image_id"]);
 }

@@ -3,6 +3,7 @@
 //! and timeouts so that nothing hangs.
 
 mod calls;
+pub mod registration;
 
 pub use calls::{ApiCalls, Clients};
 
@@ -124,6 +125,21 @@ pub async fn describe_instance_status(
 }
 
 /// Turns an SDK error into one that says what failed and what to do about it.
+/// The tags of image `image_id`, as DescribeImages gives them.
+pub async fn image_tags(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<Tag>> {
+    let out = ec2
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("DescribeImages {image_id}")))?;
+    Ok(out
+        .images()
+        .first()
+        .map(|i| i.tags().to_vec())
+        .unwrap_or_default())
+}
+
 pub fn sdk_error<E, R>(err: SdkError<E, R>, what: &str) -> anyhow::Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -170,8 +170,8 @@ pub fn ec2_tags(tags: &[(String, String)]) -> Vec<Tag> {
         .collect()
 }
 
-/// An image of ours already registered for `build_id` (tag lookup, owner self).
-pub async fn find_existing(ec2: &aws_sdk_ec2::Client, build_id: &str) -> Result<Option<String>> {
+/// The images of ours tagged with `build_id` (owner self), not deregistered or failed.
+pub async fn find_existing(ec2: &aws_sdk_ec2::Client, build_id: &str) -> Result<Vec<String>> {
     let out = ec2
         .describe_images()
         .owners("self")
@@ -194,7 +194,8 @@ pub async fn find_existing(ec2: &aws_sdk_ec2::Client, build_id: &str) -> Result<
                 Some("deregistered" | "failed" | "error")
             )
         })
-        .find_map(|i| i.image_id))
+        .filter_map(|i| i.image_id)
+        .collect())
 }
 
 /// Registers the image, tags it (and its snapshot), and waits until it is `available`.
@@ -284,7 +285,7 @@ pub async fn copy_to(
         .region(aws_config::Region::new(region.to_string()))
         .build();
     let ec2 = aws_sdk_ec2::Client::new(&regional);
-    if let Some(existing) = find_existing(&ec2, build_id).await? {
+    if let Some(existing) = find_existing(&ec2, build_id).await?.into_iter().next() {
         return Ok((existing, false));
     }
     let copy_id = ec2

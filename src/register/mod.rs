@@ -24,6 +24,7 @@ mod bundle_tests;
 #[cfg(test)]
 mod request_tests;
 
+use crate::cloud::registration::Statement;
 use crate::cloud::{self, CloudOptions};
 use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
@@ -109,8 +110,12 @@ pub struct RegisterOptions {
     /// A launch template (id or name) whose new default version launches the image (AMI only).
     pub launch_template: Option<String>,
     /// Refuse a build not signed by a key of this allowed-signers file; tag the image with
-    /// the signer's fingerprint.
+    /// the signer's fingerprint; reuse an image of the build only if its signed registration
+    /// checks out against this file.
     pub require_signature: Option<PathBuf>,
+    /// Sign the registration (image id, build id, artifact sha256) with this key, in the
+    /// image's tags: what `rotate --require-signature` checks.
+    pub sign: Option<PathBuf>,
     /// Cloud connection.
     pub cloud: CloudOptions,
 }
@@ -135,6 +140,7 @@ impl RegisterOptions {
             wait: Duration::from_secs(3600),
             launch_template: None,
             require_signature: None,
+            sign: None,
             cloud: CloudOptions::default(),
         }
     }
@@ -231,6 +237,7 @@ pub async fn register_manifest(
     };
     let manifest = Manifest::load(manifest_path)?;
     let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
+    let artifact_sha256 = source.sha256.clone();
     let config = cloud::load(&opts.cloud).await?;
     let run = Registration {
         ec2: aws_sdk_ec2::Client::new(&config),
@@ -256,7 +263,14 @@ pub async fn register_manifest(
         launch_template: None,
     };
     reporter.phase("register: look for an image of this build");
-    if let Some(image_id) = ami::find_existing(&run.ec2, &run.build_id).await? {
+    let mut existing = None;
+    for id in ami::find_existing(&run.ec2, &run.build_id).await? {
+        if run.reusable(&id, &artifact_sha256).await? {
+            existing = Some(id);
+            break;
+        }
+    }
+    if let Some(image_id) = existing {
         reporter.event(
             Event::ImageReused,
             &format!(
@@ -288,6 +302,10 @@ pub async fn register_manifest(
             &format!("registered {} as {}", run.spec.name, out.image_id),
             json!({ "image_id": out.image_id, "build_id": run.build_id, "name": run.spec.name }),
         );
+    }
+    if let Some(key) = &opts.sign {
+        run.sign_registration(&out.image_id, &artifact_sha256, key)
+            .await?;
     }
     out.copies = share_and_copy(
         &run.config,
@@ -327,6 +345,66 @@ struct Registration<'a> {
 type Uploaded = (String, i32, UploadStats);
 
 impl Registration<'_> {
+    /// Whether the image of this build found in the account may be reused: always without
+    /// `--require-signature`; with it, only when its signed registration checks out against
+    /// the allowed signers and names this build and artifact (a tag alone proves nothing).
+    async fn reusable(&self, image_id: &str, artifact_sha256: &str) -> Result<bool> {
+        let Some(allowed) = &self.opts.require_signature else {
+            return Ok(true);
+        };
+        let image_tags = cloud::image_tags(&self.ec2, image_id).await?;
+        let checked = Statement::verify(image_id, &image_tags, allowed).and_then(|(s, _)| {
+            match (
+                s.build_id == self.build_id,
+                s.artifact_sha256 == artifact_sha256,
+            ) {
+                (true, true) => Ok(()),
+                _ => Err(anyhow!("its registration names another build or artifact")),
+            }
+        });
+        match checked {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.reporter.event(
+                    Event::Warning,
+                    &format!(
+                        "{image_id} is tagged with this build but is not reused: {e:#}; \
+                         registering the checked artifact anew"
+                    ),
+                    json!({ "image_id": image_id, "reason": format!("{e:#}") }),
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Signs the registration of `image_id` with `key` and tags the image with it.
+    async fn sign_registration(
+        &self,
+        image_id: &str,
+        artifact_sha256: &str,
+        key: &Path,
+    ) -> Result<()> {
+        let statement = Statement {
+            image_id: image_id.to_string(),
+            build_id: self.build_id.clone(),
+            artifact_sha256: artifact_sha256.to_string(),
+        };
+        let (pairs, fingerprint) = statement.sign(key)?;
+        let mut request = self.ec2.create_tags().resources(image_id);
+        for (k, v) in pairs {
+            request = request.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| cloud::sdk_error(e, &format!("CreateTags {image_id}")))?;
+        self.reporter.println(&format!(
+            "    registration of {image_id} signed by {fingerprint}"
+        ));
+        Ok(())
+    }
+
     /// An EMI: the image as a signed, encrypted bundle in S3, registered by its manifest.
     async fn publish_bundle(&self, raw: &Path) -> Result<emi::Published> {
         let opts = self.opts;
@@ -590,6 +668,8 @@ fn bundle_prefix(manifest: &Manifest) -> String {
 struct SourceImage {
     format: DiskFormat,
     path: PathBuf,
+    /// Its sha256, as checked.
+    sha256: String,
 }
 
 impl SourceImage {
@@ -617,6 +697,7 @@ impl SourceImage {
         Ok(SourceImage {
             format: record.format,
             path,
+            sha256: record.sha256.clone(),
         })
     }
 }

@@ -78,6 +78,45 @@ async fn describe_group(clients: &Clients, name: &str) -> Result<AutoScalingGrou
         .with_context(|| format!("auto scaling group {name} not found"))
 }
 
+/// The image group `name` launches: its launch template's version (`$Default`, `$Latest` or
+/// a number) as the group names it.
+pub async fn launch_image(clients: &Clients, name: &str) -> Result<String> {
+    let group = describe_group(clients, name).await?;
+    let spec = group
+        .launch_template()
+        .or_else(|| {
+            group
+                .mixed_instances_policy()
+                .and_then(|m| m.launch_template())
+                .and_then(|t| t.launch_template_specification())
+        })
+        .with_context(|| {
+            format!("auto scaling group {name} has no launch template: its image cannot be checked")
+        })?;
+    let mut request = clients
+        .ec2
+        .describe_launch_template_versions()
+        .versions(spec.version().unwrap_or("$Default"));
+    request = match (spec.launch_template_id(), spec.launch_template_name()) {
+        (Some(id), _) => request.launch_template_id(id),
+        (None, Some(n)) => request.launch_template_name(n),
+        (None, None) => {
+            bail!("auto scaling group {name} names its launch template by neither id nor name")
+        }
+    };
+    let versions = request
+        .send()
+        .await
+        .with_context(|| format!("cannot read the launch template of auto scaling group {name}"))?;
+    versions
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+        .and_then(|d| d.image_id())
+        .map(str::to_string)
+        .with_context(|| format!("the launch template of auto scaling group {name} names no image"))
+}
+
 /// Members that are InService and Healthy.
 fn in_service(group: &AutoScalingGroup) -> BTreeSet<String> {
     group

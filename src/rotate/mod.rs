@@ -51,8 +51,8 @@ pub struct RotateOptions {
     pub asg_instance_refresh: bool,
     /// Print the plan and change nothing.
     pub dry_run: bool,
-    /// Launch only images signed by a key of this allowed-signers file (by their
-    /// `imgforge:signer` tag).
+    /// Launch only images whose signed registration (`register --sign`) checks out against a
+    /// key of this allowed-signers file and names the image it sits on.
     pub require_signature: Option<std::path::PathBuf>,
     /// Interval between polls while waiting.
     pub poll_interval: Duration,
@@ -86,10 +86,6 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
 /// Runs `imgforge rotate`.
 pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
     args.check()?;
-    let allowed = match &args.require_signature {
-        Some(file) => Some(crate::signature::allowed_fingerprints(file)?),
-        None => None,
-    };
     let health = health::HealthCheck::from_args(args.health_port, args.health_url.as_deref())?;
     let calls = ApiCalls::default();
     let clients = calls.clients(&cloud::load(&args.cloud).await?, args.page_size);
@@ -97,8 +93,8 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
     reporter.phase("plan");
     let plan = plan::build(&clients, &args.selection(), SystemTime::now()).await?;
     plan.report(reporter);
-    if let Some(allowed) = &allowed {
-        plan.check_signed(allowed)?;
+    if let Some(allowed) = &args.require_signature {
+        plan.check_signed(&clients, allowed).await?;
     }
     if args.dry_run {
         reporter.finish();

@@ -3,6 +3,7 @@
 //!
 //! Uses: the selection flags and the clock. Produces: a [`Plan`], which changes nothing.
 
+use crate::cloud::registration::Statement;
 use crate::cloud::tags;
 use crate::cloud::{self, describe_instances, format_age, tag, Clients};
 use crate::events::table;
@@ -45,8 +46,8 @@ pub struct Target {
     pub build_id: Option<String>,
     /// Its creation date (RFC 3339).
     pub created: Option<String>,
-    /// Its `imgforge:signer` tag: the fingerprint of the key that signed its build.
-    pub signer: Option<String>,
+    /// Its tags, where its signed registration is (see `cloud::registration`).
+    pub tags: Vec<aws_sdk_ec2::types::Tag>,
     /// Its block device mappings (root volume size and snapshot).
     pub block_devices: Vec<BlockDeviceMapping>,
 }
@@ -201,28 +202,32 @@ impl Plan {
         }
     }
 
-    /// Refuses the plan unless every image a replacement would launch carries the
-    /// `imgforge:signer` tag of one of the `allowed` fingerprints.
-    pub fn check_signed(&self, allowed: &[String]) -> Result<()> {
-        for item in self.items.iter().filter(|i| i.action == Action::Replace) {
-            let Some(target) = self.target(item) else {
-                continue;
+    /// Refuses the plan, before anything is launched or terminated, unless every image a
+    /// replacement would launch carries a signed registration that checks out against
+    /// `allowed` and names that image: the target of each instance replaced directly, and the
+    /// launch template's image of each Auto Scaling group rotated.
+    pub async fn check_signed(&self, clients: &Clients, allowed: &std::path::Path) -> Result<()> {
+        let mut checked = BTreeSet::new();
+        for item in &self.items {
+            let image = match &item.action {
+                Action::Replace | Action::Resume { .. } => match self.target(item) {
+                    Some(t) => (t.image_id.clone(), t.tags.clone()),
+                    None => continue,
+                },
+                Action::AutoScaling { group } => {
+                    let id = super::asg::launch_image(clients, group).await?;
+                    let tags = cloud::image_tags(&clients.ec2, &id).await?;
+                    (id, tags)
+                }
+                Action::Keep { .. } | Action::Skip { .. } => continue,
             };
-            match &target.signer {
-                Some(fp) if allowed.contains(fp) => {}
-                Some(fp) => bail!(
-                    "image {} was signed by {fp}, which is not an allowed signer: nothing \
-                     launched; register a build signed by an allowed key, or add the key to the \
-                     allowed signers",
-                    target.image_id
-                ),
-                None => bail!(
-                    "image {} carries no {} tag (its build was not registered with \
-                     --require-signature): nothing launched; register a signed build with \
-                     `imgforge register --require-signature`",
-                    target.image_id,
-                    tags::SIGNER
-                ),
+            if checked.insert(image.0.clone()) {
+                Statement::verify(&image.0, &image.1, allowed).with_context(|| {
+                    format!(
+                        "nothing launched, nothing terminated: image {} would replace {}",
+                        image.0, item.id
+                    )
+                })?;
             }
         }
         Ok(())
@@ -289,7 +294,7 @@ fn target_of(image: &Image) -> Result<Target> {
             .to_string(),
         build_id: tag(image.tags(), tags::BUILD_ID).map(str::to_string),
         created: image.creation_date().map(str::to_string),
-        signer: tag(image.tags(), tags::SIGNER).map(str::to_string),
+        tags: image.tags().to_vec(),
         block_devices: image.block_device_mappings().to_vec(),
     })
 }

@@ -299,3 +299,42 @@ pub fn allowed_signers(dir: &std::path::Path, principal: &str, public: &str) -> 
     std::fs::write(&path, format!("{principal} {public}\n")).unwrap();
     path
 }
+
+/// The tags of a signed registration of `image` (build `build`, artifact `sha256`), made with
+/// plain `ssh-keygen -Y sign -n imgforge` from the documented statement, as (key, value)
+/// pairs: what `register --sign` puts on an image.
+pub fn registration_tags(
+    key: &std::path::Path,
+    image: &str,
+    build: &str,
+    sha256: &str,
+) -> Vec<(String, String)> {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registration");
+    std::fs::write(
+        &file,
+        format!("imgforge registration v1\nimage {image}\nbuild {build}\nsha256 {sha256}\n"),
+    )
+    .unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "imgforge", "-f"])
+        .arg(key)
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sig = std::fs::read(dir.path().join("registration.sig")).unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(sig);
+    let mut tags = vec![
+        ("imgforge:build-id".to_string(), build.to_string()),
+        ("imgforge:artifact-sha256".to_string(), sha256.to_string()),
+    ];
+    for (i, chunk) in encoded.as_bytes().chunks(256).enumerate() {
+        tags.push((
+            format!("imgforge:registration-{i}"),
+            String::from_utf8(chunk.to_vec()).unwrap(),
+        ));
+    }
+    tags
+}
