@@ -116,7 +116,32 @@ fn a_signed_build_verifies_with_ssh_keygen_and_every_tampering_is_refused_before
     assert_eq!(code, 0, "{err}");
 
     // Each bad case on its own copy of the signed build: what it names, and no request.
-    let cases: [(&str, &Spoil<'_>, &str); 5] = [
+    // The first two leave every digest consistent, so only a signature can catch them.
+    let cases: [(&str, &Spoil<'_>, &str); 7] = [
+        (
+            "manifest edited",
+            &|m| {
+                let text = std::fs::read_to_string(m).unwrap();
+                assert!(text.contains("\"1.0.0\""));
+                std::fs::write(m, text.replace("\"1.0.0\"", "\"9.9.9\"")).unwrap();
+            },
+            "manifest.json",
+        ),
+        (
+            "artifact and its digests",
+            &|m| {
+                let raw = m.with_file_name("disk.raw");
+                let before = common::sha256_of(&raw);
+                flip_byte(&raw, 5);
+                let after = common::sha256_of(&raw);
+                for file in [m.to_path_buf(), m.with_file_name("SHA256SUMS")] {
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    assert!(text.contains(&before));
+                    std::fs::write(&file, text.replace(&before, &after)).unwrap();
+                }
+            },
+            "manifest.json",
+        ),
         ("manifest", &|m| drop(flip_byte(m, 10)), "manifest.json"),
         (
             "sums",
