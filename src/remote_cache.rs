@@ -5,6 +5,13 @@
 //! upload the same id at once, one object is written whole and the other upload is refused,
 //! so no reader ever sees a partial object. An object whose bytes do not match its digest is
 //! reported, deleted and built again, never used.
+//!
+//! The digest in an object's metadata is only the bucket writer's word. Runners that share a
+//! bucket with writers they do not trust sign what they upload (`IMGFORGE_CACHE_KEY`: the
+//! signature of the layer's kind, id and sha256 rides in the object's metadata) and require
+//! it on download (`IMGFORGE_CACHE_TRUST`: an allowed-signers file or minisign public key):
+//! an object without a signature by a trusted key, or whose signature names another layer,
+//! id or digest, is reported, deleted and built again, never unpacked.
 
 use crate::cloud::{sdk_error, CloudOptions};
 use crate::definition::Definition;
@@ -21,6 +28,22 @@ use std::time::Duration;
 
 /// Metadata key holding an object's sha256.
 const DIGEST_KEY: &str = "sha256";
+/// Metadata key holding the signature of the layer's statement (base64), see
+/// [`layer_statement`].
+const SIGNATURE_KEY: &str = "imgforge-signature";
+/// The private key (OpenSSH or minisign) uploads are signed with.
+pub const KEY_VAR: &str = "IMGFORGE_CACHE_KEY";
+/// The allowed-signers file (or minisign public key) downloads must be signed by.
+pub const TRUST_VAR: &str = "IMGFORGE_CACHE_TRUST";
+
+/// What a stored layer's signature covers: its kind, its id and the sha256 of its object, so
+/// that a signed object moved to another id or replaced is refused.
+fn layer_statement(layer: Layer, id: &str, sha256: &str) -> String {
+    format!(
+        "imgforge layer v1\nlayer {}\nid {id}\nsha256 {sha256}\n",
+        layer.name()
+    )
+}
 
 /// A connection to the remote layer cache.
 pub struct RemoteCache {
@@ -29,6 +52,10 @@ pub struct RemoteCache {
     prefix: String,
     s3: aws_sdk_s3::Client,
     runtime: tokio::runtime::Runtime,
+    /// Signs uploads (`IMGFORGE_CACHE_KEY`).
+    signing_key: Option<std::path::PathBuf>,
+    /// Downloads must be signed by a key of this file (`IMGFORGE_CACHE_TRUST`).
+    trusted: Option<std::path::PathBuf>,
 }
 
 /// The layers the remote cache holds.
@@ -63,6 +90,13 @@ enum Fetched {
     Missing,
     /// The layer was unpacked into the directory.
     Unpacked,
+    /// The object is not signed by a trusted key (it has been deleted).
+    Untrusted {
+        /// The object's address.
+        object: String,
+        /// Why its signature does not check out.
+        reason: String,
+    },
     /// The object's bytes do not match its recorded digest (it has been deleted).
     Corrupt {
         /// The object's address.
@@ -118,6 +152,8 @@ impl RemoteCache {
             prefix: prefix.trim_matches('/').to_string(),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             runtime,
+            signing_key: std::env::var_os(KEY_VAR).map(Into::into),
+            trusted: std::env::var_os(TRUST_VAR).map(Into::into),
         })
     }
 
@@ -173,6 +209,17 @@ impl RemoteCache {
                          deleted; the {name} layer is made again"
                     ),
                     json!({ "object": object, "expected": expected, "actual": actual }),
+                );
+                Ok(false)
+            }
+            Fetched::Untrusted { object, reason } => {
+                reporter.event(
+                    Event::Warning,
+                    &format!(
+                        "{object} is not signed by a key of {TRUST_VAR}: {reason}; not used, \
+                         deleted; the {name} layer is made again"
+                    ),
+                    json!({ "object": object, "untrusted": reason }),
                 );
                 Ok(false)
             }
@@ -233,6 +280,29 @@ impl RemoteCache {
             .and_then(|m| m.get(DIGEST_KEY))
             .cloned()
             .unwrap_or_default();
+        if let Some(allowed) = &self.trusted {
+            // The object's metadata is the bucket writer's word: only a signature by a trusted
+            // key over this layer, id and digest makes the digest worth checking against.
+            let signature = got.metadata().and_then(|m| m.get(SIGNATURE_KEY)).cloned();
+            let checked = match signature {
+                None => Err(anyhow::anyhow!("it carries no signature")),
+                Some(sig) => {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig)
+                        .context("its signature is not base64")
+                        .and_then(|sig| {
+                            let text = layer_statement(layer, id, &expected);
+                            crate::signature::verify_text(&text, &sig, allowed)
+                        })
+                }
+            };
+            if let Err(e) = checked {
+                self.delete(&key);
+                return Ok(Fetched::Untrusted {
+                    object,
+                    reason: format!("{e:#}"),
+                });
+            }
+        }
         let download = tempfile::NamedTempFile::new_in(dir)?;
         let actual = self.runtime.block_on(async {
             let mut body = got.body.into_async_read();
@@ -253,13 +323,7 @@ impl RemoteCache {
             anyhow::Ok(hex::encode(hash.finalize()))
         })?;
         if actual != expected {
-            let _ = self.runtime.block_on(
-                self.s3
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send(),
-            );
+            self.delete(&key);
             return Ok(Fetched::Corrupt {
                 object,
                 expected,
@@ -282,6 +346,14 @@ impl RemoteCache {
         Ok(Fetched::Unpacked)
     }
 
+    /// Deletes the object at `key`, as far as the bucket lets us (a failure leaves it for the
+    /// next runner to refuse again).
+    fn delete(&self, key: &str) {
+        let _ = self
+            .runtime
+            .block_on(self.s3.delete_object().bucket(&self.bucket).key(key).send());
+    }
+
     /// Uploads the files of `dir` as `layer` `id`, unless the cache has it already.
     fn store(&self, layer: Layer, id: &str, dir: &Path) -> Result<Stored> {
         let key = self.key(layer, id);
@@ -289,14 +361,24 @@ impl RemoteCache {
         let packed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(Path::new(".")))?;
         let digest = pack(dir, packed.as_file())?;
         let size = packed.as_file().metadata()?.len();
+        let signature = self
+            .signing_key
+            .as_ref()
+            .map(|k| crate::signature::sign_text(&layer_statement(layer, id, &digest), k))
+            .transpose()
+            .with_context(|| format!("cannot sign the {} layer with {KEY_VAR}", layer.name()))?
+            .map(|(sig, _)| {
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig)
+            });
         let put = self.runtime.block_on(async {
             let body = ByteStream::from_path(packed.path())
                 .await
                 .with_context(|| format!("cannot read {}", packed.path().display()))?;
-            let sent = put_request(&self.s3, &self.bucket, &key, &digest)
-                .body(body)
-                .send()
-                .await;
+            let mut request = put_request(&self.s3, &self.bucket, &key, &digest);
+            if let Some(sig) = &signature {
+                request = request.metadata(SIGNATURE_KEY, sig);
+            }
+            let sent = request.body(body).send().await;
             anyhow::Ok(sent)
         })?;
         match put {
@@ -462,6 +544,142 @@ mod tests {
         )
         .unwrap();
         assert!(dir.path().join("base.json").is_file());
+    }
+
+    /// moto_server from the project's `.venv` (`scripts/setup --test`), killed on drop.
+    struct MotoS3(std::process::Child, u16);
+
+    impl Drop for MotoS3 {
+        fn drop(&mut self) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+
+    fn moto_s3() -> MotoS3 {
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        let port = crate::qemu::free_port().unwrap();
+        let child = std::process::Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup --test)", server.display()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        MotoS3(child, port)
+    }
+
+    /// A cache in moto's bucket `layers` that signs with `key` and trusts `trusted`.
+    fn cache(port: u16, key: Option<&Path>, trusted: Option<&Path>) -> RemoteCache {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .force_path_style(true)
+            .build();
+        RemoteCache {
+            url: "s3://layers/ci".into(),
+            bucket: "layers".into(),
+            prefix: "ci".into(),
+            s3: aws_sdk_s3::Client::from_conf(conf),
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            signing_key: key.map(Path::to_path_buf),
+            trusted: trusted.map(Path::to_path_buf),
+        }
+    }
+
+    fn ssh_key(dir: &Path, name: &str) -> std::path::PathBuf {
+        let key = dir.join(name);
+        crate::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .run()
+            .unwrap();
+        key
+    }
+
+    #[test]
+    fn a_cache_requiring_signatures_refuses_what_a_bucket_writer_put_there() {
+        let moto = moto_s3();
+        let dir = tempfile::tempdir().unwrap();
+        let (ci, intruder) = (ssh_key(dir.path(), "ci"), ssh_key(dir.path(), "intruder"));
+        let allowed = dir.path().join("allowed");
+        let public = std::fs::read_to_string(ci.with_extension("pub")).unwrap();
+        std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
+        let runner = cache(moto.1, Some(&ci), Some(&allowed));
+        let writer = cache(moto.1, Some(&intruder), None);
+        runner
+            .runtime
+            .block_on(runner.s3.create_bucket().bucket("layers").send())
+            .unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        std::fs::write(layer.join("base.json"), r#"{"id":"a"}"#).unwrap();
+        let reporter = Reporter::new(true);
+        runner.upload(Layer::Base, "a", &layer, &reporter).unwrap();
+        let fetched = |id: &str| {
+            let into = tempfile::tempdir_in(dir.path()).unwrap();
+            let outcome = runner.fetch(Layer::Base, id, into.path()).unwrap();
+            (outcome, into)
+        };
+        let (outcome, into) = fetched("a");
+        assert!(
+            matches!(outcome, Fetched::Unpacked),
+            "the runner's own layer"
+        );
+        assert!(into.path().join("base.json").is_file());
+
+        // The signed object of `a` copied, metadata and all, to id `b`: its statement names `a`.
+        runner
+            .runtime
+            .block_on(
+                runner
+                    .s3
+                    .copy_object()
+                    .bucket("layers")
+                    .copy_source(format!("layers/{}", runner.key(Layer::Base, "a")))
+                    .key(runner.key(Layer::Base, "b"))
+                    .send(),
+            )
+            .unwrap();
+        let (outcome, into) = fetched("b");
+        assert!(
+            matches!(&outcome, Fetched::Untrusted { reason, .. } if reason.contains("does not match")),
+            "a signature of another id"
+        );
+        assert_eq!(
+            std::fs::read_dir(into.path()).unwrap().count(),
+            0,
+            "nothing unpacked"
+        );
+        assert!(
+            !runner.has(Layer::Base, "b").unwrap(),
+            "the impostor object is deleted"
+        );
+
+        // Other bytes with their own digest: unsigned, then signed by a key not trusted.
+        std::fs::write(layer.join("base.json"), r#"{"id":"c","evil":true}"#).unwrap();
+        let unsigned = cache(moto.1, None, None);
+        unsigned
+            .upload(Layer::Base, "c", &layer, &reporter)
+            .unwrap();
+        writer.upload(Layer::Base, "d", &layer, &reporter).unwrap();
+        for (id, why) in [("c", "no signature"), ("d", "not in")] {
+            let (outcome, into) = fetched(id);
+            assert!(
+                matches!(&outcome, Fetched::Untrusted { reason, .. } if reason.contains(why)),
+                "{id}: refused because of {why}"
+            );
+            assert_eq!(std::fs::read_dir(into.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]

@@ -87,6 +87,26 @@ pub fn sign(file: &Path, key: &Path) -> anyhow::Result<String> {
     Ok(fingerprint)
 }
 
+/// Signs `text` (a statement kept elsewhere than in a file, such as in tags or object
+/// metadata) with `key`; returns the signature file's bytes and the signer's fingerprint.
+pub fn sign_text(text: &str, key: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("statement");
+    fs::write(&file, text).map_err(|e| E::Io(file.clone(), e))?;
+    let fingerprint = sign(&file, key)?;
+    let sig = fs::read(sig_path(&file)).map_err(|e| E::Io(sig_path(&file), e))?;
+    Ok((sig, fingerprint))
+}
+
+/// Checks signature `sig` (as [`sign_text`] made it) of `text` against the keys of `allowed`.
+pub fn verify_text(text: &str, sig: &[u8], allowed: &Path) -> anyhow::Result<Signer> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("statement");
+    fs::write(&file, text).map_err(|e| E::Io(file.clone(), e))?;
+    fs::write(sig_path(&file), sig).map_err(|e| E::Io(sig_path(&file), e))?;
+    verify(&file, allowed)
+}
+
 /// Checks `<file>.sig` against `file` and the trusted keys in `allowed`: an OpenSSH
 /// allowed_signers file or a minisign public key (detected by content).
 pub fn verify(file: &Path, allowed: &Path) -> anyhow::Result<Signer> {

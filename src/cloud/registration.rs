@@ -54,11 +54,7 @@ impl Statement {
     /// Signs the statement with `key`; returns the tags that carry it and the signer's
     /// fingerprint.
     pub fn sign(&self, key: &Path) -> Result<(Vec<(String, String)>, String)> {
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("registration");
-        std::fs::write(&file, self.text())?;
-        let fingerprint = crate::signature::sign(&file, key)?;
-        let sig = std::fs::read(dir.path().join("registration.sig"))?;
+        let (sig, fingerprint) = crate::signature::sign_text(&self.text(), key)?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(sig);
         let mut tags = vec![
             (tags::BUILD_ID.to_string(), self.build_id.clone()),
@@ -120,16 +116,13 @@ impl Statement {
             build_id,
             artifact_sha256,
         };
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("registration");
-        std::fs::write(&file, statement.text())?;
-        std::fs::write(dir.path().join("registration.sig"), sig)?;
-        let signer = crate::signature::verify(&file, allowed).with_context(|| {
-            format!(
-                "image {image_id}: its signed registration does not check out (a signature of \
+        let signer =
+            crate::signature::verify_text(&statement.text(), &sig, allowed).with_context(|| {
+                format!(
+                    "image {image_id}: its signed registration does not check out (a signature of \
                  another image or build, or by a key not allowed)"
-            )
-        })?;
+                )
+            })?;
         Ok((statement, signer))
     }
 }
