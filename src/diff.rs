@@ -110,8 +110,10 @@ fn document(m: &Manifest, manifest_path: &Path, kind: DocumentKind) -> Result<St
             m.rebuild_hint()
         )
     })?;
-    let path = m.checked_artifact(manifest_path, record)?;
-    Ok(std::fs::read_to_string(path)?)
+    let pinned = m.checked_artifact(manifest_path, record)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::BufReader::new(pinned.file()), &mut text)?;
+    Ok(text)
 }
 
 fn what_differs(old: &FileEntry, new: &FileEntry) -> Vec<&'static str> {

@@ -329,6 +329,77 @@ pub fn bootable(artifacts: &[ArtifactRecord]) -> Option<&ArtifactRecord> {
         .find_map(|f| artifacts.iter().find(|a| a.format == f))
 }
 
+/// A recorded file opened once and checked: whoever swaps another file in at its path
+/// afterwards changes nothing, since this process reads the open file and hands other
+/// programs its `/proc/PID/fd/N` path, which opens the same file.
+#[derive(Debug)]
+pub struct PinnedFile {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl PinnedFile {
+    /// The open file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// A path to this very file for other programs (valid while `self` lives).
+    pub fn pinned_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ))
+    }
+
+    /// The path it was opened at, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This very file under its own name in `dir` (a directory of ours), for programs that go
+    /// by a file's name or extension: a hard link on the same file system, else (another file
+    /// system, or the file was swapped away from its path and has no name left) a copy of the
+    /// bytes read from the open file.
+    pub fn link_into(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let name = self.path.file_name().unwrap_or("disk".as_ref());
+        let linked = dir.join(name);
+        if link_followed(&self.pinned_path(), &linked).is_err() {
+            let mut from = &self.file;
+            std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(0))?;
+            std::io::copy(&mut from, &mut std::fs::File::create(&linked)?)?;
+        }
+        Ok(linked)
+    }
+}
+
+/// Hard-links `to` to the file `from` leads to (`linkat` with `AT_SYMLINK_FOLLOW`: for a
+/// `/proc/PID/fd/N` path, the open file itself).
+fn link_followed(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// The directory holding a build's manifest and artifacts.
 pub(crate) fn build_dir(manifest_path: &Path) -> &Path {
     match manifest_path.parent() {
@@ -364,20 +435,34 @@ impl Manifest {
         )
     }
 
-    /// Reads `record`'s file in full and compares its size and sha256 with this manifest and
-    /// with `SHA256SUMS`; returns its path. Every consumer calls this before using an artifact.
+    /// Opens `record`'s file once, reads it in full and compares its size and sha256 with this
+    /// manifest and with `SHA256SUMS`; returns it open. Every consumer calls this before using
+    /// an artifact, and uses it through what this returns, never its path again.
     pub fn checked_artifact(
         &self,
         manifest_path: &Path,
         record: &(impl RecordedFile + ?Sized),
-    ) -> Result<PathBuf, ArtifactError> {
+    ) -> Result<PinnedFile, ArtifactError> {
         let path = self.checked_size(manifest_path, record)?;
         let sums = build_dir(manifest_path).join(SUMS_FILE_NAME);
         let listed = self.sums_entry(&sums, record.file())?;
-        let actual = crate::sources::sha256_file(&path).map_err(|e| ArtifactError::Missing {
+        let unreadable = |e: &dyn std::fmt::Display| ArtifactError::Missing {
             path: path.clone(),
             remedy: format!("it cannot be read ({e:#}); {}", self.rebuild_hint()),
-        })?;
+        };
+        let file = std::fs::File::open(&path).map_err(|e| unreadable(&e))?;
+        // The size again, of the file now open: it may have been swapped since.
+        let size = file.metadata().map_err(|e| unreadable(&e))?.len();
+        if size != record.size() {
+            return Err(ArtifactError::Size {
+                path,
+                manifest: manifest_path.to_path_buf(),
+                expected: record.size(),
+                actual: size,
+                remedy: self.rebuild_hint(),
+            });
+        }
+        let actual = crate::sources::sha256_open(&file, &path).map_err(|e| unreadable(&e))?;
         for (expected, recorded_in) in [
             (record.sha256(), manifest_path.to_path_buf()),
             (&listed, sums),
@@ -392,7 +477,7 @@ impl Manifest {
                 });
             }
         }
-        Ok(path)
+        Ok(PinnedFile { file, path })
     }
 
     /// Every recorded file checked in full (see [`Self::checked_artifact`]): a file's times
@@ -521,7 +606,7 @@ mod tests {
         let (m, path) = build(dir.path());
         m.check_all(&path).unwrap();
         assert_eq!(
-            m.checked_artifact(&path, &m.artifacts[0]).unwrap(),
+            m.checked_artifact(&path, &m.artifacts[0]).unwrap().path(),
             dir.path().join("img.raw")
         );
     }
@@ -548,6 +633,27 @@ mod tests {
         let e = m.check_all(&path).unwrap_err().to_string();
         assert!(e.contains("img.raw: the artifact is missing"), "{e}");
         assert!(e.contains("imgforge build --force t.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_file_swapped_in_after_the_check_is_never_what_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, path) = build(dir.path());
+        let pinned = m.checked_artifact(&path, &m.artifacts[0]).unwrap();
+        // Another file, same size, renamed over the artifact after it was checked.
+        let evil = dir.path().join("evil");
+        std::fs::write(&evil, b"EVIL sector and more").unwrap();
+        std::fs::rename(&evil, dir.path().join("img.raw")).unwrap();
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        assert_eq!(read(&pinned.pinned_path()), b"boot sector and more");
+        let work = tempfile::tempdir_in(dir.path()).unwrap();
+        let linked = pinned.link_into(work.path()).unwrap();
+        assert_eq!(linked.file_name().unwrap(), "img.raw");
+        assert_eq!(read(&linked), b"boot sector and more");
+        assert!(
+            m.check_all(&path).is_err(),
+            "the swapped file itself is refused"
+        );
     }
 
     #[test]

@@ -13,14 +13,20 @@ use std::path::{Path, PathBuf};
 /// The sha256 of a file, in lowercase hex. Holes of sparse files (disk images) are hashed as the
 /// zeros they read as, without reading them.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let read_error = || format!("{}: cannot read", path.display());
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    sha256_open(&file, path)
+}
+
+/// [`sha256_file`] of a file already open (`path` names it in errors): the bytes hashed are
+/// those of this open file, whatever is at its path by now.
+pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
+    let read_error = || format!("{}: cannot read", path.display());
     let len = file.metadata().with_context(read_error)?.len();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    for (start, end) in crate::sparse::data_extents(&file, len).with_context(read_error)? {
+    for (start, end) in crate::sparse::data_extents(file, len).with_context(read_error)? {
         hash_zeros(&mut h, start - pos);
         let mut at = start;
         while at < end {

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 /// How often pending checks are tried again: a refused connection costs the guest nothing, and
 /// every interval is time a passing check may wait.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// How long a TCP check waits for the guest's first bytes before asking QEMU.
-const TCP_READ_WAIT: Duration = Duration::from_secs(1);
+/// How long a TCP check waits for the guest's first bytes before asking QEMU (a loaded host may
+/// take seconds to send a banner such as sshd's, the better evidence).
+const TCP_READ_WAIT: Duration = Duration::from_secs(3);
 /// How long an HTTP check waits for the guest's response.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -363,15 +364,18 @@ pub fn verify_manifest(
             manifest_path.display()
         )
     })?;
+    let mut bootable = None;
     for file in manifest.recorded_files() {
-        manifest.checked_artifact(manifest_path, file)?;
+        let pinned = manifest.checked_artifact(manifest_path, file)?;
+        if file.file() == record.file {
+            bootable = Some(pinned);
+        }
         reporter.event(
             Event::ArtifactChecked,
             &format!("    {}: sha256 {} as recorded", file.file(), file.sha256()),
             serde_json::json!({ "file": file.file(), "sha256": file.sha256() }),
         );
     }
-    let disk = crate::manifest::build_dir(manifest_path).join(&record.file);
     if overrides.no_boot {
         reporter.result(
             &format!("{}: every digest as recorded (not booted)", manifest_path.display()),
@@ -380,6 +384,18 @@ pub fn verify_manifest(
         return Ok(());
     }
     let machine = verify_machine(&manifest, overrides);
+    // QEMU boots a link to the very file checked above (in a directory of ours beside it), not
+    // whatever its path holds by now; where the build's directory is read-only, the path.
+    let build_dir = crate::manifest::build_dir(manifest_path);
+    let pinned_dir = tempfile::Builder::new()
+        .prefix(".imgforge-verify-")
+        .tempdir_in(build_dir)
+        .or_else(|_| tempfile::tempdir())?;
+    let pinned = bootable.context("the bootable artifact was checked")?;
+    let disk = pinned
+        .link_into(pinned_dir.path())
+        .unwrap_or_else(|_| pinned.path().to_path_buf());
+    // The VM's sockets need a short path: its own directory, not the build's.
     let work = tempfile::tempdir()?;
     reporter.phase("verify");
     verify(

@@ -667,7 +667,8 @@ fn bundle_prefix(manifest: &Manifest) -> String {
 /// build's digests.
 struct SourceImage {
     format: DiskFormat,
-    path: PathBuf,
+    /// The checked artifact, open: what is uploaded or converted, whatever its path holds now.
+    pinned: crate::manifest::PinnedFile,
     /// Its sha256, as checked.
     sha256: String,
 }
@@ -688,7 +689,7 @@ impl SourceImage {
                 )
             })?;
         reporter.phase("register: check the artifact against the build's digests");
-        let path = manifest.checked_artifact(manifest_path, record)?;
+        let pinned = manifest.checked_artifact(manifest_path, record)?;
         reporter.event(
             Event::ArtifactChecked,
             &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
@@ -696,7 +697,7 @@ impl SourceImage {
         );
         Ok(SourceImage {
             format: record.format,
-            path,
+            pinned,
             sha256: record.sha256.clone(),
         })
     }
@@ -706,26 +707,35 @@ impl SourceImage {
 struct RawImage {
     path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// Keeps the checked artifact open while `path` names it through `/proc`.
+    _source: crate::manifest::PinnedFile,
 }
 
 impl RawImage {
     async fn prepare(source: SourceImage, reporter: &Reporter) -> Result<RawImage> {
-        if source.format == DiskFormat::Raw {
-            return Ok(RawImage {
-                path: source.path,
-                _tmp: None,
-            });
-        }
-        let qcow2 = source.path;
-        reporter.phase("register: convert qcow2 to raw");
-        let dir = qcow2.parent().unwrap_or(Path::new("."));
+        let dir = source.pinned.path().parent().unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".imgforge-register-")
             .tempdir_in(dir)
             .with_context(|| format!("cannot make a temporary directory in {}", dir.display()))?;
+        if source.format == DiskFormat::Raw {
+            // A link, under its own name in a directory of ours, to the very file checked (not
+            // to whatever its path holds by now).
+            let path = source
+                .pinned
+                .link_into(tmp.path())
+                .unwrap_or_else(|_| source.pinned.pinned_path());
+            return Ok(RawImage {
+                path,
+                _tmp: Some(tmp),
+                _source: source.pinned,
+            });
+        }
+        let qcow2 = source.pinned.pinned_path();
+        reporter.phase("register: convert qcow2 to raw");
         let raw = tmp.path().join("disk.raw");
         let cmd = crate::process::Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
             .arg(&qcow2)
             .arg(&raw);
         tokio::task::spawn_blocking(move || cmd.run())
@@ -734,6 +744,7 @@ impl RawImage {
         Ok(RawImage {
             path: raw,
             _tmp: Some(tmp),
+            _source: source.pinned,
         })
     }
 }
