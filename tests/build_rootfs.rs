@@ -56,6 +56,9 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         dir1.file_name().unwrap().to_str().unwrap(),
         m1["ids"]["build"].as_str().unwrap()
     );
+    // The default image is fresh: no package older than bookworm, -updates and -security
+    // offer now, by the test's own apt over Debian's indexes.
+    common::apt_repo::assert_newest_from_debian(&dir1);
 
     // SHA256SUMS matches the artifacts.
     let sums = Command::new("sha256sum")

@@ -326,14 +326,37 @@ async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reu
         copy = copy.tags(t.clone());
     }
     copy.send().await.unwrap();
-    let (second, out) = register();
-    assert_eq!(second["reused"], false, "{second}");
-    assert_ne!(second["image_id"], impostor.as_str());
+    let images_before = ec2.describe_images().owners("self").send().await.unwrap();
+    let mut cmd = imgforge();
+    cmd.args(["--json", "register"])
+        .arg(&manifest)
+        .args(["--to", "ami", "--require-signature"])
+        .arg(&trusted)
+        .arg("--sign")
+        .arg(&ci)
+        .envs(moto.env());
+    let (code, _, err) = run(&mut cmd);
+    assert_ne!(code, 0, "the impostor was reused");
     assert!(
-        out.contains(&impostor) && out.contains("is not reused"),
-        "the warning names the impostor: {out}"
+        err.contains(&impostor)
+            && err.contains("is not reused")
+            && err.contains("does not check out"),
+        "the refusal names the impostor: {err}"
     );
-    // The new image's own registration, by contrast, is reused on the next run.
+    let images_after = ec2.describe_images().owners("self").send().await.unwrap();
+    assert_eq!(
+        images_before.images().len(),
+        images_after.images().len(),
+        "nothing registered"
+    );
+    // Once the impostor is gone, the build is registered anew, and that image is reused next.
+    ec2.deregister_image()
+        .image_id(&impostor)
+        .send()
+        .await
+        .unwrap();
+    let (second, _) = register();
+    assert_eq!(second["reused"], false, "{second}");
     let (third, _) = register();
     assert_eq!(third["reused"], true, "{third}");
     assert_eq!(third["image_id"], second["image_id"]);

@@ -24,7 +24,7 @@ mod bundle_tests;
 #[cfg(test)]
 mod request_tests;
 
-use crate::cloud::registration::Statement;
+use crate::cloud::registration::{Statement, ARTIFACT_TAG};
 use crate::cloud::{self, CloudOptions};
 use crate::definition::{DiskFormat, Firmware};
 use crate::events::{Event, Reporter};
@@ -241,7 +241,12 @@ pub async fn register_manifest(
     let config = cloud::load(&opts.cloud).await?;
     let run = Registration {
         ec2: aws_sdk_ec2::Client::new(&config),
-        spec: image_spec(&manifest, opts, signer.as_ref()),
+        spec: {
+            let mut spec = image_spec(&manifest, opts, signer.as_ref());
+            spec.tags
+                .push((ARTIFACT_TAG.to_string(), artifact_sha256.clone()));
+            spec
+        },
         build_id: manifest.provenance.ids.build.clone(),
         manifest,
         config,
@@ -264,11 +269,24 @@ pub async fn register_manifest(
     };
     reporter.phase("register: look for an image of this build");
     let mut existing = None;
+    let mut refused = None;
     for id in ami::find_existing(&run.ec2, &run.build_id).await? {
-        if run.reusable(&id, &artifact_sha256).await? {
-            existing = Some(id);
-            break;
+        match run.check_reusable(&id, &artifact_sha256).await {
+            Ok(()) => {
+                existing = Some(id);
+                break;
+            }
+            Err(e) => refused = refused.or(Some((id, e))),
         }
+    }
+    if let (None, Some((id, e))) = (&existing, refused) {
+        bail!(
+            "{id} is tagged with build {} but is not reused: {e:#}. Nothing was registered, \
+             shared, copied or made a default; find out who made {id}, deregister it (or remove \
+             its {} tag), and register again",
+            run.build_id,
+            cloud::tags::BUILD_ID
+        );
     }
     if let Some(image_id) = existing {
         reporter.event(
@@ -345,37 +363,29 @@ struct Registration<'a> {
 type Uploaded = (String, i32, UploadStats);
 
 impl Registration<'_> {
-    /// Whether the image of this build found in the account may be reused: always without
-    /// `--require-signature`; with it, only when its signed registration checks out against
-    /// the allowed signers and names this build and artifact (a tag alone proves nothing).
-    async fn reusable(&self, image_id: &str, artifact_sha256: &str) -> Result<bool> {
-        let Some(allowed) = &self.opts.require_signature else {
-            return Ok(true);
-        };
+    /// Checks that the image of this build found in the account holds the artifact in hand:
+    /// its `imgforge:artifact-sha256` tag matches, and with `--require-signature` its signed
+    /// registration checks out against the allowed signers and names this build and artifact
+    /// (a tag alone proves nothing then).
+    async fn check_reusable(&self, image_id: &str, artifact_sha256: &str) -> Result<()> {
         let image_tags = cloud::image_tags(&self.ec2, image_id).await?;
-        let checked = Statement::verify(image_id, &image_tags, allowed).and_then(|(s, _)| {
-            match (
-                s.build_id == self.build_id,
-                s.artifact_sha256 == artifact_sha256,
-            ) {
-                (true, true) => Ok(()),
-                _ => Err(anyhow!("its registration names another build or artifact")),
-            }
-        });
-        match checked {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                self.reporter.event(
-                    Event::Warning,
-                    &format!(
-                        "{image_id} is tagged with this build but is not reused: {e:#}; \
-                         registering the checked artifact anew"
-                    ),
-                    json!({ "image_id": image_id, "reason": format!("{e:#}") }),
-                );
-                Ok(false)
+        let tagged = image_tags
+            .iter()
+            .find(|t| t.key() == Some(ARTIFACT_TAG))
+            .and_then(|t| t.value());
+        if tagged != Some(artifact_sha256) {
+            bail!(
+                "its {ARTIFACT_TAG} tag is {}, not the sha256 of the artifact in hand ({artifact_sha256})",
+                tagged.unwrap_or("missing")
+            );
+        }
+        if let Some(allowed) = &self.opts.require_signature {
+            let (statement, _) = Statement::verify(image_id, &image_tags, allowed)?;
+            if statement.build_id != self.build_id || statement.artifact_sha256 != artifact_sha256 {
+                bail!("its signed registration names another build or artifact");
             }
         }
+        Ok(())
     }
 
     /// Signs the registration of `image_id` with `key` and tags the image with it.
