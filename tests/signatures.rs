@@ -239,7 +239,8 @@ async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reu
     let trusted = common::allowed_signers(dir.path(), "ci@example.com", &ci_pub);
     let manifest = build(&dir.path().join("b"));
     sign(&manifest, &ci);
-    let register = || {
+    // `register --require-signature --sign` of the build: (code, stdout, stderr).
+    let attempt = || {
         let mut cmd = imgforge();
         cmd.args(["--json", "register"])
             .arg(&manifest)
@@ -248,7 +249,10 @@ async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reu
             .arg("--sign")
             .arg(&ci)
             .envs(moto.env());
-        let (code, out, err) = run(&mut cmd);
+        run(&mut cmd)
+    };
+    let register = || {
+        let (code, out, err) = attempt();
         assert_eq!(code, 0, "{err}");
         let result: Value = out
             .lines()
@@ -327,15 +331,7 @@ async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reu
     }
     copy.send().await.unwrap();
     let images_before = ec2.describe_images().owners("self").send().await.unwrap();
-    let mut cmd = imgforge();
-    cmd.args(["--json", "register"])
-        .arg(&manifest)
-        .args(["--to", "ami", "--require-signature"])
-        .arg(&trusted)
-        .arg("--sign")
-        .arg(&ci)
-        .envs(moto.env());
-    let (code, _, err) = run(&mut cmd);
+    let (code, _, err) = attempt();
     assert_ne!(code, 0, "the impostor was reused");
     assert!(
         err.contains(&impostor)
