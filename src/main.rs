@@ -538,6 +538,17 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
     let mut invalid = 0;
     for file in files {
         let outcome = imgforge::validate(file);
+        if outcome.as_ref().is_ok_and(|d| d.checks.is_empty()) {
+            reporter.event(
+                Event::Warning,
+                &format!(
+                    "{}: no [[checks]]: verify will prove only that the image boots (sshd \
+                     answers on port 22), not that the service works",
+                    file.display()
+                ),
+                json!({ "file": file, "checks": 0 }),
+            );
+        }
         match outcome {
             Ok(def) => reporter.event(
                 Event::Valid,

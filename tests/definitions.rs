@@ -1004,3 +1004,15 @@ fn every_value_rule_refuses_its_bad_value_naming_the_field() {
         assert!(err.contains(&format!("field `{field}`")), "{field}: {err}");
     }
 }
+
+#[test]
+fn a_definition_without_checks_validates_with_a_warning() {
+    let (code, err) = validate_text(GOOD);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("no [[checks]]: verify will prove only that the image boots"),
+        "{err}"
+    );
+    let (_, err) = validate_text(&format!("{GOOD}\n[[checks]]\ntype = \"tcp\"\nport = 22\n"));
+    assert!(!err.contains("no [[checks]]"), "{err}");
+}
