@@ -390,6 +390,15 @@ impl Changes {
     }
 }
 
+/// Names of the security archives among `sources` (what [`changes`] marks as security).
+pub fn security_sources(sources: &[Source]) -> BTreeSet<String> {
+    sources
+        .iter()
+        .filter(|s| s.security)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// What changed from `old` to `new`; `security` names the sources that are security archives.
 pub fn changes(old: &PackageSet, new: &PackageSet, security: &BTreeSet<String>) -> Changes {
     let (old, new) = (old.by_name(), new.by_name());
@@ -617,15 +626,6 @@ impl Archive {
         Ok(found)
     }
 
-    /// Names of the security sources.
-    pub fn security_sources(&self) -> BTreeSet<String> {
-        self.sources
-            .iter()
-            .filter(|s| s.security)
-            .map(|s| s.name.clone())
-            .collect()
-    }
-
     /// sha256 by (name, version) of each `name=version` in the indexes.
     fn index_digests(&self, versions: &[String]) -> Result<BTreeMap<(String, String), String>> {
         if versions.is_empty() {
@@ -638,12 +638,7 @@ impl Archive {
             .run_unchecked()?;
         let mut digests = BTreeMap::new();
         for stanza in String::from_utf8_lossy(&out.stdout).split("\n\n") {
-            let field = |key: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-                    .map(str::to_string)
-            };
+            let field = |key| stanza_field(stanza, key);
             if let (Some(name), Some(version), Some(sha256)) =
                 (field("Package"), field("Version"), field("SHA256"))
             {
@@ -824,6 +819,15 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The value of field `key` in one stanza of a Debian control file (dpkg's status, apt's
+/// indexes): single-line fields only.
+fn stanza_field(stanza: &str, key: &str) -> Option<String> {
+    stanza
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+        .map(str::to_string)
+}
+
 /// The installed packages of a Debian tree (`var/lib/dpkg/status`) as `name arch → version`.
 pub fn installed(tree: &Path) -> Result<BTreeMap<(String, String), String>> {
     let path = tree.join("var/lib/dpkg/status");
@@ -831,12 +835,7 @@ pub fn installed(tree: &Path) -> Result<BTreeMap<(String, String), String>> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = BTreeMap::new();
     for stanza in text.split("\n\n") {
-        let field = |key: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-                .map(str::to_string)
-        };
+        let field = |key| stanza_field(stanza, key);
         if field("Status").as_deref() != Some("install ok installed") {
             continue;
         }
@@ -936,6 +935,27 @@ mod tests {
             }]
         );
         assert!(changes(&new, &new, &security).is_empty());
+    }
+
+    #[test]
+    fn the_installed_packages_are_read_from_dpkgs_status() {
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("var/lib/dpkg")).unwrap();
+        std::fs::write(
+            tree.path().join("var/lib/dpkg/status"),
+            "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\n\
+             Version: 2.36-9\n\nPackage: gone\nStatus: deinstall ok config-files\n\
+             Architecture: amd64\nVersion: 1\n",
+        )
+        .unwrap();
+        let found = installed(tree.path()).unwrap();
+        assert_eq!(
+            found,
+            BTreeMap::from([(("libc6".into(), "amd64".into()), "2.36-9".into())])
+        );
+        let set = PackageSet::new(vec![pkg("libc6", "2.36-10", "debian")]);
+        let e = check_installed(tree.path(), &set).unwrap_err().to_string();
+        assert!(e.contains("libc6 is 2.36-9, not 2.36-10"), "{e}");
     }
 
     #[test]

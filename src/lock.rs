@@ -90,12 +90,7 @@ pub fn write_lock(def: &Definition) -> Result<(PathBuf, Option<apt::Changes>)> {
         )
     })?;
     let path = path_for(&def.path);
-    let security: std::collections::BTreeSet<String> = resolved
-        .sources
-        .iter()
-        .filter(|s| s.security)
-        .map(|s| s.name.clone())
-        .collect();
+    let security = apt::security_sources(&resolved.sources);
     let before = read(&path)
         .ok()
         .map(|(_, old)| apt::changes(&old, &resolved.set, &security));

@@ -47,7 +47,7 @@ pub fn outdated(manifest_path: &Path) -> Result<Vec<OutdatedPackage>> {
         .map(|p| p.name.clone())
         .collect();
     let candidates = archive.candidates(&names)?;
-    let security = archive.security_sources();
+    let security = crate::apt::security_sources(&recorded.sources);
     let mut out = Vec::new();
     for p in &recorded.set.packages {
         let Some((version, source)) = candidates.get(&p.name) else {

@@ -154,12 +154,7 @@ fn upstream_since_last_build(name_dir: &Path, now: &ResolvedPackages) -> Option<
         })
         .filter(|p| p.packages.is_some())
         .max_by(|a, b| a.built_at.cmp(&b.built_at))?;
-    let security = now
-        .sources
-        .iter()
-        .filter(|s| s.security)
-        .map(|s| s.name.clone())
-        .collect();
+    let security = crate::apt::security_sources(&now.sources);
     let before = &newest.packages.as_ref()?.set;
     Some(Upstream {
         since_build: newest.ids.build,

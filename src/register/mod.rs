@@ -401,11 +401,10 @@ impl Registration<'_> {
             artifact_sha256: artifact_sha256.to_string(),
         };
         let (pairs, fingerprint) = statement.sign(key)?;
-        let mut request = self.ec2.create_tags().resources(image_id);
-        for (k, v) in pairs {
-            request = request.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
-        }
-        request
+        self.ec2
+            .create_tags()
+            .resources(image_id)
+            .set_tags(Some(ami::ec2_tags(&pairs)))
             .send()
             .await
             .map_err(|e| cloud::sdk_error(e, &format!("CreateTags {image_id}")))?;
