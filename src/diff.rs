@@ -6,7 +6,7 @@
 use crate::contents::{self, FileEntry, FileList, PackageList};
 use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, Manifest};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -113,6 +113,14 @@ fn document(m: &Manifest, manifest_path: &Path, kind: DocumentKind) -> Result<St
     let pinned = m.checked_artifact(manifest_path, record)?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::BufReader::new(pinned.file()), &mut text)?;
+    // Every image holds files and packages: an empty list would make any two builds look equal.
+    if text.trim().is_empty() {
+        bail!(
+            "{}: the {kind:?} list is empty; {}",
+            pinned.path().display(),
+            m.rebuild_hint()
+        );
+    }
     Ok(text)
 }
 

@@ -155,29 +155,6 @@ impl Provenance {
             "tools": tools,
         })
     }
-
-    /// Cloud tags that carry the image's provenance (the `imgforge:*` keys the README lists).
-    pub fn tags(&self) -> Vec<(String, String)> {
-        use crate::cloud::tags;
-        let mut t = vec![
-            (
-                "Name".to_string(),
-                format!("{}-{}", self.name, self.version),
-            ),
-            (tags::IMAGE.to_string(), self.name.clone()),
-            (tags::VERSION.to_string(), self.version.clone()),
-            (tags::BUILD_ID.to_string(), self.ids.build.clone()),
-            (tags::BASE_ID.to_string(), self.ids.base.clone()),
-            (tags::BAKE_ID.to_string(), self.ids.bake.clone()),
-        ];
-        if let Some(s) = &self.service {
-            t.push((tags::SERVICE_COMMIT.to_string(), s.commit.clone()));
-        }
-        if let Some(d) = &self.data_digest {
-            t.push((tags::DATA_DIGEST.to_string(), d.clone()));
-        }
-        t
-    }
 }
 
 /// Everything known about one build.
@@ -477,6 +454,9 @@ impl Manifest {
                 });
             }
         }
+        // Readers of the open file start from its first byte, not where hashing left off.
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).map_err(|e| unreadable(&e))?;
         Ok(PinnedFile { file, path })
     }
 
@@ -646,6 +626,12 @@ mod tests {
         std::fs::rename(&evil, dir.path().join("img.raw")).unwrap();
         let read = |p: &Path| std::fs::read(p).unwrap();
         assert_eq!(read(&pinned.pinned_path()), b"boot sector and more");
+        let mut from_open_file = Vec::new();
+        std::io::Read::read_to_end(&mut pinned.file(), &mut from_open_file).unwrap();
+        assert_eq!(
+            from_open_file, b"boot sector and more",
+            "read from its first byte"
+        );
         let work = tempfile::tempdir_in(dir.path()).unwrap();
         let linked = pinned.link_into(work.path()).unwrap();
         assert_eq!(linked.file_name().unwrap(), "img.raw");

@@ -258,6 +258,25 @@ pub mod tags {
     pub const REPLACES: &str = "imgforge:replaces";
     /// `never` on an instance exempts it from rotation.
     pub const ROTATE: &str = "imgforge:rotate";
+
+    /// Tags that carry an image's provenance (the `imgforge:*` keys the README lists).
+    pub fn provenance(p: &crate::manifest::Provenance) -> Vec<(String, String)> {
+        let mut t = vec![
+            ("Name".to_string(), format!("{}-{}", p.name, p.version)),
+            (IMAGE.to_string(), p.name.clone()),
+            (VERSION.to_string(), p.version.clone()),
+            (BUILD_ID.to_string(), p.ids.build.clone()),
+            (BASE_ID.to_string(), p.ids.base.clone()),
+            (BAKE_ID.to_string(), p.ids.bake.clone()),
+        ];
+        if let Some(s) = &p.service {
+            t.push((SERVICE_COMMIT.to_string(), s.commit.clone()));
+        }
+        if let Some(d) = &p.data_digest {
+            t.push((DATA_DIGEST.to_string(), d.clone()));
+        }
+        t
+    }
 }
 
 #[cfg(test)]

@@ -654,7 +654,7 @@ pub fn image_spec(
 /// The provenance tags, the SBOM's digest and, for a build whose signature was required and
 /// checked, the signer's fingerprint (what `rotate --require-signature` looks for).
 fn image_tags(manifest: &Manifest, signer: Option<&Signer>) -> Vec<(String, String)> {
-    let mut tags = manifest.provenance.tags();
+    let mut tags = cloud::tags::provenance(&manifest.provenance);
     if let Some(sbom) = manifest.document(DocumentKind::Sbom) {
         tags.push((cloud::tags::SBOM_DIGEST.to_string(), sbom.sha256.clone()));
     }

@@ -228,7 +228,7 @@ async fn import_snapshot_names_the_raw_object_and_tags_the_task() {
         "my-bucket",
         "imgforge/build/web.raw",
         "web-3.1.0",
-        &m.provenance.tags(),
+        &crate::cloud::tags::provenance(&m.provenance),
     )
     .send()
     .await;
