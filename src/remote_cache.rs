@@ -6,12 +6,14 @@
 //! so no reader ever sees a partial object. An object whose bytes do not match its digest is
 //! reported, deleted and built again, never used.
 //!
-//! The digest in an object's metadata is only the bucket writer's word. Runners that share a
-//! bucket with writers they do not trust sign what they upload (`IMGFORGE_CACHE_KEY`: the
-//! signature of the layer's kind, id and sha256 rides in the object's metadata) and require
-//! it on download (`IMGFORGE_CACHE_TRUST`: an allowed-signers file or minisign public key):
-//! an object without a signature by a trusted key, or whose signature names another layer,
-//! id or digest, is reported, deleted and built again, never unpacked.
+//! The digest in an object's metadata is only the bucket writer's word, so a remote cache is
+//! used only with a key to trust: runners sign what they upload (`IMGFORGE_CACHE_KEY`: the
+//! signature of the layer's kind, id and sha256 rides in the object's metadata) and every
+//! runner requires it (`IMGFORGE_CACHE_TRUST`: an allowed-signers file or minisign public key,
+//! mandatory with a cache URL). An object without a signature by a trusted key, or whose
+//! signature names another layer, id or digest, is reported, deleted and built again, never
+//! unpacked; `plan` counts only signed objects as in the cache; a runner without a key to
+//! sign with reads the cache and stores nothing.
 
 use crate::cloud::{sdk_error, CloudOptions};
 use crate::definition::Definition;
@@ -52,10 +54,10 @@ pub struct RemoteCache {
     prefix: String,
     s3: aws_sdk_s3::Client,
     runtime: tokio::runtime::Runtime,
-    /// Signs uploads (`IMGFORGE_CACHE_KEY`).
+    /// Signs uploads (`IMGFORGE_CACHE_KEY`); without it nothing is stored.
     signing_key: Option<std::path::PathBuf>,
     /// Downloads must be signed by a key of this file (`IMGFORGE_CACHE_TRUST`).
-    trusted: Option<std::path::PathBuf>,
+    trusted: std::path::PathBuf,
 }
 
 /// The layers the remote cache holds.
@@ -114,6 +116,8 @@ enum Stored {
     Uploaded(u64, String),
     /// Another runner had written it first (or it was already there).
     AlreadyThere,
+    /// Not stored: this runner has no key to sign it with.
+    Unsigned,
 }
 
 impl RemoteCache {
@@ -126,7 +130,7 @@ impl RemoteCache {
     }
 
     /// Connects to the cache at `url` (`s3://bucket/prefix`) with the standard AWS chain
-    /// (`AWS_ENDPOINT_URL_S3`, profiles, instance roles).
+    /// (`AWS_ENDPOINT_URL_S3`, profiles, instance roles); fails without `IMGFORGE_CACHE_TRUST`.
     pub fn connect(url: &str) -> Result<RemoteCache> {
         let rest = url
             .strip_prefix("s3://")
@@ -134,6 +138,24 @@ impl RemoteCache {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             bail!("cache URL {url}: no bucket");
+        }
+        let trusted: std::path::PathBuf = std::env::var_os(TRUST_VAR)
+            .filter(|v| !v.is_empty())
+            .with_context(|| {
+                format!(
+                    "remote cache {url}: set {TRUST_VAR} to the allowed-signers file (or minisign \
+                     public key) of the keys that sign its layers, and {KEY_VAR} to the private \
+                     key on runners that store layers: whoever can write the bucket could \
+                     otherwise replace a layer and its digest together"
+                )
+            })?
+            .into();
+        if !trusted.is_file() {
+            bail!(
+                "{TRUST_VAR}={}: no such file (the allowed-signers file or minisign public key \
+                 for the remote cache {url})",
+                trusted.display()
+            );
         }
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
         let config = runtime.block_on(crate::cloud::load(&CloudOptions::default()))?;
@@ -153,7 +175,7 @@ impl RemoteCache {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             runtime,
             signing_key: std::env::var_os(KEY_VAR).map(Into::into),
-            trusted: std::env::var_os(TRUST_VAR).map(Into::into),
+            trusted,
         })
     }
 
@@ -171,17 +193,35 @@ impl RemoteCache {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    /// Whether `layer` `id` is in the cache.
+    /// Whether `layer` `id` is in the cache under a trusted signature (its bytes are checked
+    /// against the signed digest when downloaded).
     pub fn has(&self, layer: Layer, id: &str) -> Result<bool> {
         let key = self.key(layer, id);
         let head = self
             .runtime
             .block_on(self.s3.head_object().bucket(&self.bucket).key(&key).send());
         match head {
-            Ok(_) => Ok(true),
+            Ok(head) => Ok(self.signed_digest(layer, id, head.metadata()).is_ok()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(sdk_error(e, &format!("HeadObject {}", self.address(&key)))),
         }
+    }
+
+    /// The digest an object's metadata records, once its signature by a trusted key over this
+    /// layer, id and digest checks out: the metadata alone is the bucket writer's word.
+    fn signed_digest(
+        &self,
+        layer: Layer,
+        id: &str,
+        metadata: Option<&std::collections::HashMap<String, String>>,
+    ) -> Result<String> {
+        let field = |k: &str| metadata.and_then(|m| m.get(k)).cloned();
+        let digest = field(DIGEST_KEY).unwrap_or_default();
+        let sig = field(SIGNATURE_KEY).context("it carries no signature")?;
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig)
+            .context("its signature is not base64")?;
+        crate::signature::verify_text(&layer_statement(layer, id, &digest), &sig, &self.trusted)?;
+        Ok(digest)
     }
 
     /// Downloads `layer` `id` into `dir` and reports it; false when the cache does not have
@@ -241,6 +281,18 @@ impl RemoteCache {
         let (bytes, digest) = match self.store(layer, id, dir)? {
             Stored::Uploaded(bytes, digest) => (Some(bytes), Some(digest)),
             Stored::AlreadyThere => (None, None),
+            Stored::Unsigned => {
+                reporter.event(
+                    Event::Warning,
+                    &format!(
+                        "{name} layer {} not stored in the remote cache: no {KEY_VAR} to sign \
+                         it with (runners use only signed layers)",
+                        short(id)
+                    ),
+                    json!({ "layer": name, "id": id }),
+                );
+                return Ok(());
+            }
         };
         let message = match bytes {
             Some(b) => format!(
@@ -275,34 +327,16 @@ impl RemoteCache {
             }
             Err(e) => return Err(sdk_error(e, &format!("GetObject {object}"))),
         };
-        let expected = got
-            .metadata()
-            .and_then(|m| m.get(DIGEST_KEY))
-            .cloned()
-            .unwrap_or_default();
-        if let Some(allowed) = &self.trusted {
-            // The object's metadata is the bucket writer's word: only a signature by a trusted
-            // key over this layer, id and digest makes the digest worth checking against.
-            let signature = got.metadata().and_then(|m| m.get(SIGNATURE_KEY)).cloned();
-            let checked = match signature {
-                None => Err(anyhow::anyhow!("it carries no signature")),
-                Some(sig) => {
-                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig)
-                        .context("its signature is not base64")
-                        .and_then(|sig| {
-                            let text = layer_statement(layer, id, &expected);
-                            crate::signature::verify_text(&text, &sig, allowed)
-                        })
-                }
-            };
-            if let Err(e) = checked {
+        let expected = match self.signed_digest(layer, id, got.metadata()) {
+            Ok(digest) => digest,
+            Err(e) => {
                 self.delete(&key);
                 return Ok(Fetched::Untrusted {
                     object,
                     reason: format!("{e:#}"),
                 });
             }
-        }
+        };
         let download = tempfile::NamedTempFile::new_in(dir)?;
         let actual = self.runtime.block_on(async {
             let mut body = got.body.into_async_read();
@@ -356,29 +390,30 @@ impl RemoteCache {
 
     /// Uploads the files of `dir` as `layer` `id`, unless the cache has it already.
     fn store(&self, layer: Layer, id: &str, dir: &Path) -> Result<Stored> {
+        let Some(signing_key) = &self.signing_key else {
+            return Ok(Stored::Unsigned);
+        };
         let key = self.key(layer, id);
         let object = self.address(&key);
         let packed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(Path::new(".")))?;
         let digest = pack(dir, packed.as_file())?;
         let size = packed.as_file().metadata()?.len();
-        let signature = self
-            .signing_key
-            .as_ref()
-            .map(|k| crate::signature::sign_text(&layer_statement(layer, id, &digest), k))
-            .transpose()
-            .with_context(|| format!("cannot sign the {} layer with {KEY_VAR}", layer.name()))?
-            .map(|(sig, _)| {
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig)
-            });
+        let (signature, _) =
+            crate::signature::sign_text(&layer_statement(layer, id, &digest), signing_key)
+                .with_context(|| {
+                    format!("cannot sign the {} layer with {KEY_VAR}", layer.name())
+                })?;
+        let signature =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signature);
         let put = self.runtime.block_on(async {
             let body = ByteStream::from_path(packed.path())
                 .await
                 .with_context(|| format!("cannot read {}", packed.path().display()))?;
-            let mut request = put_request(&self.s3, &self.bucket, &key, &digest);
-            if let Some(sig) = &signature {
-                request = request.metadata(SIGNATURE_KEY, sig);
-            }
-            let sent = request.body(body).send().await;
+            let sent = put_request(&self.s3, &self.bucket, &key, &digest)
+                .metadata(SIGNATURE_KEY, &signature)
+                .body(body)
+                .send()
+                .await;
             anyhow::Ok(sent)
         })?;
         match put {
@@ -577,7 +612,7 @@ mod tests {
     }
 
     /// A cache in moto's bucket `layers` that signs with `key` and trusts `trusted`.
-    fn cache(port: u16, key: Option<&Path>, trusted: Option<&Path>) -> RemoteCache {
+    fn cache(port: u16, key: Option<&Path>, trusted: &Path) -> RemoteCache {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -592,7 +627,7 @@ mod tests {
             s3: aws_sdk_s3::Client::from_conf(conf),
             runtime: tokio::runtime::Runtime::new().unwrap(),
             signing_key: key.map(Path::to_path_buf),
-            trusted: trusted.map(Path::to_path_buf),
+            trusted: trusted.to_path_buf(),
         }
     }
 
@@ -614,8 +649,8 @@ mod tests {
         let allowed = dir.path().join("allowed");
         let public = std::fs::read_to_string(ci.with_extension("pub")).unwrap();
         std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
-        let runner = cache(moto.1, Some(&ci), Some(&allowed));
-        let writer = cache(moto.1, Some(&intruder), None);
+        let runner = cache(moto.1, Some(&ci), &allowed);
+        let writer = cache(moto.1, Some(&intruder), &allowed);
         runner
             .runtime
             .block_on(runner.s3.create_bucket().bucket("layers").send())
@@ -660,18 +695,44 @@ mod tests {
             0,
             "nothing unpacked"
         );
-        assert!(
-            !runner.has(Layer::Base, "b").unwrap(),
-            "the impostor object is deleted"
+        let gone = runner.runtime.block_on(
+            runner
+                .s3
+                .head_object()
+                .bucket("layers")
+                .key(runner.key(Layer::Base, "b"))
+                .send(),
         );
+        assert!(gone.is_err(), "the impostor object is deleted");
 
         // Other bytes with their own digest: unsigned, then signed by a key not trusted.
         std::fs::write(layer.join("base.json"), r#"{"id":"c","evil":true}"#).unwrap();
-        let unsigned = cache(moto.1, None, None);
+        let unsigned = cache(moto.1, None, &allowed);
         unsigned
             .upload(Layer::Base, "c", &layer, &reporter)
             .unwrap();
+        assert!(
+            !runner.has(Layer::Base, "c").unwrap(),
+            "a runner without a key stores nothing"
+        );
+        let packed = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let digest = pack(&layer, packed.as_file()).unwrap();
+        let key = runner.key(Layer::Base, "c");
+        runner
+            .runtime
+            .block_on(
+                put_request(&runner.s3, "layers", &key, &digest)
+                    .body(std::fs::read(packed.path()).unwrap().into())
+                    .send(),
+            )
+            .unwrap();
         writer.upload(Layer::Base, "d", &layer, &reporter).unwrap();
+        for id in ["c", "d"] {
+            assert!(
+                !runner.has(Layer::Base, id).unwrap(),
+                "{id}: plan does not count it"
+            );
+        }
         for (id, why) in [("c", "no signature"), ("d", "not in")] {
             let (outcome, into) = fetched(id);
             assert!(

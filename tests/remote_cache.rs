@@ -2,15 +2,18 @@
 //! the same base end with one intact object; a runner with an empty local cache downloads the
 //! base instead of running mmdebstrap, and its image passes its checks; the next one downloads
 //! the bake too and bakes nothing; a remote object with one byte changed is refused by its
-//! digest, deleted and rebuilt.
+//! digest, deleted and baked again, and a `--no-verify` build stores nothing. Every runner
+//! signs what it stores and trusts only that key (`IMGFORGE_CACHE_KEY`/`IMGFORGE_CACHE_TRUST`);
+//! a runner given the cache URL without a key to trust is refused.
 
 mod common;
 
 use common::web::{base_lock, cache_dir, WebFixture};
 use common::{imgforge, run, Moto};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 const BUCKET: &str = "layers";
 const URL: &str = "s3://layers/ci";
@@ -28,8 +31,25 @@ fn build_command(moto: &Moto, def: &Path, local: &Path, extra: &[&str]) -> Comma
         .args(extra)
         .arg(def)
         .env("IMGFORGE_CACHE", local)
-        .envs(moto.env());
+        .envs(moto.env())
+        .envs(signing_env());
     cmd
+}
+
+/// The runners' signing key and the allowed-signers file that trusts it, as the environment
+/// of a runner that stores and reads signed layers.
+fn signing_env() -> [(&'static str, PathBuf); 2] {
+    static KEYS: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    let (_, key, allowed) = KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = common::ssh_key(dir.path(), "ci");
+        let allowed = common::allowed_signers(dir.path(), "ci@example.com", &public);
+        (dir, key, allowed)
+    });
+    [
+        ("IMGFORGE_CACHE_KEY", key.clone()),
+        ("IMGFORGE_CACHE_TRUST", allowed.clone()),
+    ]
 }
 
 fn events(stdout: &str) -> Vec<Value> {
@@ -59,17 +79,21 @@ fn uploads(events: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
-/// The remote object of base `id`: its bytes and its recorded sha256.
-async fn remote_object(s3: &aws_sdk_s3::Client, id: &str) -> (Vec<u8>, String) {
+/// The remote object of `layer` (base or bake) `id`: its bytes and its metadata.
+async fn remote_object(
+    s3: &aws_sdk_s3::Client,
+    layer: &str,
+    id: &str,
+) -> (Vec<u8>, std::collections::HashMap<String, String>) {
     let got = s3
         .get_object()
         .bucket(BUCKET)
-        .key(format!("ci/base/{id}.tar.zst"))
+        .key(format!("ci/{layer}/{id}.tar.zst"))
         .send()
         .await
         .unwrap();
-    let digest = got.metadata().unwrap()["sha256"].clone();
-    (got.body.collect().await.unwrap().to_vec(), digest)
+    let metadata = got.metadata().unwrap().clone();
+    (got.body.collect().await.unwrap().to_vec(), metadata)
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -141,8 +165,13 @@ fn runners_share_base_layers_through_s3() {
         .filter(|u| u["already_there"] == false)
         .collect();
     assert!(!written.is_empty(), "the base was stored: {all_uploads:?}");
-    let (bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
+    let (bytes, metadata) = rt.block_on(remote_object(&s3, "base", &base_id));
+    let digest = metadata["sha256"].clone();
     assert_eq!(sha256(&bytes), digest, "the object is whole");
+    assert!(
+        metadata.contains_key("imgforge-signature"),
+        "signed: {metadata:?}"
+    );
     for upload in &written {
         assert_eq!(
             upload["sha256"],
@@ -155,12 +184,20 @@ fn runners_share_base_layers_through_s3() {
     // A runner with an empty local cache: plan says remote; the build downloads the base,
     // runs no mmdebstrap, and the image passes its checks.
     let fresh = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(imgforge()
-        .args(["plan", "--json", "--cache-url", URL, "--output-dir"])
-        .arg(web.output())
-        .arg(&def)
-        .env("IMGFORGE_CACHE", fresh.path())
-        .envs(moto.env()));
+    let plan = |signing: &[(&str, PathBuf)]| {
+        run(imgforge()
+            .args(["plan", "--json", "--cache-url", URL, "--output-dir"])
+            .arg(web.output())
+            .arg(&def)
+            .env("IMGFORGE_CACHE", fresh.path())
+            .env_remove("IMGFORGE_CACHE_TRUST")
+            .envs(moto.env())
+            .envs(signing.iter().cloned()))
+    };
+    let (code, _, err) = plan(&[]);
+    assert_eq!(code, 1, "a cache URL without a key to trust: {err}");
+    assert!(err.contains("set IMGFORGE_CACHE_TRUST"), "{err}");
+    let (code, out, err) = plan(&signing_env());
     assert_eq!(code, 0, "{err}");
     let plan: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(plan["definitions"][0]["base"], "remote", "{plan}");
@@ -236,35 +273,59 @@ fn runners_share_base_layers_through_s3() {
 
     drop(fresh2);
 
-    // One byte changed in the remote object: refused by its digest, deleted, rebuilt, stored.
-    let (mut bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
+    // One byte changed in the remote bake object, its signed metadata kept: refused by its
+    // digest, deleted and baked again; with --no-verify that bake is not stored.
+    let bake_id = build_id_bake(&events);
+    let key = format!("ci/bake/{bake_id}.tar.zst");
+    let (mut bytes, metadata) = rt.block_on(remote_object(&s3, "bake", &bake_id));
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     rt.block_on(
         s3.put_object()
             .bucket(BUCKET)
-            .key(format!("ci/base/{base_id}.tar.zst"))
-            .metadata("sha256", &digest)
+            .key(&key)
+            .set_metadata(Some(metadata.clone()))
             .body(bytes.into())
             .send(),
     )
     .unwrap();
     let empty = tempfile::tempdir().unwrap();
-    let (code, events, err) = build(&moto, &def, empty.path(), &["--base-only"]);
+    let (code, events, err) = build(
+        &moto,
+        &def,
+        empty.path(),
+        &[
+            "--no-verify",
+            "--output-dir",
+            empty.path().join("output").to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let warning = events
         .iter()
         .find(|e| e["event"] == "warning" && e["object"].is_string())
         .unwrap_or_else(|| panic!("no warning about the corrupt object: {events:?}"));
-    assert_eq!(warning["expected"], digest.as_str());
-    assert_ne!(warning["actual"], digest.as_str());
+    assert_eq!(warning["expected"], metadata["sha256"].as_str());
+    assert_ne!(warning["actual"], metadata["sha256"].as_str());
     assert!(warning["message"].as_str().unwrap().contains("is corrupt"));
     assert!(
-        !events.iter().any(|e| e["event"] == "base_downloaded"),
+        events.iter().any(|e| e["event"] == "base_downloaded"),
+        "the intact base is used: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "bake_downloaded"),
         "never used"
     );
-    assert!(has_phase(&events, "mmdebstrap"), "rebuilt");
-    assert_eq!(uploads(&events)[0]["already_there"], false, "stored again");
-    let (bytes, digest) = rt.block_on(remote_object(&s3, &base_id));
-    assert_eq!(sha256(&bytes), digest, "the new object is whole");
+    assert!(!has_phase(&events, "mmdebstrap"));
+    assert!(
+        !events.iter().any(|e| e["event"] == "bake_uploaded"),
+        "a --no-verify build stores nothing: {events:?}"
+    );
+    let gone = rt.block_on(s3.head_object().bucket(BUCKET).key(&key).send());
+    assert!(gone.is_err(), "the corrupt object is deleted");
+}
+
+/// The bake id of a build's events.
+fn build_id_bake(events: &[Value]) -> String {
+    last(events)["ids"]["bake"].as_str().unwrap().to_string()
 }
