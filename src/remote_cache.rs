@@ -532,6 +532,7 @@ impl<W: Write> Write for Hashing<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::MotoServer;
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
     /// A tar holding one entry of `kind` named `name` (a link to /etc/passwd where a link).
@@ -581,43 +582,9 @@ mod tests {
         assert!(dir.path().join("base.json").is_file());
     }
 
-    /// moto_server from the project's `.venv` (`scripts/setup --test`), killed on drop.
-    struct MotoS3(std::process::Child, u16);
-
-    impl Drop for MotoS3 {
-        fn drop(&mut self) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-
-    fn moto_s3() -> MotoS3 {
-        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-        let port = crate::qemu::free_port().unwrap();
-        let child = std::process::Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup --test)", server.display()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        MotoS3(child, port)
-    }
-
     /// A cache in moto's bucket `layers` that signs with `key` and trusts `trusted`.
-    fn cache(port: u16, key: Option<&Path>, trusted: &Path) -> RemoteCache {
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-            .endpoint_url(format!("http://127.0.0.1:{port}"))
+    fn cache(moto: &MotoServer, key: Option<&Path>, trusted: &Path) -> RemoteCache {
+        let conf = aws_sdk_s3::config::Builder::from(&moto.sdk_config())
             .force_path_style(true)
             .build();
         RemoteCache {
@@ -643,14 +610,14 @@ mod tests {
 
     #[test]
     fn a_cache_requiring_signatures_refuses_what_a_bucket_writer_put_there() {
-        let moto = moto_s3();
+        let moto = MotoServer::start();
         let dir = tempfile::tempdir().unwrap();
         let (ci, intruder) = (ssh_key(dir.path(), "ci"), ssh_key(dir.path(), "intruder"));
         let allowed = dir.path().join("allowed");
         let public = std::fs::read_to_string(ci.with_extension("pub")).unwrap();
         std::fs::write(&allowed, format!("ci@example.com {public}")).unwrap();
-        let runner = cache(moto.1, Some(&ci), &allowed);
-        let writer = cache(moto.1, Some(&intruder), &allowed);
+        let runner = cache(&moto, Some(&ci), &allowed);
+        let writer = cache(&moto, Some(&intruder), &allowed);
         runner
             .runtime
             .block_on(runner.s3.create_bucket().bucket("layers").send())
@@ -707,7 +674,7 @@ mod tests {
 
         // Other bytes with their own digest: unsigned, then signed by a key not trusted.
         std::fs::write(layer.join("base.json"), r#"{"id":"c","evil":true}"#).unwrap();
-        let unsigned = cache(moto.1, None, &allowed);
+        let unsigned = cache(&moto, None, &allowed);
         unsigned
             .upload(Layer::Base, "c", &layer, &reporter)
             .unwrap();

@@ -279,6 +279,58 @@ pub mod tags {
     }
 }
 
+/// moto_server from the project's `.venv` (`scripts/setup --test`) for the unit tests that
+/// talk to S3 or EBS through the real SDK; killed on drop.
+#[cfg(test)]
+pub struct MotoServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+#[cfg(test)]
+impl MotoServer {
+    /// Starts moto_server on a free port of 127.0.0.1 and waits until it answers.
+    pub fn start() -> MotoServer {
+        let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        let port = crate::qemu::free_port().unwrap();
+        let child = std::process::Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup --test)", server.display()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        MotoServer { child, port }
+    }
+
+    /// An SDK configuration for this server (fixed region and credentials).
+    pub fn sdk_config(&self) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                aws_sdk_ec2::config::Credentials::new("AKID", "SECRET", None, None, "test"),
+            ))
+            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
+            .build()
+    }
+}
+
+#[cfg(test)]
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::{Pkcs1v15Encrypt, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -113,6 +114,9 @@ pub struct BundleSpec {
     pub arch: String,
     /// File name prefix of the manifest and parts.
     pub prefix: String,
+    /// The sha256 the image was checked to have: bundling hashes what it reads and fails,
+    /// before anything is uploaded, when it differs.
+    pub image_sha256: Option<String>,
 }
 
 /// One encrypted part of a bundle.
@@ -196,13 +200,22 @@ fn write_parts(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image.img".into());
-    let reader = ProgressReader {
+    let mut reader = ProgressReader {
         inner: BufReader::with_capacity(1 << 20, file),
         done: 0,
         progress,
+        sha256: Sha256::new(),
     };
-    tar.append_data(&mut header, &member, reader)
+    tar.append_data(&mut header, &member, &mut reader)
         .with_context(|| format!("cannot bundle {}", image.display()))?;
+    let read = hex::encode(reader.sha256.finalize());
+    if let Some(expected) = spec.image_sha256.as_ref().filter(|e| **e != read) {
+        bail!(
+            "{}: the bytes bundled have sha256 {read}, not {expected} as checked before: the \
+             image changed while it was being bundled; nothing uploaded",
+            image.display()
+        );
+    }
     let hashing = tar.into_inner()?;
     let tar_sha1 = hex::encode(hashing.hasher.finalize());
     let parts = hashing.inner.finish()?.finish()?.finish()?;
@@ -579,11 +592,14 @@ struct ProgressReader<'a, R> {
     inner: R,
     done: u64,
     progress: &'a (dyn Fn(u64) + Sync),
+    /// SHA-256 of what was read.
+    sha256: Sha256,
 }
 
 impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.sha256.update(&buf[..n]);
         self.done += n as u64;
         (self.progress)(self.done);
         Ok(n)

@@ -2,7 +2,10 @@
 //! algorithm of awslabs/coldsnap: StartSnapshot, PutSnapshotBlock for every 512 KiB block that
 //! is not all zeros (SHA-256 per block, bounded concurrency, retries that ride out the snapshot
 //! not being visible yet), CompleteSnapshot with the LINEAR aggregate checksum, then wait until
-//! the snapshot is `completed`. A failed upload deletes its snapshot unless asked to keep it.
+//! the snapshot is `completed`. The bytes read for the blocks are hashed in order as the whole
+//! image (holes as zeros) and compared with the digest checked before the upload, so a file
+//! changed in place meanwhile never completes a snapshot. A failed upload deletes its snapshot
+//! unless asked to keep it.
 
 use super::Progress;
 use crate::cloud::sdk_error;
@@ -17,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +67,8 @@ pub struct SnapshotRequest {
     pub description: String,
     /// Tags for the snapshot.
     pub tags: Vec<(String, String)>,
+    /// The sha256 the image was checked to have: what is sent must hash to it.
+    pub expected_sha256: Option<String>,
 }
 
 /// A finished upload.
@@ -130,7 +135,7 @@ impl SnapshotUploader {
             serde_json::json!({ "snapshot_id": snapshot_id, "volume_size_gib": volume_size_gib }),
         );
         match self
-            .send_blocks(&snapshot_id, &req.image, file, params, progress, started)
+            .send_blocks(&snapshot_id, req, file, params, progress, started)
             .await
         {
             Ok(mut done) => {
@@ -188,7 +193,7 @@ impl SnapshotUploader {
     async fn send_blocks(
         &self,
         snapshot_id: &str,
-        image: &Path,
+        req: &SnapshotRequest,
         file: File,
         params: &UploadParams,
         progress: &Progress<'_>,
@@ -199,9 +204,13 @@ impl SnapshotUploader {
         let candidates = data_blocks(&file, len)?;
         let blocks_total = len.div_ceil(BLOCK_SIZE as u64);
         let hash_nanos = Arc::new(AtomicU64::new(0));
-        let image = Arc::new(image.to_path_buf());
+        let image = Arc::new(req.image.clone());
         // Bytes the progress bar covers: holes are skipped at once.
         progress.inc(len.saturating_sub(candidates.len() as u64 * BLOCK_SIZE as u64));
+        let mut sent = SentDigest::new(len);
+        let concurrency = params.concurrency.max(1);
+        // Blocks are read in order (several at once) so that the whole image can be hashed as
+        // it is sent, then sent in any order.
         let mut digests: Vec<(u64, [u8; 32])> = futures::stream::iter(candidates)
             .map(|index| {
                 let file = Arc::clone(&file);
@@ -214,6 +223,13 @@ impl SnapshotUploader {
                     .await
                     .context("block reader panicked")?
                     .with_context(|| format!("cannot read block {index} of {}", image.display()))?;
+                    anyhow::Ok((index, block))
+                }
+            })
+            .buffered(concurrency)
+            .map_ok(|(index, block)| {
+                sent.block(index, block.as_ref().map(|(data, _)| data.as_slice()));
+                async move {
                     let Some((data, digest)) = block else {
                         progress.inc(BLOCK_SIZE as u64);
                         return Ok(None);
@@ -224,10 +240,21 @@ impl SnapshotUploader {
                     Ok::<_, anyhow::Error>(Some((index, digest)))
                 }
             })
-            .buffer_unordered(params.concurrency.max(1))
+            .try_buffer_unordered(concurrency)
             .try_filter_map(|x| async move { Ok(x) })
             .try_collect()
             .await?;
+        if let Some(expected) = &req.expected_sha256 {
+            let actual = sent.finish();
+            if actual != *expected {
+                return Err(anyhow!(
+                    "{}: the bytes sent have sha256 {actual}, not {expected} as checked before \
+                     the upload: the image changed while it was being uploaded; snapshot \
+                     {snapshot_id} not completed",
+                    req.image.display()
+                ));
+            }
+        }
         digests.sort_by_key(|(i, _)| *i);
         self.complete(snapshot_id, &digests).await?;
         let upload_seconds = started.elapsed().as_secs_f64();
@@ -291,6 +318,53 @@ impl SnapshotUploader {
             tokio::time::sleep(delay + jitter).await;
             attempt += 1;
         }
+    }
+}
+
+/// The sha256 of an image fed block by block in order, holes and zero blocks as zeros: the
+/// digest of the bytes an upload read.
+struct SentDigest {
+    hash: Sha256,
+    position: u64,
+    len: u64,
+}
+
+impl SentDigest {
+    fn new(len: u64) -> SentDigest {
+        SentDigest {
+            hash: Sha256::new(),
+            position: 0,
+            len,
+        }
+    }
+
+    fn zeros_to(&mut self, end: u64) {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        while self.position < end {
+            let n = (end - self.position).min(ZEROS.len() as u64);
+            self.hash.update(&ZEROS[..n as usize]);
+            self.position += n;
+        }
+    }
+
+    /// Block `index` as read: its bytes, or `None` for all zeros (blocks come in order).
+    fn block(&mut self, index: u64, data: Option<&[u8]>) {
+        let offset = index * BLOCK_SIZE as u64;
+        self.zeros_to(offset);
+        let want = (self.len - offset).min(BLOCK_SIZE as u64);
+        match data {
+            Some(data) => {
+                self.hash.update(&data[..want as usize]);
+                self.position += want;
+            }
+            None => self.zeros_to(offset + want),
+        }
+    }
+
+    /// The hex sha256 of the whole image (the rest as zeros).
+    fn finish(mut self) -> String {
+        self.zeros_to(self.len);
+        hex::encode(self.hash.finalize())
     }
 }
 
@@ -377,6 +451,84 @@ mod tests {
         assert_eq!(&data[..10], &[0xab; 10]);
         assert!(data[10..].iter().all(|&b| b == 0));
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn the_digest_of_the_blocks_read_is_the_files_sha256() {
+        let mut f = tempfile::tempfile().unwrap();
+        let len = 5 * BLOCK_SIZE as u64 + 77;
+        f.set_len(len).unwrap();
+        for (block, byte) in [(1u64, 0x11u8), (4, 0x44), (5, 0x55)] {
+            f.seek(SeekFrom::Start(block * BLOCK_SIZE as u64 + 3))
+                .unwrap();
+            f.write_all(&[byte; 50]).unwrap();
+        }
+        let mut whole = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        std::io::Read::read_to_end(&mut f, &mut whole).unwrap();
+        let n = AtomicU64::new(0);
+        let mut sent = SentDigest::new(len);
+        // Blocks 0 and 2 are holes the upload never reads; 3 is read and found all zeros.
+        for index in [1, 3, 4, 5] {
+            let block = read_block(&f, index, len, &n).unwrap();
+            sent.block(index, block.as_ref().map(|(d, _)| d.as_slice()));
+        }
+        assert_eq!(sent.finish(), hex::encode(Sha256::digest(&whole)));
+    }
+
+    #[tokio::test]
+    async fn an_image_changed_after_its_check_completes_no_snapshot() {
+        let moto = crate::cloud::MotoServer::start();
+        let config = moto.sdk_config();
+        let uploader = SnapshotUploader::new(
+            aws_sdk_ebs::Client::new(&config),
+            aws_sdk_ec2::Client::new(&config),
+        );
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let image = dir.path().join("disk.raw");
+        let mut bytes = vec![0u8; 3 * BLOCK_SIZE];
+        bytes[BLOCK_SIZE + 9] = 7;
+        std::fs::write(&image, &bytes).unwrap();
+        let checked = hex::encode(Sha256::digest(&bytes));
+        let reporter = crate::events::Reporter::new(true);
+        let progress = Progress::new(&reporter, "upload", bytes.len() as u64);
+        let req = |expected: &str| SnapshotRequest {
+            image: image.clone(),
+            volume_size: bytes.len() as u64,
+            description: "test".into(),
+            tags: vec![],
+            expected_sha256: Some(expected.to_string()),
+        };
+        let params = UploadParams::default();
+        let done = uploader.upload(&req(&checked), &params, &progress).await;
+        assert!(done.is_ok(), "the checked image uploads: {done:?}");
+        // The same file changed in place (same inode, same size) after its check.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        f.seek(SeekFrom::Start(2 * BLOCK_SIZE as u64 + 1)).unwrap();
+        f.write_all(b"x").unwrap();
+        drop(f);
+        let e = uploader
+            .upload(&req(&checked), &params, &progress)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("changed while it was being uploaded"), "{e}");
+        let snapshots = aws_sdk_ec2::Client::new(&config)
+            .describe_snapshots()
+            .owner_ids("self")
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<_> = snapshots
+            .snapshots()
+            .iter()
+            .filter(|s| s.description() == Some("test"))
+            .map(|s| s.snapshot_id().unwrap_or_default())
+            .collect();
+        assert_eq!(ids.len(), 1, "the refused snapshot is deleted: {ids:?}");
     }
 
     #[test]

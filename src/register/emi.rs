@@ -28,6 +28,8 @@ pub struct Publish<'a> {
     pub ec2: &'a aws_sdk_ec2::Client,
     /// The raw image.
     pub image: &'a Path,
+    /// The sha256 it was checked to have (none for an image converted here).
+    pub image_sha256: Option<&'a str>,
     /// Certificates and key.
     pub keys: &'a EucaKeys,
     /// Bucket receiving the bundle.
@@ -109,6 +111,7 @@ async fn make_bundle(p: &Publish<'_>, dir: &Path, reporter: &Reporter) -> Result
         user: p.keys.user.clone(),
         arch: p.arch.to_string(),
         prefix: p.prefix.to_string(),
+        image_sha256: p.image_sha256.map(str::to_string),
     };
     let made = tokio::task::spawn_blocking(move || {
         bundle::create(&image, &out_dir, &spec, &keys, &move |n| {

@@ -302,13 +302,13 @@ pub async fn register_manifest(
     } else {
         let raw = RawImage::prepare(source, reporter).await?;
         if opts.target == Target::Emi && !opts.ebs {
-            let published = run.publish_bundle(&raw.path).await?;
+            let published = run.publish_bundle(&raw).await?;
             out.image_id = published.image_id;
             out.image_location = Some(published.location);
             out.upload = Some(published.stats);
         } else {
             let (snapshot_id, volume_size_gib, stats) = match opts.upload {
-                UploadPath::Direct => run.upload_direct(&raw.path).await?,
+                UploadPath::Direct => run.upload_direct(&raw).await?,
                 UploadPath::Import => run.upload_import(&raw.path).await?,
             };
             out.image_id = run.register_snapshot(&snapshot_id, volume_size_gib).await?;
@@ -415,7 +415,7 @@ impl Registration<'_> {
     }
 
     /// An EMI: the image as a signed, encrypted bundle in S3, registered by its manifest.
-    async fn publish_bundle(&self, raw: &Path) -> Result<emi::Published> {
+    async fn publish_bundle(&self, raw: &RawImage) -> Result<emi::Published> {
         let opts = self.opts;
         let keys = opts.euca.as_ref().ok_or_else(|| {
             anyhow!(
@@ -431,7 +431,8 @@ impl Registration<'_> {
             &emi::Publish {
                 s3: &s3,
                 ec2: &self.ec2,
-                image: raw,
+                image: &raw.path,
+                image_sha256: raw.sha256.as_deref(),
                 keys,
                 bucket,
                 prefix: &bundle_prefix(&self.manifest),
@@ -446,12 +447,12 @@ impl Registration<'_> {
     }
 
     /// A snapshot written block by block with the EBS direct APIs (zero blocks skipped).
-    async fn upload_direct(&self, raw: &Path) -> Result<Uploaded> {
+    async fn upload_direct(&self, raw: &RawImage) -> Result<Uploaded> {
         let ebs = aws_sdk_ebs::Client::new(&self.config);
         let uploader = ebs_upload::SnapshotUploader::new(ebs, self.ec2.clone());
         self.reporter
             .phase("register: upload blocks with the EBS direct APIs");
-        let len = std::fs::metadata(raw)?.len();
+        let len = std::fs::metadata(&raw.path)?.len();
         let progress = Progress::new(self.reporter, "upload", len);
         let params = ebs_upload::UploadParams {
             concurrency: self.opts.concurrency,
@@ -459,10 +460,11 @@ impl Registration<'_> {
             ..Default::default()
         };
         let req = ebs_upload::SnapshotRequest {
-            image: raw.to_path_buf(),
+            image: raw.path.clone(),
             volume_size: self.manifest.disk_size,
             description: format!("{} (imgforge build {})", self.spec.name, self.build_id),
             tags: self.spec.tags.clone(),
+            expected_sha256: raw.sha256.clone(),
         };
         let done = uploader.upload(&req, &params, &progress).await?;
         progress.finish();
@@ -715,6 +717,8 @@ impl SourceImage {
 /// The build's raw image: the raw artifact, or the qcow2 one converted into a temporary file.
 struct RawImage {
     path: PathBuf,
+    /// The sha256 checked before: the raw artifact's (a converted qcow2 is private to us).
+    sha256: Option<String>,
     _tmp: Option<tempfile::TempDir>,
     /// Keeps the checked artifact open while `path` names it through `/proc`.
     _source: crate::manifest::PinnedFile,
@@ -736,6 +740,7 @@ impl RawImage {
                 .unwrap_or_else(|_| source.pinned.pinned_path());
             return Ok(RawImage {
                 path,
+                sha256: Some(source.sha256),
                 _tmp: Some(tmp),
                 _source: source.pinned,
             });
@@ -752,6 +757,7 @@ impl RawImage {
             .context("qemu-img runner panicked")??;
         Ok(RawImage {
             path: raw,
+            sha256: None,
             _tmp: Some(tmp),
             _source: source.pinned,
         })
