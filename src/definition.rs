@@ -686,10 +686,13 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Check {
-    /// A TCP port accepts connections.
+    /// A TCP port accepts connections (and sends the banner `expect`, when given).
     Tcp {
         /// Guest port.
         port: u16,
+        /// Text the guest's first bytes must contain (a banner such as `SSH-2.0-`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
     },
     /// An HTTP GET answers 200 with a body containing `expect`.
     Http {

@@ -43,7 +43,10 @@ pub fn verify(
     console_log: &Path,
     reporter: &Reporter,
 ) -> Result<()> {
-    let proof_of_boot = [Check::Tcp { port: 22 }];
+    let proof_of_boot = [Check::Tcp {
+        port: 22,
+        expect: Some("SSH-2.0-".into()),
+    }];
     let checks = match checks {
         [] => {
             reporter.println(
@@ -112,7 +115,7 @@ fn wait_for_checks(
             qmp = vm.qmp().ok();
         }
         pending.retain_mut(
-            |(check, seen)| match run_check(check, ports, qmp.as_mut()) {
+            |(check, seen)| match run_check(check, ports, deadline, qmp.as_mut()) {
                 Ok(evidence) => {
                     reporter.event(
                         Event::CheckPassed,
@@ -187,23 +190,34 @@ fn boot_failure(vm: &mut Vm) -> Result<Option<String>> {
 /// The guest port a check connects to.
 fn guest_port(c: &Check) -> u16 {
     match c {
-        Check::Tcp { port } | Check::Http { port, .. } => *port,
+        Check::Tcp { port, .. } | Check::Http { port, .. } => *port,
     }
 }
 
 /// One line naming a check.
 pub fn describe(c: &Check) -> String {
     match c {
-        Check::Tcp { port } => format!("tcp port {port}"),
+        Check::Tcp { port, expect: None } => format!("tcp port {port}"),
+        Check::Tcp {
+            port,
+            expect: Some(expect),
+        } => format!("tcp port {port} sends \"{expect}\""),
         Check::Http { port, path, expect } => format!("http://:{port}{path} contains \"{expect}\""),
     }
 }
 
 /// Runs one check; on success returns the evidence the guest gave.
-fn run_check(c: &Check, ports: &BTreeMap<u16, u16>, qmp: Option<&mut Qmp>) -> Result<String> {
+fn run_check(
+    c: &Check,
+    ports: &BTreeMap<u16, u16>,
+    deadline: Instant,
+    qmp: Option<&mut Qmp>,
+) -> Result<String> {
     let host_port = ports[&guest_port(c)];
     match c {
-        Check::Tcp { port } => tcp_check(*port, host_port, qmp),
+        Check::Tcp { port, expect } => {
+            tcp_check(*port, host_port, expect.as_deref(), deadline, qmp)
+        }
         Check::Http { path, expect, .. } => {
             // The path was checked (one leading `/`, no `@`): the request stays on the forward.
             let url = format!("http://127.0.0.1:{host_port}{path}");
@@ -238,52 +252,90 @@ fn run_check(c: &Check, ports: &BTreeMap<u16, u16>, qmp: Option<&mut Qmp>) -> Re
     }
 }
 
-/// Connects through the forward; passes on bytes from the guest, or on QEMU's word that the
-/// guest completed the handshake (protocols where the client speaks first).
-fn tcp_check(guest: u16, host: u16, qmp: Option<&mut Qmp>) -> Result<String> {
+/// Connects through the forward and reads what the guest sends. Without `expect`, passes on
+/// the guest's first bytes, or, for protocols where the client speaks first, on QEMU's word
+/// that the guest completed the handshake and then kept the connection open for a further
+/// read window. With `expect`, keeps reading until those bytes arrive or `deadline` passes.
+fn tcp_check(
+    guest: u16,
+    host: u16,
+    expect: Option<&str>,
+    deadline: Instant,
+    qmp: Option<&mut Qmp>,
+) -> Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", host))
         .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
     stream.set_read_timeout(Some(TCP_READ_WAIT))?;
-    let mut first = [0u8; 64];
-    match stream.read(&mut first) {
-        Ok(0) => bail!(
+    let until = match expect {
+        Some(_) => deadline.max(Instant::now() + TCP_READ_WAIT),
+        None => Instant::now() + 2 * TCP_READ_WAIT,
+    };
+    let mut qmp = qmp;
+    let (mut got, mut established, mut closed) = (Vec::new(), false, false);
+    let sent = |got: &[u8]| format!("{:?}", String::from_utf8_lossy(got).trim_end().to_string());
+    while !closed && Instant::now() < until {
+        let mut buf = [0u8; 512];
+        match stream.read(&mut buf) {
+            Ok(0) => closed = true,
+            Ok(n) if got.len() < 4096 => got.extend_from_slice(&buf[..n]),
+            Ok(_) => closed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                bail!("the guest reset the connection: nothing listens on port {guest}")
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if got.is_empty() && !established {
+                    established = handshake_completed(qmp.as_deref_mut(), host, guest)?;
+                }
+            }
+            Err(e) => return Err(e).context("cannot read from the forwarded connection"),
+        }
+        let text = String::from_utf8_lossy(&got);
+        match expect {
+            Some(e) if text.contains(e) => return Ok(format!("the guest sent {}", sent(&got))),
+            None if !got.is_empty() => return Ok(format!("the guest sent {}", sent(&got))),
+            _ => {}
+        }
+    }
+    match expect {
+        None if established && !closed => Ok(
+            "the guest completed the TCP handshake and kept the connection open (QEMU user \
+             network: ESTABLISHED)"
+                .into(),
+        ),
+        _ if got.is_empty() && closed => bail!(
             "the guest closed the connection at once: nothing listens on port {guest}, or it \
              hung up without a byte"
         ),
-        Ok(n) => Ok(format!(
-            "the guest sent {:?}",
-            String::from_utf8_lossy(&first[..n]).trim_end()
-        )),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
-            bail!("the guest reset the connection: nothing listens on port {guest}")
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            let qmp = qmp.ok_or_else(|| {
-                anyhow!("the guest sent nothing, and QEMU's monitor cannot say more")
-            })?;
-            let table = qmp.usernet()?;
-            let states = forward_states(&table, host, guest);
-            if states.iter().any(|s| s == "ESTABLISHED") {
-                Ok("the guest completed the TCP handshake (QEMU user network: ESTABLISHED)".into())
-            } else {
-                bail!(
-                    "the guest never answered the connection (QEMU user network: {}): it has \
-                     not booted, or its network is down",
-                    if states.is_empty() {
-                        "no such connection".to_string()
-                    } else {
-                        states.join(", ")
-                    }
-                )
-            }
-        }
-        Err(e) => Err(e).context("cannot read from the forwarded connection"),
+        None => bail!("the guest closed the connection without sending a byte"),
+        Some(e) if got.is_empty() => bail!("the guest sent nothing, not \"{e}\""),
+        Some(e) => bail!("the guest sent {}, not \"{e}\"", sent(&got)),
     }
+}
+
+/// Whether QEMU's user network shows the forwarded connection as established with the guest;
+/// an error says why the guest cannot be proven to have answered.
+fn handshake_completed(qmp: Option<&mut Qmp>, host: u16, guest: u16) -> Result<bool> {
+    let qmp =
+        qmp.ok_or_else(|| anyhow!("the guest sent nothing, and QEMU's monitor cannot say more"))?;
+    let table = qmp.usernet()?;
+    let states = forward_states(&table, host, guest);
+    if states.iter().any(|s| s == "ESTABLISHED") {
+        return Ok(true);
+    }
+    bail!(
+        "the guest never answered the connection (QEMU user network: {}): it has not booted, \
+         or its network is down",
+        if states.is_empty() {
+            "no such connection".to_string()
+        } else {
+            states.join(", ")
+        }
+    )
 }
 
 /// The TCP states QEMU's `info usernet` lists for connections from host port `host` to guest
@@ -442,6 +494,43 @@ mod tests {
         assert!(forward_states("", 45001, 22).is_empty());
     }
 
+    /// A listener on 127.0.0.1 that sends `pieces` to each connection, a pause before each.
+    fn banner_server(pieces: &'static [&'static str]) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                std::thread::spawn(move || {
+                    for piece in pieces {
+                        std::thread::sleep(Duration::from_millis(700));
+                        let _ = std::io::Write::write_all(&mut conn, piece.as_bytes());
+                    }
+                    std::thread::sleep(Duration::from_secs(8));
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_tcp_check_naming_a_banner_reads_until_it_comes_and_refuses_another() {
+        let port = banner_server(&["SS", "H-2.0-OpenSSH_9.2\r\n"]);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        let evidence = tcp_check(22, port, Some("SSH-2.0-"), soon(), None).unwrap();
+        assert!(evidence.contains("SSH-2.0-OpenSSH_9.2"), "{evidence}");
+        let err = tcp_check(22, port, Some("HTTP/1.1"), soon(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SSH-2.0-OpenSSH_9.2") && err.contains("not \"HTTP/1.1\""),
+            "{err}"
+        );
+        // Without a banner to wait for, the first bytes are the evidence.
+        let evidence = tcp_check(22, port, None, soon(), None).unwrap();
+        assert_eq!(evidence, "the guest sent \"SS\"");
+    }
+
     #[test]
     fn a_silent_forward_to_a_guest_that_never_boots_fails_the_tcp_check() {
         // A disk of zeros: the firmware finds nothing to boot, QEMU accepts on the host side
@@ -462,12 +551,17 @@ mod tests {
         };
         let mut vm = Vm::start(&cfg, dir.path(), &dir.path().join("console.log")).unwrap();
         let mut qmp = vm.qmp().unwrap();
-        let err = tcp_check(22, host, Some(&mut qmp)).unwrap_err().to_string();
+        let soon = Instant::now() + Duration::from_secs(10);
+        let err = tcp_check(22, host, None, soon, Some(&mut qmp))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("never answered") && err.contains("SYN_SENT"),
             "{err}"
         );
-        let err = tcp_check(22, host, None).unwrap_err().to_string();
+        let err = tcp_check(22, host, None, soon, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sent nothing"), "{err}");
         let deadline = Instant::now() + Duration::from_secs(60);
         let failure = loop {

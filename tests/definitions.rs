@@ -963,6 +963,11 @@ fn every_value_rule_refuses_its_bad_value_naming_the_field() {
             "matches every page",
         ),
         (
+            format!("{GOOD}\n[[checks]]\ntype = \"tcp\"\nport = 22\nexpect = \" \"\n"),
+            "checks[0].expect",
+            "matches any banner",
+        ),
+        (
             format!("{GOOD}\n[data]\ndest = \"/srv\"\ntarball = {{ path = \"missing.tar\", sha256 = \"{zeros}\" }}\n"),
             "data.tarball.path",
             "DIR/missing.tar does not exist",

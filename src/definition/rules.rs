@@ -337,8 +337,22 @@ impl Check {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let port = match self {
-            Check::Tcp { port } | Check::Http { port, .. } => *port,
+            Check::Tcp { port, .. } | Check::Http { port, .. } => *port,
         };
+        if let Check::Tcp {
+            expect: Some(expect),
+            ..
+        } = self
+        {
+            if expect.trim().is_empty() {
+                out.push((
+                    "expect",
+                    "an empty `expect` matches any banner: leave it out, or give text the \
+                     service sends first"
+                        .to_string(),
+                ));
+            }
+        }
         if port == 0 {
             out.push(("port", "a guest port is 1 to 65535".to_string()));
         }
