@@ -386,26 +386,78 @@ fn debian_installer_definition(dir: &Path, install_timeout: &str) -> PathBuf {
     path
 }
 
+/// The install console logs under `cache` (the work directory of a running install).
+fn install_consoles(cache: &Path) -> Vec<PathBuf> {
+    let out = Command::new("find")
+        .arg(cache)
+        .args(["-name", "install-console.log"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// What marks the installer's mirror step on its console.
+const MIRROR_STEPS: [&str; 3] = [
+    "Download installer components",
+    "Checking the Debian archive mirror",
+    "Retrieving",
+];
+
 /// The real debian-installer (netboot kernel and initrd from the Debian package) with the
 /// rendered preseed: it fetches the preseed and gets to the mirror without asking anything.
-/// These machines' mirror serves no installer components (.udeb), so the install stops at
-/// "Download installer components" and the build times out there.
+/// These machines' mirror serves no installer components (.udeb), so the install would stop
+/// at "Download installer components" until its timeout: the test stops the build (SIGTERM)
+/// once the console shows the mirror step, and reads the console log the build keeps.
 #[test]
 fn debian_installer_fetches_the_preseed_and_reaches_the_mirror_unattended() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let def = debian_installer_definition(dir.path(), "4m");
-    let (code, out, err) = run(imgforge()
+    let def = debian_installer_definition(dir.path(), "6m");
+    let mut child = imgforge()
         .args(["-v", "build", "--base-only", "--json"])
         .arg(&def)
-        .env("IMGFORGE_CACHE", &cache));
+        .env("IMGFORGE_CACHE", &cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = Instant::now();
+    let reached_mirror = loop {
+        let seen = install_consoles(&cache).iter().any(|log| {
+            let console = fs::read_to_string(log).unwrap_or_default();
+            MIRROR_STEPS.iter().any(|m| console.contains(m))
+        });
+        if seen || child.try_wait().unwrap().is_some() {
+            break seen;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(330),
+            "neither the mirror step nor the end of the build"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    if reached_mirror {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    let out = child.wait_with_output().unwrap();
+    let completed = out.status.success();
+    let (out, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     let served = out.lines().any(|l| l.contains("\"event\":\"http_server\""));
     assert!(served, "{out}");
     assert!(
         err.contains("http request file=preseed.cfg status=200"),
         "the installer fetched the preseed: {err}"
     );
-    if code == 0 {
+    if completed {
         // A mirror with installer components: the install completed.
         return;
     }
@@ -419,14 +471,7 @@ fn debian_installer_fetches_the_preseed_and_reaches_the_mirror_unattended() {
         console.contains("url=http://10.0.2.2:"),
         "booted with the answer-file URL"
     );
-    let mirror_step = [
-        "Download installer components",
-        "Checking the Debian archive mirror",
-        "Retrieving",
-    ]
-    .iter()
-    .filter_map(|m| console.find(m))
-    .min();
+    let mirror_step = MIRROR_STEPS.iter().filter_map(|m| console.find(m)).min();
     let reached = mirror_step.expect("the installer reached the mirror step");
     assert!(
         !console[..reached].contains("Prompt: '?' for help"),
