@@ -513,6 +513,52 @@ mod tests {
         port
     }
 
+    /// An HTTP server on 127.0.0.1 answering every request with `response`.
+    fn http_server(response: String) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut request = [0u8; 2048];
+                let _ = std::io::Read::read(&mut conn, &mut request);
+                let _ = std::io::Write::write_all(&mut conn, response.as_bytes());
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn an_http_check_follows_no_redirect_to_a_page_that_would_pass() {
+        let page = "imgforge demo page";
+        let elsewhere = http_server(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        ));
+        let check = Check::Http {
+            port: 80,
+            path: "/".into(),
+            expect: "demo page".into(),
+        };
+        let soon = Instant::now() + Duration::from_secs(5);
+        let direct = BTreeMap::from([(80, elsewhere)]);
+        assert!(
+            run_check(&check, &direct, soon, None).is_ok(),
+            "the page itself passes"
+        );
+        let redirecting = http_server(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{elsewhere}/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        let ports = BTreeMap::from([(80, redirecting)]);
+        let err = run_check(&check, &ports, soon, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HTTP 302") && err.contains("redirects are not followed"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_tcp_check_naming_a_banner_reads_until_it_comes_and_refuses_another() {
         let port = banner_server(&["SS", "H-2.0-OpenSSH_9.2\r\n"]);

@@ -669,21 +669,67 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
         .collect();
     assert_eq!(old.len(), 2, "the group's members carry the image tag");
 
+    // The group launches from its template's image: under --require-signature, a valid
+    // registration copied onto it from another image is refused before the group is touched.
+    let keys = tempfile::tempdir().unwrap();
+    let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
+    let trusted = common::allowed_signers(keys.path(), "ci@example.com", &ci_pub);
+    let args = [
+        "--json",
+        "rotate",
+        "--max-age",
+        "30d",
+        "--image-name",
+        NAME,
+        "--max-surge",
+        "1",
+        "--require-signature",
+        trusted.to_str().unwrap(),
+    ];
+    let sha = "5".repeat(64);
+    let tag_v2 = |pairs: Vec<(String, String)>| {
+        let mut request = ec2.create_tags().resources(&v2);
+        for (k, v) in pairs {
+            request = request.tags(tag(&k, &v));
+        }
+        request.send()
+    };
+    tag_v2(common::registration_tags(
+        &ci,
+        "ami-0signedelsewhere",
+        "build-2",
+        &sha,
+    ))
+    .await
+    .unwrap();
+    let (code, out, err) = imgforge(&moto, &args).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(&v2) && err.contains("does not check out"),
+        "{err}"
+    );
+    assert!(events_of(&events(&out), "asg_surge").is_empty(), "{out}");
+    let unchanged = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .unwrap();
+    let unchanged = &unchanged.auto_scaling_groups()[0];
+    assert_eq!(unchanged.desired_capacity(), Some(2));
+    let members: BTreeSet<String> = unchanged
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(members, old, "nothing launched or terminated");
+
+    // Its own signed registration: the members are replaced through the group.
+    tag_v2(common::registration_tags(&ci, &v2, "build-2", &sha))
+        .await
+        .unwrap();
     let (stop, poller) = start_poller(ec2.clone());
-    let (code, out, err) = imgforge(
-        &moto,
-        &[
-            "--json",
-            "rotate",
-            "--max-age",
-            "30d",
-            "--image-name",
-            NAME,
-            "--max-surge",
-            "1",
-        ],
-    )
-    .await;
+    let (code, out, err) = imgforge(&moto, &args).await;
     stop.store(true, Ordering::SeqCst);
     let (min, samples) = poller.await.unwrap();
     assert_eq!(code, 0, "{out}\n{err}");
