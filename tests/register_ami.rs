@@ -426,6 +426,73 @@ fn an_artifact_that_disagrees_with_sha256sums_is_refused() {
 }
 
 /// Ids of the images tagged with `build_id` in `region`.
+/// The signed registration on image `id` in `region`, rebuilt from its tags and that id, is
+/// accepted by `ssh-keygen -Y verify` against `allowed`.
+async fn assert_registration_verifies(
+    moto: &Moto,
+    region: &str,
+    id: &str,
+    build_id: &str,
+    allowed: &Path,
+) {
+    let config = moto
+        .sdk_config()
+        .await
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    let images = aws_sdk_ec2::Client::new(&config)
+        .describe_images()
+        .image_ids(id)
+        .send()
+        .await
+        .unwrap();
+    let mut tags: Vec<(String, String)> = images.images()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    tags.sort_by_key(|(k, _)| {
+        k.strip_prefix("imgforge:registration-")
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    let value = |key: &str| tags.iter().find(|(k, _)| k == key).unwrap().1.clone();
+    let encoded: String = tags
+        .iter()
+        .filter(|(k, _)| k.starts_with("imgforge:registration-"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let signature = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+        .unwrap_or_else(|e| panic!("{region} {id}: no registration ({e}): {tags:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let sig = dir.path().join("registration.sig");
+    std::fs::write(&sig, signature).unwrap();
+    let text = format!(
+        "imgforge registration v1\nimage {id}\nbuild {build_id}\nsha256 {}\n",
+        value("imgforge:artifact-sha256")
+    );
+    let mut child = std::process::Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-n",
+            "imgforge",
+            "-I",
+            "ci@example.com",
+            "-f",
+        ])
+        .arg(allowed)
+        .arg("-s")
+        .arg(&sig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{region} {id}: {out:?}");
+}
+
 async fn images_of_build(moto: &Moto, region: &str, build_id: &str) -> Vec<String> {
     let config = moto
         .sdk_config()
@@ -459,8 +526,12 @@ async fn copies_reach_each_region_once_and_a_rerun_reuses_them() {
     let build_id = "5eed".repeat(16);
     let manifest = fixture(dir.path(), &build_id, &[(0, b"boot".to_vec())], 2 * BLOCK);
     let regions = ["us-west-2", "eu-west-1"];
+    let (key, public) = common::ssh_key(dir.path(), "ci");
+    let allowed = common::allowed_signers(dir.path(), "ci@example.com", &public);
+    let sign = ["--sign", key.to_str().unwrap()];
 
-    let (code, stdout, stderr) = register(&moto, &manifest, &["--copy-to", &regions.join(",")]);
+    let copy_to = ["--copy-to", &regions.join(",")];
+    let (code, stdout, stderr) = register(&moto, &manifest, &[&copy_to[..], &sign].concat());
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let first = result_line(&stdout);
     let copies: Vec<(String, String)> = serde_json::from_value(first["copies"].clone()).unwrap();
@@ -468,17 +539,19 @@ async fn copies_reach_each_region_once_and_a_rerun_reuses_them() {
         copies.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         regions
     );
-    // Each region holds exactly one image of the build, tagged so the next run can find it.
+    // Each region holds exactly one image of the build, tagged so the next run can find it,
+    // with a registration signed for that copy (ssh-keygen checks it, not imgforge).
     for (region, id) in &copies {
         assert_eq!(
             images_of_build(&moto, region, &build_id).await,
             [id.as_str()],
             "{region}"
         );
+        assert_registration_verifies(&moto, region, id, &build_id, &allowed).await;
     }
 
     // A second run (the build was registered and copied before) copies nothing again.
-    let (code, stdout, stderr) = register(&moto, &manifest, &["--copy-to", &regions.join(",")]);
+    let (code, stdout, stderr) = register(&moto, &manifest, &[&copy_to[..], &sign].concat());
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let again = result_line(&stdout);
     assert_eq!(again["reused"], true, "{again}");

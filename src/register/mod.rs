@@ -322,7 +322,7 @@ pub async fn register_manifest(
         );
     }
     if let Some(key) = &opts.sign {
-        run.sign_registration(&out.image_id, &artifact_sha256, key)
+        run.sign_registration(&run.ec2, &out.image_id, &artifact_sha256, key)
             .await?;
     }
     out.copies = share_and_copy(
@@ -335,6 +335,19 @@ pub async fn register_manifest(
         reporter,
     )
     .await?;
+    // A copy is another image: it gets a registration of its own, signed in its region.
+    if let Some(key) = &opts.sign {
+        for (region, copy_id) in &out.copies {
+            let regional = run
+                .config
+                .to_builder()
+                .region(aws_config::Region::new(region.clone()))
+                .build();
+            let ec2 = aws_sdk_ec2::Client::new(&regional);
+            run.sign_registration(&ec2, copy_id, &artifact_sha256, key)
+                .await?;
+        }
+    }
     if let Some(template) = &opts.launch_template {
         let update = launch_template::point_at_image(
             &run.ec2,
@@ -388,9 +401,11 @@ impl Registration<'_> {
         Ok(())
     }
 
-    /// Signs the registration of `image_id` with `key` and tags the image with it.
+    /// Signs the registration of `image_id` with `key` and tags the image with it through
+    /// `ec2` (the client of the image's region).
     async fn sign_registration(
         &self,
+        ec2: &aws_sdk_ec2::Client,
         image_id: &str,
         artifact_sha256: &str,
         key: &Path,
@@ -401,8 +416,7 @@ impl Registration<'_> {
             artifact_sha256: artifact_sha256.to_string(),
         };
         let (pairs, fingerprint) = statement.sign(key)?;
-        self.ec2
-            .create_tags()
+        ec2.create_tags()
             .resources(image_id)
             .set_tags(Some(ami::ec2_tags(&pairs)))
             .send()
