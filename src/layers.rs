@@ -13,7 +13,7 @@
 //! - build: the bake id and the output settings; it names the output directory.
 
 use crate::canonical::digest;
-use crate::definition::{Definition, DefinitionError, Provisioner};
+use crate::definition::{BuilderKind, Definition, DefinitionError, Provisioner};
 use crate::lock::ResolvedPackages;
 use crate::render::AnswerFile;
 use crate::sources::{sha256_file, tree_digest, ResolvedData, ResolvedService};
@@ -46,7 +46,7 @@ pub struct Resolved {
 
 /// Computes the layer ids of `def`.
 pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Result<LayerIds> {
-    let base = digest(&base_inputs(def, answer, resolved.packages.as_ref()));
+    let base = digest(&base_inputs(def, answer, resolved.packages.as_ref())?);
     let bake = digest(&bake_inputs(def, &base, resolved)?);
     let build = digest(&json!({
         "bake": bake,
@@ -61,7 +61,14 @@ fn base_inputs(
     def: &Definition,
     answer: &AnswerFile,
     packages: Option<&ResolvedPackages>,
-) -> Value {
+) -> Result<Value> {
+    // The scripts run in the tree while it is made (a rootfs base's customize hook).
+    let guest_scripts = match def.builder.kind {
+        BuilderKind::Rootfs => Some(crate::render::script_template(
+            crate::render::ROOTFS_CUSTOMIZE,
+        )?),
+        BuilderKind::Installer => None,
+    };
     let media: Vec<Value> = def
         .artifacts()
         .into_iter()
@@ -72,7 +79,7 @@ fn base_inputs(
         .installer
         .as_ref()
         .map(|i| json!({ "append": i.append, "boot_command": i.boot_command }));
-    json!({
+    Ok(json!({
         "imgforge": env!("CARGO_PKG_VERSION"),
         // What a cached base records (base.json) and holds; bases of another layout are not
         // reused.
@@ -87,13 +94,14 @@ fn base_inputs(
         },
         "answer_file": answer.text,
         "template": answer.template_text,
+        "guest_scripts": guest_scripts,
         "installer": installer,
         "media": media,
         "updates": def.system.updates,
         "security_mirror": def.system.security_mirror,
         "sources": packages.map(|p| crate::apt::sources_identity(&p.sources)),
         "packages": packages.map(|p| p.set.identity()),
-    })
+    }))
 }
 
 fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Value> {

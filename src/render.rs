@@ -86,6 +86,35 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
     })
 }
 
+/// The guest script template of the rootfs builder's mmdebstrap customize hook.
+pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
+
+/// The text of the guest script template `templates/NAME` (part of the ids of the layers it
+/// shapes).
+pub fn script_template(name: &str) -> Result<String> {
+    let path = data_dir().join("templates").join(name);
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the guest script template", path.display()))
+}
+
+/// Renders the guest script template `templates/NAME` strictly against `ctx`: `{{value}}` is
+/// shell-quoted, `{{{text}}}` (heredoc bodies) is written as it is.
+pub fn render_script(name: &str, ctx: &Value) -> Result<String> {
+    let template = script_template(name)?;
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(crate::bake_protocol::sh_quote);
+    hb.render_template(&template, ctx).map_err(|e| {
+        let path = data_dir().join("templates").join(name);
+        match (e.line_no, e.column_no) {
+            (Some(l), Some(c)) => {
+                anyhow!("{}: line {l}, column {c}: {}", path.display(), e.reason())
+            }
+            _ => anyhow!("{}: {}", path.display(), e.reason()),
+        }
+    })
+}
+
 /// The variables an answer-file template sees: only what shapes the base (no image name or
 /// version), so definitions with the same OS settings render the same answer file and share
 /// one base layer.

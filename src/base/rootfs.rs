@@ -6,12 +6,13 @@
 use super::packages::{self, PackageCache, PackageUse};
 use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::apt::{Archive, Source};
-use crate::bake_protocol::{self, sh_quote};
+use crate::bake_protocol;
 use crate::definition::{Definition, Firmware, Initramfs, VIRTUAL_DRIVERS};
 use crate::events::Reporter;
 use crate::lock::ResolvedPackages;
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -220,8 +221,9 @@ fn derived_uuid(seed: &str, purpose: &str) -> String {
     )
 }
 
-/// The mmdebstrap customize hook: system settings, users, the build key, first-boot SSH host
-/// keys, the offline bake init, and GRUB's configuration.
+/// The mmdebstrap customize hook, rendered from `templates/rootfs-customize.sh.hbs`: system settings, the
+/// apt sources the base was built from, users, the build key, first-boot SSH host keys, the
+/// offline bake init, and GRUB's configuration.
 fn customize_script(
     def: &Definition,
     sources: &[Source],
@@ -229,86 +231,7 @@ fn customize_script(
     build_key: &str,
 ) -> Result<String> {
     let sys = &def.system;
-    let mut s = String::from(
-        "#!/bin/sh\n# imgforge customize hook; $1 is the new root.\nset -eu\nR=\"$1\"\n",
-    );
-    let q = sh_quote;
-    s += &format!("echo {} > \"$R/etc/hostname\"\n", q(&sys.hostname));
-    s += &format!(
-        "printf '127.0.0.1 localhost\\n127.0.1.1 %s.%s %s\\n::1 localhost ip6-localhost ip6-loopback\\n' {h} {d} {h} > \"$R/etc/hosts\"\n",
-        h = q(&sys.hostname),
-        d = q(&sys.domain)
-    );
-    s += &format!(
-        "[ -e \"$R/usr/share/zoneinfo/\"{tz} ] || {{ echo \"unknown time zone \"{tz} >&2; exit 1; }}\nln -sf /usr/share/zoneinfo/{tz} \"$R/etc/localtime\"\necho {tz} > \"$R/etc/timezone\"\n",
-        tz = q(&sys.timezone)
-    );
-    s += &format!(
-        "sed -i \"s/^# *\\({loc}\\)/\\1/\" \"$R/etc/locale.gen\"\ngrep -q \"^\"{loc} \"$R/etc/locale.gen\" || echo {loc}' UTF-8' >> \"$R/etc/locale.gen\"\nchroot \"$R\" locale-gen >/dev/null\necho LANG={loc} > \"$R/etc/default/locale\"\n",
-        loc = q(&sys.locale)
-    );
-    s += &format!(
-        "printf 'XKBMODEL=pc105\\nXKBLAYOUT=%s\\n' {} > \"$R/etc/default/keyboard\"\n",
-        q(&sys.keyboard)
-    );
-    s += &format!("echo 'UUID={uuid} / ext4 errors=remount-ro 0 1' > \"$R/etc/fstab\"\n");
-    if def.machine.firmware == Firmware::Uefi {
-        s += "echo 'LABEL=ESP /boot/efi vfat umask=0077,nofail 0 2' >> \"$R/etc/fstab\"\nmkdir -p \"$R/boot/efi\"\n";
-    }
-    s += "mkdir -p \"$R/etc/systemd/network\"\nprintf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > \"$R/etc/systemd/network/80-dhcp.network\"\nchroot \"$R\" systemctl enable systemd-networkd systemd-resolved >/dev/null 2>&1\n";
-    s += &apt_sources(sources);
-    if let Some(proxy) = &sys.proxy {
-        s += &format!(
-            "echo 'Acquire::http::Proxy \"'{}'\";' > \"$R/etc/apt/apt.conf.d/80proxy\"\n",
-            q(proxy)
-        );
-    }
-    for u in &sys.users {
-        let name = q(&u.name);
-        s += &format!("chroot \"$R\" useradd -m -s /bin/bash {name}\n");
-        if let Some(h) = &u.password_hash {
-            s += &format!("chroot \"$R\" usermod -p {} {name}\n", q(&h.0));
-        }
-        if u.sudo {
-            s += &format!("chroot \"$R\" usermod -aG sudo {name}\n");
-        }
-        s += &format!("install -d -m 700 \"$R/home/\"{name}/.ssh\n: > \"$R/home/\"{name}/.ssh/authorized_keys\n");
-        for k in &u.ssh_keys {
-            s += &format!("echo {} >> \"$R/home/\"{name}/.ssh/authorized_keys\n", q(k));
-        }
-        s += &format!(
-            "chmod 600 \"$R/home/\"{name}/.ssh/authorized_keys\nchroot \"$R\" chown -R {name}: /home/{name}/.ssh\n"
-        );
-    }
-    s += &format!(
-        "install -d -m 700 \"$R/root/.ssh\"\necho {} >> \"$R/root/.ssh/authorized_keys\"\nchmod 600 \"$R/root/.ssh/authorized_keys\"\n",
-        q(build_key)
-    );
-    s += &first_boot_settings(def);
-    s += &format!(
-        "install -d \"$(dirname \"$R{init}\")\"\ncat > \"$R{init}\" <<'EOF'\n{script}EOF\nchmod 755 \"$R{init}\"\n",
-        init = bake_protocol::INIT_PATH,
-        script = bake_protocol::init_script()
-    );
-    let platform = match def.machine.firmware {
-        Firmware::Bios => "i386-pc",
-        Firmware::Uefi => "x86_64-efi",
-    };
-    s += &format!(
-        "install -d \"$R/boot/grub\"\ncp -r /usr/lib/grub/{platform} \"$R/boot/grub/\"\ncat > \"$R/boot/grub/grub.cfg\" <<'EOF'\n{}EOF\n",
-        grub_cfg(uuid)
-    );
-    s += "chroot \"$R\" apt-get clean\nrm -rf \"$R\"/var/lib/apt/lists/*\n";
-    Ok(s)
-}
-
-/// The customize hook's part for apt: the sources the base was built from as deb822 files
-/// (`debian.sources` for Debian's archive, `imgforge.sources` for extra repositories), each
-/// signed by the keyring it was built with, copied to `/etc/apt/keyrings/`.
-fn apt_sources(sources: &[Source]) -> String {
-    let mut s = String::from(
-        "rm -f \"$R/etc/apt/sources.list\"\ninstall -d -m 755 \"$R/etc/apt/keyrings\" \"$R/etc/apt/sources.list.d\"\n",
-    );
+    let mut keyrings = Vec::new();
     let (mut debian, mut extra) = (String::new(), String::new());
     for source in sources {
         let keyring = source.image_keyring_name().map(|name| {
@@ -316,10 +239,7 @@ fn apt_sources(sources: &[Source]) -> String {
                 .keyring
                 .as_ref()
                 .expect("a keyring name has a keyring");
-            s += &format!(
-                "install -m 644 {} \"$R/etc/apt/keyrings/{name}\"\n",
-                sh_quote(&host.display().to_string())
-            );
+            keyrings.push(json!({ "host": host.display().to_string(), "name": name }));
             format!("/etc/apt/keyrings/{name}")
         });
         let file = if source.name.starts_with("debian") {
@@ -332,34 +252,52 @@ fn apt_sources(sources: &[Source]) -> String {
         }
         file.push_str(&source.deb822(keyring.as_deref()));
     }
-    for (name, text) in [("debian", debian), ("imgforge", extra)] {
-        if !text.is_empty() {
-            s +=
-                &format!("cat > \"$R/etc/apt/sources.list.d/{name}.sources\" <<'EOF'\n{text}EOF\n");
-        }
-    }
-    s
-}
-
-/// The customize hook's part for the first boot: SSH host keys made then, the initramfs of
-/// `machine.initramfs`, no e2scrub.
-fn first_boot_settings(def: &Definition) -> String {
-    let mut s = String::new();
-    s += &format!(
-        "cat > \"$R/etc/systemd/system/imgforge-ssh-hostkeys.service\" <<'EOF'\n{HOSTKEYS_UNIT}EOF\nchroot \"$R\" systemctl enable imgforge-ssh-hostkeys.service >/dev/null 2>&1\n"
-    );
-    s += &format!(
-        "install -d \"$R/etc/ssh/sshd_config.d\"\ncat > \"$R/etc/ssh/sshd_config.d/imgforge-host-keys.conf\" <<'EOF'\n{SSHD_HOST_KEYS}EOF\n"
-    );
-    if def.machine.initramfs == Initramfs::Virtual {
-        s += &format!(
-            "echo MODULES=list > \"$R/etc/initramfs-tools/conf.d/imgforge\"\nprintf '%s\\n' {} >> \"$R/etc/initramfs-tools/modules\"\nchroot \"$R\" update-initramfs -u -k all >/dev/null\n",
-            VIRTUAL_DRIVERS.join(" ")
-        );
-    }
-    // e2scrub looks for LVM snapshots, which these disks have none of: a unit less at boot.
-    s += "chroot \"$R\" systemctl disable e2scrub_reap.service e2scrub_all.timer >/dev/null 2>&1 || true\n";
-    s
+    let source_files: Vec<Value> = [("debian", debian), ("imgforge", extra)]
+        .into_iter()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(name, text)| json!({ "name": name, "text": text }))
+        .collect();
+    let users: Vec<Value> = sys
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash.as_ref().map(|h| h.0.clone()),
+                "sudo": u.sudo,
+                "ssh_keys": u.ssh_keys,
+            })
+        })
+        .collect();
+    let virtual_drivers: &[&str] = match def.machine.initramfs {
+        Initramfs::Virtual => &VIRTUAL_DRIVERS,
+        _ => &[],
+    };
+    let ctx = json!({
+        "hostname": sys.hostname,
+        "domain": sys.domain,
+        "timezone": sys.timezone,
+        "locale": sys.locale,
+        "keyboard": sys.keyboard,
+        "uuid": uuid,
+        "uefi": def.machine.firmware == Firmware::Uefi,
+        "keyrings": keyrings,
+        "source_files": source_files,
+        "proxy": sys.proxy,
+        "users": users,
+        "build_key": build_key,
+        "hostkeys_unit": HOSTKEYS_UNIT,
+        "sshd_host_keys": SSHD_HOST_KEYS,
+        "virtual_drivers": virtual_drivers,
+        "init_path": bake_protocol::INIT_PATH,
+        "init_script": bake_protocol::init_script(),
+        "grub_platform": match def.machine.firmware {
+            Firmware::Bios => "i386-pc",
+            Firmware::Uefi => "x86_64-efi",
+        },
+        "grub_cfg": grub_cfg(uuid),
+    });
+    crate::render::render_script(crate::render::ROOTFS_CUSTOMIZE, &ctx)
 }
 
 /// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
@@ -588,4 +526,84 @@ fn install_grub_efi(raw: &Path, early: &Path, serial: &str, epoch: u32) -> Resul
         .run()?;
     fs::remove_file(&efi).ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The customize hook of `images/NAME` with `edit` applied to the definition's text.
+    fn hook(name: &str, edit: impl Fn(String) -> String) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("images").join(name);
+        let text = edit(fs::read_to_string(&path).unwrap());
+        let def = Definition::parse(&text, &path).unwrap();
+        let sources = crate::apt::sources(&def).unwrap();
+        customize_script(
+            &def,
+            &sources,
+            "0f0e0d0c-0b0a-4908-8706-050403020100",
+            "ssh-ed25519 AAAA build",
+        )
+        .unwrap()
+    }
+
+    /// `sh -n`, `bash -n` and shellcheck (warnings and errors) accept `script`.
+    fn assert_valid_shell(script: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook.sh");
+        fs::write(&file, script).unwrap();
+        for (shell, args) in [
+            ("sh", &["-n"][..]),
+            ("bash", &["-n"][..]),
+            ("shellcheck", &["-s", "sh", "-S", "warning"][..]),
+        ] {
+            match std::process::Command::new(shell)
+                .args(args)
+                .arg(&file)
+                .output()
+            {
+                Ok(out) => assert!(
+                    out.status.success(),
+                    "{shell}: {}{}\n{script}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => panic!("{shell}: {e} (scripts/setup --test installs it)"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_customize_hook_template_renders_valid_shell_with_every_value_quoted() {
+        let web = hook("debian-12-web.toml", |t| t);
+        assert_valid_shell(&web);
+        assert!(web.contains("echo 'web' > \"$R/etc/hostname\""), "{web}");
+        assert!(web.contains("echo 'ssh-ed25519 AAAA build' >> \"$R/root/.ssh/authorized_keys\""));
+        assert!(
+            web.contains(
+                "cat > \"$R/etc/apt/sources.list.d/\"'debian'.sources <<'EOF'\nTypes: deb\n"
+            ),
+            "{web}"
+        );
+        assert!(web.contains(&format!("<<'EOF'\n{}EOF\n", bake_protocol::init_script())));
+        assert!(!web.contains("/boot/efi"), "BIOS: no ESP");
+        // A user whose key holds a quote and shell syntax, UEFI, the `virtual` initramfs.
+        let uefi = hook("debian-12-minimal.toml", |t| {
+            t.replace("firmware = \"bios\"", "firmware = \"uefi\"\ninitramfs = \"virtual\"")
+                + "\n[[system.users]]\nname = \"ops\"\nsudo = true\nssh_keys = [\"ssh-ed25519 AAAA it's $(reboot)\"]\n"
+        });
+        assert_valid_shell(&uefi);
+        assert!(uefi.contains("echo 'ssh-ed25519 AAAA it'\\''s $(reboot)' >> \"$R/home/\"'ops'/.ssh/authorized_keys"), "{uefi}");
+        assert!(
+            uefi.contains("chroot \"$R\" usermod -aG sudo 'ops'"),
+            "{uefi}"
+        );
+        assert!(uefi.contains("printf '%s\\n' 'virtio_pci'"), "{uefi}");
+        assert!(uefi.contains("mkdir -p \"$R/boot/efi\""));
+        assert!(
+            uefi.contains("cp -r /usr/lib/grub/'x86_64-efi' \"$R/boot/grub/\""),
+            "{uefi}"
+        );
+    }
 }
