@@ -158,6 +158,7 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     Ok(json!({
         // What the bake runs around the provisioners (its prelude and hygiene).
         "bake_layout": 3,
+        "guest_scripts": crate::render::script_template(crate::render::BAKE_HYGIENE)?,
         "base": base,
         // The image's name and version are baked into /etc/imgforge/build.json.
         "image": { "name": def.image.name.0, "version": def.image.version },

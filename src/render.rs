@@ -88,6 +88,8 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
 
 /// The guest script template of the rootfs builder's mmdebstrap customize hook.
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
+/// The guest script template of the bake's last pass (hygiene and the image's record).
+pub const BAKE_HYGIENE: &str = "bake-hygiene.sh.hbs";
 
 /// The text of the guest script template `templates/NAME` (part of the ids of the layers it
 /// shapes).
@@ -113,6 +115,35 @@ pub fn render_script(name: &str, ctx: &Value) -> Result<String> {
             _ => anyhow!("{}: {}", path.display(), e.reason()),
         }
     })
+}
+
+/// `sh -n`, `bash -n` and shellcheck (warnings and errors) accept `script`: the check every
+/// rendered guest script passes in the tests.
+#[cfg(test)]
+pub fn assert_valid_shell(script: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("script.sh");
+    std::fs::write(&file, script).unwrap();
+    let checks: [(&str, &[&str]); 3] = [
+        ("sh", &["-n"]),
+        ("bash", &["-n"]),
+        ("shellcheck", &["-s", "sh", "-S", "warning"]),
+    ];
+    for (shell, args) in checks {
+        match std::process::Command::new(shell)
+            .args(args)
+            .arg(&file)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "{shell}: {}{}\n{script}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => panic!("{shell}: {e} (scripts/setup --test installs it)"),
+        }
+    }
 }
 
 /// The variables an answer-file template sees: only what shapes the base (no image name or

@@ -14,7 +14,7 @@ mod cloud_init;
 
 use crate::bake_protocol::{self, sh_quote, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
-use crate::definition::{AnsibleRunner, BakeIn, Definition, Firmware, Provisioner};
+use crate::definition::{AnsibleRunner, BakeIn, Definition, Firmware, OsFamily, Provisioner};
 use crate::events::Reporter;
 use crate::layers::Resolved;
 use crate::manifest::Provenance;
@@ -333,37 +333,23 @@ fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
         bundle.join("build.json"),
         serde_json::to_string_pretty(&input.provenance.image_record("@PACKAGES@", "@TOOLS@"))?,
     )?;
-    // Debian's Ansible, installed into the base only for the playbooks, goes with what it
-    // pulled in; named in system.packages, it stays.
-    let purge = match input.def.bake_only_packages().join(" ") {
-        none if none.is_empty() => String::new(),
-        packages => format!(
-            "apt-get purge -y --autoremove {packages} >/dev/null || fail 'hygiene: purge {packages}' $?\n"
-        ),
-    };
-    let cloud = cloud_init::hygiene_script(input.def);
-    Ok(format!(
-        r#"step hygiene
-if [ -f /root/.ssh/authorized_keys ]; then
-  sed -i '/{BUILD_KEY_COMMENT}/d' /root/.ssh/authorized_keys
-  [ -s /root/.ssh/authorized_keys ] || rm -f /root/.ssh/authorized_keys
-fi
-: > /etc/machine-id
-rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
-{purge}apt-get clean >/dev/null 2>&1
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/* /var/tmp/*
-rm -rf /var/log/journal/* /var/lib/systemd/random-seed /var/lib/systemd/credential.secret /var/cache/ldconfig/aux-cache
-{cloud}find /var/log -type f -exec truncate -s 0 {{}} +
-step provenance
-pk=$(dpkg-query -W -f='"${{Package}}=${{Version}}",' | sed 's/,$//')
-mkdir -p /etc/imgforge
-tools=$(paste -sd, {TOOLS_FILE} 2>/dev/null)
-rm -rf "$(dirname {TOOLS_FILE})"
-sed -e "s|\"@PACKAGES@\"|[$pk]|" -e "s|\"@TOOLS@\"|{{$tools}}|" $B/build.json > /etc/imgforge/build.json || fail provenance $?
-fstrim / >/dev/null 2>&1
-echo 'imgforge-bake: all steps done'
-"#
-    ))
+    hygiene_script(input.def)
+}
+
+/// The hygiene and provenance steps, rendered from `templates/bake-hygiene.sh.hbs` for the
+/// definition's OS family. Debian's Ansible, installed into the base only for the playbooks,
+/// is purged with what it pulled in; named in system.packages, it stays.
+fn hygiene_script(def: &Definition) -> Result<String> {
+    crate::render::render_script(
+        crate::render::BAKE_HYGIENE,
+        &serde_json::json!({
+            "build_key_comment": BUILD_KEY_COMMENT,
+            "debian": def.os.family == OsFamily::Debian,
+            "purge": def.bake_only_packages(),
+            "cloud": cloud_init::hygiene_script(def),
+            "tools_file": TOOLS_FILE,
+        }),
+    )
 }
 
 /// Writes `script` as the bundle's `bake.sh` and packs the bundle into a tar beside it.
@@ -645,5 +631,51 @@ impl<'a> SshSession<'a> {
             "bake VM console",
             &self.vm.console(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bake's last pass for `images/NAME` with `edit` applied, after the prelude that
+    /// defines what it uses.
+    fn last_pass(name: &str, edit: impl Fn(String) -> String) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("images").join(name);
+        let text = edit(fs::read_to_string(&path).unwrap());
+        let def = Definition::parse(&text, &path).unwrap();
+        bake_protocol::prelude(1_700_000_000) + &hygiene_script(&def).unwrap()
+    }
+
+    #[test]
+    fn the_hygiene_template_renders_valid_shell_for_each_family() {
+        let debian = last_pass("debian-12-web.toml", |t| t);
+        crate::render::assert_valid_shell(&debian);
+        assert!(debian.contains("sed -i /'imgforge-build-key'/d /root/.ssh/authorized_keys"));
+        assert!(debian.contains("pk=$(dpkg-query -W"), "{debian}");
+        assert!(
+            !debian.contains("apt-get purge"),
+            "nothing to purge: {debian}"
+        );
+        let ansible = last_pass("debian-12-web.toml", |t| {
+            t.replacen(
+                "[[checks]]",
+                "[[provisioners]]\ntype = \"ansible\"\nplaybook = \"../tests/fixtures/ansible/site.yml\"\n\n[[checks]]",
+                1,
+            )
+        });
+        crate::render::assert_valid_shell(&ansible);
+        assert!(
+            ansible.contains("apt-get purge -y --autoremove 'ansible-core'"),
+            "{ansible}"
+        );
+        let rhel = last_pass("rocky-9-kickstart.toml", |t| t);
+        crate::render::assert_valid_shell(&rhel);
+        assert!(rhel.contains("pk=$(rpm -qa"), "{rhel}");
+        assert!(
+            !rhel.contains("apt-get") && !rhel.contains("dpkg"),
+            "{rhel}"
+        );
     }
 }

@@ -548,36 +548,10 @@ mod tests {
         .unwrap()
     }
 
-    /// `sh -n`, `bash -n` and shellcheck (warnings and errors) accept `script`.
-    fn assert_valid_shell(script: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("hook.sh");
-        fs::write(&file, script).unwrap();
-        for (shell, args) in [
-            ("sh", &["-n"][..]),
-            ("bash", &["-n"][..]),
-            ("shellcheck", &["-s", "sh", "-S", "warning"][..]),
-        ] {
-            match std::process::Command::new(shell)
-                .args(args)
-                .arg(&file)
-                .output()
-            {
-                Ok(out) => assert!(
-                    out.status.success(),
-                    "{shell}: {}{}\n{script}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => panic!("{shell}: {e} (scripts/setup --test installs it)"),
-            }
-        }
-    }
-
     #[test]
     fn the_customize_hook_template_renders_valid_shell_with_every_value_quoted() {
         let web = hook("debian-12-web.toml", |t| t);
-        assert_valid_shell(&web);
+        crate::render::assert_valid_shell(&web);
         assert!(web.contains("echo 'web' > \"$R/etc/hostname\""), "{web}");
         assert!(web.contains("echo 'ssh-ed25519 AAAA build' >> \"$R/root/.ssh/authorized_keys\""));
         assert!(
@@ -593,7 +567,7 @@ mod tests {
             t.replace("firmware = \"bios\"", "firmware = \"uefi\"\ninitramfs = \"virtual\"")
                 + "\n[[system.users]]\nname = \"ops\"\nsudo = true\nssh_keys = [\"ssh-ed25519 AAAA it's $(reboot)\"]\n"
         });
-        assert_valid_shell(&uefi);
+        crate::render::assert_valid_shell(&uefi);
         assert!(uefi.contains("echo 'ssh-ed25519 AAAA it'\\''s $(reboot)' >> \"$R/home/\"'ops'/.ssh/authorized_keys"), "{uefi}");
         assert!(
             uefi.contains("chroot \"$R\" usermod -aG sudo 'ops'"),
