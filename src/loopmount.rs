@@ -47,7 +47,7 @@ impl RootMount {
                 .args(["-o", options, &mount.device])
                 .arg(mount.dir.path())
                 .run();
-            if mounted.is_ok() && mount.path().join("var/lib/dpkg/status").is_file() {
+            if mounted.is_ok() && crate::apt::is_debian_root(mount.path()) {
                 return Ok(Some(mount));
             }
         }

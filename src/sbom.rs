@@ -1,7 +1,7 @@
 //! SPDX 2.3 JSON SBOM of a Debian root file tree: its dpkg packages, their declared licences
 //! (from machine-readable `copyright` files), the baked-in service and the data snapshot.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,20 +26,6 @@ pub struct SbomInput<'a> {
     pub data: Option<(&'a str, &'a str)>,
 }
 
-/// One installed dpkg package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct InstalledPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    /// Source package name (the Source field, default the package name).
-    pub source: String,
-    /// Source package version (from "Source: name (version)", default the package version).
-    pub source_version: String,
-    /// The Maintainer field, e.g. "Debian GCC Maintainers <debian-gcc@lists.debian.org>".
-    pub maintainer: Option<String>,
-}
-
 const NOASSERTION: &str = "NOASSERTION";
 
 /// Debian short names (lowercase) whose SPDX licence or exception id is spelled differently.
@@ -57,42 +43,6 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// LicenseRef id → (Debian short name, package whose copyright file gave it, the licence text).
 type Refs = BTreeMap<String, (String, String, Option<String>)>;
-
-/// The tree's installed packages (dpkg Status "<want> ok installed"), sorted.
-pub fn installed_packages(root: &Path) -> Result<Vec<InstalledPackage>> {
-    let path = root.join("var/lib/dpkg/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    let mut out = Vec::new();
-    for p in paragraphs(&text) {
-        let status = field(&p, "status").unwrap_or("");
-        if !status.ends_with(" ok installed") {
-            continue;
-        }
-        let get = |k| field(&p, k).unwrap_or("").to_string();
-        let name = field(&p, "package")
-            .context("paragraph without Package")?
-            .to_string();
-        let version = get("version");
-        // "Source: gcc-12 (12.2.0-14)"
-        let source = field(&p, "source").unwrap_or(&name).to_string();
-        let (source, source_version) = match source.split_once(' ') {
-            Some((s, v)) => (s.to_string(), v.trim_matches(['(', ')', ' ']).to_string()),
-            None => (source, version.clone()),
-        };
-        let (architecture, maintainer) = (get("architecture"), field(&p, "maintainer"));
-        let maintainer = maintainer.map(str::to_string);
-        out.push(InstalledPackage {
-            name,
-            version,
-            architecture,
-            source,
-            source_version,
-            maintainer,
-        });
-    }
-    out.sort();
-    Ok(out)
-}
 
 /// The SPDX 2.3 document as JSON (deterministic: same input, same bytes).
 pub fn spdx_document(input: &SbomInput) -> Result<Value> {
@@ -153,7 +103,7 @@ pub fn spdx_document(input: &SbomInput) -> Result<Value> {
 fn debian_packages(root: &Path, distro: &str, refs: &mut Refs) -> Result<Vec<Value>> {
     let mut ids = BTreeSet::new();
     let mut packages = Vec::new();
-    for p in installed_packages(root)? {
+    for p in crate::apt::installed_packages(root)? {
         // Debian names are [a-z0-9+.-] and architectures [a-z0-9-]: 'P' for '+' and the '.'
         // before the architecture keep SPDXIDs unique.
         let id = format!(
@@ -222,35 +172,6 @@ fn data_package(path: &str, digest: &str) -> Value {
     data
 }
 
-/// deb822 paragraphs as (lowercased field, value); continuation lines are appended after '\n'
-/// (trimmed, " ." standing for an empty line); '#' comment lines are skipped.
-fn paragraphs(text: &str) -> Vec<Vec<(String, String)>> {
-    let mut paras = vec![Vec::new()];
-    for line in text.lines() {
-        let cur: &mut Vec<(String, String)> = paras.last_mut().expect("never empty");
-        if line.trim().is_empty() {
-            if !cur.is_empty() {
-                paras.push(Vec::new());
-            }
-        } else if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = cur.last_mut() {
-                let l = line.trim();
-                *v += &format!("\n{}", if l == "." { "" } else { l });
-            }
-        } else if let Some((k, v)) = line.split_once(':').filter(|_| !line.starts_with('#')) {
-            cur.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    paras.retain(|p| !p.is_empty());
-    paras
-}
-
-fn field<'p>(para: &'p [(String, String)], name: &str) -> Option<&'p str> {
-    para.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Percent-encodes all but unreserved characters and those in `keep` (purl / URI component).
 fn pct(s: &str, keep: &str) -> String {
     let ok =
@@ -288,14 +209,20 @@ fn declared_license(path: &Path, pkg: &str, refs: &mut Refs) -> String {
     let Ok(bytes) = std::fs::read(path) else {
         return NOASSERTION.into();
     };
-    let paras = paragraphs(&String::from_utf8_lossy(&bytes));
-    let format = paras.first().and_then(|p| field(p, "format")).unwrap_or("");
+    let paras = crate::apt::control_paragraphs(&String::from_utf8_lossy(&bytes));
+    let format = paras
+        .first()
+        .and_then(|p| crate::apt::control_field(p, "format"))
+        .unwrap_or("");
     if !format.contains("copyright-format/1.0") && !format.contains("dep5") {
         return NOASSERTION.into();
     }
     let (mut terms, mut unknown) = (BTreeSet::new(), Vec::new());
-    for p in paras.iter().filter(|p| field(p, "files").is_some()) {
-        let synopsis = field(p, "license")
+    for p in paras
+        .iter()
+        .filter(|p| crate::apt::control_field(p, "files").is_some())
+    {
+        let synopsis = crate::apt::control_field(p, "license")
             .and_then(|l| l.lines().next())
             .unwrap_or("")
             .trim();
@@ -312,7 +239,7 @@ fn declared_license(path: &Path, pkg: &str, refs: &mut Refs) -> String {
     }
     for (id, name) in unknown {
         let text = paras.iter().find_map(|p| {
-            let (first, text) = field(p, "license")?.split_once('\n')?;
+            let (first, text) = crate::apt::control_field(p, "license")?.split_once('\n')?;
             let text = text.trim().to_string();
             (first.trim().eq_ignore_ascii_case(&name) && !text.is_empty()).then_some(text)
         });
@@ -555,7 +482,7 @@ mod tests {
     fn host_packages_match_dpkg_query() {
         let expected = dpkg_query();
         assert!(expected.len() > 50);
-        let got: Vec<_> = installed_packages(Path::new("/"))
+        let got: Vec<_> = crate::apt::installed_packages(Path::new("/"))
             .unwrap()
             .into_iter()
             .map(|p| (p.name, p.version, p.architecture))
@@ -646,7 +573,7 @@ mod tests {
     #[test]
     fn fixture_document() {
         let root = fixture();
-        let pkgs = installed_packages(root.path()).unwrap();
+        let pkgs = crate::apt::installed_packages(root.path()).unwrap();
         let names: Vec<_> = pkgs
             .iter()
             .map(|p| format!("{}:{}", p.name, p.architecture))

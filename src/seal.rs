@@ -125,7 +125,7 @@ fn write_records(
     let def = input.def;
     let stem = format!("{}-{}", def.image.name, def.image.version);
     let mut packages = PackageList::new();
-    for p in crate::sbom::installed_packages(root)? {
+    for p in crate::apt::installed_packages(root)? {
         let key = match packages.contains_key(&p.name) {
             true => format!("{}:{}", p.name, p.architecture),
             false => p.name.clone(),
