@@ -114,3 +114,58 @@ fn only_the_schema_modules_are_public() {
         "the stage modules are declared privately: {private}"
     );
 }
+
+/// The `.rs` files of `src/` as (path relative to `src/`, text without its test module).
+fn source_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+                let rel = path.strip_prefix(&src).unwrap().display().to_string();
+                out.push((rel, code.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Debian's tools run only behind its seam: `apt.rs` (sources, package sets, dpkg's status)
+/// and the rootfs builder (`base/rootfs.rs`, `base/packages.rs`, mmdebstrap); what runs inside
+/// a guest is in `templates/`. Another OS family gets a seam of its own, not `if`s elsewhere.
+#[test]
+fn only_the_debian_seam_runs_debians_tools() {
+    let seam = ["apt.rs", "base/rootfs.rs", "base/packages.rs"];
+    let tools = [
+        "mmdebstrap",
+        "apt-get",
+        "apt-cache",
+        "apt-ftparchive",
+        "dpkg",
+        "debconf",
+    ];
+    let mut outside = Vec::new();
+    let mut inside = 0;
+    for (file, code) in source_files() {
+        for tool in tools {
+            let runs = code.contains(&format!("Command::new(\"{tool}"));
+            match (runs, seam.contains(&file.as_str())) {
+                (true, true) => inside += 1,
+                (true, false) => outside.push(format!("{file} runs {tool}")),
+                _ => {}
+            }
+        }
+    }
+    assert!(outside.is_empty(), "{outside:?}");
+    assert!(
+        inside >= 2,
+        "the scan finds the seam's own commands: {inside}"
+    );
+}
