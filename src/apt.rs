@@ -435,7 +435,7 @@ impl Archive {
     /// dated snapshot mirror), its directory and configuration made if missing.
     pub fn open(sources: &[Source], proxy: Option<&str>, snapshot: bool) -> Result<Archive> {
         let digest = crate::canonical::digest(&sources_identity(sources));
-        let dir = crate::sources::cache_dir().join("apt").join(&digest[..16]);
+        let dir = crate::store::Store::current().apt(&digest[..16]);
         for sub in ["etc/apt.conf.d", "etc/preferences.d", "etc/trusted.gpg.d"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;

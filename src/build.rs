@@ -246,7 +246,7 @@ impl<'a> BuildContext<'a> {
         let staging = tempfile::Builder::new()
             .prefix(&format!(".partial-{}-", short(&ids.build)))
             .tempdir_in(&out.name_dir)?;
-        let work_root = crate::sources::cache_dir().join("work");
+        let work_root = crate::store::Store::current().work();
         std::fs::create_dir_all(&work_root)?;
         let work = tempfile::Builder::new()
             .prefix("build-")

@@ -50,13 +50,14 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<GcReport> {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
-    for dir in entries(&root.join("base"))? {
+    let store = crate::store::Store::at(root);
+    for dir in entries(&store.bases())? {
         let name = dir
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let staging = name.starts_with(".building-");
+        let staging = name.starts_with(crate::store::STAGING_PREFIX);
         let last_used = if staging {
             dir.clone()
         } else {
@@ -66,7 +67,7 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<GcReport> {
             continue;
         }
         // Held while removing, so no build opens the base meanwhile; a held lock means in use.
-        let lock = (!staging).then(|| base_lock(root, &name)).transpose()?;
+        let lock = (!staging).then(|| store.base_lock(&name)).transpose()?;
         if lock.as_ref().is_some_and(|l| l.try_lock().is_err()) {
             continue;
         }
@@ -76,24 +77,17 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<GcReport> {
             false => report.bases.push(name),
         }
     }
-    for dir in ["downloads", "work", "logs"] {
-        for entry in entries(&root.join(dir))? {
+    for dir in [store.downloads(), store.work(), store.logs()] {
+        for entry in entries(&dir)? {
             if stale(&entry)? {
                 report.freed_bytes += remove(&entry, opts.dry_run)?;
                 report.other.push(entry);
             }
         }
     }
-    report.packages = packages::trim(&root.join("packages"), opts.packages_max_size, opts.dry_run)?;
+    report.packages = packages::trim(&store.packages(), opts.packages_max_size, opts.dry_run)?;
     report.freed_bytes += report.packages.bytes;
     Ok(report)
-}
-
-/// The lock file a build holds on base `id` while it builds or opens it.
-fn base_lock(root: &Path, id: &str) -> Result<fs::File> {
-    let path = root.join("locks").join(format!("base-{id}.lock"));
-    fs::create_dir_all(root.join("locks"))?;
-    fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// The entries of `dir`, or none when it does not exist.
@@ -163,7 +157,7 @@ mod tests {
         let old = base(r, "old", 40 * DAY);
         let recent = base(r, "recent", DAY);
         let held = base(r, "held", 40 * DAY);
-        let lock = base_lock(r, "held").unwrap();
+        let lock = crate::store::Store::at(r).base_lock("held").unwrap();
         lock.lock().unwrap();
         fs::create_dir_all(r.join("downloads")).unwrap();
         let stale_download = r.join("downloads/aaaa");

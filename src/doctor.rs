@@ -86,7 +86,7 @@ pub fn run(reporter: &Reporter) -> Result<()> {
         },
     };
     findings.push(accel);
-    let cache = crate::sources::cache_dir();
+    let cache = crate::store::cache_dir();
     let probe_dir = if cache.exists() {
         cache.clone()
     } else {

@@ -65,6 +65,7 @@ mod seal;
 mod signature;
 mod sources;
 mod sparse;
+mod store;
 mod vagrant;
 mod verify;
 
@@ -92,5 +93,5 @@ pub use render::{render, AnswerFile};
 pub use rotate::health::AddressKind;
 pub use rotate::{parse_filter, run as rotate, RotateOptions};
 pub use signature::{check_build as check_build_signature, sign_build, Signer};
-pub use sources::cache_dir;
+pub use store::cache_dir;
 pub use verify::{verify_manifest, VerifyOverrides};

@@ -62,21 +62,6 @@ pub fn mark_used(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot mark {} as used", path.display()))
 }
 
-/// Where imgforge keeps downloads and cached layers: `IMGFORGE_CACHE`, else
-/// `$XDG_CACHE_HOME/imgforge`, else `~/.cache/imgforge`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("IMGFORGE_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("imgforge");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache/imgforge")
-}
-
 /// Makes a pinned file available locally and checks its sha256; `field` names it in errors.
 ///
 /// A URL is downloaded once into the cache, under its digest, through a temporary file that is
@@ -104,7 +89,7 @@ pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Res
         return Ok(path);
     }
     let url = artifact.url.as_deref().unwrap_or_default();
-    let dir = cache_dir().join("downloads");
+    let dir = crate::store::Store::current().downloads();
     let cached = dir.join(expected);
     if cached.is_file() && &sha256_file(&cached)? == expected {
         // Last used now: `imgforge cache gc` keeps it.

@@ -226,7 +226,7 @@ impl Install<'_> {
 
 /// Copies an installer console log to `<cache>/logs/`, where it outlives a failed build.
 fn keep_console_log(log: &std::path::Path, base_id: &str) -> PathBuf {
-    let dir = crate::sources::cache_dir().join("logs");
+    let dir = crate::store::Store::current().logs();
     let kept = dir.join(format!("install-{}.log", crate::layers::short(base_id)));
     let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(log, &kept));
     kept

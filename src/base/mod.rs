@@ -89,16 +89,11 @@ impl BaseLayer {
 
     /// Opens the cached base `id`, if it is complete.
     pub fn open(id: &str) -> Option<BaseLayer> {
-        let dir = cache_root().join(id);
+        let dir = crate::store::Store::current().base(id);
         let text = std::fs::read_to_string(dir.join("base.json")).ok()?;
         let info: BaseInfo = serde_json::from_str(&text).ok()?;
         Some(BaseLayer { dir, info })
     }
-}
-
-/// Directory of cached base layers.
-pub fn cache_root() -> PathBuf {
-    crate::sources::cache_dir().join("base")
 }
 
 /// A base layer under construction: a temporary directory beside the cache entry, removed if
@@ -113,11 +108,11 @@ pub struct BaseStaging {
 impl BaseStaging {
     /// An empty staging directory for base `id`.
     pub fn empty(id: &str) -> Result<BaseStaging> {
-        let root = cache_root();
+        let root = crate::store::Store::current().bases();
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create {}", root.display()))?;
         let dir = tempfile::Builder::new()
-            .prefix(".building-")
+            .prefix(crate::store::STAGING_PREFIX)
             .tempdir_in(&root)?;
         Ok(BaseStaging {
             dir,
@@ -184,7 +179,7 @@ impl BaseStaging {
     }
 
     fn into_cache(self, info: BaseInfo) -> Result<BaseLayer> {
-        let final_dir = cache_root().join(&self.id);
+        let final_dir = crate::store::Store::current().base(&self.id);
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }
@@ -215,19 +210,14 @@ pub fn ensure(
 ) -> Result<(BaseLayer, bool)> {
     // One build of a base at a time, across threads and processes: the others wait here and
     // then find it cached.
-    // The locks live beside the layers, not among them: a base directory holds only layers.
-    let locks = crate::sources::cache_dir().join("locks");
-    std::fs::create_dir_all(&locks)?;
-    let lock_path = locks.join(format!("base-{}.lock", ids.base));
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = crate::store::Store::current().base_lock(&ids.base)?;
     if lock.try_lock().is_err() {
         reporter.println(&format!(
             "    base layer {} is being built by another build; waiting for it",
             short(&ids.base)
         ));
         lock.lock()
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            .with_context(|| format!("cannot lock base layer {}", short(&ids.base)))?;
     }
     if let Some(base) = BaseLayer::open(&ids.base) {
         // Last used now: `imgforge cache gc` keeps it.

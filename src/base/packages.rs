@@ -38,7 +38,7 @@ pub fn limit() -> Result<u64> {
 
 /// Directory of all package caches.
 pub fn cache_root() -> PathBuf {
-    crate::sources::cache_dir().join("packages")
+    crate::store::Store::current().packages()
 }
 
 /// How a base used the package cache.
