@@ -64,68 +64,32 @@ pub fn ssh_run_bundle() -> String {
     )
 }
 
-/// PID 1 of an offline bake: applies the bundle on the second disk and powers off.
-pub fn init_script() -> String {
-    format!(
-        r#"#!/bin/sh
-# imgforge offline bake: runs as init, applies the bake bundle (a tar on {BUNDLE_DEVICE}), powers off.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -o remount,rw /
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-exec > /dev/ttyS0 2>&1
-mkdir -p {BUNDLE_DIR}
-i=0
-while [ ! -b {BUNDLE_DEVICE} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-if tar -xf {BUNDLE_DEVICE} -C {BUNDLE_DIR} && [ -f {BUNDLE_DIR}/bake.sh ]; then
-  (cd {BUNDLE_DIR} && sh ./bake.sh)
-  rc=$?
-else
-  echo "imgforge-bake: no bake bundle on {BUNDLE_DEVICE}"
-  rc=99
-fi
-echo "{STATUS_MARKER}$rc"
-sync
-mount -o remount,ro / 2>/dev/null
-sync
-echo o > /proc/sysrq-trigger
-sleep 30
-"#
+/// PID 1 of an offline bake, rendered from `templates/bake-init.sh.hbs`: applies the bundle on
+/// the second disk and powers off.
+pub fn init_script() -> anyhow::Result<String> {
+    crate::render::render_script(
+        crate::render::BAKE_INIT,
+        &serde_json::json!({
+            "bundle_dir": BUNDLE_DIR,
+            "bundle_device": BUNDLE_DEVICE,
+            "status_marker": STATUS_MARKER,
+        }),
     )
 }
 
 /// Shell functions every bake script starts with: step markers, failures naming the step,
 /// `SOURCE_DATE_EPOCH` for the tools that honour it (useradd's password dates, Python's
-/// bytecode), and, offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP.
-pub fn prelude(source_date_epoch: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-set -u
-B={BUNDLE_DIR}
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-SOURCE_DATE_EPOCH={source_date_epoch}
-export PATH SOURCE_DATE_EPOCH
-step() {{ echo "{STEP_MARKER}$1"; }}
-fail() {{ echo "{FAILED_MARKER}$1 (exit $2)"; exit "$2"; }}
-if [ "${{IMGFORGE_BAKE_IN:-vm}}" = vm ] && [ "$(cat /proc/1/comm)" != systemd ]; then
-  # Offline in a VM (the bake init is PID 1): shared memory (Python's multiprocessing,
-  # Ansible), and QEMU's user network brought up by hand. A chroot bake has both from the host.
-  mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
-  ip link set lo up
-  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-  if [ -L /etc/resolv.conf ]; then
-    r=$(readlink -m /etc/resolv.conf); mkdir -p "$(dirname "$r")"; echo 'nameserver 10.0.2.3' > "$r"
-  else
-    cp -p /etc/resolv.conf /run/resolv.conf.orig 2>/dev/null
-    echo 'nameserver 10.0.2.3' > /etc/resolv.conf
-    trap 'cp -p /run/resolv.conf.orig /etc/resolv.conf 2>/dev/null' EXIT
-  fi
-fi
-"#
+/// bytecode), and, offline, the network of QEMU's user mode (10.0.2.0/24) without DHCP;
+/// rendered from `templates/bake-prelude.sh.hbs`.
+pub fn prelude(source_date_epoch: u32) -> anyhow::Result<String> {
+    crate::render::render_script(
+        crate::render::BAKE_PRELUDE,
+        &serde_json::json!({
+            "bundle_dir": BUNDLE_DIR,
+            "source_date_epoch": source_date_epoch.to_string(),
+            "step_marker": STEP_MARKER,
+            "failed_marker": FAILED_MARKER,
+        }),
     )
 }
 
@@ -194,8 +158,12 @@ mod tests {
         assert_eq!(step_output(&console), "tar: short read");
         assert_eq!(exit_status("no marker"), None);
         // The scripts print exactly the markers read back here.
-        assert!(prelude(0).contains(&format!("echo \"{STEP_MARKER}$1\"")));
-        assert!(prelude(0).contains(&format!("echo \"{FAILED_MARKER}$1 (exit $2)\"")));
-        assert!(init_script().contains(&format!("echo \"{STATUS_MARKER}$rc\"")));
+        let prelude = prelude(0).unwrap();
+        assert!(prelude.contains(&format!("echo {}\"$1\"", sh_quote(STEP_MARKER))));
+        assert!(prelude.contains(&format!("echo {}\"$1 (exit $2)\"", sh_quote(FAILED_MARKER))));
+        let init = init_script().unwrap();
+        assert!(init.contains(&format!("echo {}\"$rc\"", sh_quote(STATUS_MARKER))));
+        crate::render::assert_valid_shell(&prelude);
+        crate::render::assert_valid_shell(&init);
     }
 }

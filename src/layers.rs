@@ -64,10 +64,11 @@ fn base_inputs(
 ) -> Result<Value> {
     // The scripts run in the tree while it is made (a rootfs base's customize hook).
     let guest_scripts = match def.builder.kind {
-        BuilderKind::Rootfs => Some(crate::render::script_template(
-            crate::render::ROOTFS_CUSTOMIZE,
-        )?),
-        BuilderKind::Installer => None,
+        BuilderKind::Rootfs => vec![
+            crate::render::script_template(crate::render::ROOTFS_CUSTOMIZE)?,
+            crate::render::script_template(crate::render::BAKE_INIT)?,
+        ],
+        BuilderKind::Installer => Vec::new(),
     };
     let media: Vec<Value> = def
         .artifacts()
@@ -158,7 +159,10 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
     Ok(json!({
         // What the bake runs around the provisioners (its prelude and hygiene).
         "bake_layout": 3,
-        "guest_scripts": crate::render::script_template(crate::render::BAKE_HYGIENE)?,
+        "guest_scripts": [
+            crate::render::script_template(crate::render::BAKE_PRELUDE)?,
+            crate::render::script_template(crate::render::BAKE_HYGIENE)?,
+        ],
         "base": base,
         // The image's name and version are baked into /etc/imgforge/build.json.
         "image": { "name": def.image.name.0, "version": def.image.version },

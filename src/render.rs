@@ -90,6 +90,10 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
 /// The guest script template of the bake's last pass (hygiene and the image's record).
 pub const BAKE_HYGIENE: &str = "bake-hygiene.sh.hbs";
+/// The guest script template of the offline bake's init (installed into rootfs bases).
+pub const BAKE_INIT: &str = "bake-init.sh.hbs";
+/// The guest script template every bake script starts with.
+pub const BAKE_PRELUDE: &str = "bake-prelude.sh.hbs";
 
 /// The text of the guest script template `templates/NAME` (part of the ids of the layers it
 /// shapes).

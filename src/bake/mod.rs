@@ -183,7 +183,7 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
     let dir = input.work.join("bundle");
     fs::create_dir_all(&dir)?;
     let epoch = input.def.source_date_epoch();
-    let mut script = bake_protocol::prelude(epoch);
+    let mut script = bake_protocol::prelude(epoch)?;
     script += &stage_service(input, &dir)?;
     script += &stage_data(input, &dir)?;
     for (index, p) in &offline {
@@ -193,7 +193,7 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
     fs::create_dir_all(&hygiene_dir)?;
     let hygiene_pass = |what| -> Result<Bundle> {
         Ok(Bundle {
-            script: bake_protocol::prelude(epoch) + &hygiene(input, &hygiene_dir)?,
+            script: bake_protocol::prelude(epoch)? + &hygiene(input, &hygiene_dir)?,
             dir: hygiene_dir.clone(),
             what,
         })
@@ -575,7 +575,7 @@ impl<'a> SshSession<'a> {
                 _ => {
                     let dir = self.input.work.join(format!("bundle-{index}"));
                     fs::create_dir_all(&dir)?;
-                    let script = bake_protocol::prelude(def.source_date_epoch())
+                    let script = bake_protocol::prelude(def.source_date_epoch())?
                         + &stage_provisioner(def, index, p, &dir)?;
                     reporter.println(&format!("    provisioners[{index}] over SSH"));
                     self.run_bundle(&dir, script, &format!("provisioners[{index}]"))?
@@ -645,7 +645,7 @@ mod tests {
         let path = root.join("images").join(name);
         let text = edit(fs::read_to_string(&path).unwrap());
         let def = Definition::parse(&text, &path).unwrap();
-        bake_protocol::prelude(1_700_000_000) + &hygiene_script(&def).unwrap()
+        bake_protocol::prelude(1_700_000_000).unwrap() + &hygiene_script(&def).unwrap()
     }
 
     #[test]

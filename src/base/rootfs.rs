@@ -290,7 +290,7 @@ fn customize_script(
         "sshd_host_keys": SSHD_HOST_KEYS,
         "virtual_drivers": virtual_drivers,
         "init_path": bake_protocol::INIT_PATH,
-        "init_script": bake_protocol::init_script(),
+        "init_script": bake_protocol::init_script()?,
         "grub_platform": match def.machine.firmware {
             Firmware::Bios => "i386-pc",
             Firmware::Uefi => "x86_64-efi",
@@ -560,7 +560,10 @@ mod tests {
             ),
             "{web}"
         );
-        assert!(web.contains(&format!("<<'EOF'\n{}EOF\n", bake_protocol::init_script())));
+        assert!(web.contains(&format!(
+            "<<'EOF'\n{}EOF\n",
+            bake_protocol::init_script().unwrap()
+        )));
         assert!(!web.contains("/boot/efi"), "BIOS: no ESP");
         // A user whose key holds a quote and shell syntax, UEFI, the `virtual` initramfs.
         let uefi = hook("debian-12-minimal.toml", |t| {
