@@ -150,6 +150,23 @@ pub fn assert_valid_shell(script: &str) {
     }
 }
 
+/// The definition's users as templates see them: `name`, `password_hash` (or null),
+/// `ssh_keys`, `sudo`.
+pub fn users(def: &Definition) -> Vec<Value> {
+    def.system
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash.as_ref().map(|h| h.0.clone()),
+                "ssh_keys": u.ssh_keys,
+                "sudo": u.sudo,
+            })
+        })
+        .collect()
+}
+
 /// The variables an answer-file template sees: only what shapes the base (no image name or
 /// version), so definitions with the same OS settings render the same answer file and share
 /// one base layer.
@@ -162,18 +179,7 @@ pub fn context(def: &Definition) -> Result<Value> {
             sys.mirror
         )
     })?;
-    let users: Vec<Value> = sys
-        .users
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": u.password_hash.as_ref().map(|h| h.0.clone()),
-                "ssh_keys": u.ssh_keys,
-                "sudo": u.sudo,
-            })
-        })
-        .collect();
+    let users = users(def);
     let first_user = users.first().cloned().unwrap_or_else(
         || json!({ "name": "imgforge", "password_hash": "!", "ssh_keys": [], "sudo": false }),
     );

@@ -425,7 +425,17 @@ fn an_artifact_that_disagrees_with_sha256sums_is_refused() {
     assert!(!listed.is_empty());
 }
 
-/// Ids of the images tagged with `build_id` in `region`.
+/// An EC2 client of moto for `region`.
+async fn regional_ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {
+    let config = moto
+        .sdk_config()
+        .await
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    aws_sdk_ec2::Client::new(&config)
+}
+
 /// The signed registration on image `id` in `region`, rebuilt from its tags and that id, is
 /// accepted by `ssh-keygen -Y verify` against `allowed`.
 async fn assert_registration_verifies(
@@ -435,13 +445,8 @@ async fn assert_registration_verifies(
     build_id: &str,
     allowed: &Path,
 ) {
-    let config = moto
-        .sdk_config()
+    let images = regional_ec2(moto, region)
         .await
-        .to_builder()
-        .region(aws_config::Region::new(region.to_string()))
-        .build();
-    let images = aws_sdk_ec2::Client::new(&config)
         .describe_images()
         .image_ids(id)
         .send()
@@ -493,14 +498,10 @@ async fn assert_registration_verifies(
     assert!(out.status.success(), "{region} {id}: {out:?}");
 }
 
+/// Ids of the images tagged with `build_id` in `region`.
 async fn images_of_build(moto: &Moto, region: &str, build_id: &str) -> Vec<String> {
-    let config = moto
-        .sdk_config()
+    regional_ec2(moto, region)
         .await
-        .to_builder()
-        .region(aws_config::Region::new(region.to_string()))
-        .build();
-    aws_sdk_ec2::Client::new(&config)
         .describe_images()
         .owners("self")
         .filters(

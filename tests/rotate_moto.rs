@@ -709,19 +709,8 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
         "{err}"
     );
     assert!(events_of(&events(&out), "asg_surge").is_empty(), "{out}");
-    let unchanged = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .unwrap();
-    let unchanged = &unchanged.auto_scaling_groups()[0];
-    assert_eq!(unchanged.desired_capacity(), Some(2));
-    let members: BTreeSet<String> = unchanged
-        .instances()
-        .iter()
-        .map(|i| i.instance_id().unwrap().to_string())
-        .collect();
+    let (desired, members) = group_members(&asg, group).await;
+    assert_eq!(desired, Some(2));
     assert_eq!(members, old, "nothing launched or terminated");
 
     // Its own signed registration: the members are replaced through the group.
@@ -743,19 +732,8 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
         "no RunInstances behind the group's back"
     );
 
-    let g = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .unwrap();
-    let g = &g.auto_scaling_groups()[0];
-    assert_eq!(g.desired_capacity(), Some(2));
-    let members: BTreeSet<String> = g
-        .instances()
-        .iter()
-        .map(|i| i.instance_id().unwrap().to_string())
-        .collect();
+    let (desired, members) = group_members(&asg, group).await;
+    assert_eq!(desired, Some(2));
     assert_eq!(members.len(), 2);
     assert!(members.is_disjoint(&old), "old members remain: {members:?}");
     for id in &members {
@@ -764,6 +742,26 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
     for id in &old {
         assert_ne!(state(&instance(&ec2, id).await), "running", "{id}");
     }
+}
+
+/// An Auto Scaling group's desired capacity and member instance ids.
+async fn group_members(
+    asg: &aws_sdk_autoscaling::Client,
+    group: &str,
+) -> (Option<i32>, BTreeSet<String>) {
+    let g = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .unwrap();
+    let g = &g.auto_scaling_groups()[0];
+    let members = g
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    (g.desired_capacity(), members)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

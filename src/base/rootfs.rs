@@ -257,18 +257,6 @@ fn customize_script(
         .filter(|(_, text)| !text.is_empty())
         .map(|(name, text)| json!({ "name": name, "text": text }))
         .collect();
-    let users: Vec<Value> = sys
-        .users
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": u.password_hash.as_ref().map(|h| h.0.clone()),
-                "sudo": u.sudo,
-                "ssh_keys": u.ssh_keys,
-            })
-        })
-        .collect();
     let virtual_drivers: &[&str] = match def.machine.initramfs {
         Initramfs::Virtual => &VIRTUAL_DRIVERS,
         _ => &[],
@@ -284,7 +272,7 @@ fn customize_script(
         "keyrings": keyrings,
         "source_files": source_files,
         "proxy": sys.proxy,
-        "users": users,
+        "users": crate::render::users(def),
         "build_key": build_key,
         "hostkeys_unit": HOSTKEYS_UNIT,
         "sshd_host_keys": SSHD_HOST_KEYS,
