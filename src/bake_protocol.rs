@@ -123,10 +123,7 @@ pub fn step_output(console: &str) -> String {
     part[part.len().saturating_sub(40)..].join("\n")
 }
 
-/// Quotes `s` for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r#"'\''"#))
-}
+pub use crate::render::sh_quote;
 
 #[cfg(test)]
 mod tests {

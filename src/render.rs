@@ -86,6 +86,11 @@ pub fn render_template(template: &str, ctx: &Value) -> Result<String> {
     })
 }
 
+/// Quotes `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r#"'\''"#))
+}
+
 /// The guest script template of the rootfs builder's mmdebstrap customize hook.
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
 /// The guest script template of the bake's last pass (hygiene and the image's record).
@@ -109,7 +114,7 @@ pub fn render_script(name: &str, ctx: &Value) -> Result<String> {
     let template = script_template(name)?;
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
-    hb.register_escape_fn(crate::bake_protocol::sh_quote);
+    hb.register_escape_fn(sh_quote);
     hb.render_template(&template, ctx).map_err(|e| {
         let path = data_dir().join("templates").join(name);
         match (e.line_no, e.column_no) {
