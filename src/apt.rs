@@ -547,7 +547,57 @@ impl Archive {
 
     /// Resolves `request` (patterns and package names, as [`request`] makes them) into the
     /// exact set apt would install on an empty system. Call [`Self::update`] first.
+    ///
+    /// apt's answer depends only on the request, the configuration and the indexes, and the
+    /// indexes only on the signed `InRelease` files they were checked against; so a
+    /// resolution is kept under the digest of those and used again while none of them changed
+    /// (every `plan`, `id` and `build` of a definition otherwise pays apt's solver).
     pub fn resolve(&self, request: &[String]) -> Result<PackageSet> {
+        let memo = self
+            .dir
+            .join("resolved")
+            .join(format!("{}.json", self.resolution_key(request)?));
+        if let Some(set) = std::fs::read(&memo)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PackageSet>(&b).ok())
+        {
+            return Ok(set);
+        }
+        let set = self.resolve_with_apt(request)?;
+        std::fs::create_dir_all(memo.parent().expect("a directory"))?;
+        crate::atomic::write(&memo, &serde_json::to_vec(&set)?)?;
+        Ok(set)
+    }
+
+    /// The digest of what a resolution of `request` depends on: the request, apt's
+    /// configuration and sources, and every signed release file of the indexes.
+    fn resolution_key(&self, request: &[String]) -> Result<String> {
+        let lists = self.dir.join("state/lists");
+        let mut releases = BTreeMap::new();
+        for entry in
+            std::fs::read_dir(&lists).with_context(|| format!("cannot read {}", lists.display()))?
+        {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.ends_with("Release") || name.ends_with("Release.gpg") {
+                releases.insert(name, crate::sources::sha256_file(&path)?);
+            }
+        }
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        Ok(crate::canonical::digest(&serde_json::json!({
+            "request": request,
+            "apt.conf": read("apt.conf"),
+            "sources.list": read("etc/sources.list"),
+            "releases": releases,
+        })))
+    }
+
+    /// [`Self::resolve`] by asking apt: `apt-get install --print-uris`, then each package's
+    /// sha256 from the indexes.
+    fn resolve_with_apt(&self, request: &[String]) -> Result<PackageSet> {
         let (code, out) = self
             .apt("apt-get")
             .args(["install", "--print-uris", "-q", "-y"])
