@@ -248,8 +248,9 @@ impl<'a> BuildContext<'a> {
             .tempdir_in(&out.name_dir)?;
         let work_root = crate::store::Store::current().work();
         std::fs::create_dir_all(&work_root)?;
+        // Named after the build, so that what a build leaves (or a test looks for) is its own.
         let work = tempfile::Builder::new()
-            .prefix("build-")
+            .prefix(&format!("build-{}-", short(&ids.build)))
             .tempdir_in(&work_root)?;
         Ok(BuildContext {
             console_log: staging.path().join("console.log"),

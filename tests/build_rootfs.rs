@@ -264,7 +264,7 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
         "fail.sh",
         "echo 'provisioner was here'\necho 'disk is full, giving up' >&2\nexit 7\n",
     );
-    let (code, _, err) = web.build(&[]);
+    let (code, events, err) = web.build(&[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("provisioners[0] (fail.sh)"),
@@ -283,13 +283,17 @@ fn failing_provisioner_fails_the_build_with_its_output_and_leaves_no_artifact() 
         left.is_empty(),
         "no artifact or partial directory is left: {left:?}"
     );
-    // QEMU ran on files in the cache's work directory: none is left running there.
-    let work = cache_dir().join("work");
+    // QEMU ran on files in the build's work directory: none is left running there, and the
+    // directory is gone (other builds of the suite may be using the cache meanwhile).
+    let work = build_work_prefix(&events);
     assert_eq!(qemu_processes_using(&work), Vec::<String>::new());
-    assert_eq!(
-        fs::read_dir(&work).map(|d| d.count()).unwrap_or(0),
-        0,
-        "work directories removed"
+    let name = work.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<_> = fs::read_dir(cache_dir().join("work"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().starts_with(&name)),
+        "the build's work directory is removed: {left:?}"
     );
 }
 
@@ -304,7 +308,7 @@ fn a_bake_past_its_timeout_is_stopped_with_what_it_started_and_leaves_nothing() 
         def.replace("bake = \"20m\"", "bake = \"5s\""),
     )
     .unwrap();
-    let (code, _, err) = web.build(&[]);
+    let (code, events, err) = web.build(&[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("machine.timeouts.bake") && err.contains("hanging now"),
@@ -319,12 +323,25 @@ fn a_bake_past_its_timeout_is_stopped_with_what_it_started_and_leaves_nothing() 
         "the bake's processes are gone: {left:?}"
     );
     let loops = Command::new("losetup").arg("-a").output().unwrap();
-    let work = cache_dir().join("work");
+    let work = build_work_prefix(&events);
     assert!(
         !String::from_utf8_lossy(&loops.stdout).contains(&work.display().to_string()),
         "no loop device is left on the build's files: {loops:?}"
     );
     assert!(web.outputs().is_empty(), "{:?}", web.outputs());
+}
+
+/// The path every work directory of the build that reported `events` starts with
+/// (`<cache>/work/build-<short build id>-`).
+fn build_work_prefix(events: &[Value]) -> std::path::PathBuf {
+    let ids = events
+        .iter()
+        .find(|e| e["event"] == "ids")
+        .unwrap_or_else(|| panic!("no ids event: {events:?}"));
+    let build = ids["ids"]["build"].as_str().unwrap();
+    cache_dir()
+        .join("work")
+        .join(format!("build-{}-", &build[..12]))
 }
 
 /// The file list of the initramfs in the root filesystem at partition `part` of `raw`.
