@@ -26,6 +26,17 @@ fn keys(dir: &Path) -> Keys {
     }
 }
 
+/// The spec of the test bundle `regtest`, for an image checked to hold `checked`.
+fn spec(checked: &[u8]) -> BundleSpec {
+    BundleSpec {
+        name: "regtest-1.0".into(),
+        user: "123456789012".into(),
+        arch: "x86_64".into(),
+        prefix: "regtest".into(),
+        image_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(checked))),
+    }
+}
+
 #[test]
 fn a_bundle_round_trips_and_any_flipped_byte_is_detected() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,13 +46,7 @@ fn a_bundle_round_trips_and_any_flipped_byte_is_detected() {
     let out_dir = dir.path().join("bundle");
     std::fs::create_dir(&out_dir).unwrap();
     let keys = BundleKeys::load(&k.cloud_cert, &k.user_cert, &k.user_key).unwrap();
-    let spec = BundleSpec {
-        name: "regtest-1.0".into(),
-        user: "123456789012".into(),
-        arch: "x86_64".into(),
-        prefix: "regtest".into(),
-        image_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))),
-    };
+    let spec = spec(&data);
     let made = bundle::create(&img, &out_dir, &spec, &keys, &|_| {}).unwrap();
     assert_eq!(
         made.parts.len(),
@@ -137,19 +142,12 @@ fn an_image_changed_in_place_after_its_check_is_not_bundled() {
     let k = keys(dir.path());
     let img = dir.path().join("disk.raw");
     let data = image(&img, 1024 * 1024);
-    let checked = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
     // Same file, same size, one byte changed after the digest was taken.
     let mut changed = data.clone();
     changed[4096] ^= 1;
     std::fs::write(&img, &changed).unwrap();
     let keys = BundleKeys::load(&k.cloud_cert, &k.user_cert, &k.user_key).unwrap();
-    let spec = BundleSpec {
-        name: "regtest-1.0".into(),
-        user: "123456789012".into(),
-        arch: "x86_64".into(),
-        prefix: "regtest".into(),
-        image_sha256: Some(checked),
-    };
+    let spec = spec(&data);
     let out_dir = dir.path().join("bundle");
     std::fs::create_dir(&out_dir).unwrap();
     let e = bundle::create(&img, &out_dir, &spec, &keys, &|_| {})
