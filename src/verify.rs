@@ -261,7 +261,7 @@ fn tcp_check(
     host: u16,
     expect: Option<&str>,
     deadline: Instant,
-    qmp: Option<&mut Qmp>,
+    mut qmp: Option<&mut Qmp>,
 ) -> Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", host))
         .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
@@ -270,7 +270,6 @@ fn tcp_check(
         Some(_) => deadline.max(Instant::now() + TCP_READ_WAIT),
         None => Instant::now() + 2 * TCP_READ_WAIT,
     };
-    let mut qmp = qmp;
     let (mut got, mut established, mut closed) = (Vec::new(), false, false);
     let sent = |got: &[u8]| format!("{:?}", String::from_utf8_lossy(got).trim_end().to_string());
     while !closed && Instant::now() < until {
