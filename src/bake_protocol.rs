@@ -14,8 +14,6 @@ pub const INIT_PATH: &str = "/usr/lib/imgforge/bake-init";
 pub const BUNDLE_DIR: &str = "/run/bake";
 /// The disk holding the bundle in an offline bake (the second virtio disk).
 pub const BUNDLE_DEVICE: &str = "/dev/vdb";
-/// How every line the bake prints starts.
-pub const OUTPUT_PREFIX: &str = "imgforge-bake: ";
 /// Printed by the bake init with the bundle's exit status.
 pub const STATUS_MARKER: &str = "imgforge-bake: exit status ";
 /// Printed when a step starts (`step NAME`).
@@ -133,6 +131,9 @@ mod tests {
     fn shell_quoting_survives_single_quotes() {
         assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
     }
+
+    /// How every line the bake prints starts.
+    const OUTPUT_PREFIX: &str = "imgforge-bake: ";
 
     #[test]
     fn every_marker_starts_with_the_output_prefix() {

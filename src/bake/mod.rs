@@ -363,31 +363,6 @@ fn pack_bundle(bundle_dir: &Path, script: String) -> Result<PathBuf> {
     Ok(bundle_tar)
 }
 
-/// How long the bake init may take to print its first line; it takes seconds.
-const FIRST_OUTPUT: Duration = Duration::from_secs(180);
-
-/// Starts the offline bake VM and waits for the bake init's first line. A guest that prints
-/// nothing at all by then hung in early boot before the init ran, so the disk is as it was:
-/// it is stopped and booted once more (seen rarely under TCG with two vCPUs, both spinning
-/// with interrupts off).
-fn start_bake_vm(cfg: &VmConfig, run_dir: &Path, serial: &Path, reporter: &Reporter) -> Result<Vm> {
-    let mut vm = Vm::start(cfg, run_dir, serial)?;
-    match vm.wait_for_text(bake_protocol::OUTPUT_PREFIX, FIRST_OUTPUT) {
-        Ok(()) => Ok(vm),
-        Err(_) if vm.console().trim().is_empty() && !crate::cancel::requested() => {
-            vm.kill();
-            reporter.println(&format!(
-                "    the bake VM printed nothing in {}s (it hung before its init ran); booting it again",
-                FIRST_OUTPUT.as_secs()
-            ));
-            let mut vm = Vm::start(cfg, run_dir, serial)?;
-            vm.wait_for_text(bake_protocol::OUTPUT_PREFIX, FIRST_OUTPUT)?;
-            Ok(vm)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Packs `bundle_dir` with `script` as `bake.sh` and boots the base kernel with the bake init;
 /// returns the console.
 fn run_offline(
@@ -431,7 +406,7 @@ fn run_offline(
     let run_dir = input.work.join(format!("vm-{}", what.replace(' ', "-")));
     fs::create_dir_all(&run_dir)?;
     let serial = run_dir.join("console.log");
-    let mut vm = start_bake_vm(&cfg, &run_dir, &serial, reporter)?;
+    let mut vm = Vm::start(&cfg, &run_dir, &serial)?;
     let waited = vm.wait_poweroff(def.machine.timeouts.bake.0, &|line| reporter.detail(line));
     let console = strip_ansi_escapes::strip_str(vm.console());
     append_console_section(input.console_log, what, &console)?;
