@@ -1,6 +1,6 @@
 //! The rootfs builder with real mmdebstrap and QEMU: a cold build verified by its HTTP check,
 //! a cached no-op, a re-bake on the cached base serving new data, failures that leave nothing
-//! behind, and a UEFI image booted through OVMF.
+//! behind; in the extended suite, UEFI images booted through OVMF and a VM bake.
 //!
 //! The base layer is cached in `target/imgforge-test-cache`, shared by the tests here; the
 //! first test to need it builds it while the others wait.
@@ -97,7 +97,6 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
             .any(|e| e["phase"] == "bake (offline) (chroot)"),
         "as root the bake runs in a chroot: {events:?}"
     );
-    same_image_from_a_vm_bake(&dir1);
 
     // Same inputs: nothing is rebuilt.
     let (code, events, err) = web.build(&[]);
@@ -110,11 +109,12 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         "a cached build runs no phase"
     );
 
-    // A lost artifact is not "up to date": the build says what is missing and makes it again.
+    // A lost artifact is not "up to date": the build says what is missing and makes it again
+    // (from the cached bake; the checks of these same bytes passed above).
     let qcow2 = dir1.join("debian-12-web-1.0.0.qcow2");
     fs::remove_file(&qcow2).unwrap();
     assert_eq!(states(&web.plan()), s("damaged", "missing", "cached"));
-    let (code, events, err) = web.build(&[]);
+    let (code, events, err) = web.build(&["--no-verify"]);
     assert_eq!(code, 0, "rebuild of a damaged output failed:\n{err}");
     let damaged = events
         .iter()
@@ -131,33 +131,12 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert_eq!(rebuilt["cached"], false);
     assert_eq!(rebuilt["ids"], m1["ids"]);
     assert!(qcow2.is_file());
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["event"] == "check_passed")
-            .count(),
-        2
-    );
 
-    // New data: the base is reused, the bake is new, and the image serves the new page.
+    // New data and a script that needs a running system: the base is reused, the bake is new,
+    // the script runs over SSH in the booted image after the offline steps, the image serves
+    // the new page, and the build key is gone from the result all the same.
     web.set_data("imgforge test data v2", "");
     assert_eq!(states(&web.plan()), s("missing", "missing", "cached"));
-    let (code, events, err) = web.build(&[]);
-    assert_eq!(code, 0, "re-bake failed:\n{err}");
-    let m3 = last_manifest(&events);
-    assert_eq!(m3["ids"]["base"], m1["ids"]["base"]);
-    assert_ne!(m3["ids"]["bake"], m1["ids"]["bake"]);
-    assert!(
-        events.iter().any(|e| e["event"] == "base_cached"),
-        "the OS was not rebuilt"
-    );
-    assert!(!events.iter().any(|e| e["phase"] == "mmdebstrap"));
-    assert!(events
-        .iter()
-        .any(|e| e["event"] == "check_passed" && e["check"]["expect"] == "imgforge test data v2"));
-
-    // A script that needs a running system runs over SSH in the booted image, after the
-    // offline steps; the build key is gone from the result all the same.
     fs::write(
         web.dir.path().join("running.sh"),
         "state=$(systemctl is-system-running --wait || true)\n\
@@ -169,12 +148,21 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
          [[checks]]\ntype = \"http\"\nport = 80\npath = \"/running.txt\"\nexpect = \"baked while systemd was running\"\n",
     );
     let (code, events, err) = web.build(&[]);
-    assert_eq!(code, 0, "bake with an SSH provisioner failed:\n{err}");
+    assert_eq!(code, 0, "re-bake with an SSH provisioner failed:\n{err}");
     let m4 = last_manifest(&events);
     assert_eq!(m4["ids"]["base"], m1["ids"]["base"]);
+    assert_ne!(m4["ids"]["bake"], m1["ids"]["bake"]);
+    assert!(
+        events.iter().any(|e| e["event"] == "base_cached"),
+        "the OS was not rebuilt"
+    );
+    assert!(!events.iter().any(|e| e["phase"] == "mmdebstrap"));
     assert!(events
         .iter()
         .any(|e| e["phase"] == "bake (running system, SSH)"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "check_passed" && e["check"]["expect"] == "imgforge test data v2"));
     assert!(events
         .iter()
         .any(|e| e["event"] == "check_passed" && e["check"]["path"] == "/running.txt"));
@@ -186,9 +174,17 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
 /// new one at first boot; no SSH host keys; no authorized_keys for root, which held only the
 /// build key.
 /// The same inputs baked in a VM (`machine.bake = "vm"`) give the same file tree and, sealed,
-/// the same bytes as the chroot bake that made `chroot_build`.
-fn same_image_from_a_vm_bake(chroot_build: &std::path::Path) {
-    let web = WebFixture::new("imgforge test data v1", "");
+/// the same bytes as the chroot bake. In the extended suite: a VM bake is a boot the default
+/// suite's other builds do not need.
+#[test]
+#[ignore = "extended suite (scripts/test --extended): one more bake VM"]
+fn a_vm_bake_gives_the_same_image_as_the_chroot_bake() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let chroot = WebFixture::new("imgforge vm bake test", "");
+    let (code, events, err) = chroot.build(&["--no-verify"]);
+    assert_eq!(code, 0, "chroot bake failed:\n{err}");
+    let chroot_build = build_dir(last_manifest(&events));
+    let web = WebFixture::new("imgforge vm bake test", "");
     let def = fs::read_to_string(web.definition()).unwrap();
     let def = def.replacen("[machine]\n", "[machine]\nbake = \"vm\"\n", 1);
     fs::write(web.definition(), def).unwrap();
@@ -385,6 +381,7 @@ fn initramfs_modules(raw: &std::path::Path, part: &Value, scratch: &std::path::P
 /// failing provisioner stops no other. (UEFI is the base no other test builds, so this test
 /// pays the one cold base it needs to show the sharing.)
 #[test]
+#[ignore = "extended suite (scripts/test --extended): a cold UEFI base and two OVMF boots"]
 fn several_uefi_definitions_build_at_once_on_one_base_and_boot_through_ovmf() {
     let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
