@@ -553,9 +553,7 @@ impl Archive {
     /// resolution is kept under the digest of those and used again while none of them changed
     /// (every `plan`, `id` and `build` of a definition otherwise pays apt's solver).
     pub fn resolve(&self, request: &[String]) -> Result<PackageSet> {
-        let memo = self
-            .dir
-            .join("resolved")
+        let memo = crate::store::Store::resolutions(&self.dir)
             .join(format!("{}.json", self.resolution_key(request)?));
         if let Some(set) = std::fs::read(&memo)
             .ok()

@@ -1,6 +1,6 @@
-//! Keeping the local cache in bounds (`imgforge cache gc`): base layers, downloads and left-over
-//! work directories not used for a while are removed, and the package cache is trimmed to its
-//! size limit.
+//! Keeping the local cache in bounds (`imgforge cache gc`): base layers, downloads, kept package
+//! resolutions and left-over work directories not used for a while are removed, and the
+//! package cache is trimmed to its size limit.
 //!
 //! "Used" is a file's modification time: a build touches the base's `base.json`, a download and
 //! each cached package it takes. A base that a build holds (its lock is taken) is never removed.
@@ -77,7 +77,9 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<GcReport> {
             false => report.bases.push(name),
         }
     }
-    for dir in [store.downloads(), store.work(), store.logs()] {
+    let mut dirs = vec![store.downloads(), store.work(), store.logs()];
+    dirs.extend(store.all_resolutions());
+    for dir in dirs {
         for entry in entries(&dir)? {
             if stale(&entry)? {
                 report.freed_bytes += remove(&entry, opts.dry_run)?;
@@ -165,6 +167,13 @@ mod tests {
         fs::write(&stale_download, vec![2u8; 4096]).unwrap();
         fs::write(&fresh_download, vec![2u8; 4096]).unwrap();
         aged(&stale_download, 31 * DAY);
+        let resolved = crate::store::Store::resolutions(&crate::store::Store::at(r).apt("0123"));
+        fs::create_dir_all(&resolved).unwrap();
+        let (stale_resolution, fresh_resolution) =
+            (resolved.join("a.json"), resolved.join("b.json"));
+        fs::write(&stale_resolution, "{}").unwrap();
+        fs::write(&fresh_resolution, "{}").unwrap();
+        aged(&stale_resolution, 31 * DAY);
         let opts = GcOptions {
             max_age: 30 * DAY,
             packages_max_size: 1 << 30,
@@ -173,7 +182,10 @@ mod tests {
 
         let dry = gc(r, &opts).unwrap();
         assert_eq!(dry.bases, ["old"]);
-        assert_eq!(dry.other, std::slice::from_ref(&stale_download));
+        assert_eq!(
+            dry.other,
+            [stale_download.clone(), stale_resolution.clone()]
+        );
         assert!(dry.freed_bytes >= 8192 + 4096, "{dry:?}");
         assert!(
             old.exists() && stale_download.exists(),
@@ -189,8 +201,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(done.bases, ["old"]);
-        assert!(!old.exists() && !stale_download.exists());
+        assert!(!old.exists() && !stale_download.exists() && !stale_resolution.exists());
         assert!(recent.exists() && held.exists() && fresh_download.exists());
+        assert!(fresh_resolution.exists());
 
         // Released, it goes too. A child that another test forks in this process shares the
         // lock's descriptor until it execs, so the release may show a moment later.

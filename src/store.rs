@@ -13,7 +13,7 @@
 //! ```
 
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where imgforge keeps downloads and cached layers: `IMGFORGE_CACHE`, else
 /// `$XDG_CACHE_HOME/imgforge`, else `~/.cache/imgforge`.
@@ -79,6 +79,21 @@ impl Store {
     /// apt's state for the sources whose digest starts with `digest`.
     pub fn apt(&self, digest: &str) -> PathBuf {
         self.root.join("apt").join(digest)
+    }
+
+    /// The kept package resolutions of apt's state `apt_dir` (one of [`Self::apt`]).
+    pub fn resolutions(apt_dir: &Path) -> PathBuf {
+        apt_dir.join("resolved")
+    }
+
+    /// The kept package resolutions of every apt state in the cache.
+    pub fn all_resolutions(&self) -> Vec<PathBuf> {
+        let states = std::fs::read_dir(self.root.join("apt"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        let mut dirs: Vec<PathBuf> = states.iter().map(|s| Self::resolutions(s)).collect();
+        dirs.sort();
+        dirs
     }
 
     /// Data snapshots fetched by URL.
