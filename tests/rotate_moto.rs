@@ -208,6 +208,30 @@ fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// Two managed instances of build-1 launched 31 days ago, then build-2 registered now: (the
 /// old instances, build-2's image id).
+/// The CI signing key and an `allowed_signers` file trusting it, in a directory of their own.
+struct Signing {
+    keys: tempfile::TempDir,
+    ci: std::path::PathBuf,
+    trusted: String,
+}
+
+fn signing() -> Signing {
+    let keys = tempfile::tempdir().unwrap();
+    let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
+    let trusted = common::allowed_signers(keys.path(), "ci@example.com", &ci_pub);
+    let trusted = trusted.to_str().unwrap().to_string();
+    Signing { keys, ci, trusted }
+}
+
+/// Puts `pairs` as tags on `image`.
+async fn tag_image(ec2: &Client, image: &str, pairs: Vec<(String, String)>) {
+    let mut request = ec2.create_tags().resources(image);
+    for (k, v) in pairs {
+        request = request.tags(tag(&k, &v));
+    }
+    request.send().await.unwrap();
+}
+
 async fn two_old_instances_and_a_new_image(moto: &Moto, ec2: &Client) -> (Vec<String>, String) {
     let s = settings(ec2).await;
     moto.set_offset("-31d");
@@ -671,9 +695,7 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
 
     // The group launches from its template's image: under --require-signature, a valid
     // registration copied onto it from another image is refused before the group is touched.
-    let keys = tempfile::tempdir().unwrap();
-    let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
-    let trusted = common::allowed_signers(keys.path(), "ci@example.com", &ci_pub);
+    let Signing { ci, trusted, .. } = &signing();
     let args = [
         "--json",
         "rotate",
@@ -684,24 +706,11 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
         "--max-surge",
         "1",
         "--require-signature",
-        trusted.to_str().unwrap(),
+        trusted,
     ];
     let sha = "5".repeat(64);
-    let tag_v2 = |pairs: Vec<(String, String)>| {
-        let mut request = ec2.create_tags().resources(&v2);
-        for (k, v) in pairs {
-            request = request.tags(tag(&k, &v));
-        }
-        request.send()
-    };
-    tag_v2(common::registration_tags(
-        &ci,
-        "ami-0signedelsewhere",
-        "build-2",
-        &sha,
-    ))
-    .await
-    .unwrap();
+    let elsewhere = common::registration_tags(ci, "ami-0signedelsewhere", "build-2", &sha);
+    tag_image(&ec2, &v2, elsewhere).await;
     let (code, out, err) = imgforge(&moto, &args).await;
     assert_ne!(code, 0, "{out}");
     assert!(
@@ -714,9 +723,12 @@ async fn members_of_an_auto_scaling_group_are_rotated_through_the_group() {
     assert_eq!(members, old, "nothing launched or terminated");
 
     // Its own signed registration: the members are replaced through the group.
-    tag_v2(common::registration_tags(&ci, &v2, "build-2", &sha))
-        .await
-        .unwrap();
+    tag_image(
+        &ec2,
+        &v2,
+        common::registration_tags(ci, &v2, "build-2", &sha),
+    )
+    .await;
     let (stop, poller) = start_poller(ec2.clone());
     let (code, out, err) = imgforge(&moto, &args).await;
     stop.store(true, Ordering::SeqCst);
@@ -818,11 +830,8 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     let moto = Moto::start_faketime();
     let ec2 = Client::new(&moto.sdk_config().await);
     let (_, v2) = two_old_instances_and_a_new_image(&moto, &ec2).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
+    let Signing { keys, ci, trusted } = &signing();
     let (intruder, _) = common::ssh_key(keys.path(), "intruder");
-    let trusted = common::allowed_signers(keys.path(), "ci@example.com", &ci_pub);
-    let trusted = trusted.to_str().unwrap();
     let args = [
         "--json",
         "rotate",
@@ -836,17 +845,6 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     let all_instances = instances(&ec2, vec![]).await.len();
 
     let sha = "5".repeat(64);
-    let put = |pairs: Vec<(String, String)>| {
-        let ec2 = ec2.clone();
-        let v2 = v2.clone();
-        async move {
-            let mut request = ec2.create_tags().resources(&v2);
-            for (k, v) in pairs {
-                request = request.tags(tag(&k, &v));
-            }
-            request.send().await.unwrap();
-        }
-    };
     // Refused, nothing launched: no signed registration; the fingerprint tag of the allowed
     // key (anyone who may tag images can write it); a registration signed by a key not
     // allowed; and the allowed key's valid registration of another image (tags copied from
@@ -854,7 +852,7 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     let forged_cases: Vec<(Vec<(String, String)>, &str)> = vec![
         (vec![], "carries no signed registration"),
         (
-            vec![("imgforge:signer".into(), common::ssh_fingerprint(&ci))],
+            vec![("imgforge:signer".into(), common::ssh_fingerprint(ci))],
             "carries no signed registration",
         ),
         (
@@ -862,12 +860,12 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
             "does not check out",
         ),
         (
-            common::registration_tags(&ci, "ami-0signedelsewhere", "build-2", &sha),
+            common::registration_tags(ci, "ami-0signedelsewhere", "build-2", &sha),
             "does not check out",
         ),
     ];
     for (pairs, named) in forged_cases {
-        put(pairs).await;
+        tag_image(&ec2, &v2, pairs).await;
         let (code, out, err) = imgforge(&moto, &args).await;
         assert_ne!(code, 0, "{out}");
         assert!(err.contains(&v2) && err.contains(named), "{err}");
@@ -876,7 +874,12 @@ async fn require_signature_launches_only_an_image_signed_by_an_allowed_key() {
     }
 
     // The allowed key's registration of this very image: the old instances are replaced.
-    put(common::registration_tags(&ci, &v2, "build-2", &sha)).await;
+    tag_image(
+        &ec2,
+        &v2,
+        common::registration_tags(ci, &v2, "build-2", &sha),
+    )
+    .await;
     let (code, out, err) = imgforge(&moto, &args).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(events_of(&events(&out), "replaced").len(), 2, "{out}");
