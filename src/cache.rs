@@ -78,7 +78,9 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<GcReport> {
         }
     }
     let mut dirs = vec![store.downloads(), store.work(), store.logs()];
-    dirs.extend(store.all_resolutions());
+    for state in entries(&store.apt_states())? {
+        dirs.push(crate::store::Store::resolutions(&state));
+    }
     for dir in dirs {
         for entry in entries(&dir)? {
             if stale(&entry)? {

@@ -7,6 +7,7 @@
 //! locks/base-<id>.lock     held while a build builds or opens base <id>
 //! packages/<release-…>/    downloaded .deb files shared by every base of a release and mirror
 //! apt/<sources digest>/    apt's state for one set of sources (lists, configuration)
+//! apt/<…>/resolved/        package resolutions kept while the signed indexes stay the same
 //! downloads/               data snapshots fetched by URL
 //! work/                    per-build work directories (QEMU overlays, bake bundles)
 //! logs/                    installer console logs kept after a failed install
@@ -76,24 +77,19 @@ impl Store {
         self.root.join("packages")
     }
 
+    /// Where apt's states live, one directory per set of sources.
+    pub fn apt_states(&self) -> PathBuf {
+        self.root.join("apt")
+    }
+
     /// apt's state for the sources whose digest starts with `digest`.
     pub fn apt(&self, digest: &str) -> PathBuf {
-        self.root.join("apt").join(digest)
+        self.apt_states().join(digest)
     }
 
     /// The kept package resolutions of apt's state `apt_dir` (one of [`Self::apt`]).
     pub fn resolutions(apt_dir: &Path) -> PathBuf {
         apt_dir.join("resolved")
-    }
-
-    /// The kept package resolutions of every apt state in the cache.
-    pub fn all_resolutions(&self) -> Vec<PathBuf> {
-        let states = std::fs::read_dir(self.root.join("apt"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_else(|_| Vec::new());
-        let mut dirs: Vec<PathBuf> = states.iter().map(|s| Self::resolutions(s)).collect();
-        dirs.sort();
-        dirs
     }
 
     /// Data snapshots fetched by URL.

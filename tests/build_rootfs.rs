@@ -170,9 +170,6 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     assert_hygiene(&dir4.join("debian-12-web-1.0.0.raw"));
 }
 
-/// What the bake's last pass leaves: an empty (not missing) machine-id, so that systemd makes a
-/// new one at first boot; no SSH host keys; no authorized_keys for root, which held only the
-/// build key.
 /// The same inputs baked in a VM (`machine.bake = "vm"`) give the same file tree and, sealed,
 /// the same bytes as the chroot bake. In the extended suite: a VM bake is a boot the default
 /// suite's other builds do not need.
@@ -211,6 +208,9 @@ fn a_vm_bake_gives_the_same_image_as_the_chroot_bake() {
     }
 }
 
+/// What the bake's last pass leaves: an empty (not missing) machine-id, so that systemd makes a
+/// new one at first boot; no SSH host keys; no authorized_keys for root, which held only the
+/// build key.
 fn assert_hygiene(raw: &std::path::Path) {
     assert_eq!(
         read_from_image(raw, "/etc/machine-id").as_deref(),

@@ -3,9 +3,9 @@
 //! instance-metadata emulator asking for IMDSv2 tokens (the AWS identity in the guest's DMI),
 //! and with the same emulator as a private cloud that has no tokens (Eucalyptus): each takes a
 //! key given only by the metadata, its hostname and its user data, and grows its root to a disk
-//! enlarged before boot. The cloud image carries no instance state and no Vagrant key; the box (in the extended
-//! suite) is added from the build's catalogue and brought up with Debian's vagrant-libvirt, on a
-//! libvirtd the test starts in a network namespace of its own.
+//! enlarged before boot. The cloud image carries no instance state and no Vagrant key; in the
+//! extended suite, the box is added from the build's catalogue and brought up with Debian's
+//! vagrant-libvirt, on a libvirtd the test starts in a network namespace of its own.
 
 mod common;
 

@@ -206,8 +206,6 @@ fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
 
-/// Two managed instances of build-1 launched 31 days ago, then build-2 registered now: (the
-/// old instances, build-2's image id).
 /// The CI signing key and an `allowed_signers` file trusting it, in a directory of their own.
 struct Signing {
     keys: tempfile::TempDir,
@@ -215,6 +213,7 @@ struct Signing {
     trusted: String,
 }
 
+/// A new CI key and the `allowed_signers` file trusting it.
 fn signing() -> Signing {
     let keys = tempfile::tempdir().unwrap();
     let (ci, ci_pub) = common::ssh_key(keys.path(), "ci");
@@ -232,6 +231,8 @@ async fn tag_image(ec2: &Client, image: &str, pairs: Vec<(String, String)>) {
     request.send().await.unwrap();
 }
 
+/// Two managed instances of build-1 launched 31 days ago, then build-2 registered now: (the
+/// old instances, build-2's image id).
 async fn two_old_instances_and_a_new_image(moto: &Moto, ec2: &Client) -> (Vec<String>, String) {
     let s = settings(ec2).await;
     moto.set_offset("-31d");
