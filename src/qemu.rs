@@ -50,12 +50,10 @@ impl Accel {
 
     /// The CPU model guests get. Under KVM, everything the host's CPU has. Under TCG, the
     /// baseline x86-64 CPU: `max` makes the emulator offer every feature it can emulate (AVX2,
-    /// x2APIC, PCID, 5-level paging…), which the guest kernel then uses at a cost in emulation
-    /// (a Debian 12 image served its page in 21-26 s with `qemu64` against 26-33 s with `max`
-    /// on the same host); and two-vCPU `max` guests under TCG are known to hang bringing up
-    /// their second CPU (seen here about once in 40 boots, both vCPUs spinning with interrupts
-    /// off; `qemu64` is the documented way out). An image that boots on the baseline boots on
-    /// every x86-64 machine, so the check proves at least as much.
+    /// x2APIC, PCID, 5-level paging…), and two-vCPU `max` guests under TCG are known to hang
+    /// bringing up their second CPU (seen here about once in 40 boots, both vCPUs spinning
+    /// with interrupts off; `qemu64` is the documented way out). An image that boots on the
+    /// baseline boots on every x86-64 machine, so the check proves at least as much.
     fn cpu_model(self) -> &'static str {
         match self {
             Accel::Kvm => "max",
