@@ -118,11 +118,13 @@ pub enum Event {
     Locked,
     /// `imgforge outdated`: the image's packages the archive has newer versions of.
     Outdated,
+    /// A new base was patched from a cached one, or the patch was refused and it was built cold.
+    BasePatch,
 }
 
 impl Event {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 53] = [
+    pub const ALL: [Event; 54] = [
         Event::Ids,
         Event::Phase,
         Event::BaseCached,
@@ -176,6 +178,7 @@ impl Event {
         Event::CacheGc,
         Event::Locked,
         Event::Outdated,
+        Event::BasePatch,
     ];
 
     /// The value of the `event` field.
@@ -234,6 +237,7 @@ impl Event {
             Event::CacheGc => "cache_gc",
             Event::Locked => "locked",
             Event::Outdated => "outdated",
+            Event::BasePatch => "base_patch",
         }
     }
 }

@@ -57,6 +57,31 @@ pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Re
     Ok(LayerIds { base, bake, build })
 }
 
+/// The base's lineage: the digest of every base input except the package set and the
+/// packages the definition asks for (`system.packages`, a repository's `packages`), which only
+/// choose that set. Two bases of one lineage differ only in the packages installed, so one can
+/// be patched into the other (see `base::patch`).
+pub fn base_lineage(def: &Definition, packages: Option<&ResolvedPackages>) -> Result<String> {
+    let mut unrequested = def.clone();
+    unrequested.system.packages.clear();
+    for repository in &mut unrequested.system.repositories {
+        repository.packages.clear();
+    }
+    let answer = crate::render::render(&unrequested)?;
+    let mut inputs = base_inputs(&unrequested, &answer, None)?;
+    inputs["sources"] = match packages {
+        Some(p) => {
+            let mut sources = p.sources.clone();
+            for source in &mut sources {
+                source.packages.clear();
+            }
+            crate::apt::sources_identity(&sources)
+        }
+        None => Value::Null,
+    };
+    Ok(digest(&inputs))
+}
+
 fn base_inputs(
     def: &Definition,
     answer: &AnswerFile,
@@ -215,4 +240,26 @@ pub fn resolve_and_compute(def: &Definition, answer: &AnswerFile) -> Result<(Lay
 /// The first 12 characters of an id, for messages.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(edit: impl Fn(&str) -> String) -> Definition {
+        let path = crate::render::data_dir().join("images/debian-12-minimal.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        Definition::parse(&edit(&text), &path).unwrap()
+    }
+
+    #[test]
+    fn a_lineage_leaves_out_the_packages_asked_for_and_keeps_every_other_base_input() {
+        let plain = base_lineage(&minimal(str::to_string), None).unwrap();
+        let more_packages =
+            minimal(|t| t.replace("[system]\n", "[system]\npackages = [\"less\"]\n"));
+        assert_eq!(more_packages.system.packages, ["less"]);
+        assert_eq!(base_lineage(&more_packages, None).unwrap(), plain);
+        let other_host = minimal(|t| t.replace("hostname = \"debian\"", "hostname = \"other\""));
+        assert_ne!(base_lineage(&other_host, None).unwrap(), plain);
+    }
 }

@@ -93,6 +93,8 @@ pub fn sh_quote(s: &str) -> String {
 
 /// The guest script template of the rootfs builder's mmdebstrap customize hook.
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
+/// The host script template that patches a cached base's tree into a new package set.
+pub const ROOTFS_PATCH: &str = "rootfs-patch.sh.hbs";
 /// The guest script template of the bake's last pass (hygiene and the image's record).
 pub const BAKE_HYGIENE: &str = "bake-hygiene.sh.hbs";
 /// The guest script template of the offline bake's init (installed into rootfs bases).

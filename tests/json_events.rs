@@ -3,7 +3,7 @@
 
 use imgforge::events::Event;
 
-const NAMES: [&str; 53] = [
+const NAMES: [&str; 54] = [
     "ids",
     "phase",
     "base_cached",
@@ -57,6 +57,7 @@ const NAMES: [&str; 53] = [
     "cache_gc",
     "locked",
     "outdated",
+    "base_patch",
 ];
 
 #[test]

@@ -77,6 +77,8 @@ pub fn build(
         answer_file_fetched_after_s: Some(fetched_after_s),
         packages: None,
         package_set: None,
+        lineage: None,
+        patched_from: None,
     })
 }
 

@@ -10,6 +10,7 @@
 
 mod installer;
 pub mod packages;
+mod patch;
 mod rootfs;
 
 pub(crate) use rootfs::assemble_disk;
@@ -49,6 +50,13 @@ pub struct BaseInfo {
     /// The exact package set the base was built from (Debian family).
     #[serde(default)]
     pub package_set: Option<crate::apt::PackageSet>,
+    /// Its lineage ([`crate::layers::base_lineage`]): bases of one lineage differ only in
+    /// their packages, so a new one can be patched from a cached one.
+    #[serde(default)]
+    pub lineage: Option<String>,
+    /// The cached base this one was patched from, when it was not built cold.
+    #[serde(default)]
+    pub patched_from: Option<String>,
 }
 
 /// What a base with the bake init needs to boot from its kernel and initrd.
@@ -245,19 +253,70 @@ pub fn ensure(
         return Ok((base, false));
     }
     let staging = BaseStaging::new(&ids.base)?;
-    let info = match def.builder.kind {
+    let mut info = match def.builder.kind {
         BuilderKind::Rootfs => {
             let packages = packages.context("the rootfs builder needs the resolved package set")?;
-            rootfs::build(def, packages, &staging, reporter)?
+            build_rootfs(def, packages, &staging, reporter)?
         }
         BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
     };
     crate::cancel::check()?;
+    info.lineage = Some(crate::layers::base_lineage(def, packages)?);
     let base = staging.commit(info)?;
     if let Some(remote) = remote {
         remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
     }
     Ok((base, false))
+}
+
+/// A rootfs base: patched from a cached base of its lineage when one is near enough and the
+/// patch gives what a cold build would, else built cold; the `base_patch` event says which,
+/// and why.
+fn build_rootfs(
+    def: &Definition,
+    packages: &ResolvedPackages,
+    staging: &BaseStaging,
+    reporter: &Reporter,
+) -> Result<BaseInfo> {
+    let lineage = crate::layers::base_lineage(def, Some(packages))?;
+    let Some(patch) = patch::find(&lineage, &packages.set) else {
+        return rootfs::build(def, packages, staging, reporter);
+    };
+    let started = std::time::Instant::now();
+    let payload = |outcome: &str, reason: Option<String>| {
+        serde_json::json!({
+            "base": staging.id,
+            "from": patch.from.info.id,
+            "install": patch.install.iter().map(|p| p.pinned()).collect::<Vec<_>>(),
+            "remove": patch.remove.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "outcome": outcome,
+            "reason": reason,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    };
+    match patch::build(def, packages, staging, &patch, reporter) {
+        Ok(info) => {
+            reporter.event(
+                Event::BasePatch,
+                &format!("base layer patched: {}", patch.summary()),
+                payload("patched", None),
+            );
+            Ok(info)
+        }
+        Err(e) => {
+            crate::cancel::check()?;
+            let reason = format!("{e:#}");
+            reporter.event(
+                Event::BasePatch,
+                &format!(
+                    "base layer not patched ({}): {reason}; building it cold",
+                    patch.summary()
+                ),
+                payload("cold", Some(reason.clone())),
+            );
+            rootfs::build(def, packages, staging, reporter)
+        }
+    }
 }
 
 /// The base layer `id` from the remote cache, unpacked into the local one; `None` when the

@@ -159,6 +159,20 @@ impl PackageCache {
         ]
     }
 
+    /// Links (else copies) the cached packages of `set` into `dir`; [`Self::fetch`] first.
+    pub fn link_into(&self, set: &PackageSet, dir: &Path) -> Result<()> {
+        for p in &set.packages {
+            let (from, to) = (self.dir.join(p.file_name()), dir.join(p.file_name()));
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).with_context(|| {
+                    format!("cannot copy {} to {}", from.display(), to.display())
+                })?;
+            }
+            crate::sources::mark_used(&from)?;
+        }
+        Ok(())
+    }
+
     /// Moves the packages mmdebstrap wrote to `out` into the cache (each by an atomic rename
     /// after its sha256 is recorded, so a concurrent build never reads half a file or a file
     /// without its digest) and marks them used now.

@@ -37,28 +37,62 @@ pub fn build(
     reporter: &Reporter,
 ) -> Result<BaseInfo> {
     let started = Instant::now();
-    let uuid = derived_uuid(&staging.id, "root filesystem");
+    let uuid = root_uuid(staging);
     let tree = staging.path("tree");
     reporter.phase("mmdebstrap");
     let package_use = make_tree(def, packages, staging, &uuid, &tree, reporter)?;
-
-    reporter.phase("assemble disk");
-    copy_boot_files(&tree, staging)?;
-    let raw = staging.path("disk.raw");
-    assemble_disk(def, &tree, &raw, &uuid)?;
+    let made = MadeTree {
+        tree: &tree,
+        started,
+        package_use,
+        tools: BTreeMap::from([(
+            "mmdebstrap".to_string(),
+            tool_version("mmdebstrap", "--version"),
+        )]),
+    };
+    let info = finish(def, packages, staging, made, reporter)?;
     fs::remove_dir_all(&tree).ok();
+    Ok(info)
+}
+
+/// A base's OS tree, made, and how.
+pub(super) struct MadeTree<'a> {
+    /// The tree.
+    pub tree: &'a Path,
+    /// When its build started.
+    pub started: Instant,
+    /// How the package cache was used.
+    pub package_use: Option<PackageUse>,
+    /// The tools that made it, with their versions.
+    pub tools: BTreeMap<String, String>,
+}
+
+/// The root filesystem UUID of the base being built in `staging`, derived from its id.
+pub(super) fn root_uuid(staging: &BaseStaging) -> String {
+    derived_uuid(&staging.id, "root filesystem")
+}
+
+/// Assembles the disk of a made tree into `staging` (with the kernel and initrd for direct
+/// boot) and returns the base's facts.
+pub(super) fn finish(
+    def: &Definition,
+    packages: &ResolvedPackages,
+    staging: &BaseStaging,
+    made: MadeTree,
+    reporter: &Reporter,
+) -> Result<BaseInfo> {
+    reporter.phase("assemble disk");
+    let uuid = root_uuid(staging);
+    copy_boot_files(made.tree, staging)?;
+    let raw = staging.path("disk.raw");
+    assemble_disk(def, made.tree, &raw, &uuid)?;
     Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])
         .arg(&raw)
         .arg(staging.path("disk.qcow2"))
         .run()?;
     fs::remove_file(&raw).ok();
-
-    let mut tools = BTreeMap::new();
-    tools.insert(
-        "mmdebstrap".to_string(),
-        tool_version("mmdebstrap", "--version"),
-    );
+    let mut tools = made.tools;
     tools.insert("mke2fs".to_string(), tool_version("mke2fs", "-V"));
     Ok(BaseInfo {
         id: staging.id.clone(),
@@ -67,11 +101,13 @@ pub fn build(
             kernel_cmdline: kernel_cmdline(&uuid),
             root_uuid: uuid,
         }),
-        build_seconds: started.elapsed().as_secs_f64(),
+        build_seconds: made.started.elapsed().as_secs_f64(),
         tools,
         answer_file_fetched_after_s: None,
-        packages: package_use,
+        packages: made.package_use,
         package_set: Some(packages.set.clone()),
+        lineage: None,
+        patched_from: None,
     })
 }
 
@@ -181,7 +217,7 @@ fn debconf_selections(def: &Definition) -> String {
     lines.join("\n") + "\n"
 }
 
-fn tool_version(program: &str, flag: &str) -> String {
+pub(super) fn tool_version(program: &str, flag: &str) -> String {
     Command::new(program)
         .arg(flag)
         .run()

@@ -117,6 +117,18 @@ impl AptRepo {
     /// Adds a tiny package `name` at `version` (a script printing its version) to the pool;
     /// [`Self::publish`] makes it visible.
     pub fn add_package(&self, name: &str, version: &str) {
+        self.add_package_with(name, version, None, &[]);
+    }
+
+    /// [`Self::add_package`] with a `postinst` maintainer script and more files (absolute
+    /// path, text).
+    pub fn add_package_with(
+        &self,
+        name: &str,
+        version: &str,
+        postinst: Option<&str>,
+        files: &[(&str, &str)],
+    ) {
         let build = tempfile::tempdir().unwrap();
         let root = build.path().join("pkg");
         fs::create_dir_all(root.join("DEBIAN")).unwrap();
@@ -134,6 +146,16 @@ impl AptRepo {
         fs::write(&tool, format!("#!/bin/sh\necho {name} {version}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        for (path, text) in files {
+            let file = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, text).unwrap();
+        }
+        if let Some(script) = postinst {
+            let path = root.join("DEBIAN/postinst");
+            fs::write(&path, script).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         sh(Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zgzip", "--build"])
             .arg(&root)
