@@ -194,8 +194,8 @@ pub fn build(
     let conffiles_before = conffiles(tree)?;
     let removed_files = owned_files(tree, &patch.remove)?;
     let units_before = install_sections(tree);
-    run_apt(def, patch, tree, &debs, reporter)?;
-    crate::apt::check_installed(tree, &resolved.set)?;
+    // The new identity first: the packages' scripts (an initramfs hook reading fstab) see what
+    // they see in a cold build.
     let old_uuid = patch
         .from
         .info
@@ -204,6 +204,8 @@ pub fn build(
         .map(|b| b.root_uuid.clone())
         .context("the cached base records no root filesystem UUID")?;
     rewrite_identity(tree, &old_uuid, &rootfs::root_uuid(staging), staging)?;
+    run_apt(def, patch, tree, &debs, reporter)?;
+    crate::apt::check_installed(tree, &resolved.set)?;
     let after = contents::list_files(tree)?;
     let mut owned = owned_files(tree, &patch.install)?;
     owned.extend(removed_files);
