@@ -9,7 +9,9 @@ mod common;
 
 use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
-use common::apt_repo::{assert_newest_from_debian, image_packages, AptRepo, GpgKey};
+use common::apt_repo::{
+    assert_newest_from_debian, image_packages, private_cache, repo_definition, AptRepo, GpgKey,
+};
 use common::web::{build_dir, cache_dir, in_image_chroot, last_manifest};
 use common::{imgforge, run, Moto};
 use serde_json::Value;
@@ -29,46 +31,8 @@ const MODPROBE_OPTIONS: &str = "options loop max_loop=8\n";
 /// demo tool from the local repository, signed by the key in `repo-key.gpg`.
 fn definition(dir: &Path, repo: &AptRepo) -> PathBuf {
     let path = dir.join(format!("{NAME}.toml"));
-    fs::write(
-        &path,
-        format!(
-            r#"[image]
-name = "{NAME}"
-version = "1.0.0"
-
-[os]
-family = "debian"
-release = "bookworm"
-
-[builder]
-kind = "rootfs"
-
-[machine]
-cpus = 2
-memory_mib = 1024
-disk_size = "2G"
-
-[system]
-hostname = "patchday"
-mirror = "http://deb.debian.org/debian"
-
-[[system.repositories]]
-uri = "{uri}"
-suites = ["stable"]
-signed_by = "repo-key.gpg"
-packages = ["{TOOL}"]
-
-[[checks]]
-type = "tcp"
-port = 22
-
-[output]
-formats = ["raw"]
-"#,
-            uri = repo.uri
-        ),
-    )
-    .unwrap();
+    let checks = "[[checks]]\ntype = \"tcp\"\nport = 22\n\n[output]\nformats = [\"raw\"]\n";
+    repo_definition(&path, NAME, repo, TOOL, "", checks);
     path
 }
 
@@ -99,17 +63,6 @@ fn plan(def: &Path, output: &Path) -> Value {
         .env("IMGFORGE_CACHE", cache_dir()));
     assert_eq!(code, 0, "{err}");
     serde_json::from_str::<Value>(out.trim()).unwrap()["definitions"][0].clone()
-}
-
-/// A cache of its own for a build that must fail, sharing the suite's package cache so that
-/// Debian's packages are not downloaded again.
-fn private_cache(dir: &Path) -> PathBuf {
-    let cache = dir.join("private-cache");
-    fs::create_dir_all(&cache).unwrap();
-    let shared = cache_dir().join("packages");
-    fs::create_dir_all(&shared).unwrap();
-    std::os::unix::fs::symlink(&shared, cache.join("packages")).ok();
-    cache
 }
 
 /// Nothing of a failed build is left: no base (finished or half-made), no output, no download
@@ -258,7 +211,7 @@ async fn patch_day_a_new_package_version_rebuilds_the_base_and_reaches_the_fleet
     fs::create_dir_all(&impostor).unwrap();
     GpgKey::new("impostor").export(&impostor.join("repo-key.gpg"));
     let wrong_key = definition(&impostor, &repo);
-    let cache = private_cache(&impostor);
+    let cache = private_cache(&impostor.join("private-cache"));
     let (code, _, err) = build(&wrong_key, &impostor.join("output"), &cache, &[]);
     assert_ne!(code, 0, "a repository with the wrong key was built from");
     assert!(
@@ -343,7 +296,7 @@ async fn patch_day_a_new_package_version_rebuilds_the_base_and_reaches_the_fleet
     repo.publish();
 
     let locked_output = dir.path().join("locked-output");
-    let locked_cache = private_cache(&dir.path().join("locked"));
+    let locked_cache = private_cache(&dir.path().join("locked/private-cache"));
     let (code, _, err) = build(&def, &locked_output, &locked_cache, &[]);
     assert_ne!(code, 0, "a lock pinning a withdrawn version was built");
     assert!(
@@ -390,7 +343,7 @@ async fn patch_day_a_new_package_version_rebuilds_the_base_and_reaches_the_fleet
     bad[last] ^= 0x01;
     fs::write(&pool, &bad).unwrap();
     let tampered_output = dir.path().join("tampered-output");
-    let tampered_cache = private_cache(&dir.path().join("tampered"));
+    let tampered_cache = private_cache(&dir.path().join("tampered/private-cache"));
     let (code, _, err) = build(&def, &tampered_output, &tampered_cache, &[]);
     assert_ne!(
         code, 0,

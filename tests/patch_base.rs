@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::apt_repo::{image_packages, AptRepo};
-use common::web::{build_dir, cache_dir, last_manifest};
+use common::apt_repo::{image_packages, private_cache, repo_definition, AptRepo};
+use common::web::{build_dir, last_manifest};
 use common::{imgforge, run, sha256_of};
 use serde_json::Value;
 use std::fs;
@@ -23,52 +23,16 @@ const TOOL: &str = "imgforge-patch-tool";
 /// tool from the local repository.
 fn definition(dir: &Path, repo: &AptRepo, name: &str, updates: bool) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    fs::write(
+    let system = format!("updates = {updates}\n");
+    repo_definition(
         &path,
-        format!(
-            r#"[image]
-name = "{NAME}"
-version = "1.0.0"
-
-[os]
-family = "debian"
-release = "bookworm"
-
-[builder]
-kind = "rootfs"
-
-[machine]
-disk_size = "2G"
-
-[system]
-hostname = "patchbase"
-mirror = "http://deb.debian.org/debian"
-updates = {updates}
-
-[[system.repositories]]
-uri = "{uri}"
-suites = ["stable"]
-signed_by = "repo-key.gpg"
-packages = ["{TOOL}"]
-
-[output]
-formats = ["raw"]
-"#,
-            uri = repo.uri
-        ),
-    )
-    .unwrap();
+        NAME,
+        repo,
+        TOOL,
+        &system,
+        "[output]\nformats = [\"raw\"]\n",
+    );
     path
-}
-
-/// A cache of its own sharing the suite's package cache.
-fn private_cache(dir: &Path, name: &str) -> PathBuf {
-    let cache = dir.join(name);
-    fs::create_dir_all(&cache).unwrap();
-    let shared = cache_dir().join("packages");
-    fs::create_dir_all(&shared).unwrap();
-    std::os::unix::fs::symlink(&shared, cache.join("packages")).unwrap();
-    cache
 }
 
 /// Where `scripts/bench patch` wants this test's timings, when it runs it.
@@ -181,7 +145,7 @@ fn a_patched_base_gives_the_cold_builds_image_and_a_patch_that_could_differ_is_r
     repo.publish();
     let def = definition(dir.path(), &repo, NAME, true);
     let release_only = definition(dir.path(), &repo, "release-only", false);
-    let cache = private_cache(dir.path(), "cache");
+    let cache = private_cache(&dir.path().join("cache"));
 
     // The old set: today's, but the kernel and OpenSSL as the release shipped them.
     let released: Vec<String> = lock_lines(&release_only, &cache)
@@ -250,7 +214,7 @@ fn a_patched_base_gives_the_cold_builds_image_and_a_patch_that_could_differ_is_r
     let cold_started = Instant::now();
     let (cold_output, cold_cache) = (
         dir.path().join("cold-output"),
-        private_cache(dir.path(), "cold"),
+        private_cache(&dir.path().join("cold")),
     );
     plan_needs_build(&def, &cold_output, &cold_cache);
     let cold = build(&def, &cold_output, &cold_cache);

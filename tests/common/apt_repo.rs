@@ -269,6 +269,63 @@ impl DebianIndexes {
     }
 }
 
+/// Writes the definition `path`: a Debian 12 rootfs image `name` (its hostname too) that
+/// installs `package` from `repo`, signed by the key in `repo-key.gpg` beside it; `system` is
+/// added to `[system]` and `more` (checks, output) after it.
+pub fn repo_definition(
+    path: &Path,
+    name: &str,
+    repo: &AptRepo,
+    package: &str,
+    system: &str,
+    more: &str,
+) {
+    fs::write(
+        path,
+        format!(
+            r#"[image]
+name = "{name}"
+version = "1.0.0"
+
+[os]
+family = "debian"
+release = "bookworm"
+
+[builder]
+kind = "rootfs"
+
+[machine]
+cpus = 2
+memory_mib = 1024
+disk_size = "2G"
+
+[system]
+hostname = "{name}"
+mirror = "http://deb.debian.org/debian"
+{system}
+[[system.repositories]]
+uri = "{uri}"
+suites = ["stable"]
+signed_by = "repo-key.gpg"
+packages = ["{package}"]
+
+{more}"#,
+            uri = repo.uri
+        ),
+    )
+    .unwrap();
+}
+
+/// A layer cache of its own at `cache` that shares the suite's package cache, so that Debian's
+/// packages are not downloaded again.
+pub fn private_cache(cache: &Path) -> PathBuf {
+    fs::create_dir_all(cache).unwrap();
+    let shared = super::web::cache_dir().join("packages");
+    fs::create_dir_all(&shared).unwrap();
+    std::os::unix::fs::symlink(&shared, cache.join("packages")).ok();
+    cache.to_path_buf()
+}
+
 /// `name version arch` lines of a build's `<name>.packages` record.
 pub fn image_packages(build_dir: &Path) -> BTreeMap<String, String> {
     let list = fs::read_dir(build_dir)
