@@ -650,6 +650,70 @@ mod tests {
     }
 
     #[test]
+    fn every_unit_the_customize_hook_enables_or_disables_is_watched() {
+        let hook = crate::render::script_template(crate::render::ROOTFS_CUSTOMIZE).unwrap();
+        let mut named = BTreeSet::new();
+        for line in hook.lines() {
+            let Some((_, rest)) = line
+                .split_once("systemctl enable ")
+                .or_else(|| line.split_once("systemctl disable "))
+            else {
+                continue;
+            };
+            for word in rest.split_whitespace().take_while(|w| !w.starts_with('>')) {
+                named.insert(if word.contains('.') {
+                    word.to_string()
+                } else {
+                    format!("{word}.service")
+                });
+            }
+        }
+        // imgforge's own unit is written by the hook itself, from the hook's template.
+        named.remove("imgforge-ssh-hostkeys.service");
+        let watched: BTreeSet<String> = CUSTOMIZE_UNITS.iter().map(|u| u.to_string()).collect();
+        assert!(!named.is_empty());
+        assert_eq!(named, watched);
+        assert!(
+            hook.contains("useradd -m"),
+            "home directories come from /etc/skel"
+        );
+    }
+
+    #[test]
+    fn a_patch_changing_what_the_customize_hook_derived_from_is_refused() {
+        let tree = tempfile::tempdir().unwrap();
+        let units = tree.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        let unit = units.join("systemd-networkd.service");
+        fs::write(
+            &unit,
+            "[Unit]\nA=1\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        let units_before = install_sections(tree.path());
+        let before = FileList::from([("/etc/skel/.bashrc".to_string(), file("old"))]);
+        // Outside [Install], and nothing under /etc/skel: accepted.
+        fs::write(
+            &unit,
+            "[Unit]\nA=2\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        check_customize_inputs(tree.path(), &before, &before, &units_before).unwrap();
+        // A new skeleton file.
+        let mut after = before.clone();
+        after.insert("/etc/skel/.profile".into(), file("new"));
+        let e = check_customize_inputs(tree.path(), &before, &after, &units_before);
+        assert!(e.unwrap_err().to_string().starts_with("/etc/skel/ changed"));
+        // The unit's [Install] section.
+        fs::write(&unit, "[Unit]\nA=2\n[Install]\nWantedBy=network.target\n").unwrap();
+        let e = check_customize_inputs(tree.path(), &before, &before, &units_before);
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("systemd-networkd.service"));
+    }
+
+    #[test]
     fn depmod_output_is_a_kernels_module_index_only() {
         assert!(depmod_output("/usr/lib/modules/6.1.0-57-amd64/modules.dep"));
         assert!(depmod_output(
