@@ -53,6 +53,8 @@ pub struct PlanItem {
     /// What changed in the archive since the newest build of this image in the output
     /// directory (Debian family; `None` where there is no such build).
     pub upstream: Option<Upstream>,
+    /// The cached base a missing rootfs base would be patched from (`None`: built cold).
+    pub patch_from: Option<crate::base::PatchPlan>,
 }
 
 /// What changed upstream since an earlier build.
@@ -111,12 +113,17 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
         .packages
         .as_ref()
         .and_then(|now| upstream_since_last_build(&out.name_dir, now));
+    let patch_from = match (base, resolved.packages.as_ref()) {
+        (LayerState::Missing, Some(packages)) => crate::base::patch_candidate(&def, packages)?,
+        _ => None,
+    };
     Ok(PlanItem {
         packages_from: resolved.packages.as_ref().map(|p| match &p.lock {
             Some(lock) => lock.display().to_string(),
             None => "archive".to_string(),
         }),
         upstream,
+        patch_from,
         file: file.to_path_buf(),
         name: def.image.name.0.clone(),
         version: def.image.version.clone(),
@@ -185,6 +192,15 @@ pub fn table(items: &[PlanItem]) -> String {
                 i.name,
                 short(&up.since_build),
                 up.changes.summary()
+            );
+        }
+        if let Some(patch) = &i.patch_from {
+            text += &format!(
+                "\n{}: base to be patched from {} ({} package(s) to install, {} to remove)",
+                i.name,
+                short(&patch.from),
+                patch.install,
+                patch.remove
             );
         }
     }

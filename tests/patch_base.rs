@@ -87,8 +87,8 @@ fn raw_disk(events: &[Value]) -> PathBuf {
         .unwrap_or_else(|| panic!("no raw disk in {}", dir.display()))
 }
 
-/// `imgforge plan` says `def` needs a build.
-fn plan_needs_build(def: &Path, output: &Path, cache: &Path) {
+/// `imgforge plan` says `def` needs a build; its plan.
+fn plan_needs_build(def: &Path, output: &Path, cache: &Path) -> Value {
     let (code, out, err) = run(imgforge()
         .args(["plan", "--json", "--output-dir"])
         .arg(output)
@@ -97,6 +97,7 @@ fn plan_needs_build(def: &Path, output: &Path, cache: &Path) {
     assert_eq!(code, 0, "{err}");
     let plan: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(plan["definitions"][0]["needs_build"], true, "{plan}");
+    plan["definitions"][0].clone()
 }
 
 /// The bench's record: patch day (plan and a verified build on a patched base) against plan
@@ -184,7 +185,7 @@ fn a_patched_base_gives_the_cold_builds_image_and_a_patch_that_could_differ_is_r
     // Patch day: the newest set, planned, then patched from the cached base.
     fs::remove_file(def.with_extension("lock")).unwrap();
     let patch_started = Instant::now();
-    plan_needs_build(&def, &output, &cache);
+    let planned = plan_needs_build(&def, &output, &cache);
     let v2 = build(&def, &output, &cache);
     let patch_day = patch_started.elapsed();
     let patch = base_patch(&v2).expect("a base_patch event");
@@ -207,6 +208,12 @@ fn a_patched_base_gives_the_cold_builds_image_and_a_patch_that_could_differ_is_r
             .any(|p| p.as_str().unwrap().starts_with("linux-image-6.")),
         "the old kernel ABI's package is removed: {patch}"
     );
+    assert_eq!(
+        planned["patch_from"]["from"],
+        last_manifest(&v1)["ids"]["base"],
+        "plan names the base the build patched: {planned}"
+    );
+    assert_eq!(planned["patch_from"]["install"], installed.len());
     let v2_dir = build_dir(last_manifest(&v2));
     assert_eq!(image_packages(&v2_dir)["linux-image-amd64"], new_kernel);
 
@@ -216,7 +223,8 @@ fn a_patched_base_gives_the_cold_builds_image_and_a_patch_that_could_differ_is_r
         dir.path().join("cold-output"),
         private_cache(&dir.path().join("cold")),
     );
-    plan_needs_build(&def, &cold_output, &cold_cache);
+    let cold_plan = plan_needs_build(&def, &cold_output, &cold_cache);
+    assert!(cold_plan["patch_from"].is_null(), "{cold_plan}");
     let cold = build(&def, &cold_output, &cold_cache);
     let cold_build = cold_started.elapsed();
     if let Some(dir) = bench_record() {

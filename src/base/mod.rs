@@ -269,6 +269,32 @@ pub fn ensure(
     Ok((base, false))
 }
 
+/// The cached base a new base would be patched from, as `plan` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchPlan {
+    /// The cached base's id.
+    pub from: String,
+    /// How many packages the patch installs (new, or at another version).
+    pub install: usize,
+    /// How many it removes.
+    pub remove: usize,
+}
+
+/// Where a rootfs base for `def` with the set `packages` would be patched from, if a cached
+/// base of its lineage is near enough; the build still falls back to a cold base when the
+/// patch could differ from one.
+pub fn patch_candidate(def: &Definition, packages: &ResolvedPackages) -> Result<Option<PatchPlan>> {
+    if def.builder.kind != BuilderKind::Rootfs {
+        return Ok(None);
+    }
+    let lineage = crate::layers::base_lineage(def, Some(packages))?;
+    Ok(patch::find(&lineage, &packages.set).map(|p| PatchPlan {
+        from: p.from.info.id.clone(),
+        install: p.install.len(),
+        remove: p.remove.len(),
+    }))
+}
+
 /// A rootfs base: patched from a cached base of its lineage when one is near enough and the
 /// patch gives what a cold build would, else built cold; the `base_patch` event says which,
 /// and why.
