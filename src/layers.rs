@@ -61,7 +61,7 @@ pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Re
 /// packages the definition asks for (`system.packages`, a repository's `packages`), which only
 /// choose that set. Two bases of one lineage differ only in the packages installed, so one can
 /// be patched into the other (see `base::patch`).
-pub fn base_lineage(def: &Definition, packages: Option<&ResolvedPackages>) -> Result<String> {
+pub fn base_lineage(def: &Definition, packages: &ResolvedPackages) -> Result<String> {
     let mut unrequested = def.clone();
     unrequested.system.packages.clear();
     for repository in &mut unrequested.system.repositories {
@@ -69,16 +69,11 @@ pub fn base_lineage(def: &Definition, packages: Option<&ResolvedPackages>) -> Re
     }
     let answer = crate::render::render(&unrequested)?;
     let mut inputs = base_inputs(&unrequested, &answer, None)?;
-    inputs["sources"] = match packages {
-        Some(p) => {
-            let mut sources = p.sources.clone();
-            for source in &mut sources {
-                source.packages.clear();
-            }
-            crate::apt::sources_identity(&sources)
-        }
-        None => Value::Null,
-    };
+    let mut sources = packages.sources.clone();
+    for source in &mut sources {
+        source.packages.clear();
+    }
+    inputs["sources"] = crate::apt::sources_identity(&sources);
     Ok(digest(&inputs))
 }
 
@@ -252,14 +247,30 @@ mod tests {
         Definition::parse(&edit(&text), &path).unwrap()
     }
 
+    /// A resolution from one source that installs `packages`, with an empty set.
+    fn resolved(packages: &[&str]) -> ResolvedPackages {
+        ResolvedPackages {
+            sources: vec![serde_json::from_value(serde_json::json!({
+                "name": "repo1", "uri": "http://repo.example/debian", "suites": ["stable"],
+                "components": ["main"], "keyring": null, "key_sha256": "ab",
+                "packages": packages,
+            }))
+            .unwrap()],
+            set: crate::apt::PackageSet::new(Vec::new()),
+            lock: None,
+        }
+    }
+
     #[test]
     fn a_lineage_leaves_out_the_packages_asked_for_and_keeps_every_other_base_input() {
-        let plain = base_lineage(&minimal(str::to_string), None).unwrap();
+        let plain = base_lineage(&minimal(str::to_string), &resolved(&[])).unwrap();
         let more_packages =
             minimal(|t| t.replace("[system]\n", "[system]\npackages = [\"less\"]\n"));
         assert_eq!(more_packages.system.packages, ["less"]);
-        assert_eq!(base_lineage(&more_packages, None).unwrap(), plain);
+        assert_eq!(base_lineage(&more_packages, &resolved(&[])).unwrap(), plain);
+        let from_repository = base_lineage(&minimal(str::to_string), &resolved(&["tool"]));
+        assert_eq!(from_repository.unwrap(), plain);
         let other_host = minimal(|t| t.replace("hostname = \"debian\"", "hostname = \"other\""));
-        assert_ne!(base_lineage(&other_host, None).unwrap(), plain);
+        assert_ne!(base_lineage(&other_host, &resolved(&[])).unwrap(), plain);
     }
 }

@@ -12,7 +12,7 @@ use aws_sdk_ec2::Client;
 use common::apt_repo::{
     assert_newest_from_debian, image_packages, private_cache, repo_definition, AptRepo, GpgKey,
 };
-use common::web::{build_dir, cache_dir, in_image_chroot, last_manifest};
+use common::web::{build_dir, cache_dir, in_image_chroot, last_manifest, raw_disk};
 use common::{imgforge, run, Moto};
 use serde_json::Value;
 use std::fs;
@@ -88,11 +88,7 @@ fn assert_nothing_left(cache: &Path, output: &Path) {
 /// it), unpacked by the host's `unmkinitramfs`.
 fn initramfs_file(build_dir: &Path, file: &str) -> Option<String> {
     use base64::Engine;
-    let raw = fs::read_dir(build_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "raw"))
-        .expect("a raw disk");
+    let raw = raw_disk(build_dir);
     let encoded = in_image_chroot(&raw, &["sh", "-c", "base64 -w0 /boot/initrd.img-*"]);
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");

@@ -79,12 +79,7 @@ fn patched_package(line: &str) -> bool {
 
 /// The raw disk of the last build in `events`.
 fn raw_disk(events: &[Value]) -> PathBuf {
-    let dir = build_dir(last_manifest(events));
-    fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "raw"))
-        .unwrap_or_else(|| panic!("no raw disk in {}", dir.display()))
+    common::web::raw_disk(&build_dir(last_manifest(events)))
 }
 
 /// `imgforge plan` says `def` needs a build; its plan.

@@ -253,7 +253,7 @@ pub fn ensure(
         return Ok((base, false));
     }
     let staging = BaseStaging::new(&ids.base)?;
-    let mut info = match def.builder.kind {
+    let info = match def.builder.kind {
         BuilderKind::Rootfs => {
             let packages = packages.context("the rootfs builder needs the resolved package set")?;
             build_rootfs(def, packages, &staging, reporter)?
@@ -261,7 +261,6 @@ pub fn ensure(
         BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
     };
     crate::cancel::check()?;
-    info.lineage = Some(crate::layers::base_lineage(def, packages)?);
     let base = staging.commit(info)?;
     if let Some(remote) = remote {
         remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
@@ -287,27 +286,50 @@ pub fn patch_candidate(def: &Definition, packages: &ResolvedPackages) -> Result<
     if def.builder.kind != BuilderKind::Rootfs {
         return Ok(None);
     }
-    let lineage = crate::layers::base_lineage(def, Some(packages))?;
-    Ok(patch::find(&lineage, &packages.set).map(|p| PatchPlan {
+    Ok(patch_source(def, packages)?.1.map(|p| PatchPlan {
         from: p.from.info.id.clone(),
         install: p.install.len(),
         remove: p.remove.len(),
     }))
 }
 
-/// A rootfs base: patched from a cached base of its lineage when one is near enough and the
-/// patch gives what a cold build would, else built cold; the `base_patch` event says which,
-/// and why.
+/// The lineage of a rootfs base for `def` with `packages`, and the cached base of that
+/// lineage to patch it from, if one is near enough.
+fn patch_source(
+    def: &Definition,
+    packages: &ResolvedPackages,
+) -> Result<(String, Option<patch::Patch>)> {
+    let lineage = crate::layers::base_lineage(def, packages)?;
+    let patch = patch::find(&lineage, &packages.set);
+    Ok((lineage, patch))
+}
+
+/// A rootfs base, with its lineage: patched from a cached base of that lineage when one is
+/// near enough and the patch gives what a cold build would, else built cold.
 fn build_rootfs(
     def: &Definition,
     packages: &ResolvedPackages,
     staging: &BaseStaging,
     reporter: &Reporter,
 ) -> Result<BaseInfo> {
-    let lineage = crate::layers::base_lineage(def, Some(packages))?;
-    let Some(patch) = patch::find(&lineage, &packages.set) else {
-        return rootfs::build(def, packages, staging, reporter);
+    let (lineage, patch) = patch_source(def, packages)?;
+    let mut info = match patch {
+        Some(patch) => patched_or_cold(def, packages, staging, &patch, reporter)?,
+        None => rootfs::build(def, packages, staging, reporter)?,
     };
+    info.lineage = Some(lineage);
+    Ok(info)
+}
+
+/// Patches `patch.from` into the new base, or builds it cold when the patch is refused or
+/// fails; the `base_patch` event says which, and why.
+fn patched_or_cold(
+    def: &Definition,
+    packages: &ResolvedPackages,
+    staging: &BaseStaging,
+    patch: &patch::Patch,
+    reporter: &Reporter,
+) -> Result<BaseInfo> {
     let started = std::time::Instant::now();
     let payload = |outcome: &str, reason: Option<String>| {
         serde_json::json!({
@@ -320,7 +342,7 @@ fn build_rootfs(
             "seconds": started.elapsed().as_secs_f64(),
         })
     };
-    match patch::build(def, packages, staging, &patch, reporter) {
+    match patch::build(def, packages, staging, patch, reporter) {
         Ok(info) => {
             reporter.event(
                 Event::BasePatch,

@@ -66,6 +66,21 @@ pub struct PackageCache {
 const DIGEST_SUFFIX: &str = ".sha256";
 
 impl PackageCache {
+    /// The cache the rootfs base of `def` fetches its packages into: the shared one, or
+    /// `private` (a directory of that build's own) when `limit` is 0 and the cache is off.
+    pub fn for_definition(
+        def: &crate::definition::Definition,
+        limit: u64,
+        private: &Path,
+    ) -> Result<PackageCache> {
+        let root = match limit {
+            0 => private.to_path_buf(),
+            _ => cache_root(),
+        };
+        let suite = crate::apt::suite(&def.os.release);
+        PackageCache::open(&root, &suite, &def.system.mirror)
+    }
+
     /// The cache for `suite` from `mirror` under `root` ([`cache_root`]), created if missing,
     /// with every package checked against its recorded sha256 and removed if it does not match
     /// (or has none).

@@ -243,12 +243,11 @@ fn fetch(
     let archive = Archive::for_definition(def, &resolved.sources)?;
     let _indexes = archive.update()?;
     let set = PackageSet::new(install.to_vec());
-    let cache_dir = match super::packages::limit()? {
-        0 => dir.join(".cache"),
-        _ => super::packages::cache_root(),
-    };
-    let suite = crate::apt::suite(&def.os.release);
-    let mut cache = super::packages::PackageCache::open(&cache_dir, &suite, &def.system.mirror)?;
+    let mut cache = super::packages::PackageCache::for_definition(
+        def,
+        super::packages::limit()?,
+        &dir.join(".cache"),
+    )?;
     cache.fetch(&set, &archive)?;
     cache.link_into(&set, dir)
 }

@@ -149,11 +149,8 @@ fn make_tree(
     let suite = crate::apt::suite(&def.os.release);
     let package_limit = packages::limit()?;
     // With the cache off, the packages are fetched into the staging directory instead.
-    let cache_root = match package_limit {
-        0 => staging.path("fetched"),
-        _ => packages::cache_root(),
-    };
-    let mut package_cache = PackageCache::open(&cache_root, &suite, &def.system.mirror)?;
+    let mut package_cache =
+        PackageCache::for_definition(def, package_limit, &staging.path("fetched"))?;
     package_cache.fetch(&resolved.set, &archive)?;
     let synced = staging.path("packages");
     fs::create_dir_all(&synced)?;

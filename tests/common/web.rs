@@ -162,6 +162,15 @@ pub fn base_lock() -> &'static Mutex<()> {
     LOCK.get_or_init(|| Mutex::new(()))
 }
 
+/// The raw disk among a build's artifacts in `build_dir`.
+pub fn raw_disk(build_dir: &Path) -> PathBuf {
+    fs::read_dir(build_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "raw"))
+        .unwrap_or_else(|| panic!("no raw disk in {}", build_dir.display()))
+}
+
 /// Reads a file from the ext4 root partition (at 1 MiB) of a raw image with debugfs; `None`
 /// when the file does not exist (debugfs prints nothing on stdout for both).
 pub fn read_from_image(raw: &Path, file: &str) -> Option<String> {
