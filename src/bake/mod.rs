@@ -133,16 +133,18 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     let mut output = String::new();
     for pass in passes {
         match pass {
-            Pass::Offline(boot, bundle) => {
-                output += &run_offline(input, boot, &overlay, bundle, reporter)?
-            }
+            Pass::Offline(boot, bundle) => append_output(
+                &mut output,
+                &run_offline(input, boot, &overlay, bundle, reporter)?,
+            ),
             Pass::Ssh(steps) => {
                 let session = SshSession::boot(input, &overlay, reporter)?;
                 for step in steps {
-                    output += &match step {
+                    let text = match step {
                         SshStep::Bundle(b) => session.run_bundle(&b.dir, b.script, b.what)?,
                         SshStep::Provisioners(list) => session.run_provisioners(&list, reporter)?,
-                    }
+                    };
+                    append_output(&mut output, &text);
                 }
                 session.poweroff()?;
             }
@@ -153,6 +155,16 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
         raw: None,
         tools: bake_protocol::tools(&output).into_iter().collect(),
     })
+}
+
+/// Appends one step's output to the bake's, on a line of its own: a console cut off mid-line
+/// (a VM powering off) must not hide the next step's first marker, which the protocol reads
+/// at the start of a line.
+fn append_output(output: &mut String, text: &str) {
+    if !output.is_empty() && !output.ends_with('\n') {
+        output.push('\n');
+    }
+    output.push_str(text);
 }
 
 /// Whether an offline bake runs in a chroot (`machine.bake`): `auto` where the host allows
@@ -498,11 +510,8 @@ impl<'a> SshSession<'a> {
     /// quotes it.
     fn run(&self, what: &str, remote: &str, stdin: Vec<u8>) -> Result<String> {
         let (code, out) = self.ssh().arg(remote).stdin(stdin).run_unchecked()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        append_output(&mut text, &String::from_utf8_lossy(&out.stderr));
         append_console_section(self.input.console_log, &format!("{what} over SSH"), &text)?;
         if code != 0 {
             let failed = bake_protocol::failed_step(&text).unwrap_or(what);
@@ -532,7 +541,7 @@ impl<'a> SshSession<'a> {
         let mut output = String::new();
         for (index, p) in list {
             let index = *index;
-            output += &match p {
+            let text = match p {
                 Provisioner::Shell { script, .. } => {
                     let body = fs::read(def.resolve(script)).with_context(|| {
                         format!(
@@ -556,6 +565,7 @@ impl<'a> SshSession<'a> {
                     self.run_bundle(&dir, script, &format!("provisioners[{index}]"))?
                 }
             };
+            append_output(&mut output, &text);
         }
         Ok(output)
     }
@@ -612,6 +622,18 @@ impl<'a> SshSession<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_cut_off_mid_line_does_not_hide_the_next_steps_tool() {
+        let mut output = "imgforge-bake: step data\n[   9.87] reboot: Power do".to_string();
+        append_output(
+            &mut output,
+            "imgforge-bake: tool provisioners[0] ansible-playbook [core 2.14]\n",
+        );
+        let tool = ("provisioners[0]", "ansible-playbook [core 2.14]");
+        let tools = bake_protocol::tools(&output);
+        assert_eq!(tools, [(tool.0.to_string(), tool.1.to_string())]);
+    }
 
     /// The bake's last pass for `images/NAME` with `edit` applied, after the prelude that
     /// defines what it uses.
