@@ -1,0 +1,682 @@
+//! Image definitions: the TOML files in `images/` that decide everything about an image.
+//!
+//! [`Definition::load`] reads a file and rejects anything it does not understand, naming the
+//! file, the line and column, and the field. Values that need checking (sha256 digests, password
+//! hashes, durations, sizes) are newtypes whose deserializers validate, so their errors carry the
+//! position of the offending value too.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod consistency;
+mod locate;
+mod machine;
+mod output;
+mod provision;
+mod rules;
+mod values;
+
+pub use machine::*;
+pub use output::*;
+pub use provision::*;
+pub use values::*;
+
+use locate::line_col;
+
+/// An error in an image definition, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the image definition: {source}")]
+    Read {
+        /// The definition file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid definition.
+    #[error("{path}:{line}:{column}: field `{field}`: {message}")]
+    Invalid {
+        /// The definition file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// Dotted path of the offending field (`system.users[0].password_hash`).
+        field: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// The answer file cannot be rendered from the definition; the message names the template
+    /// and its line, or the definition's field.
+    #[error("{path}: the answer file cannot be rendered: {message}")]
+    Render {
+        /// The definition file.
+        path: PathBuf,
+        /// What went wrong, located in the template or the definition.
+        message: String,
+    },
+    /// The definition names a source that is not what it says (a ref or a file missing from
+    /// a local repository); the message names the file and the field.
+    #[error("{message}")]
+    Source {
+        /// What is wrong, with the definition's path and field.
+        message: String,
+    },
+    /// Several problems in one definition, each with its own location.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<DefinitionError>),
+    /// Some of several definitions were invalid (each was reported as it was read).
+    #[error("{invalid} of {total} definitions are invalid")]
+    Several {
+        /// How many were invalid.
+        invalid: usize,
+        /// How many were read.
+        total: usize,
+    },
+}
+
+/// A whole image definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Name and version of the image.
+    pub image: ImageInfo,
+    /// Operating system family and release.
+    pub os: Os,
+    /// How the base layer is made.
+    pub builder: Builder,
+    /// Installer media and boot command (builder `installer`).
+    #[serde(default)]
+    pub installer: Option<Installer>,
+    /// The virtual machine used for building.
+    #[serde(default)]
+    pub machine: Machine,
+    /// Settings of the installed system.
+    pub system: System,
+    /// The service layer baked on top of the base.
+    #[serde(default)]
+    pub service: Option<Service>,
+    /// The data snapshot baked on top of the base.
+    #[serde(default)]
+    pub data: Option<DataSnapshot>,
+    /// Extra steps run during the bake, in order.
+    #[serde(default)]
+    pub provisioners: Vec<Provisioner>,
+    /// Checks that prove a built image works.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Export formats.
+    #[serde(default)]
+    pub output: Output,
+    /// Where `--register` publishes the image.
+    #[serde(default)]
+    pub publish: Publish,
+    /// `[cloud]`: how an instance takes its keys, hostname and user data where it runs.
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// `[cache]`: the layer cache shared by runners.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// Directory of the definition file; relative paths in it are resolved against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The definition file itself.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[image]`: what the image is called.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Image name: lowercase letters, digits and dashes.
+    pub name: ImageName,
+    /// Free-form version, recorded in the manifest and on cloud tags.
+    pub version: String,
+    /// Optional description, used when registering.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[os]`: family and release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Os {
+    /// `debian` or `rhel`.
+    pub family: OsFamily,
+    /// Release codename or number (`bookworm`, `9`).
+    pub release: String,
+    /// CPU architecture; only `x86_64` is built today.
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+}
+
+/// Operating system families imgforge renders answer files for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsFamily {
+    /// Debian and derivatives: preseed.
+    Debian,
+    /// Red Hat family (Rocky, Alma): kickstart.
+    Rhel,
+}
+
+/// CPU architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// 64-bit x86.
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+fn default_arch() -> Arch {
+    Arch::X86_64
+}
+
+/// `[builder]`: how the base layer is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    /// `installer` or `rootfs`.
+    pub kind: BuilderKind,
+    /// mmdebstrap variant for `rootfs` (default `minbase`).
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// The two ways of making a base layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    /// Boot the OS installer with a rendered answer file.
+    Installer,
+    /// Build the OS tree with mmdebstrap and assemble a disk; no installer.
+    Rootfs,
+}
+
+/// `[installer]`: media and boot command of the installer builder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Installer {
+    /// Installer kernel for direct kernel boot.
+    #[serde(default)]
+    pub kernel: Option<Artifact>,
+    /// Installer initrd for direct kernel boot.
+    #[serde(default)]
+    pub initrd: Option<Artifact>,
+    /// Installer ISO, booted with `boot_command` typed at its prompt.
+    #[serde(default)]
+    pub iso: Option<Artifact>,
+    /// Kernel command line for direct kernel boot; handlebars placeholders `{{http_url}}`,
+    /// `{{http_ip}}`, `{{http_port}}` and `{{answer_url}}` are filled in.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// Keys typed at the ISO's boot prompt, VeeWee/Packer syntax.
+    #[serde(default)]
+    pub boot_command: Vec<String>,
+    /// How long to wait after power-on before typing the boot command.
+    #[serde(default = "default_boot_wait")]
+    pub boot_wait: HumanDuration,
+    /// Answer-file template overriding the shipped one, relative to the definition.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+}
+
+fn default_boot_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+/// A file pinned by its sha256: a local path or a URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Local path, relative to the definition.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `http://` or `https://` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Expected sha256 of the file.
+    pub sha256: Sha256Hex,
+}
+
+/// `[system]`: settings of the installed system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    /// Host name.
+    pub hostname: String,
+    /// DNS domain.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// IANA time zone (`Etc/UTC`, `Europe/Berlin`).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Locale (`en_US.UTF-8`).
+    #[serde(default = "default_locale")]
+    pub locale: String,
+    /// Keyboard layout (`us`).
+    #[serde(default = "default_keyboard")]
+    pub keyboard: String,
+    /// Package mirror URL.
+    pub mirror: String,
+    /// HTTP proxy for the installer and apt, if any.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Also install from the release's updates and security suites, and give the image them as
+    /// sources (default true); `false` only where a definition says so.
+    #[serde(default = "default_true")]
+    pub updates: bool,
+    /// The security archive (Debian: default `debian-security` on the mirror's host; rhel:
+    /// the repository of updates that kickstart adds, none by default).
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+    /// OpenPGP key file (binary or armored) that signs the mirror and the security archive,
+    /// for an internal mirror with its own key (default: this host's Debian archive keyring).
+    #[serde(default)]
+    pub mirror_key: Option<PathBuf>,
+    /// `[[system.repositories]]`: extra apt repositories.
+    #[serde(default)]
+    pub repositories: Vec<Repository>,
+    /// Users to create.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Extra packages to install.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Debconf selections, `owner question type value` lines, applied by both builders.
+    #[serde(default)]
+    pub debconf: Vec<String>,
+}
+
+fn default_domain() -> String {
+    "localdomain".into()
+}
+fn default_timezone() -> String {
+    "Etc/UTC".into()
+}
+fn default_locale() -> String {
+    "en_US.UTF-8".into()
+}
+fn default_keyboard() -> String {
+    "us".into()
+}
+
+/// `[[system.repositories]]`: an extra apt repository, such as a team's own packages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Its URL.
+    pub uri: String,
+    /// Its suites (`bookworm`, `stable`).
+    pub suites: Vec<String>,
+    /// Its components.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// OpenPGP key file (binary or armored) its `InRelease` is signed with.
+    #[serde(default)]
+    pub signed_by: Option<PathBuf>,
+    /// Install from it unsigned (`[trusted=yes]`): refused unless said here, and warned about.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Packages installed from this repository's first suite, whatever other sources offer.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+/// `[[system.users]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// crypt(3) hash of the password; plain text is refused.
+    #[serde(default)]
+    pub password_hash: Option<PasswordHash>,
+    /// SSH public keys for `~/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// Whether the user may use sudo.
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+/// `[cache]`: where layers are shared between runners.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Remote layer cache, `s3://bucket/prefix` (`--cache-url` and `IMGFORGE_CACHE_URL` win).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `[[checks]]`: what proves a built image works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Check {
+    /// A TCP port accepts connections (and sends the banner `expect`, when given).
+    Tcp {
+        /// Guest port.
+        port: u16,
+        /// Text the guest's first bytes must contain (a banner such as `SSH-2.0-`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
+    /// An HTTP GET answers 200 with a body containing `expect`.
+    Http {
+        /// Guest port.
+        port: u16,
+        /// Request path.
+        path: String,
+        /// Text the body must contain.
+        expect: String,
+    },
+}
+
+/// The time in a snapshot mirror URL: a path segment `YYYYMMDDTHHMMSSZ`, as
+/// snapshot.debian.org names its dated archives.
+pub fn snapshot_time(mirror: &str) -> Option<u32> {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    mirror.split('/').find_map(|segment| {
+        time::PrimitiveDateTime::parse(segment, &format)
+            .ok()
+            .and_then(|t| u32::try_from(t.assume_utc().unix_timestamp()).ok())
+    })
+}
+
+/// The release date of a Debian release (its first point release), the default
+/// `SOURCE_DATE_EPOCH` when nothing newer is pinned.
+fn release_date(release: &str) -> u32 {
+    match release {
+        "bullseye" | "11" => 1_628_899_200, // 2021-08-14
+        "trixie" | "13" => 1_754_697_600,   // 2025-08-09
+        _ => 1_686_355_200,                 // bookworm, 2023-06-10
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Definition {
+    /// Reads and validates the definition at `path`.
+    pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Definition::parse(&text, path)
+    }
+
+    /// Parses and validates definition text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Definition, DefinitionError> {
+        let de = toml::Deserializer::new(text);
+        let mut def: Definition = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            DefinitionError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        def.path = path.to_path_buf();
+        def.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        def.check_consistency(text)?;
+        Ok(def)
+    }
+
+    /// The time the image's timestamps are clamped to (`SOURCE_DATE_EPOCH`):
+    /// `output.source_date_epoch`, else the time of a dated snapshot mirror
+    /// (`system.mirror` such as `http://snapshot.debian.org/archive/debian/20261120T000000Z/`),
+    /// else the release date of the OS release, so the same inputs give the same bytes.
+    pub fn source_date_epoch(&self) -> u32 {
+        self.output
+            .source_date_epoch
+            .or_else(|| snapshot_time(&self.system.mirror))
+            .unwrap_or_else(|| release_date(&self.os.release))
+    }
+
+    /// The packages the base installs: `system.packages`, then [`Self::bake_only_packages`].
+    pub fn base_packages(&self) -> Vec<String> {
+        let mut packages = self.system.packages.clone();
+        if self.cloud_init() {
+            packages.extend(CLOUD_INIT_PACKAGES.iter().map(|p| p.to_string()));
+        }
+        packages.extend(self.bake_only_packages().iter().map(|p| p.to_string()));
+        packages
+    }
+
+    /// Whether instances configure themselves with cloud-init (`cloud.init`, or its default:
+    /// on for a Debian image with a `[publish]` target).
+    pub fn cloud_init(&self) -> bool {
+        match self.cloud.init {
+            Some(init) => init == CloudInit::CloudInit,
+            None => {
+                self.os.family == OsFamily::Debian
+                    && (self.publish.aws.is_some() || self.publish.eucalyptus.is_some())
+            }
+        }
+    }
+
+    /// Whether cloud-init also takes the metadata service of a cloud that does not identify
+    /// itself as AWS (`cloud.private_ec2`, default: a `[publish.eucalyptus]` target).
+    pub fn cloud_private_ec2(&self) -> bool {
+        self.cloud
+            .private_ec2
+            .unwrap_or(self.publish.eucalyptus.is_some())
+    }
+
+    /// The user the metadata's SSH keys go to.
+    pub fn cloud_user(&self) -> &str {
+        self.cloud.user.as_deref().unwrap_or(DEFAULT_CLOUD_USER)
+    }
+
+    /// What the base installs only for the bake, and the bake purges again: Debian's Ansible
+    /// (and the apt bindings its `apt` module needs) when a playbook runs in the image, less
+    /// what `system.packages` names.
+    pub fn bake_only_packages(&self) -> Vec<&'static str> {
+        let runs_in_image = self
+            .provisioners
+            .iter()
+            .any(|p| matches!(p, Provisioner::Ansible(a) if a.runner == AnsibleRunner::Image));
+        match runs_in_image {
+            true => ANSIBLE_PACKAGES
+                .into_iter()
+                .filter(|p| !self.system.packages.iter().any(|named| named == p))
+                .collect(),
+            false => Vec::new(),
+        }
+    }
+
+    /// The directory staged for a playbook outside the service: the playbook's own directory,
+    /// with its roles, templates and variables.
+    pub fn ansible_project(&self, a: &AnsibleProvisioner) -> PathBuf {
+        let playbook = self.resolve(&a.playbook);
+        playbook.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+
+    /// Every pinned file of the definition with the dotted name of its field.
+    pub fn artifacts(&self) -> Vec<(String, &Artifact)> {
+        let mut all = Vec::new();
+        if let Some(i) = &self.installer {
+            for (name, a) in [
+                ("kernel", &i.kernel),
+                ("initrd", &i.initrd),
+                ("iso", &i.iso),
+            ] {
+                if let Some(a) = a {
+                    all.push((format!("installer.{name}"), a));
+                }
+            }
+        }
+        if let Some(t) = self.data.as_ref().and_then(|d| d.tarball.as_ref()) {
+            all.push(("data.tarball".to_string(), t));
+        }
+        all
+    }
+
+    /// Resolves a path written in the definition against the definition's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// What `[cloud] init = "cloud-init"` adds to the base: cloud-init, and `growpart` to grow
+/// the root partition to the volume's size.
+pub const CLOUD_INIT_PACKAGES: [&str; 2] = ["cloud-init", "cloud-guest-utils"];
+
+/// Debian's Ansible and the apt bindings its `apt` module needs, for playbooks that run in the
+/// image.
+pub const ANSIBLE_PACKAGES: [&str; 2] = ["ansible-core", "python3-apt"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chef_run_list_entries_parse_to_cookbook_and_recipe_or_role() {
+        let recipe = |c: &str, r: &str| {
+            Some(ChefRunItem::Recipe {
+                cookbook: c.into(),
+                recipe: r.into(),
+            })
+        };
+        assert_eq!(
+            ChefRunItem::parse("recipe[web::site]"),
+            recipe("web", "site")
+        );
+        assert_eq!(ChefRunItem::parse("web::site"), recipe("web", "site"));
+        assert_eq!(ChefRunItem::parse("web"), recipe("web", "default"));
+        assert_eq!(
+            ChefRunItem::parse("role[base]"),
+            Some(ChefRunItem::Role("base".into()))
+        );
+        for bad in ["", "recipe[]", "role[a b]", "web::", "../x", "recipe[web"] {
+            assert_eq!(ChefRunItem::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            ChefRunItem::parse("web").unwrap().canonical(),
+            "recipe[web::default]"
+        );
+    }
+
+    const MINIMAL: &str = r#"
+[image]
+name = "t"
+version = "1"
+[os]
+family = "debian"
+release = "bookworm"
+[builder]
+kind = "rootfs"
+[system]
+hostname = "h"
+mirror = "http://deb.debian.org/debian"
+"#;
+
+    fn parse(text: &str) -> Result<Definition, DefinitionError> {
+        Definition::parse(text, Path::new("images/t.toml"))
+    }
+
+    #[test]
+    fn minimal_definition_gets_defaults() {
+        let d = parse(MINIMAL).unwrap();
+        assert_eq!(d.machine.cpus, 2);
+        assert_eq!(d.machine.disk_size.mib(), 4096);
+        assert_eq!(d.output.formats, vec![DiskFormat::Qcow2]);
+    }
+
+    #[test]
+    fn the_source_date_comes_from_the_definition_else_a_snapshot_mirror_else_the_release() {
+        assert_eq!(parse(MINIMAL).unwrap().source_date_epoch(), 1_686_355_200);
+        let snapshot = MINIMAL.replace(
+            "http://deb.debian.org/debian",
+            "http://snapshot.debian.org/archive/debian/20261120T093000Z/",
+        );
+        // 2026-11-20 09:30:00 UTC.
+        assert_eq!(parse(&snapshot).unwrap().source_date_epoch(), 1_795_167_000);
+        let pinned = format!("{snapshot}[output]\nsource_date_epoch = 1700000000\n");
+        assert_eq!(parse(&pinned).unwrap().source_date_epoch(), 1_700_000_000);
+        let negative = format!("{MINIMAL}[output]\nsource_date_epoch = -1\n");
+        let e = parse(&negative).unwrap_err().to_string();
+        assert!(e.contains("output.source_date_epoch"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field() {
+        let text = MINIMAL.replace("hostname = \"h\"", "hostname = \"h\"\ncolour = \"red\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("images/t.toml:12:1: field `system"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let text = format!("{MINIMAL}[machine]\ncpus = \"two\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("images/t.toml:14:8: field `machine.cpus`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_password_is_refused_with_a_hint() {
+        let text =
+            format!("{MINIMAL}[[system.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("field `system.users[0].password_hash`"), "{e}");
+        assert!(e.contains("mkpasswd"), "{e}");
+        assert!(e.contains(":15:17:"), "{e}");
+    }
+
+    #[test]
+    fn malformed_sha256_is_refused() {
+        let text = format!(
+            "{MINIMAL}[data]\ndest = \"/srv\"\ntarball = {{ path = \"d.tar\", sha256 = \"abc\" }}\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("field `data.tarball.sha256`"), "{e}");
+        assert!(e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn installer_builder_needs_media() {
+        let text = MINIMAL.replace("kind = \"rootfs\"", "kind = \"installer\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("images/t.toml:9:1: field `builder.kind`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("4G").unwrap().0, 4 << 30);
+        assert_eq!(ByteSize::parse("4GiB").unwrap().0, 4 << 30);
+        assert_eq!(ByteSize::parse("512M").unwrap().mib(), 512);
+        assert!(ByteSize::parse("4 potatoes").is_none());
+    }
+}
