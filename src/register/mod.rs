@@ -18,6 +18,12 @@ pub mod ebs_upload;
 pub mod emi;
 pub mod import;
 pub mod launch_template;
+mod progress;
+mod source;
+
+pub(crate) use progress::delete_snapshot;
+pub use progress::Progress;
+use source::{RawImage, SourceImage};
 
 #[cfg(test)]
 mod bundle_tests;
@@ -26,17 +32,14 @@ mod request_tests;
 
 use crate::cloud::registration::{Statement, ARTIFACT_TAG};
 use crate::cloud::{self, CloudOptions};
-use crate::definition::{DiskFormat, Firmware};
+use crate::definition::Firmware;
 use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, Manifest};
 use crate::signature::Signer;
 use ami::{BootMode, Flavor, ImageSpec, Root};
-use anyhow::{anyhow, bail, Context, Result};
-use aws_smithy_types::error::display::DisplayErrorContext;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
-use std::io::IsTerminal;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -686,170 +689,4 @@ fn bundle_prefix(manifest: &Manifest) -> String {
         "{}-{}-{short}",
         manifest.provenance.name, manifest.provenance.version
     )
-}
-
-/// The artifact a registration uploads: the raw one, else the qcow2 one, checked against the
-/// build's digests.
-struct SourceImage {
-    format: DiskFormat,
-    /// The checked artifact, open: what is uploaded or converted, whatever its path holds now.
-    pinned: crate::manifest::PinnedFile,
-    /// Its sha256, as checked.
-    sha256: String,
-}
-
-impl SourceImage {
-    fn checked(
-        manifest_path: &Path,
-        manifest: &Manifest,
-        reporter: &Reporter,
-    ) -> Result<SourceImage> {
-        let record = manifest
-            .artifact(DiskFormat::Raw)
-            .or_else(|| manifest.artifact(DiskFormat::Qcow2))
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: the build has neither a raw nor a qcow2 artifact; add `raw` to [output] formats",
-                    manifest_path.display()
-                )
-            })?;
-        reporter.phase("register: check the artifact against the build's digests");
-        let pinned = manifest.checked_artifact(manifest_path, record)?;
-        reporter.event(
-            Event::ArtifactChecked,
-            &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
-            json!({ "file": record.file, "sha256": record.sha256 }),
-        );
-        Ok(SourceImage {
-            format: record.format,
-            pinned,
-            sha256: record.sha256.clone(),
-        })
-    }
-}
-
-/// The build's raw image: the raw artifact, or the qcow2 one converted into a temporary file.
-struct RawImage {
-    path: PathBuf,
-    /// The sha256 checked before: the raw artifact's (a converted qcow2 is private to us).
-    sha256: Option<String>,
-    _tmp: Option<tempfile::TempDir>,
-    /// Keeps the checked artifact open while `path` names it through `/proc`.
-    _source: crate::manifest::PinnedFile,
-}
-
-impl RawImage {
-    async fn prepare(source: SourceImage, reporter: &Reporter) -> Result<RawImage> {
-        let dir = source.pinned.path().parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".imgforge-register-")
-            .tempdir_in(dir)
-            .with_context(|| format!("cannot make a temporary directory in {}", dir.display()))?;
-        if source.format == DiskFormat::Raw {
-            // A link, under its own name in a directory of ours, to the very file checked (not
-            // to whatever its path holds by now).
-            let path = source
-                .pinned
-                .link_into(tmp.path())
-                .unwrap_or_else(|_| source.pinned.pinned_path());
-            return Ok(RawImage {
-                path,
-                sha256: Some(source.sha256),
-                _tmp: Some(tmp),
-                _source: source.pinned,
-            });
-        }
-        let qcow2 = source.pinned.pinned_path();
-        reporter.phase("register: convert qcow2 to raw");
-        let raw = tmp.path().join("disk.raw");
-        let cmd = crate::process::Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "raw"])
-            .arg(&qcow2)
-            .arg(&raw);
-        tokio::task::spawn_blocking(move || cmd.run())
-            .await
-            .context("qemu-img runner panicked")??;
-        Ok(RawImage {
-            path: raw,
-            sha256: None,
-            _tmp: Some(tmp),
-            _source: source.pinned,
-        })
-    }
-}
-
-/// Deletes a snapshot this run made, reporting (not failing) if that is impossible.
-pub(crate) async fn delete_snapshot(
-    ec2: &aws_sdk_ec2::Client,
-    snapshot_id: &str,
-    progress: &Progress<'_>,
-) {
-    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
-        Ok(_) => progress.println(&format!("deleted the incomplete snapshot {snapshot_id}")),
-        Err(e) => progress.println(&format!(
-            "warning: could not delete snapshot {snapshot_id}: {}; delete it by hand",
-            DisplayErrorContext(e)
-        )),
-    }
-}
-
-/// Progress of one transfer: a bar with bytes and throughput on a terminal, events otherwise.
-pub struct Progress<'a> {
-    reporter: &'a Reporter,
-    bar: ProgressBar,
-}
-
-impl<'a> Progress<'a> {
-    /// A progress bar over `total` bytes (0: no bar).
-    pub fn new(reporter: &'a Reporter, label: &str, total: u64) -> Progress<'a> {
-        let visible = total > 0 && !reporter.is_json() && std::io::stderr().is_terminal();
-        let bar = if visible {
-            reporter.finish();
-            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .expect("static template"),
-            );
-            b.set_prefix(label.to_string());
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        Progress { reporter, bar }
-    }
-
-    /// Counts `n` more bytes done.
-    pub fn inc(&self, n: u64) {
-        self.bar.inc(n);
-    }
-
-    /// A handle on the bar for a blocking thread (hidden when there is no bar).
-    pub(crate) fn bar_handle(&self) -> ProgressBar {
-        self.bar.clone()
-    }
-
-    /// Ends the bar.
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-
-    /// A line for people, above the bar.
-    pub fn println(&self, message: &str) {
-        if self.bar.is_hidden() {
-            self.reporter.println(message);
-        } else {
-            self.bar.println(message);
-        }
-    }
-
-    /// An event (JSON line, or a line for people above the bar).
-    pub fn event(&self, kind: Event, message: &str, fields: Value) {
-        if self.reporter.is_json() {
-            self.reporter.event(kind, message, fields);
-        } else {
-            self.println(message);
-        }
-    }
 }
