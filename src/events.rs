@@ -7,239 +7,141 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Every kind of line `--json` prints, named in one style (snake_case). The names and the
-/// fields documented in the README are imgforge's interface for CI: a new kind may be added,
-/// none is renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// The build's layer ids.
-    Ids,
-    /// A step of the command starts.
-    Phase,
-    /// The base layer was found in the cache.
-    BaseCached,
-    /// The build's HTTP server serves the answer file.
-    HttpServer,
-    /// The installer fetched its answer file (as it happens).
-    AnswerFileFetched,
-    /// The installer powered off; carries the HTTP server's request log.
-    Installed,
-    /// An artifact was written.
-    Artifact,
-    /// An artifact's bytes matched the build's digests.
-    ArtifactChecked,
-    /// A check passed, with the guest's evidence.
-    CheckPassed,
-    /// The build is already in the output directory and intact.
-    Cached,
-    /// The build in the output directory is not intact and is built again.
-    OutputDamaged,
-    /// The final manifest of a build (a result line).
-    Manifest,
-    /// The base layer of `build --base-only` (a result line).
-    Base,
-    /// A registered image of `build --register` (a result line).
-    Registered,
-    /// `verify` passed (a result line).
-    Verified,
-    /// The command failed (last line).
-    Error,
-    /// A definition is valid.
-    Valid,
-    /// A definition is invalid.
-    Invalid,
-    /// One fact of `imgforge doctor`.
-    Doctor,
-    /// An EBS snapshot upload started.
-    SnapshotStarted,
-    /// An upload finished.
-    Uploaded,
-    /// An image of this build already exists and is reused.
-    ImageReused,
-    /// The image was registered.
-    ImageRegistered,
-    /// The image is being copied to another region.
-    ImageCopied,
-    /// Another region already holds this build.
-    ImageCopyReused,
-    /// Rotate's plan.
-    Plan,
-    /// An instance is left alone, with the reason.
-    Skip,
-    /// Nothing to rotate.
-    Noop,
-    /// A replacement was launched.
-    Launch,
-    /// Replacements are in flight.
-    Waiting,
-    /// A replacement launched by an earlier run is taken up again.
-    Resume,
-    /// An instance was replaced.
-    Replaced,
-    /// An action failed.
-    Failed,
-    /// Something worth a look that does not stop the command.
-    Warning,
-    /// An Auto Scaling group grows to launch replacements.
-    AsgSurge,
-    /// An Auto Scaling group's instance refresh.
-    AsgRefresh,
-    /// The command's last line: what it did and its API calls.
-    Summary,
-    /// `prune` keeps an image, with the reasons.
-    Keep,
-    /// `prune` removes (or would remove) an image.
-    Remove,
-    /// `prune` removed an image.
-    Removed,
-    /// `imgforge plan`: each definition's ids and which layers exist (a result line).
-    BuildPlan,
-    /// The last line of a build of several definitions: each one's id, time and result.
-    BuildSummary,
-    /// `register --launch-template` made a new default launch template version.
-    LaunchTemplateVersion,
-    /// The base layer came from the remote layer cache.
-    BaseDownloaded,
-    /// The base layer was stored in the remote layer cache.
-    BaseUploaded,
-    /// The bake layer came from the remote layer cache: nothing was baked.
-    BakeDownloaded,
-    /// The bake layer was stored in the remote layer cache.
-    BakeUploaded,
-    /// `imgforge diff`: what differs between two builds (a result line).
-    Diff,
-    /// A build's manifest and `SHA256SUMS` were signed.
-    Signed,
-    /// A build's signatures were checked against the allowed signers.
-    SignatureChecked,
-    /// `imgforge cache gc`: what was removed from the local cache (a result line).
-    CacheGc,
-    /// `imgforge lock`: a definition's lock file was written (or left as it was).
-    Locked,
-    /// `imgforge outdated`: the image's packages the archive has newer versions of.
-    Outdated,
-    /// A new base was patched from a cached one, or the patch was refused and it was built cold.
-    BasePatch,
+/// Declares [`Event`] from one list of kinds, each with its doc and its `--json` name, and
+/// derives [`Event::ALL`] and [`Event::name`] from it.
+macro_rules! events {
+    ($($(#[doc = $doc:literal])* $kind:ident => $name:literal,)*) => {
+        /// Every kind of line `--json` prints, named in one style (snake_case). The names and
+        /// the fields documented in the README are imgforge's interface for CI: a new kind may
+        /// be added, none is renamed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Event {
+            $($(#[doc = $doc])* $kind,)*
+        }
+
+        impl Event {
+            /// Every kind, in the order the README lists them.
+            pub const ALL: &'static [Event] = &[$(Event::$kind,)*];
+
+            /// The value of the `event` field.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Event::$kind => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Event {
-    /// Every kind, in the order the README lists them.
-    pub const ALL: [Event; 54] = [
-        Event::Ids,
-        Event::Phase,
-        Event::BaseCached,
-        Event::HttpServer,
-        Event::AnswerFileFetched,
-        Event::Installed,
-        Event::Artifact,
-        Event::ArtifactChecked,
-        Event::CheckPassed,
-        Event::Cached,
-        Event::OutputDamaged,
-        Event::Manifest,
-        Event::Base,
-        Event::Registered,
-        Event::Verified,
-        Event::Error,
-        Event::Valid,
-        Event::Invalid,
-        Event::Doctor,
-        Event::SnapshotStarted,
-        Event::Uploaded,
-        Event::ImageReused,
-        Event::ImageRegistered,
-        Event::ImageCopied,
-        Event::ImageCopyReused,
-        Event::Plan,
-        Event::Skip,
-        Event::Noop,
-        Event::Launch,
-        Event::Waiting,
-        Event::Resume,
-        Event::Replaced,
-        Event::Failed,
-        Event::Warning,
-        Event::AsgSurge,
-        Event::AsgRefresh,
-        Event::Summary,
-        Event::Keep,
-        Event::Remove,
-        Event::Removed,
-        Event::BuildPlan,
-        Event::BuildSummary,
-        Event::LaunchTemplateVersion,
-        Event::BaseDownloaded,
-        Event::BaseUploaded,
-        Event::BakeDownloaded,
-        Event::BakeUploaded,
-        Event::Diff,
-        Event::Signed,
-        Event::SignatureChecked,
-        Event::CacheGc,
-        Event::Locked,
-        Event::Outdated,
-        Event::BasePatch,
-    ];
-
-    /// The value of the `event` field.
-    pub fn name(self) -> &'static str {
-        match self {
-            Event::Ids => "ids",
-            Event::Phase => "phase",
-            Event::BaseCached => "base_cached",
-            Event::HttpServer => "http_server",
-            Event::AnswerFileFetched => "answer_file_fetched",
-            Event::Installed => "installed",
-            Event::Artifact => "artifact",
-            Event::ArtifactChecked => "artifact_checked",
-            Event::CheckPassed => "check_passed",
-            Event::Cached => "cached",
-            Event::OutputDamaged => "output_damaged",
-            Event::Manifest => "manifest",
-            Event::Base => "base",
-            Event::Registered => "registered",
-            Event::Verified => "verified",
-            Event::Error => "error",
-            Event::Valid => "valid",
-            Event::Invalid => "invalid",
-            Event::Doctor => "doctor",
-            Event::SnapshotStarted => "snapshot_started",
-            Event::Uploaded => "uploaded",
-            Event::ImageReused => "image_reused",
-            Event::ImageRegistered => "image_registered",
-            Event::ImageCopied => "image_copied",
-            Event::ImageCopyReused => "image_copy_reused",
-            Event::Plan => "plan",
-            Event::Skip => "skip",
-            Event::Noop => "noop",
-            Event::Launch => "launch",
-            Event::Waiting => "waiting",
-            Event::Resume => "resume",
-            Event::Replaced => "replaced",
-            Event::Failed => "failed",
-            Event::Warning => "warning",
-            Event::AsgSurge => "asg_surge",
-            Event::AsgRefresh => "asg_refresh",
-            Event::Summary => "summary",
-            Event::Keep => "keep",
-            Event::Remove => "remove",
-            Event::Removed => "removed",
-            Event::BuildPlan => "build_plan",
-            Event::BuildSummary => "build_summary",
-            Event::LaunchTemplateVersion => "launch_template_version",
-            Event::BaseDownloaded => "base_downloaded",
-            Event::BaseUploaded => "base_uploaded",
-            Event::BakeDownloaded => "bake_downloaded",
-            Event::BakeUploaded => "bake_uploaded",
-            Event::Diff => "diff",
-            Event::Signed => "signed",
-            Event::SignatureChecked => "signature_checked",
-            Event::CacheGc => "cache_gc",
-            Event::Locked => "locked",
-            Event::Outdated => "outdated",
-            Event::BasePatch => "base_patch",
-        }
-    }
+events! {
+    /// The build's layer ids.
+    Ids => "ids",
+    /// A step of the command starts.
+    Phase => "phase",
+    /// The base layer was found in the cache.
+    BaseCached => "base_cached",
+    /// The build's HTTP server serves the answer file.
+    HttpServer => "http_server",
+    /// The installer fetched its answer file (as it happens).
+    AnswerFileFetched => "answer_file_fetched",
+    /// The installer powered off; carries the HTTP server's request log.
+    Installed => "installed",
+    /// An artifact was written.
+    Artifact => "artifact",
+    /// An artifact's bytes matched the build's digests.
+    ArtifactChecked => "artifact_checked",
+    /// A check passed, with the guest's evidence.
+    CheckPassed => "check_passed",
+    /// The build is already in the output directory and intact.
+    Cached => "cached",
+    /// The build in the output directory is not intact and is built again.
+    OutputDamaged => "output_damaged",
+    /// The final manifest of a build (a result line).
+    Manifest => "manifest",
+    /// The base layer of `build --base-only` (a result line).
+    Base => "base",
+    /// A registered image of `build --register` (a result line).
+    Registered => "registered",
+    /// `verify` passed (a result line).
+    Verified => "verified",
+    /// The command failed (last line).
+    Error => "error",
+    /// A definition is valid.
+    Valid => "valid",
+    /// A definition is invalid.
+    Invalid => "invalid",
+    /// One fact of `imgforge doctor`.
+    Doctor => "doctor",
+    /// An EBS snapshot upload started.
+    SnapshotStarted => "snapshot_started",
+    /// An upload finished.
+    Uploaded => "uploaded",
+    /// An image of this build already exists and is reused.
+    ImageReused => "image_reused",
+    /// The image was registered.
+    ImageRegistered => "image_registered",
+    /// The image is being copied to another region.
+    ImageCopied => "image_copied",
+    /// Another region already holds this build.
+    ImageCopyReused => "image_copy_reused",
+    /// Rotate's plan.
+    Plan => "plan",
+    /// An instance is left alone, with the reason.
+    Skip => "skip",
+    /// Nothing to rotate.
+    Noop => "noop",
+    /// A replacement was launched.
+    Launch => "launch",
+    /// Replacements are in flight.
+    Waiting => "waiting",
+    /// A replacement launched by an earlier run is taken up again.
+    Resume => "resume",
+    /// An instance was replaced.
+    Replaced => "replaced",
+    /// An action failed.
+    Failed => "failed",
+    /// Something worth a look that does not stop the command.
+    Warning => "warning",
+    /// An Auto Scaling group grows to launch replacements.
+    AsgSurge => "asg_surge",
+    /// An Auto Scaling group's instance refresh.
+    AsgRefresh => "asg_refresh",
+    /// The command's last line: what it did and its API calls.
+    Summary => "summary",
+    /// `prune` keeps an image, with the reasons.
+    Keep => "keep",
+    /// `prune` removes (or would remove) an image.
+    Remove => "remove",
+    /// `prune` removed an image.
+    Removed => "removed",
+    /// `imgforge plan`: each definition's ids and which layers exist (a result line).
+    BuildPlan => "build_plan",
+    /// The last line of a build of several definitions: each one's id, time and result.
+    BuildSummary => "build_summary",
+    /// `register --launch-template` made a new default launch template version.
+    LaunchTemplateVersion => "launch_template_version",
+    /// The base layer came from the remote layer cache.
+    BaseDownloaded => "base_downloaded",
+    /// The base layer was stored in the remote layer cache.
+    BaseUploaded => "base_uploaded",
+    /// The bake layer came from the remote layer cache: nothing was baked.
+    BakeDownloaded => "bake_downloaded",
+    /// The bake layer was stored in the remote layer cache.
+    BakeUploaded => "bake_uploaded",
+    /// `imgforge diff`: what differs between two builds (a result line).
+    Diff => "diff",
+    /// A build's manifest and `SHA256SUMS` were signed.
+    Signed => "signed",
+    /// A build's signatures were checked against the allowed signers.
+    SignatureChecked => "signature_checked",
+    /// `imgforge cache gc`: what was removed from the local cache (a result line).
+    CacheGc => "cache_gc",
+    /// `imgforge lock`: a definition's lock file was written (or left as it was).
+    Locked => "locked",
+    /// `imgforge outdated`: the image's packages the archive has newer versions of.
+    Outdated => "outdated",
+    /// A new base was patched from a cached one, or the patch was refused and it was built cold.
+    BasePatch => "base_patch",
 }
 
 /// Where a command's progress and results go.

@@ -85,7 +85,7 @@ pub enum ArtifactError {
 
 /// Where a build came from. Computed once per build, then written into the image
 /// (`/etc/imgforge/build.json`, [`Provenance::image_record`]), into the manifest, and onto the
-/// registered image as tags ([`Provenance::tags`]), so the three always agree.
+/// registered image as tags (by `register`), so the three always agree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provenance {
     /// imgforge version that built it.

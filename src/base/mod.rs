@@ -50,7 +50,7 @@ pub struct BaseInfo {
     /// The exact package set the base was built from (Debian family).
     #[serde(default)]
     pub package_set: Option<crate::apt::PackageSet>,
-    /// Its lineage ([`crate::layers::base_lineage`]): bases of one lineage differ only in
+    /// Its lineage (`layers::base_lineage`): bases of one lineage differ only in
     /// their packages, so a new one can be patched from a cached one.
     #[serde(default)]
     pub lineage: Option<String>,

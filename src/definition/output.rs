@@ -15,7 +15,7 @@ pub struct Output {
     #[serde(default)]
     pub compress: bool,
     /// The time every timestamp in the image is clamped to (seconds since 1970); unset, it
-    /// is derived from the inputs ([`Definition::source_date_epoch`]).
+    /// is derived from the inputs ([`super::Definition::source_date_epoch`]).
     #[serde(default)]
     pub source_date_epoch: Option<u32>,
     /// Where the team serves its Vagrant boxes (`https://boxes.example.com/web`): the box
