@@ -7,8 +7,8 @@
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
 use crate::definition::{Definition, DiskFormat, OsFamily};
+use crate::disk::loopmount::{Access, RootMount};
 use crate::events::{Event, Reporter};
-use crate::loopmount::{Access, RootMount};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
@@ -59,7 +59,13 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             raw
         }
     };
-    let Some(root) = RootMount::find(&raw, input.work, Access::ReadOnly)? else {
+    let Some(root) = RootMount::find(
+        &raw,
+        input.work,
+        Access::ReadOnly,
+        crate::apt::is_debian_root,
+    )?
+    else {
         if input.def.os.family == OsFamily::Debian {
             bail!(
                 "{}: no partition of the baked disk holds a Debian root filesystem \
@@ -99,8 +105,13 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         });
     };
     let sealed = input.work.join("sealed.raw");
-    crate::base::assemble_disk(input.def, root.path(), &sealed, &boot.root_uuid)
-        .context("cannot write the image again from its file tree")?;
+    crate::disk::assemble(
+        &crate::disk::Layout::of(input.def),
+        root.path(),
+        &sealed,
+        &boot.root_uuid,
+    )
+    .context("cannot write the image again from its file tree")?;
     let box_disk = wants_box
         .then(|| {
             crate::vagrant::disk_from_tree(input.def, root.path(), input.work, &boot.root_uuid)

@@ -26,7 +26,7 @@ pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    for (start, end) in crate::sparse::data_extents(file, len).with_context(read_error)? {
+    for (start, end) in crate::disk::sparse::data_extents(file, len).with_context(read_error)? {
         hash_zeros(&mut h, start - pos);
         let mut at = start;
         while at < end {

@@ -4,7 +4,7 @@
 //! without DNS lookups). Only the box gets them: the other formats never carry that key.
 
 use crate::definition::Definition;
-use crate::loopmount::{Access, RootMount};
+use crate::disk::loopmount::{Access, RootMount};
 use crate::manifest::{DocumentKind, DocumentRecord};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
@@ -37,7 +37,7 @@ pub fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) ->
     let overlay = Overlay::mount(tree, work)?;
     add_vagrant_user(&overlay.merged(), def.source_date_epoch())?;
     let raw = work.join("vagrant.raw");
-    crate::base::assemble_disk(def, &overlay.merged(), &raw, uuid)
+    crate::disk::assemble(&crate::disk::Layout::of(def), &overlay.merged(), &raw, uuid)
         .context("cannot write the Vagrant box's disk from the image's tree")?;
     Ok(raw)
 }
@@ -51,7 +51,8 @@ pub fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<Path
         .arg(disk)
         .arg(&raw)
         .run()?;
-    let Some(root) = RootMount::find(&raw, work, Access::ReadWrite)? else {
+    let Some(root) = RootMount::find(&raw, work, Access::ReadWrite, crate::apt::is_debian_root)?
+    else {
         bail!(
             "{}: no partition holds a root filesystem to add the vagrant user to",
             raw.display()

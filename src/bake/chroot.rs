@@ -8,8 +8,8 @@
 
 use super::{pack_bundle, BakeInput, Bundle};
 use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR, STATUS_MARKER};
+use crate::disk::loopmount::{Access, RootMount};
 use crate::events::Reporter;
-use crate::loopmount::{Access, RootMount};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -42,8 +42,13 @@ pub fn run(
         .arg(&base)
         .arg(&raw)
         .run()?;
-    let root = RootMount::find(&raw, input.work, Access::ReadWrite)?
-        .context("the base disk has no root filesystem to bake in")?;
+    let root = RootMount::find(
+        &raw,
+        input.work,
+        Access::ReadWrite,
+        crate::apt::is_debian_root,
+    )?
+    .context("the base disk has no root filesystem to bake in")?;
     let wrapper = input.work.join("chroot-bake.sh");
     std::fs::write(&wrapper, wrapper_script())?;
     // `timeout` ends `unshare`, and with it every process of the bake (`--kill-child`).

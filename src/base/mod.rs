@@ -13,8 +13,6 @@ pub mod packages;
 mod patch;
 mod rootfs;
 
-pub(crate) use rootfs::assemble_disk;
-
 use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
 use crate::layers::{short, LayerIds};

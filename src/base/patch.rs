@@ -18,9 +18,9 @@ use super::{BaseInfo, BaseLayer, BaseStaging, BUILD_KEY_COMMENT};
 use crate::apt::{Archive, Package, PackageSet};
 use crate::contents::{self, FileList};
 use crate::definition::Definition;
+use crate::disk::loopmount::{Access, RootMount};
 use crate::events::Reporter;
 use crate::lock::ResolvedPackages;
-use crate::loopmount::{Access, RootMount};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -187,8 +187,13 @@ pub fn build(
         .arg(patch.from.disk())
         .arg(&raw)
         .run()?;
-    let root = RootMount::find(&raw, work.path(), Access::ReadWrite)?
-        .context("the cached base's disk has no Debian root filesystem")?;
+    let root = RootMount::find(
+        &raw,
+        work.path(),
+        Access::ReadWrite,
+        crate::apt::is_debian_root,
+    )?
+    .context("the cached base's disk has no Debian root filesystem")?;
     let tree = root.path();
     let before = contents::list_files(tree)?;
     let conffiles_before = conffiles(tree)?;

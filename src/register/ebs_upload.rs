@@ -395,7 +395,7 @@ pub fn data_blocks(file: &File, len: u64) -> Result<Vec<u64>> {
     let bs = BLOCK_SIZE as u64;
     let mut blocks: Vec<u64> = Vec::new();
     for (data, end) in
-        crate::sparse::data_extents(file, len).context("cannot look for data in the image")?
+        crate::disk::sparse::data_extents(file, len).context("cannot look for data in the image")?
     {
         let first = (data / bs).max(blocks.last().map_or(0, |l| l + 1));
         blocks.extend(first..end.div_ceil(bs));

@@ -22,9 +22,15 @@ pub struct RootMount {
 }
 
 impl RootMount {
-    /// Mounts each partition of `raw` in turn and keeps the first that holds a dpkg database;
-    /// `None` if none does. The mount point is a new directory in `work`.
-    pub fn find(raw: &Path, work: &Path, access: Access) -> Result<Option<RootMount>> {
+    /// Mounts each partition of `raw` in turn and keeps the first whose tree `is_root` accepts
+    /// (the OS family's test, such as `apt::is_debian_root`); `None` if none does. The mount
+    /// point is a new directory in `work`.
+    pub fn find(
+        raw: &Path,
+        work: &Path,
+        access: Access,
+        is_root: fn(&Path) -> bool,
+    ) -> Result<Option<RootMount>> {
         for (start, size) in candidates(raw)? {
             let device = Command::new("losetup")
                 .args(["--find", "--show", "--offset", &start.to_string()])
@@ -47,7 +53,7 @@ impl RootMount {
                 .args(["-o", options, &mount.device])
                 .arg(mount.dir.path())
                 .run();
-            if mounted.is_ok() && crate::apt::is_debian_root(mount.path()) {
+            if mounted.is_ok() && is_root(mount.path()) {
                 return Ok(Some(mount));
             }
         }
