@@ -3,7 +3,9 @@
 //!
 //! Everything here runs before any VM starts, so a wrong checksum or a missing ref fails fast.
 
-use crate::definition::{Artifact, DataSnapshot, Definition, Provisioner, Service};
+use crate::definition::{
+    Artifact, ArtifactLocation, DataSnapshot, DataSource, Definition, Provisioner, Service,
+};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -68,27 +70,29 @@ pub fn mark_used(path: &Path) -> Result<()> {
 /// renamed only after the digest matched.
 pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Result<PathBuf> {
     let expected = &artifact.sha256.0;
-    if let Some(p) = &artifact.path {
-        let path = def.resolve(p);
-        if !path.is_file() {
-            bail!(
-                "{}: field `{field}.path`: {} does not exist",
-                def.path.display(),
-                path.display()
-            );
-        }
-        let actual = sha256_file(&path)?;
-        if &actual != expected {
-            bail!(
+    let url = match &artifact.location {
+        ArtifactLocation::Url(url) => url,
+        ArtifactLocation::Path(p) => {
+            let path = def.resolve(p);
+            if !path.is_file() {
+                bail!(
+                    "{}: field `{field}.path`: {} does not exist",
+                    def.path.display(),
+                    path.display()
+                );
+            }
+            let actual = sha256_file(&path)?;
+            if &actual != expected {
+                bail!(
                 "{}: field `{field}.sha256`: {} has sha256 {actual}, but the definition pins {expected}; \
                  if the new file is intended, put its digest in the definition",
                 def.path.display(),
                 path.display()
             );
+            }
+            return Ok(path);
         }
-        return Ok(path);
-    }
-    let url = artifact.url.as_deref().unwrap_or_default();
+    };
     let dir = crate::store::Store::current().downloads();
     let cached = dir.join(expected);
     if cached.is_file() && &sha256_file(&cached)? == expected {
@@ -314,17 +318,15 @@ impl ResolvedData {
 
 /// Verifies the tarball against its pinned sha256, or resolves the git ref.
 pub fn resolve_data(def: &Definition, data: &DataSnapshot) -> Result<ResolvedData> {
-    if let Some(t) = &data.tarball {
-        let path = fetch_artifact(def, "data.tarball", t)?;
-        return Ok(ResolvedData::Tarball {
-            path,
+    Ok(match &data.source {
+        DataSource::Tarball(t) => ResolvedData::Tarball {
+            path: fetch_artifact(def, "data.tarball", t)?,
             sha256: t.sha256.0.clone(),
-        });
-    }
-    let g = data.git.as_ref().context("data needs `tarball` or `git`")?;
-    Ok(ResolvedData::Git {
-        location: repo_location(def, &g.repo),
-        commit: resolve_commit(def, "data.git", &g.repo, &g.git_ref)?,
+        },
+        DataSource::Git(g) => ResolvedData::Git {
+            location: repo_location(def, &g.repo),
+            commit: resolve_commit(def, "data.git", &g.repo, &g.git_ref)?,
+        },
     })
 }
 

@@ -74,16 +74,6 @@ impl Definition {
                  keeps the installer's own (use \"generic\")",
             );
         }
-        for (field, artifact) in self.artifacts() {
-            if artifact.path.is_some() == artifact.url.is_some() {
-                fail(&field, "give exactly one of `path` or `url`");
-            }
-        }
-        if let Some(data) = &self.data {
-            if data.tarball.is_some() == data.git.is_some() {
-                fail("data", "give exactly one of `tarball` or `git`");
-            }
-        }
         if self.output.formats.is_empty() {
             fail(
                 "output.formats",

@@ -229,18 +229,64 @@ fn default_boot_wait() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
-/// A file pinned by its sha256: a local path or a URL.
+/// A file pinned by its sha256: a local path or a URL (in TOML, exactly one of `path` and
+/// `url`, beside `sha256`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ArtifactFields", into = "ArtifactFields")]
 pub struct Artifact {
-    /// Local path, relative to the definition.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// `http://` or `https://` URL.
-    #[serde(default)]
-    pub url: Option<String>,
+    /// Where the file is.
+    pub location: ArtifactLocation,
     /// Expected sha256 of the file.
     pub sha256: Sha256Hex,
+}
+
+/// Where a pinned file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactLocation {
+    /// Local path, relative to the definition.
+    Path(PathBuf),
+    /// `http://` or `https://` URL.
+    Url(String),
+}
+
+/// An [`Artifact`] as the TOML writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactFields {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Option<String>,
+    sha256: Sha256Hex,
+}
+
+impl TryFrom<ArtifactFields> for Artifact {
+    type Error = &'static str;
+    fn try_from(f: ArtifactFields) -> Result<Artifact, Self::Error> {
+        let location = match (f.path, f.url) {
+            (Some(path), None) => ArtifactLocation::Path(path),
+            (None, Some(url)) => ArtifactLocation::Url(url),
+            _ => return Err("give exactly one of `path` or `url`"),
+        };
+        Ok(Artifact {
+            location,
+            sha256: f.sha256,
+        })
+    }
+}
+
+impl From<Artifact> for ArtifactFields {
+    fn from(a: Artifact) -> ArtifactFields {
+        let (path, url) = match a.location {
+            ArtifactLocation::Path(p) => (Some(p), None),
+            ArtifactLocation::Url(u) => (None, Some(u)),
+        };
+        ArtifactFields {
+            path,
+            url,
+            sha256: a.sha256,
+        }
+    }
 }
 
 /// `[system]`: settings of the installed system.
@@ -530,7 +576,7 @@ impl Definition {
                 }
             }
         }
-        if let Some(t) = self.data.as_ref().and_then(|d| d.tarball.as_ref()) {
+        if let Some(DataSource::Tarball(t)) = self.data.as_ref().map(|d| &d.source) {
             all.push(("data.tarball".to_string(), t));
         }
         all
@@ -663,6 +709,34 @@ mirror = "http://deb.debian.org/debian"
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("field `data.tarball.sha256`"), "{e}");
         assert!(e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn a_data_source_and_a_pinned_file_are_each_exactly_one_thing() {
+        let sha = "0".repeat(64);
+        let data = |fields: &str| format!("{MINIMAL}[data]\ndest = \"/srv\"\n{fields}\n");
+        let tarball = format!("tarball = {{ url = \"https://x/d.tar\", sha256 = \"{sha}\" }}");
+        let git = "git = { repo = \"https://git.example/d.git\", ref = \"main\" }";
+        let d = parse(&data(&tarball)).unwrap().data.unwrap();
+        let DataSource::Tarball(t) = d.source else {
+            panic!("a tarball: {:?}", d.source)
+        };
+        assert_eq!(t.location, ArtifactLocation::Url("https://x/d.tar".into()));
+        assert!(matches!(
+            parse(&data(git)).unwrap().data.unwrap().source,
+            DataSource::Git(_)
+        ));
+        for fields in [format!("{tarball}\n{git}"), String::new()] {
+            let e = parse(&data(&fields)).unwrap_err().to_string();
+            let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+            assert!(line >= 12, "at the [data] table (line 12 on): {e}");
+            assert!(e.contains(": field `data`: "), "{e}");
+            assert!(e.contains("exactly one of `tarball` or `git`"), "{e}");
+        }
+        let both = tarball.replace("url =", "path = \"d.tar\", url =");
+        let e = parse(&data(&both)).unwrap_err().to_string();
+        assert!(e.contains("field `data.tarball`"), "{e}");
+        assert!(e.contains("exactly one of `path` or `url`"), "{e}");
     }
 
     #[test]

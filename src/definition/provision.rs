@@ -30,16 +30,61 @@ pub struct Service {
 
 /// `[data]`: the data snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "DataSnapshotFields", into = "DataSnapshotFields")]
 pub struct DataSnapshot {
-    /// A tarball pinned by sha256.
-    #[serde(default)]
-    pub tarball: Option<Artifact>,
-    /// A git repository (`repo`, `ref`).
-    #[serde(default)]
-    pub git: Option<GitSource>,
+    /// Where the data comes from.
+    pub source: DataSource,
     /// Where the data is unpacked in the image.
     pub dest: GuestPath,
+}
+
+/// Where a data snapshot comes from (in TOML, exactly one of `tarball` and `git`).
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    /// A tarball pinned by sha256.
+    Tarball(Artifact),
+    /// A git repository (`repo`, `ref`).
+    Git(GitSource),
+}
+
+/// A [`DataSnapshot`] as the TOML writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSnapshotFields {
+    #[serde(default)]
+    tarball: Option<Artifact>,
+    #[serde(default)]
+    git: Option<GitSource>,
+    dest: GuestPath,
+}
+
+impl TryFrom<DataSnapshotFields> for DataSnapshot {
+    type Error = &'static str;
+    fn try_from(f: DataSnapshotFields) -> Result<DataSnapshot, Self::Error> {
+        let source = match (f.tarball, f.git) {
+            (Some(tarball), None) => DataSource::Tarball(tarball),
+            (None, Some(git)) => DataSource::Git(git),
+            _ => return Err("give exactly one of `tarball` or `git`"),
+        };
+        Ok(DataSnapshot {
+            source,
+            dest: f.dest,
+        })
+    }
+}
+
+impl From<DataSnapshot> for DataSnapshotFields {
+    fn from(d: DataSnapshot) -> DataSnapshotFields {
+        let (tarball, git) = match d.source {
+            DataSource::Tarball(t) => (Some(t), None),
+            DataSource::Git(g) => (None, Some(g)),
+        };
+        DataSnapshotFields {
+            tarball,
+            git,
+            dest: d.dest,
+        }
+    }
 }
 
 /// A git repository and ref.

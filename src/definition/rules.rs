@@ -392,7 +392,7 @@ fn files(def: &Definition, out: &mut Vec<(String, String)>) {
         }
     };
     for (field, artifact) in def.artifacts() {
-        if let Some(path) = &artifact.path {
+        if let super::ArtifactLocation::Path(path) = &artifact.location {
             need(format!("{field}.path"), path);
         }
     }
