@@ -83,7 +83,7 @@ fn base_inputs(
     packages: Option<&ResolvedPackages>,
 ) -> Result<Value> {
     // The scripts run in the tree while it is made (a rootfs base's customize hook).
-    let guest_scripts = match def.builder.kind {
+    let guest_scripts = match def.builder.kind() {
         BuilderKind::Rootfs => vec![
             crate::render::script_template(crate::render::ROOTFS_CUSTOMIZE)?,
             crate::render::script_template(crate::render::BAKE_INIT)?,
@@ -97,8 +97,8 @@ fn base_inputs(
         .map(|(field, a)| json!({ "field": field, "sha256": a.sha256.0 }))
         .collect();
     let installer = def
-        .installer
-        .as_ref()
+        .builder
+        .installer()
         .map(|i| json!({ "append": i.append, "boot_command": i.boot_command }));
     Ok(json!({
         "imgforge": env!("CARGO_PKG_VERSION"),

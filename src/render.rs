@@ -40,7 +40,7 @@ pub fn data_dir() -> PathBuf {
 
 /// The template a definition uses: its own override or the shipped one for its OS family.
 pub fn template_path(def: &Definition) -> PathBuf {
-    if let Some(t) = def.installer.as_ref().and_then(|i| i.template.as_ref()) {
+    if let Some(t) = def.builder.installer().and_then(|i| i.template.as_ref()) {
         return def.resolve(t);
     }
     match def.os.family {

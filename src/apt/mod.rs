@@ -242,7 +242,7 @@ pub fn request(def: &Definition, sources: &[Source]) -> Vec<String> {
             "?narrow(?or(?archive(^{suite}$),?codename(^{suite}$)),?architecture(amd64),{what})"
         )
     };
-    let variant = def.builder.variant.as_deref().unwrap_or("minbase");
+    let variant = def.builder.variant();
     let mut asked = vec![narrow("?essential"), "apt".to_string()];
     let priorities: &[&str] = match variant {
         "required" | "minbase" | "buildd" => &["required"],

@@ -30,8 +30,8 @@ pub fn build(
 ) -> Result<BaseInfo> {
     let started = Instant::now();
     let installer = def
-        .installer
-        .as_ref()
+        .builder
+        .installer()
         .context("builder `installer` needs an [installer] table")?;
     let server = serve_answer_file(answer, staging, reporter)?;
     let ctx = json!({

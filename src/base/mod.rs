@@ -251,7 +251,7 @@ pub fn ensure(
         return Ok((base, false));
     }
     let staging = BaseStaging::new(&ids.base)?;
-    let info = match def.builder.kind {
+    let info = match def.builder.kind() {
         BuilderKind::Rootfs => {
             let packages = packages.context("the rootfs builder needs the resolved package set")?;
             build_rootfs(def, packages, &staging, reporter)?
@@ -281,7 +281,7 @@ pub struct PatchPlan {
 /// base of its lineage is near enough; the build still falls back to a cold base when the
 /// patch could differ from one.
 pub fn patch_candidate(def: &Definition, packages: &ResolvedPackages) -> Result<Option<PatchPlan>> {
-    if def.builder.kind != BuilderKind::Rootfs {
+    if def.builder.kind() != BuilderKind::Rootfs {
         return Ok(None);
     }
     Ok(patch_source(def, packages)?.1.map(|p| PatchPlan {

@@ -148,10 +148,7 @@ fn make_tree(
     fs::create_dir_all(&synced)?;
     let pinned: Vec<String> = resolved.set.packages.iter().map(|p| p.pinned()).collect();
     let mut cmd = Command::new("mmdebstrap")
-        .arg(format!(
-            "--variant={}",
-            def.builder.variant.as_deref().unwrap_or("minbase")
-        ))
+        .arg(format!("--variant={}", def.builder.variant()))
         .arg(format!("--include={}", pinned.join(",")))
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",

@@ -3,8 +3,8 @@
 
 use super::locate::locate_field;
 use super::{
-    rules, AnsibleProvisioner, AnsibleRunner, BuilderKind, ChefProvisioner, ChefRunItem, CloudInit,
-    Definition, DefinitionError, DiskFormat, Firmware, Initramfs, OsFamily, Provisioner,
+    rules, AnsibleProvisioner, AnsibleRunner, Builder, BuilderKind, ChefProvisioner, ChefRunItem,
+    CloudInit, Definition, DefinitionError, DiskFormat, Firmware, Initramfs, OsFamily, Provisioner,
     UploadPath,
 };
 use std::path::{Path, PathBuf};
@@ -39,12 +39,8 @@ impl Definition {
         let mut problems = Vec::new();
         let mut fail =
             |field: &str, message: &str| problems.push((field.to_string(), message.to_string()));
-        match (self.builder.kind, &self.installer) {
-            (BuilderKind::Installer, None) => fail(
-                "builder.kind",
-                "builder `installer` needs an [installer] table with `kernel` and `initrd`, or `iso`",
-            ),
-            (BuilderKind::Installer, Some(i)) => {
+        match &self.builder {
+            Builder::Installer(i) => {
                 let kernel_boot = i.kernel.is_some() && i.initrd.is_some();
                 if !kernel_boot && i.iso.is_none() {
                     fail(
@@ -59,13 +55,13 @@ impl Definition {
                     );
                 }
             }
-            (BuilderKind::Rootfs, _) if self.os.family != OsFamily::Debian => fail(
+            Builder::Rootfs { .. } if self.os.family != OsFamily::Debian => fail(
                 "builder.kind",
                 "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel",
             ),
             _ => {}
         }
-        if self.builder.kind == BuilderKind::Installer
+        if self.builder.kind() == BuilderKind::Installer
             && self.machine.initramfs == Initramfs::Virtual
         {
             fail(
@@ -80,7 +76,7 @@ impl Definition {
                 "name at least one of qcow2, raw, vmdk, vhd, vagrant-libvirt",
             );
         }
-        if self.builder.kind == BuilderKind::Rootfs
+        if self.builder.kind() == BuilderKind::Rootfs
             && self.machine.firmware == Firmware::Uefi
             && self.machine.disk_size.mib() < 1024
         {
@@ -162,7 +158,7 @@ impl Definition {
                 "system.repositories".into(),
                 "`mirror_key` and `repositories` are apt settings, for the Debian family only",
             );
-        } else if apt_settings && self.builder.kind == BuilderKind::Installer {
+        } else if apt_settings && self.builder.kind() == BuilderKind::Installer {
             fail(
                 "system.repositories".into(),
                 "the installer builder trusts the installer's own keyring: `mirror_key` and \

@@ -79,53 +79,68 @@ pub enum DefinitionError {
 }
 
 /// A whole image definition.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Definition {
     /// Name and version of the image.
     pub image: ImageInfo,
     /// Operating system family and release.
     pub os: Os,
-    /// How the base layer is made.
+    /// How the base layer is made: the installer builder carries its `[installer]` table.
     pub builder: Builder,
-    /// Installer media and boot command (builder `installer`).
-    #[serde(default)]
-    pub installer: Option<Installer>,
     /// The virtual machine used for building.
-    #[serde(default)]
     pub machine: Machine,
     /// Settings of the installed system.
     pub system: System,
     /// The service layer baked on top of the base.
-    #[serde(default)]
     pub service: Option<Service>,
     /// The data snapshot baked on top of the base.
-    #[serde(default)]
     pub data: Option<DataSnapshot>,
     /// Extra steps run during the bake, in order.
-    #[serde(default)]
     pub provisioners: Vec<Provisioner>,
     /// Checks that prove a built image works.
-    #[serde(default)]
     pub checks: Vec<Check>,
     /// Export formats.
-    #[serde(default)]
     pub output: Output,
     /// Where `--register` publishes the image.
-    #[serde(default)]
     pub publish: Publish,
     /// `[cloud]`: how an instance takes its keys, hostname and user data where it runs.
-    #[serde(default)]
     pub cloud: Cloud,
     /// `[cache]`: the layer cache shared by runners.
-    #[serde(default)]
     pub cache: CacheSettings,
     /// Directory of the definition file; relative paths in it are resolved against this.
-    #[serde(skip)]
     pub base_dir: PathBuf,
     /// The definition file itself.
-    #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// A [`Definition`] as the TOML writes it, before the builder takes its installer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefinitionFields {
+    image: ImageInfo,
+    os: Os,
+    builder: BuilderFields,
+    #[serde(default)]
+    installer: Option<Installer>,
+    #[serde(default)]
+    machine: Machine,
+    system: System,
+    #[serde(default)]
+    service: Option<Service>,
+    #[serde(default)]
+    data: Option<DataSnapshot>,
+    #[serde(default)]
+    provisioners: Vec<Provisioner>,
+    #[serde(default)]
+    checks: Vec<Check>,
+    #[serde(default)]
+    output: Output,
+    #[serde(default)]
+    publish: Publish,
+    #[serde(default)]
+    cloud: Cloud,
+    #[serde(default)]
+    cache: CacheSettings,
 }
 
 /// `[image]`: what the image is called.
@@ -176,15 +191,67 @@ fn default_arch() -> Arch {
     Arch::X86_64
 }
 
-/// `[builder]`: how the base layer is made.
+/// How the base layer is made (`[builder]`, and `[installer]` for the installer builder).
+/// Serialised as `[builder]` is written (`kind`, `variant`): what the base id covers of it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "BuilderFields")]
+pub enum Builder {
+    /// Boots the OS installer from its media with a rendered answer file.
+    Installer(Box<Installer>),
+    /// Makes the OS tree with mmdebstrap and assembles a disk; no installer.
+    Rootfs {
+        /// mmdebstrap variant (default `minbase`).
+        variant: Option<String>,
+    },
+}
+
+impl Builder {
+    /// Which of the two builders this is.
+    pub fn kind(&self) -> BuilderKind {
+        match self {
+            Builder::Installer(_) => BuilderKind::Installer,
+            Builder::Rootfs { .. } => BuilderKind::Rootfs,
+        }
+    }
+
+    /// The mmdebstrap variant of the rootfs builder (default `minbase`).
+    pub fn variant(&self) -> &str {
+        match self {
+            Builder::Rootfs {
+                variant: Some(variant),
+            } => variant,
+            _ => "minbase",
+        }
+    }
+
+    /// The installer's media and boot command, for the installer builder.
+    pub fn installer(&self) -> Option<&Installer> {
+        match self {
+            Builder::Installer(i) => Some(i.as_ref()),
+            Builder::Rootfs { .. } => None,
+        }
+    }
+}
+
+/// `[builder]` as the TOML writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Builder {
-    /// `installer` or `rootfs`.
-    pub kind: BuilderKind,
-    /// mmdebstrap variant for `rootfs` (default `minbase`).
+struct BuilderFields {
+    kind: BuilderKind,
     #[serde(default)]
-    pub variant: Option<String>,
+    variant: Option<String>,
+}
+
+impl From<Builder> for BuilderFields {
+    fn from(b: Builder) -> BuilderFields {
+        BuilderFields {
+            kind: b.kind(),
+            variant: match b {
+                Builder::Rootfs { variant } => variant,
+                Builder::Installer(_) => None,
+            },
+        }
+    }
 }
 
 /// The two ways of making a base layer.
@@ -464,7 +531,7 @@ impl Definition {
     /// Parses and validates definition text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Definition, DefinitionError> {
         let de = toml::Deserializer::new(text);
-        let mut def: Definition = serde_path_to_error::deserialize(de).map_err(|e| {
+        let fields: DefinitionFields = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             let (line, column) = inner
@@ -483,13 +550,72 @@ impl Definition {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        def.path = path.to_path_buf();
-        def.base_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let def = Definition::from_fields(fields, text, path)?;
         def.check_consistency(text)?;
         Ok(def)
+    }
+
+    /// The definition `fields` describe, read from `text` at `path`: the builder takes its
+    /// `[installer]` table, which only the installer builder may have.
+    fn from_fields(
+        f: DefinitionFields,
+        text: &str,
+        path: &Path,
+    ) -> Result<Definition, DefinitionError> {
+        let refuse = |field: &str, message: &str| {
+            let (line, column) = locate::locate_field(text, field);
+            DefinitionError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                field: field.to_string(),
+                message: message.to_string(),
+            }
+        };
+        let builder = match (f.builder.kind, f.installer, f.builder.variant) {
+            (BuilderKind::Installer, Some(installer), None) => {
+                Builder::Installer(Box::new(installer))
+            }
+            (BuilderKind::Installer, None, _) => {
+                return Err(refuse(
+                    "builder.kind",
+                    "builder `installer` needs an [installer] table with `kernel` and `initrd`, or `iso`",
+                ))
+            }
+            (BuilderKind::Installer, Some(_), Some(_)) => {
+                return Err(refuse(
+                    "builder.variant",
+                    "`variant` chooses mmdebstrap's package set: it is for the rootfs builder only",
+                ))
+            }
+            (BuilderKind::Rootfs, Some(_), _) => {
+                return Err(refuse(
+                    "installer",
+                    "the rootfs builder boots no installer: remove [installer], or set kind = \"installer\"",
+                ))
+            }
+            (BuilderKind::Rootfs, None, variant) => Builder::Rootfs { variant },
+        };
+        Ok(Definition {
+            image: f.image,
+            os: f.os,
+            builder,
+            machine: f.machine,
+            system: f.system,
+            service: f.service,
+            data: f.data,
+            provisioners: f.provisioners,
+            checks: f.checks,
+            output: f.output,
+            publish: f.publish,
+            cloud: f.cloud,
+            cache: f.cache,
+            base_dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            path: path.to_path_buf(),
+        })
     }
 
     /// The time the image's timestamps are clamped to (`SOURCE_DATE_EPOCH`):
@@ -565,7 +691,7 @@ impl Definition {
     /// Every pinned file of the definition with the dotted name of its field.
     pub fn artifacts(&self) -> Vec<(String, &Artifact)> {
         let mut all = Vec::new();
-        if let Some(i) = &self.installer {
+        if let Some(i) = self.builder.installer() {
             for (name, a) in [
                 ("kernel", &i.kernel),
                 ("initrd", &i.initrd),
@@ -744,6 +870,37 @@ mirror = "http://deb.debian.org/debian"
         let text = MINIMAL.replace("kind = \"rootfs\"", "kind = \"installer\"");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("images/t.toml:9:1: field `builder.kind`"), "{e}");
+    }
+
+    #[test]
+    fn only_the_installer_builder_has_an_installer_and_only_rootfs_a_variant() {
+        let installer = "[installer]\nkernel = { url = \"https://x/linux\", sha256 = \"{0}\" }\ninitrd = { url = \"https://x/initrd.gz\", sha256 = \"{0}\" }\n"
+            .replace("{0}", &"0".repeat(64));
+        let def = parse(
+            &format!("{MINIMAL}{installer}").replace("kind = \"rootfs\"", "kind = \"installer\""),
+        )
+        .unwrap();
+        assert_eq!(def.builder.kind(), BuilderKind::Installer);
+        assert!(def.builder.installer().unwrap().kernel.is_some());
+        let e = parse(&format!("{MINIMAL}{installer}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `installer`: the rootfs builder boots no installer"),
+            "{e}"
+        );
+        let variant = MINIMAL.replace("kind = \"rootfs\"", "kind = \"rootfs\"\nvariant = \"apt\"");
+        assert_eq!(parse(&variant).unwrap().builder.variant(), "apt");
+        assert_eq!(parse(MINIMAL).unwrap().builder.variant(), "minbase");
+        let e = parse(
+            &format!("{variant}{installer}").replace("kind = \"rootfs\"", "kind = \"installer\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("images/t.toml:10:1: field `builder.variant`"),
+            "{e}"
+        );
     }
 
     #[test]

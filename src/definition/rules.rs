@@ -62,7 +62,7 @@ fn machine(def: &Definition, out: &mut Vec<(String, String)>) {
             format!("{}: a build VM has 1 to 64 virtual CPUs", m.cpus),
         ));
     }
-    let (min_memory, what) = match (def.builder.kind, def.os.family) {
+    let (min_memory, what) = match (def.builder.kind(), def.os.family) {
         (BuilderKind::Installer, OsFamily::Rhel) => (1536, "Anaconda, the rhel installer,"),
         _ => (256, "a Debian system"),
     };
@@ -76,7 +76,7 @@ fn machine(def: &Definition, out: &mut Vec<(String, String)>) {
         ));
     }
     let gib = 1u64 << 30;
-    let (min_disk, why) = match (def.builder.kind, def.os.family) {
+    let (min_disk, why) = match (def.builder.kind(), def.os.family) {
         (BuilderKind::Rootfs, _) => (
             2 * gib,
             "the rootfs builder's tree (a minbase Debian with a kernel) takes about 1 GB, and \
@@ -396,7 +396,7 @@ fn files(def: &Definition, out: &mut Vec<(String, String)>) {
             need(format!("{field}.path"), path);
         }
     }
-    if let Some(template) = def.installer.as_ref().and_then(|i| i.template.as_ref()) {
+    if let Some(template) = def.builder.installer().and_then(|i| i.template.as_ref()) {
         need("installer.template".into(), template);
     }
     if let Some(e) = &def.publish.eucalyptus {
