@@ -1,13 +1,13 @@
 //! The command line's argument structs (clap), each turned into the library's options: the
 //! library itself knows nothing of clap.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use aws_sdk_ec2::types::Filter;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use imgforge::definition::{Accelerator, UploadPath};
 use imgforge::{
-    parse_age, parse_filter, AddressKind, BootMode, CloudOptions, EucaKeys, PruneOptions,
-    RegisterOptions, RotateOptions, Target,
+    parse_age, parse_filter, AddressKind, AmiSettings, BootMode, CloudOptions, Destination,
+    EucaKeys, PruneOptions, RegisterOptions, RotateOptions, SnapshotUpload, Target,
 };
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -209,49 +209,79 @@ pub struct RegisterArgs {
 }
 
 impl RegisterArgs {
-    /// The library's options for these arguments; an EMI bundle needs its keys and owner.
+    /// The library's options for these arguments: an AMI, an EMI from a bundle (which needs
+    /// its keys, owner and bucket) or an EMI from a snapshot (`--ebs`). AMI-only settings
+    /// given for an EMI are refused rather than ignored.
     pub fn options(&self) -> Result<RegisterOptions> {
         let args = self;
-        let euca = if args.to == Target::Emi && !args.ebs {
-            let need = |v: &Option<PathBuf>, flag: &str| {
-                v.clone().ok_or_else(|| {
-                    anyhow!(
-                        "--to emi needs {flag} (PEM) to make the bundle (or --ebs for a snapshot)"
-                    )
-                })
-            };
-            Some(EucaKeys {
-                cloud_cert: need(&args.cloud_cert, "--cloud-cert")?,
-                cert: need(&args.cert, "--cert")?,
-                private_key: need(&args.private_key, "--private-key")?,
-                user: args.user.clone().ok_or_else(|| {
+        let snapshot = || match (args.upload, &args.bucket) {
+            (UploadPath::Direct, _) => Ok(SnapshotUpload::Direct),
+            (UploadPath::Import, Some(bucket)) => Ok(SnapshotUpload::Import {
+                bucket: bucket.clone(),
+            }),
+            (UploadPath::Import, None) => Err(anyhow!(
+                "--upload import needs --bucket: the image is uploaded there first"
+            )),
+        };
+        let destination = match args.to {
+            Target::Ami => Destination::Ami(AmiSettings {
+                snapshot: snapshot()?,
+                copy_to: args.copy_to.clone(),
+                imds_v2: !args.no_imds_v2,
+                tpm: args.tpm,
+                launch_template: args.launch_template.clone(),
+            }),
+            Target::Emi => {
+                let ami_only = [
+                    (!args.copy_to.is_empty(), "--copy-to"),
+                    (args.launch_template.is_some(), "--launch-template"),
+                    (args.tpm, "--tpm"),
+                    (args.no_imds_v2, "--no-imds-v2"),
+                ];
+                if let Some((_, flag)) = ami_only.iter().find(|(given, _)| *given) {
+                    bail!("{flag} is for AMIs: Eucalyptus has no such setting (drop it, or use --to ami)");
+                }
+                if args.ebs {
+                    Destination::EmiSnapshot(snapshot()?)
+                } else {
+                    self.emi_bundle()?
+                }
+            }
+        };
+        let mut opts = RegisterOptions::new(destination);
+        opts.s3_endpoint_url = args.s3_endpoint_url.clone();
+        opts.share_with = args.share_with.clone();
+        opts.boot_mode = args.boot_mode;
+        opts.concurrency = args.concurrency;
+        opts.keep_partial = args.keep_partial;
+        opts.require_signature = args.require_signature.clone();
+        opts.sign = args.sign.clone();
+        opts.cloud = args.cloud.options();
+        Ok(opts)
+    }
+
+    /// An EMI from a bundle: its keys, owner and bucket, each named when missing.
+    fn emi_bundle(&self) -> Result<Destination> {
+        let need = |v: &Option<PathBuf>, flag: &str| {
+            v.clone().ok_or_else(|| {
+                anyhow!("--to emi needs {flag} (PEM) to make the bundle (or --ebs for a snapshot)")
+            })
+        };
+        Ok(Destination::EmiBundle {
+            keys: EucaKeys {
+                cloud_cert: need(&self.cloud_cert, "--cloud-cert")?,
+                cert: need(&self.cert, "--cert")?,
+                private_key: need(&self.private_key, "--private-key")?,
+                user: self.user.clone().ok_or_else(|| {
                     anyhow!(
                         "--to emi needs --user ACCOUNT_ID (or EC2_USER_ID) for the bundle manifest"
                     )
                 })?,
-            })
-        } else {
-            None
-        };
-        Ok(RegisterOptions {
-            target: args.to,
-            upload: args.upload,
-            bucket: args.bucket.clone(),
-            s3_endpoint_url: args.s3_endpoint_url.clone(),
-            euca,
-            ebs: args.ebs,
-            copy_to: args.copy_to.clone(),
-            share_with: args.share_with.clone(),
-            boot_mode: args.boot_mode,
-            imds_v2: !args.no_imds_v2,
-            tpm: args.tpm,
-            concurrency: args.concurrency,
-            keep_partial: args.keep_partial,
-            wait: Duration::from_secs(3600),
-            launch_template: args.launch_template.clone(),
-            require_signature: args.require_signature.clone(),
-            sign: args.sign.clone(),
-            cloud: args.cloud.options(),
+            },
+            bucket: self
+                .bucket
+                .clone()
+                .ok_or_else(|| anyhow!("--to emi needs --bucket: the bundle is uploaded there"))?,
         })
     }
 }

@@ -85,7 +85,8 @@ pub use plan::{plan, table as plan_table, LayerState, PlanItem, Upstream};
 pub use prune::{run as prune, PruneOptions};
 pub use register::ami::BootMode;
 pub use register::{
-    register_manifest, unbundle, EucaKeys, RegisterOptions, RegisteredImage, Target, UploadStats,
+    register_manifest, unbundle, AmiSettings, Destination, EucaKeys, RegisterOptions,
+    RegisteredImage, SnapshotUpload, Target, UploadStats,
 };
 pub use render::{render, AnswerFile};
 pub use rotate::health::AddressKind;

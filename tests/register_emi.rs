@@ -272,3 +272,30 @@ fn a_tampered_artifact_is_refused_before_any_bundle_is_uploaded() {
         assert_eq!(endpoint.connections(), 0, "--ebs {ebs}: a request was sent");
     }
 }
+
+#[test]
+fn an_ami_only_setting_for_an_emi_is_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(&dir.path().join("disk.raw"), 512 * 1024);
+    let manifest = manifest_json(dir.path(), &"e".repeat(64), data.len() as u64);
+    for flag in [
+        &["--tpm"][..],
+        &["--no-imds-v2"][..],
+        &["--copy-to", "eu-west-1"][..],
+        &["--launch-template", "web"][..],
+    ] {
+        let endpoint = CountingEndpoint::start();
+        let (code, _out, stderr) = run(imgforge()
+            .arg("register")
+            .arg(&manifest)
+            .args(["--to", "emi", "--ebs"])
+            .args(flag)
+            .envs(endpoint.env()));
+        assert_ne!(code, 0, "{flag:?} was taken for an EMI");
+        assert!(
+            stderr.contains(&format!("{} is for AMIs", flag[0])),
+            "{flag:?}: {stderr}"
+        );
+        assert_eq!(endpoint.connections(), 0, "{flag:?}: a request was sent");
+    }
+}

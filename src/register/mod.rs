@@ -4,9 +4,9 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use imgforge::{register_manifest, RegisterOptions, Target};
+//! use imgforge::{register_manifest, AmiSettings, Destination, RegisterOptions};
 //! let reporter = imgforge::events::Reporter::new(false);
-//! let opts = RegisterOptions::new(Target::Ami);
+//! let opts = RegisterOptions::new(Destination::Ami(AmiSettings::default()));
 //! let image = register_manifest("output/x/manifest.json".as_ref(), &opts, &reporter).await?;
 //! println!("{} (reused: {})", image.image_id, image.reused);
 //! # Ok(()) }
@@ -37,7 +37,7 @@ use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, Manifest};
 use crate::signature::Signer;
 use ami::{BootMode, Flavor, ImageSpec, Root};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -79,39 +79,97 @@ pub struct EucaKeys {
     pub user: String,
 }
 
-/// What to register and how (the command line and `build --register` both make one).
+/// How a snapshot is made from the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotUpload {
+    /// Block by block with the EBS direct APIs (zero blocks skipped).
+    Direct,
+    /// Uploaded to the S3 bucket `bucket`, then ImportSnapshot.
+    Import {
+        /// Where the image is uploaded first.
+        bucket: String,
+    },
+}
+
+/// An AMI's own settings.
 #[derive(Debug, Clone)]
-pub struct RegisterOptions {
-    /// AMI or EMI.
-    pub target: Target,
-    /// AMI snapshot route.
-    pub upload: UploadPath,
-    /// Bucket for bundles or the import route.
-    pub bucket: Option<String>,
-    /// S3 endpoint override.
-    pub s3_endpoint_url: Option<String>,
-    /// Keys for an EMI bundle.
-    pub euca: Option<EucaKeys>,
-    /// EMI from a snapshot instead of a bundle.
-    pub ebs: bool,
-    /// Regions to copy an AMI to.
+pub struct AmiSettings {
+    /// How the root snapshot is made.
+    pub snapshot: SnapshotUpload,
+    /// Regions to copy the AMI to.
     pub copy_to: Vec<String>,
-    /// Accounts given launch permission.
-    pub share_with: Vec<String>,
-    /// Boot mode override.
-    pub boot_mode: Option<BootMode>,
     /// Require IMDSv2.
     pub imds_v2: bool,
     /// Attach a TPM 2.0.
     pub tpm: bool,
+    /// A launch template (id or name) whose new default version launches the image.
+    pub launch_template: Option<String>,
+}
+
+impl Default for AmiSettings {
+    /// Direct upload, IMDSv2, no TPM, no copies, no launch template.
+    fn default() -> AmiSettings {
+        AmiSettings {
+            snapshot: SnapshotUpload::Direct,
+            copy_to: Vec::new(),
+            imds_v2: true,
+            tpm: false,
+            launch_template: None,
+        }
+    }
+}
+
+/// Where an image is registered, with the settings only that cloud and route have.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// An AWS AMI.
+    Ami(AmiSettings),
+    /// A Eucalyptus EMI registered from a signed, encrypted bundle uploaded to `bucket`.
+    EmiBundle {
+        /// The bundle's keys and owner.
+        keys: EucaKeys,
+        /// Where the bundle's parts and manifest go.
+        bucket: String,
+    },
+    /// An EBS-backed Eucalyptus EMI registered from a snapshot.
+    EmiSnapshot(SnapshotUpload),
+}
+
+impl Destination {
+    /// AMI or EMI.
+    pub fn target(&self) -> Target {
+        match self {
+            Destination::Ami(_) => Target::Ami,
+            Destination::EmiBundle { .. } | Destination::EmiSnapshot(_) => Target::Emi,
+        }
+    }
+
+    /// The AMI's settings, for an AMI.
+    fn ami(&self) -> Option<&AmiSettings> {
+        match self {
+            Destination::Ami(ami) => Some(ami),
+            _ => None,
+        }
+    }
+}
+
+/// What to register and how (the command line and `build --register` both make one).
+#[derive(Debug, Clone)]
+pub struct RegisterOptions {
+    /// AMI or EMI, with that target's settings.
+    pub destination: Destination,
+    /// S3 endpoint override.
+    pub s3_endpoint_url: Option<String>,
+    /// Accounts given launch permission.
+    pub share_with: Vec<String>,
+    /// Boot mode override.
+    pub boot_mode: Option<BootMode>,
     /// Parallel uploads.
     pub concurrency: usize,
     /// Keep partial uploads on failure.
     pub keep_partial: bool,
     /// How long to wait for the image to become available.
     pub wait: Duration,
-    /// A launch template (id or name) whose new default version launches the image (AMI only).
-    pub launch_template: Option<String>,
     /// Refuse a build not signed by a key of this allowed-signers file; tag the image with
     /// the signer's fingerprint; reuse an image of the build only if its signed registration
     /// checks out against this file.
@@ -124,24 +182,16 @@ pub struct RegisterOptions {
 }
 
 impl RegisterOptions {
-    /// Defaults for `target`: direct upload, IMDSv2, 64 blocks in flight.
-    pub fn new(target: Target) -> RegisterOptions {
+    /// Defaults for `destination`: 64 blocks in flight, an hour's wait.
+    pub fn new(destination: Destination) -> RegisterOptions {
         RegisterOptions {
-            target,
-            upload: UploadPath::Direct,
-            bucket: None,
+            destination,
             s3_endpoint_url: None,
-            euca: None,
-            ebs: false,
-            copy_to: Vec::new(),
             share_with: Vec::new(),
             boot_mode: None,
-            imds_v2: true,
-            tpm: false,
             concurrency: 64,
             keep_partial: false,
             wait: Duration::from_secs(3600),
-            launch_template: None,
             require_signature: None,
             sign: None,
             cloud: CloudOptions::default(),
@@ -154,27 +204,39 @@ impl RegisterOptions {
         let base = manifest.definition.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
         if let Some(aws) = &manifest.publish.aws {
-            let mut o = RegisterOptions::new(Target::Ami);
+            let snapshot = match (aws.upload, &aws.bucket) {
+                (UploadPath::Direct, _) => SnapshotUpload::Direct,
+                (UploadPath::Import, Some(bucket)) => SnapshotUpload::Import {
+                    bucket: bucket.clone(),
+                },
+                (UploadPath::Import, None) => bail!(
+                    "{}: [publish.aws] upload = \"import\" needs a `bucket`: the image is uploaded there first",
+                    manifest.definition.display()
+                ),
+            };
+            let mut o = RegisterOptions::new(Destination::Ami(AmiSettings {
+                snapshot,
+                copy_to: aws.copy_to.clone(),
+                imds_v2: aws.imds_v2,
+                tpm: aws.tpm,
+                launch_template: None,
+            }));
             o.cloud.region = Some(aws.region.clone());
-            o.copy_to = aws.copy_to.clone();
             o.share_with = aws.share_with.clone();
-            o.imds_v2 = aws.imds_v2;
-            o.tpm = aws.tpm;
-            o.bucket = aws.bucket.clone();
-            o.upload = aws.upload;
             out.push(o);
         }
         if let Some(e) = &manifest.publish.eucalyptus {
-            let mut o = RegisterOptions::new(Target::Emi);
+            let mut o = RegisterOptions::new(Destination::EmiBundle {
+                keys: EucaKeys {
+                    cloud_cert: base.join(&e.cloud_cert),
+                    cert: base.join(&e.cert),
+                    private_key: base.join(&e.private_key),
+                    user: e.user.clone(),
+                },
+                bucket: e.bucket.clone(),
+            });
             o.cloud.endpoint_url = Some(e.endpoint.clone());
             o.s3_endpoint_url = e.s3_endpoint.clone();
-            o.bucket = Some(e.bucket.clone());
-            o.euca = Some(EucaKeys {
-                cloud_cert: base.join(&e.cloud_cert),
-                cert: base.join(&e.cert),
-                private_key: base.join(&e.private_key),
-                user: e.user.clone(),
-            });
             out.push(o);
         }
         Ok(out)
@@ -225,9 +287,6 @@ pub async fn register_manifest(
     opts: &RegisterOptions,
     reporter: &Reporter,
 ) -> Result<RegisteredImage> {
-    if opts.launch_template.is_some() && opts.target == Target::Emi {
-        bail!("--launch-template is for AMIs: Eucalyptus has no launch templates");
-    }
     // Before any cloud call: the build is signed by an allowed key, and the bytes to upload are
     // the bytes that were built and verified.
     let signer = match &opts.require_signature {
@@ -256,11 +315,11 @@ pub async fn register_manifest(
         opts,
         reporter,
     };
-    if opts.target == Target::Ami {
+    if opts.destination.ami().is_some() {
         run.spec.validate()?;
     }
     let mut out = RegisteredImage {
-        target: opts.target,
+        target: opts.destination.target(),
         image_id: String::new(),
         region: run.config.region().map(|r| r.to_string()),
         snapshot_id: None,
@@ -304,19 +363,24 @@ pub async fn register_manifest(
         out.reused = true;
     } else {
         let raw = RawImage::prepare(source, reporter).await?;
-        if opts.target == Target::Emi && !opts.ebs {
-            let published = run.publish_bundle(&raw).await?;
-            out.image_id = published.image_id;
-            out.image_location = Some(published.location);
-            out.upload = Some(published.stats);
-        } else {
-            let (snapshot_id, volume_size_gib, stats) = match opts.upload {
-                UploadPath::Direct => run.upload_direct(&raw).await?,
-                UploadPath::Import => run.upload_import(&raw.path).await?,
-            };
-            out.image_id = run.register_snapshot(&snapshot_id, volume_size_gib).await?;
-            out.snapshot_id = Some(snapshot_id);
-            out.upload = Some(stats);
+        match &opts.destination {
+            Destination::EmiBundle { keys, bucket } => {
+                let published = run.publish_bundle(&raw, keys, bucket).await?;
+                out.image_id = published.image_id;
+                out.image_location = Some(published.location);
+                out.upload = Some(published.stats);
+            }
+            Destination::Ami(AmiSettings { snapshot, .. }) | Destination::EmiSnapshot(snapshot) => {
+                let (snapshot_id, volume_size_gib, stats) = match snapshot {
+                    SnapshotUpload::Direct => run.upload_direct(&raw).await?,
+                    SnapshotUpload::Import { bucket } => {
+                        run.upload_import(&raw.path, bucket).await?
+                    }
+                };
+                out.image_id = run.register_snapshot(&snapshot_id, volume_size_gib).await?;
+                out.snapshot_id = Some(snapshot_id);
+                out.upload = Some(stats);
+            }
         }
         reporter.event(
             Event::ImageRegistered,
@@ -351,7 +415,11 @@ pub async fn register_manifest(
                 .await?;
         }
     }
-    if let Some(template) = &opts.launch_template {
+    if let Some(template) = opts
+        .destination
+        .ami()
+        .and_then(|ami| ami.launch_template.as_ref())
+    {
         let update = launch_template::point_at_image(
             &run.ec2,
             template,
@@ -432,17 +500,13 @@ impl Registration<'_> {
     }
 
     /// An EMI: the image as a signed, encrypted bundle in S3, registered by its manifest.
-    async fn publish_bundle(&self, raw: &RawImage) -> Result<emi::Published> {
+    async fn publish_bundle(
+        &self,
+        raw: &RawImage,
+        keys: &EucaKeys,
+        bucket: &str,
+    ) -> Result<emi::Published> {
         let opts = self.opts;
-        let keys = opts.euca.as_ref().ok_or_else(|| {
-            anyhow!(
-                "an EMI bundle needs the cloud certificate, the user's certificate and private key"
-            )
-        })?;
-        let bucket = opts
-            .bucket
-            .as_deref()
-            .ok_or_else(|| anyhow!("--to emi needs --bucket: the bundle is uploaded there"))?;
         let s3 = s3_client(&self.config, opts);
         emi::publish(
             &emi::Publish {
@@ -508,11 +572,8 @@ impl Registration<'_> {
     }
 
     /// A snapshot made by ImportSnapshot from the image uploaded to S3.
-    async fn upload_import(&self, raw: &Path) -> Result<Uploaded> {
+    async fn upload_import(&self, raw: &Path, bucket: &str) -> Result<Uploaded> {
         let opts = self.opts;
-        let bucket = opts.bucket.as_deref().ok_or_else(|| {
-            anyhow!("--upload import needs --bucket: the image is uploaded there first")
-        })?;
         let s3 = s3_client(&self.config, opts);
         import::import(
             &import::Import {
@@ -539,7 +600,7 @@ impl Registration<'_> {
             snapshot_id: snapshot_id.to_string(),
             volume_size_gib,
         };
-        let flavor = match self.opts.target {
+        let flavor = match self.opts.destination.target() {
             Target::Ami => Flavor::Aws,
             Target::Emi => Flavor::Eucalyptus,
         };
@@ -579,11 +640,11 @@ async fn share_and_copy(
 ) -> Result<Vec<(String, String)>> {
     ami::share(ec2, image_id, &opts.share_with).await?;
     let mut copies = Vec::new();
-    if opts.target != Target::Ami {
+    let Some(ami) = opts.destination.ami() else {
         return Ok(copies);
-    }
+    };
     let source = config.region().map(|r| r.to_string()).unwrap_or_default();
-    for region in &opts.copy_to {
+    for region in &ami.copy_to {
         let (id, copied) = ami::copy_to(config, &source, region, image_id, spec, build_id).await?;
         let message = if copied {
             format!("copying {image_id} to {region} as {id}")
@@ -664,8 +725,9 @@ pub fn image_spec(
             Firmware::Bios => BootMode::LegacyBios,
             Firmware::Uefi => BootMode::Uefi,
         }),
-        imds_v2: opts.imds_v2,
-        tpm: opts.tpm,
+        // Eucalyptus takes neither (ami::register_request sends them to AWS only).
+        imds_v2: opts.destination.ami().is_some_and(|ami| ami.imds_v2),
+        tpm: opts.destination.ami().is_some_and(|ami| ami.tpm),
         tags: image_tags(manifest, signer),
     }
 }

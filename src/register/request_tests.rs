@@ -3,7 +3,7 @@
 //! only the name and description; ImportSnapshot returns 500), so they are asserted here.
 
 use super::ami::{self, BootMode, Flavor, Root};
-use super::{image_spec, import, RegisterOptions, Target};
+use super::{image_spec, import, AmiSettings, Destination, RegisterOptions, SnapshotUpload};
 use crate::manifest::Manifest;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::test_util::capture_request;
@@ -77,8 +77,10 @@ const EUCALYPTUS_REJECTS: [&str; 6] = [
 
 #[tokio::test]
 async fn aws_register_image_carries_the_snapshot_boot_mode_ena_imds_tpm_and_tags() {
-    let mut opts = RegisterOptions::new(Target::Ami);
-    opts.tpm = true;
+    let opts = RegisterOptions::new(Destination::Ami(AmiSettings {
+        tpm: true,
+        ..AmiSettings::default()
+    }));
     let spec = image_spec(&manifest("uefi"), &opts, None);
     let (ec2, rx) = capturing_client();
     let root = Root::Snapshot {
@@ -131,8 +133,10 @@ async fn aws_register_image_carries_the_snapshot_boot_mode_ena_imds_tpm_and_tags
 
 #[tokio::test]
 async fn bios_builds_say_legacy_bios_and_imds_can_be_left_optional() {
-    let mut opts = RegisterOptions::new(Target::Ami);
-    opts.imds_v2 = false;
+    let mut opts = RegisterOptions::new(Destination::Ami(AmiSettings {
+        imds_v2: false,
+        ..AmiSettings::default()
+    }));
     let spec = image_spec(&manifest("bios"), &opts, None);
     let (ec2, rx) = capturing_client();
     let root = Root::Snapshot {
@@ -164,9 +168,10 @@ async fn bios_builds_say_legacy_bios_and_imds_can_be_left_optional() {
 
 #[tokio::test]
 async fn eucalyptus_register_image_has_none_of_the_parameters_eucalyptus_rejects() {
-    let mut opts = RegisterOptions::new(Target::Emi);
-    opts.tpm = true; // asked for, yet never sent to Eucalyptus
-    let spec = image_spec(&manifest("uefi"), &opts, None);
+    let opts = RegisterOptions::new(Destination::EmiSnapshot(SnapshotUpload::Direct));
+    let mut spec = image_spec(&manifest("uefi"), &opts, None);
+    assert!(!spec.tpm && !spec.imds_v2, "an EMI has no AMI settings");
+    spec.tpm = true; // even if a spec asks for it, it is never sent to Eucalyptus
 
     // From a bundle.
     let (ec2, rx) = capturing_client();
