@@ -27,22 +27,61 @@ const TOOL_MARKER: &str = "imgforge-bake: tool ";
 /// step moves them there.
 pub const TOOLS_FILE: &str = "/var/lib/imgforge-bake/tools";
 
-/// Shell that records, under `name`, the first line `version_command` prints: on the console
-/// for the manifest ([`tools`]) and in [`TOOLS_FILE`] for the image's own record.
-pub fn record_tool(name: &str, version_command: &str) -> String {
-    let quoted = sh_quote(name);
-    format!(
-        r#"v=$({version_command} 2>&1 | head -n1 | tr -d '"\\|&')
-echo "{TOOL_MARKER}"{quoted}" $v"
-mkdir -p "$(dirname {TOOLS_FILE})" && printf '"%s": "%s"\n' {quoted} "$v" >> {TOOLS_FILE}
-"#
-    )
+/// The kinds of bake step `templates/bake-steps.sh.hbs` renders, each a section of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The service repository unpacked, its install command, its unit enabled.
+    Service,
+    /// The data snapshot unpacked.
+    Data,
+    /// A shell provisioner.
+    Shell,
+    /// A file provisioner.
+    File,
+    /// An Ansible playbook run by the image's own Ansible.
+    Ansible,
+    /// A Chef run list converged by the image's Chef client.
+    Chef,
+    /// The version of a tool that ran from the host, recorded as the image's would be.
+    Tool,
 }
 
-/// Shell that runs `command` with its output on the console and in `$D/log`, leaving its exit
-/// status in `$rc` (a pipe to `tee` would otherwise hide it).
-pub fn run_logged(command: &str) -> String {
-    format!("{{ {command} 2>&1; echo $? > \"$D/rc\"; }} | tee \"$D/log\"\nrc=$(cat \"$D/rc\")\n")
+impl Step {
+    const ALL: [Step; 7] = [
+        Step::Service,
+        Step::Data,
+        Step::Shell,
+        Step::File,
+        Step::Ansible,
+        Step::Chef,
+        Step::Tool,
+    ];
+
+    /// The template's section for this kind.
+    fn section(self) -> &'static str {
+        match self {
+            Step::Service => "service",
+            Step::Data => "data",
+            Step::Shell => "shell",
+            Step::File => "file",
+            Step::Ansible => "ansible",
+            Step::Chef => "chef",
+            Step::Tool => "tool",
+        }
+    }
+
+    /// This step rendered from `templates/bake-steps.sh.hbs` with `values`, its section's
+    /// values (shell-quoted where the template writes them). Ansible, Chef and tool steps
+    /// record a tool's version on the console for the manifest ([`tools`]) and in
+    /// [`TOOLS_FILE`] for the image's own record.
+    pub fn script(self, values: serde_json::Value) -> anyhow::Result<String> {
+        let mut ctx = serde_json::json!({ "tool_marker": TOOL_MARKER, "tools_file": TOOLS_FILE });
+        for step in Step::ALL {
+            ctx[step.section()] = serde_json::Value::Null;
+        }
+        ctx[self.section()] = values;
+        crate::render::render_script(crate::render::BAKE_STEPS, &ctx)
+    }
 }
 
 /// The tools a bake's output recorded with [`record_tool`], as (name, version).
@@ -126,6 +165,75 @@ pub use crate::render::sh_quote;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_step_kind_renders_valid_shell_with_each_value_quoted() {
+        use serde_json::json;
+        let steps = [
+            (
+                Step::Service,
+                json!({ "dest": "/srv/it's", "install": "make install",
+                "unit": "deploy/web.service", "unit_name": "web.service" }),
+            ),
+            (
+                Step::Service,
+                json!({ "dest": "/srv/web", "install": null, "unit": null,
+                "unit_name": null }),
+            ),
+            (Step::Data, json!({ "dest": "/srv/$(reboot)" })),
+            (
+                Step::Shell,
+                json!({ "label": "provisioners[0] (a.sh)", "index": "0" }),
+            ),
+            (
+                Step::File,
+                json!({ "label": "provisioners[1] (file /etc/x)", "index": "1",
+                "dest": "/etc/x", "mode": "0600" }),
+            ),
+            (
+                Step::Ansible,
+                json!({ "label": "provisioners[2] (ansible site.yml)",
+                "tool": "provisioners[2]", "guest_dir": "/run/bake/provisioners/2",
+                "project": "/run/bake/provisioners/2/project",
+                "env": [{ "name": "ANSIBLE_ROLES_PATH", "value": "$P/roles" }],
+                "args": ["@/run/bake/provisioners/2/vars.json", "--tags", "a,b", "site.yml"] }),
+            ),
+            (
+                Step::Chef,
+                json!({ "label": "provisioners[3] (chef role[base])",
+                "tool": "provisioners[3]", "guest_dir": "/run/bake/provisioners/3",
+                "environment": "staging" }),
+            ),
+            (
+                Step::Tool,
+                json!({ "name": "provisioners[0]", "version": "it's 2.14" }),
+            ),
+        ];
+        let mut script = prelude(1_700_000_000).unwrap();
+        for (step, values) in steps {
+            script += &step.script(values).unwrap();
+        }
+        crate::render::assert_valid_shell(&script);
+        for expected in [
+            "mkdir -p '/srv/it'\\''s' && tar -xf \"$B/service.tar\" -C '/srv/it'\\''s'",
+            "(cd '/srv/it'\\''s' && sh -ec 'make install')",
+            "systemctl enable 'web.service'",
+            "-C '/srv/$(reboot)'",
+            "install -m '0600' \"$B/provisioners/\"'1' '/etc/x'",
+            // Ansible's environment expands $P; its arguments are quoted words.
+            "env ANSIBLE_ROLES_PATH=\"$P/roles\" ansible-playbook -c local -i localhost, -e '@/run/bake/provisioners/2/vars.json' '--tags' 'a,b' 'site.yml'",
+            "env ANSIBLE_ROLES_PATH=\"$P/roles\" ansible-playbook --version 2>&1",
+            "--json-attributes \"$D/node.json\" --environment 'staging' --no-color",
+            "v=$(echo 'it'\\''s 2.14' 2>&1",
+        ] {
+            assert!(script.contains(expected), "{expected} in:\n{script}");
+        }
+        assert_eq!(
+            script.matches("service.install").count(),
+            2,
+            "one service with install"
+        );
+    }
 
     #[test]
     fn shell_quoting_survives_single_quotes() {

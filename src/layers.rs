@@ -177,10 +177,11 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
         });
     }
     Ok(json!({
-        // What the bake runs around the provisioners (its prelude and hygiene).
+        // What the bake runs: its prelude, its steps and its hygiene.
         "bake_layout": 3,
         "guest_scripts": [
             crate::render::script_template(crate::render::BAKE_PRELUDE)?,
+            crate::render::script_template(crate::render::BAKE_STEPS)?,
             crate::render::script_template(crate::render::BAKE_HYGIENE)?,
         ],
         "base": base,

@@ -99,6 +99,12 @@ pub const ROOTFS_PATCH: &str = "rootfs-patch.sh.hbs";
 pub const BAKE_HYGIENE: &str = "bake-hygiene.sh.hbs";
 /// The guest script template of the offline bake's init (installed into rootfs bases).
 pub const BAKE_INIT: &str = "bake-init.sh.hbs";
+/// The guest script template of the bake's steps: service, data and each provisioner.
+pub const BAKE_STEPS: &str = "bake-steps.sh.hbs";
+/// The host script template of a chroot bake: the chroot's file systems, then the bundle.
+pub const BAKE_CHROOT: &str = "bake-chroot.sh.hbs";
+/// The script template that makes an image a Vagrant base box, run in a chroot of its root.
+pub const VAGRANT_USER: &str = "vagrant-user.sh.hbs";
 /// The guest script template every bake script starts with.
 pub const BAKE_PRELUDE: &str = "bake-prelude.sh.hbs";
 

@@ -15,20 +15,6 @@ use std::path::{Path, PathBuf};
 /// (`keys/vagrant.pub`). `vagrant up` replaces it with a key of its own at the first boot.
 pub const INSECURE_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key";
 
-/// What makes an image a Vagrant base box, run in a chroot of the box's own root (an overlay
-/// of the image's tree, or a copy of its disk).
-const VAGRANT_USER_SCRIPT: &str = r#"set -e
-id vagrant >/dev/null 2>&1 || useradd --create-home --user-group --shell /bin/bash vagrant
-install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
-printf '%s\n' "$INSECURE_KEY" > /home/vagrant/.ssh/authorized_keys
-chown vagrant:vagrant /home/vagrant/.ssh/authorized_keys
-chmod 0600 /home/vagrant/.ssh/authorized_keys
-echo 'vagrant ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/vagrant
-chmod 0440 /etc/sudoers.d/vagrant
-mkdir -p /etc/ssh/sshd_config.d
-echo 'UseDNS no' > /etc/ssh/sshd_config.d/vagrant.conf
-"#;
-
 /// The box's raw disk written from `tree` (the sealed image's root, mounted read-only) the way
 /// the seal writes the image: the vagrant user is added on an overlay of the tree, and the
 /// disk gets the image's derived identifiers and clamped times, so the same inputs give the
@@ -103,8 +89,11 @@ fn add_vagrant_user(root: &Path, epoch: u32) -> Result<()> {
     }
     Command::new("chroot")
         .arg(root)
-        .args(["/bin/sh", "-c", VAGRANT_USER_SCRIPT])
-        .env("INSECURE_KEY", INSECURE_KEY)
+        .args(["/bin/sh", "-c"])
+        .arg(crate::render::render_script(
+            crate::render::VAGRANT_USER,
+            &json!({ "insecure_key": INSECURE_KEY }),
+        )?)
         .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .run()
         .context("cannot add the vagrant user to the box")?;
@@ -244,4 +233,23 @@ pub fn write_catalogue(
         file,
         &bytes,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vagrant_user_script_renders_valid_shell_with_the_insecure_key() {
+        let script = crate::render::render_script(
+            crate::render::VAGRANT_USER,
+            &json!({ "insecure_key": INSECURE_KEY }),
+        )
+        .unwrap();
+        crate::render::assert_valid_shell(&script);
+        assert!(script.contains(&format!(
+            "printf '%s\\n' {} > /home/vagrant/.ssh/authorized_keys",
+            crate::render::sh_quote(INSECURE_KEY)
+        )));
+    }
 }

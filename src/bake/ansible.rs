@@ -4,10 +4,11 @@
 //! connects to the booted build VM over SSH. Either way Ansible's home and temporary files stay
 //! in the bundle's directory (a tmpfs), so nothing of Ansible is left in the image.
 
-use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR};
+use crate::bake_protocol::{Step, BUNDLE_DIR};
 use crate::definition::{AnsibleProvisioner, Definition};
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::fs;
 use std::path::Path;
 
@@ -51,38 +52,21 @@ pub fn stage_in_image(
             format!("{guest_dir}/project")
         }
     };
-    let label = sh_quote(&label(index, a));
-    let mut words = vec![format!("@{guest_dir}/vars.json")];
-    words.extend(playbook_args(a));
-    let words: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
-    let command = format!(
-        "ansible-playbook -c local -i localhost, -e {}",
-        words.join(" ")
-    );
-    let env = environment(a, "$P", "$D")
-        .iter()
-        .chain([&("ANSIBLE_REMOTE_TEMP", "$D/tmp".to_string())])
-        .map(|(k, v)| format!("{k}=\"{v}\""))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Ok(format!(
-        r#"step {label}
-command -v ansible-playbook >/dev/null || fail {label}': ansible-playbook is not in the image (runner = "image" installs Debian'"'"'s ansible-core into the base)' 127
-D={guest_dir}
-P={project}
-{record}{run}if [ "$rc" != 0 ]; then
-  task=$(sed -n 's/^TASK \[\(.*\)\] \**$/\1/p' "$D/log" | tail -n1)
-  fail {label}": ${{task:+task }}${{task:-ansible-playbook failed before its first task}}" "$rc"
-fi
-rm -rf "$D"
-"#,
-        project = sh_quote(&project),
-        record = bake_protocol::record_tool(
-            &format!("provisioners[{index}]"),
-            &format!("env {env} ansible-playbook --version")
-        ),
-        run = bake_protocol::run_logged(&format!("(cd \"$P\" && env {env} {command})")),
-    ))
+    let mut args = vec![format!("@{guest_dir}/vars.json")];
+    args.extend(playbook_args(a));
+    let env: Vec<_> = environment(a, "$P", "$D")
+        .into_iter()
+        .chain([("ANSIBLE_REMOTE_TEMP", "$D/tmp".to_string())])
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect();
+    Step::Ansible.script(json!({
+        "label": label(index, a),
+        "tool": format!("provisioners[{index}]"),
+        "guest_dir": guest_dir,
+        "project": project,
+        "env": env,
+        "args": args,
+    }))
 }
 
 /// The arguments that pick what `ansible-playbook` runs: `--tags` when the definition names

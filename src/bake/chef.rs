@@ -3,7 +3,7 @@
 //! attributes), runs the Chef client the image has (`chef-solo`, or `cinc-client
 //! --local-mode`), and removes what it wrote. A failed converge names the failing resource.
 
-use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR};
+use crate::bake_protocol::{Step, BUNDLE_DIR};
 use crate::definition::{ChefProvisioner, ChefRunItem, Definition};
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -51,27 +51,12 @@ pub fn stage(def: &Definition, index: usize, c: &ChefProvisioner, staged: &Path)
         node[key] = serde_json::to_value(value)?;
     }
     fs::write(staged.join("node.json"), serde_json::to_vec_pretty(&node)?)?;
-    let label = sh_quote(&label(index, c));
-    let environment = c
-        .environment
-        .as_ref()
-        .map(|e| format!(" --environment {}", sh_quote(e)))
-        .unwrap_or_default();
-    Ok(format!(
-        r#"step {label}
-D={guest_dir}
-if command -v chef-solo >/dev/null 2>&1; then client=chef-solo
-elif command -v cinc-client >/dev/null 2>&1; then client="cinc-client --local-mode"
-else fail {label}': no Chef client in the image: neither chef-solo nor cinc-client is on PATH (install one in an earlier provisioner or in the base)' 127
-fi
-{record}{run}[ "$rc" = 0 ] || fail {label}": resource $(sed -n "s/.*on resource '\(.*\)'.*/\1/p" "$D/log" | head -n1)" "$rc"
-rm -rf "$D"
-"#,
-        record = bake_protocol::record_tool(&format!("provisioners[{index}]"), "$client --version"),
-        run = bake_protocol::run_logged(&format!(
-            "env CHEF_LICENSE=accept-no-persist $client --config \"$D/solo.rb\" --json-attributes \"$D/node.json\"{environment} --no-color --force-formatter"
-        )),
-    ))
+    Step::Chef.script(json!({
+        "label": label(index, c),
+        "tool": format!("provisioners[{index}]"),
+        "guest_dir": guest_dir,
+        "environment": c.environment,
+    }))
 }
 
 /// The client's configuration: everything it reads and writes stays under `dir`.

@@ -7,7 +7,7 @@
 //! host. The result is written back as an overlay of the base, as the VM bake leaves it.
 
 use super::{pack_bundle, BakeInput, Bundle};
-use crate::bake_protocol::{self, sh_quote, BUNDLE_DIR, STATUS_MARKER};
+use crate::bake_protocol::{self, BUNDLE_DIR, STATUS_MARKER};
 use crate::disk::loopmount::{Access, RootMount};
 use crate::events::Reporter;
 use crate::process::Command;
@@ -50,7 +50,7 @@ pub fn run(
     )?
     .context("the base disk has no root filesystem to bake in")?;
     let wrapper = input.work.join("chroot-bake.sh");
-    std::fs::write(&wrapper, wrapper_script())?;
+    std::fs::write(&wrapper, wrapper_script()?)?;
     // `timeout` ends `unshare`, and with it every process of the bake (`--kill-child`).
     let limit = input.def.machine.timeouts.bake.0;
     let (code, out) = Command::new("timeout")
@@ -109,40 +109,32 @@ pub fn run(
     Ok((output, raw))
 }
 
-/// The host side, run in the new namespaces with the tree (`$1`) and the bundle tar (`$2`):
-/// the kernel file systems a bake expects, the host's DNS, no service starts; then the bundle's
-/// `bake.sh` in the chroot, and its exit status in the bake protocol's words.
-fn wrapper_script() -> String {
-    let bundle = sh_quote(BUNDLE_DIR);
-    format!(
-        r#"set -u
-R=$1
-mount --make-rprivate /
-mount -t proc proc "$R/proc"
-mount -t sysfs -o ro sys "$R/sys"
-mount -t tmpfs -o mode=755 dev "$R/dev"
-for n in null zero full random urandom tty; do
-  touch "$R/dev/$n" && mount --bind "/dev/$n" "$R/dev/$n"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts" && ln -sf pts/ptmx "$R/dev/ptmx"
-mount -t tmpfs tmpfs "$R/dev/shm"
-mount -t tmpfs tmpfs "$R/run"
-mount -t tmpfs tmpfs "$R/tmp"
-if [ -L "$R/etc/resolv.conf" ]; then
-  r=$(readlink "$R/etc/resolv.conf"); case $r in /*) ;; *) r=/etc/$r ;; esac
-  mkdir -p "$(dirname "$R$r")" && cp /etc/resolv.conf "$R$r"
-else
-  # A copy: whatever the bake writes there stays in this namespace, and the image's own file
-  # is what remains.
-  cp /etc/resolv.conf "$R/run/resolv.conf.host" && mount --bind "$R/run/resolv.conf.host" "$R/etc/resolv.conf"
-fi
-printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d" && chmod 755 "$R/usr/sbin/policy-rc.d"
-mkdir -p "$R"{bundle} && tar -xf "$2" -C "$R"{bundle}
-IMGFORGE_BAKE_IN=chroot chroot "$R" /bin/sh -c 'cd {bundle} && sh ./bake.sh' 2>&1
-rc=$?
-rm -f "$R/usr/sbin/policy-rc.d"
-echo "{STATUS_MARKER}$rc"
-"#
+/// The host side of a chroot bake, rendered from `templates/bake-chroot.sh.hbs`: run in the
+/// new namespaces with the tree (`$1`) and the bundle tar (`$2`).
+fn wrapper_script() -> Result<String> {
+    crate::render::render_script(
+        crate::render::BAKE_CHROOT,
+        &serde_json::json!({ "bundle_dir": BUNDLE_DIR, "status_marker": STATUS_MARKER }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chroot_wrapper_renders_valid_shell_and_reports_the_bakes_status() {
+        let script = wrapper_script().unwrap();
+        crate::render::assert_valid_shell(&script);
+        let dir = crate::render::sh_quote(BUNDLE_DIR);
+        assert!(
+            script.contains(&format!("tar -xf \"$2\" -C \"$R\"{dir}\n")),
+            "{script}"
+        );
+        assert!(script.contains(&format!("/bin/sh -c 'cd {dir} && sh ./bake.sh'")));
+        assert!(script.ends_with(&format!(
+            "echo {}\"$rc\"\n",
+            crate::render::sh_quote(STATUS_MARKER)
+        )));
+    }
 }

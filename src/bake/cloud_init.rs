@@ -2,6 +2,7 @@
 //! the bake's last pass, and the per-instance state that pass clears in every image.
 
 use crate::definition::Definition;
+use serde_json::{json, Value};
 
 /// Where imgforge's settings for cloud-init go.
 pub const SETTINGS_FILE: &str = "/etc/cloud/cloud.cfg.d/90_imgforge.cfg";
@@ -10,25 +11,20 @@ pub const SETTINGS_FILE: &str = "/etc/cloud/cloud.cfg.d/90_imgforge.cfg";
 /// file whose name contains `ec2`.
 pub const PRIVATE_EC2_FILE: &str = "/etc/cloud/cloud.cfg.d/91_imgforge_ec2.cfg";
 
-/// The shell for the bake's last pass: cloud-init's settings when the definition asks for it,
-/// and in every image that has cloud-init, its state, logs and generated network files removed
-/// so that each instance initialises afresh.
-pub fn hygiene_script(def: &Definition) -> String {
-    let mut s = String::new();
-    if def.cloud_init() {
-        s += &format!(
-            "mkdir -p /etc/cloud/cloud.cfg.d\ncat > {SETTINGS_FILE} <<'EOF'\n{}EOF\n",
-            settings(def)
-        );
-        if def.cloud_private_ec2() {
-            s += &format!(
-                "cat > {PRIVATE_EC2_FILE} <<'EOF'\n{PRIVATE_EC2}EOF\necho '{PRIVATE_EC2_POLICY}' > /etc/cloud/ds-identify.cfg\n"
-            );
-        }
-    }
-    s += "if command -v cloud-init >/dev/null; then\n  cloud-init clean --logs --seed >/dev/null || fail 'hygiene: cloud-init clean' $?\nfi\n";
-    s += "rm -rf /var/lib/cloud/* /etc/systemd/network/10-cloud-init-* /etc/network/interfaces.d/50-cloud-init*\n";
-    s
+/// What the bake's last pass (`templates/bake-hygiene.sh.hbs`) writes for cloud-init: its
+/// settings when the definition asks for it (null otherwise), and for private clouds the EC2
+/// settings and ds-identify's policy. In every image that has cloud-init, that pass also
+/// removes its state, logs and generated network files so that each instance initialises
+/// afresh.
+pub fn hygiene_values(def: &Definition) -> Value {
+    let private = def.cloud_init() && def.cloud_private_ec2();
+    json!({
+        "settings": def.cloud_init().then(|| settings(def)),
+        "settings_file": SETTINGS_FILE,
+        "private_ec2": private.then_some(PRIVATE_EC2),
+        "private_ec2_file": PRIVATE_EC2_FILE,
+        "private_ec2_policy": PRIVATE_EC2_POLICY,
+    })
 }
 
 /// `90_imgforge.cfg`. ds-identify reads `datasource_list` line by line, so it stays on one line.
@@ -83,6 +79,14 @@ mod tests {
              [builder]\nkind = \"rootfs\"\n[system]\nhostname = \"x\"\nmirror = \"http://deb.debian.org/debian\"\n{extra}"
         );
         Definition::parse(&text, std::path::Path::new("x.toml")).unwrap()
+    }
+
+    fn hygiene_script(def: &Definition) -> String {
+        let script = super::super::hygiene_script(def).unwrap();
+        crate::render::assert_valid_shell(
+            &(crate::bake_protocol::prelude(1_700_000_000).unwrap() + &script),
+        );
+        script
     }
 
     #[test]

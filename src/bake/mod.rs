@@ -12,7 +12,7 @@ mod chef;
 mod chroot;
 mod cloud_init;
 
-use crate::bake_protocol::{self, sh_quote, TOOLS_FILE};
+use crate::bake_protocol::{self, Step, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
 use crate::definition::{AnsibleRunner, BakeIn, Definition, Firmware, OsFamily, Provisioner};
 use crate::events::Reporter;
@@ -22,6 +22,7 @@ use crate::process::Command;
 use crate::qemu::{append_console_section, create_overlay, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -248,32 +249,22 @@ fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
         &bundle.join("service.tar"),
     )
     .context("cannot export the service repository")?;
-    let dest = sh_quote(&service.dest);
-    let mut s = format!(
-        "step service\nmkdir -p {dest} && tar -xf $B/service.tar -C {dest} || fail 'service: unpack into '{dest} $?\n"
-    );
-    if let Some(cmd) = &service.install {
-        s += &format!(
-            "step service.install\n(cd {dest} && sh -ec {}) || fail 'service.install: '{} $?\n",
-            sh_quote(cmd),
-            sh_quote(cmd)
-        );
-    }
-    if let Some(unit) = &service.unit {
-        let name = Path::new(unit)
-            .file_name()
-            .context("service.unit has no file name")?
-            .to_string_lossy()
-            .into_owned();
-        s += &format!(
-            "step service.unit\ninstall -m 0644 {dest}/{} /etc/systemd/system/{} && systemctl enable {} || fail 'service.unit: '{} $?\n",
-            sh_quote(unit),
-            sh_quote(&name),
-            sh_quote(&name),
-            sh_quote(unit)
-        );
-    }
-    Ok(s)
+    let unit_name = match &service.unit {
+        Some(unit) => Some(
+            Path::new(unit)
+                .file_name()
+                .context("service.unit has no file name")?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    Step::Service.script(json!({
+        "dest": service.dest.to_string(),
+        "install": service.install,
+        "unit": service.unit,
+        "unit_name": unit_name,
+    }))
 }
 
 fn stage_data(input: &BakeInput, bundle: &Path) -> Result<String> {
@@ -287,10 +278,7 @@ fn stage_data(input: &BakeInput, bundle: &Path) -> Result<String> {
             crate::sources::git_archive(location, commit, None, &tar)?
         }
     }
-    let dest = sh_quote(&data.dest);
-    Ok(format!(
-        "step data\nmkdir -p {dest} && tar -xf $B/data.tar -C {dest} || fail 'data: unpack into '{dest} $?\n"
-    ))
+    Step::Data.script(json!({ "dest": data.dest.to_string() }))
 }
 
 fn stage_provisioner(
@@ -311,10 +299,8 @@ fn stage_provisioner(
                     def.path.display()
                 )
             })?;
-            let label = sh_quote(&format!("provisioners[{index}] ({})", script.display()));
-            Ok(format!(
-                "step {label}\nsh -e $B/provisioners/{index} || fail {label} $?\n"
-            ))
+            let label = format!("provisioners[{index}] ({})", script.display());
+            Step::Shell.script(json!({ "label": label, "index": index.to_string() }))
         }
         Provisioner::File { source, dest, mode } => {
             let src = def.resolve(source);
@@ -324,13 +310,12 @@ fn stage_provisioner(
                     def.path.display()
                 )
             })?;
-            let label = sh_quote(&format!("provisioners[{index}] (file {dest})"));
-            let d = sh_quote(dest);
-            let mode = mode.as_deref().unwrap_or("0644");
-            Ok(format!(
-                "step {label}\nmkdir -p \"$(dirname {d})\" && install -m {} $B/provisioners/{index} {d} || fail {label} $?\n",
-                sh_quote(mode)
-            ))
+            Step::File.script(json!({
+                "label": format!("provisioners[{index}] (file {dest})"),
+                "index": index.to_string(),
+                "dest": dest.to_string(),
+                "mode": mode.as_deref().unwrap_or("0644"),
+            }))
         }
         Provisioner::Ansible(a) => ansible::stage_in_image(def, index, a, &staged),
         Provisioner::Chef(c) => chef::stage(def, index, c, &staged),
@@ -358,7 +343,7 @@ fn hygiene_script(def: &Definition) -> Result<String> {
             "build_key_comment": BUILD_KEY_COMMENT,
             "debian": def.os.family == OsFamily::Debian,
             "purge": def.bake_only_packages(),
-            "cloud": cloud_init::hygiene_script(def),
+            "cloud": cloud_init::hygiene_values(def),
             "tools_file": TOOLS_FILE,
         }),
     )
@@ -591,10 +576,10 @@ impl<'a> SshSession<'a> {
             let _ = append_console_section(self.input.console_log, &what, &format!("{e:#}"));
         })?;
         append_console_section(self.input.console_log, &what, &run.output)?;
-        let record = bake_protocol::record_tool(
-            &format!("provisioners[{index}]"),
-            &format!("echo {}", sh_quote(&run.version)),
-        );
+        let record = Step::Tool.script(json!({
+            "name": format!("provisioners[{index}]"),
+            "version": run.version,
+        }))?;
         self.run(
             &format!("{what}: record"),
             "sh -es 2>&1",
