@@ -94,10 +94,12 @@ pub fn tools(output: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The remote command that unpacks a bundle from standard input and runs it over SSH.
-pub fn ssh_run_bundle() -> String {
-    format!(
-        "rm -rf {BUNDLE_DIR} && mkdir -p {BUNDLE_DIR} && tar -xf - -C {BUNDLE_DIR} && sh {BUNDLE_DIR}/bake.sh 2>&1"
+/// The remote command that unpacks a bundle from standard input and runs it over SSH,
+/// rendered from `templates/bake-ssh.sh.hbs`.
+pub fn ssh_run_bundle() -> anyhow::Result<String> {
+    crate::render::render_script(
+        crate::render::BAKE_SSH,
+        &serde_json::json!({ "bundle_dir": BUNDLE_DIR }),
     )
 }
 
@@ -233,6 +235,9 @@ mod tests {
             2,
             "one service with install"
         );
+        let remote = ssh_run_bundle().unwrap();
+        crate::render::assert_valid_shell(&remote);
+        assert!(remote.contains("tar -xf - -C '/run/bake' && sh '/run/bake'/bake.sh"));
     }
 
     #[test]

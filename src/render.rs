@@ -93,6 +93,10 @@ pub fn sh_quote(s: &str) -> String {
 
 /// The guest script template of the rootfs builder's mmdebstrap customize hook.
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
+/// mmdebstrap's setup hook: the package set's `.deb`s from the package cache into the tree.
+pub const ROOTFS_DEBS_IN: &str = "rootfs-debs-in.sh.hbs";
+/// mmdebstrap's customize hook: the tree's `.deb`s out to the package cache's side.
+pub const ROOTFS_DEBS_OUT: &str = "rootfs-debs-out.sh.hbs";
 /// The host script template that patches a cached base's tree into a new package set.
 pub const ROOTFS_PATCH: &str = "rootfs-patch.sh.hbs";
 /// The guest script template of the bake's last pass (hygiene and the image's record).
@@ -105,6 +109,8 @@ pub const BAKE_STEPS: &str = "bake-steps.sh.hbs";
 pub const BAKE_CHROOT: &str = "bake-chroot.sh.hbs";
 /// The script template that makes an image a Vagrant base box, run in a chroot of its root.
 pub const VAGRANT_USER: &str = "vagrant-user.sh.hbs";
+/// The remote command of a bake over SSH: the bundle unpacked from standard input and run.
+pub const BAKE_SSH: &str = "bake-ssh.sh.hbs";
 /// The guest script template every bake script starts with.
 pub const BAKE_PRELUDE: &str = "bake-prelude.sh.hbs";
 

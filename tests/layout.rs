@@ -158,3 +158,31 @@ fn only_the_debian_seam_runs_debians_tools() {
         "the scan finds the seam's own commands: {inside}"
     );
 }
+
+/// What runs in a guest or a hook is a template in `templates/` (rendered strictly, its values
+/// shell-quoted, checked by `sh -n`, `bash -n` and shellcheck in the unit tests), not a
+/// `format!` string: no source file outside its tests holds shell script text.
+#[test]
+fn no_shell_script_text_in_the_source() {
+    let marks = ["mkdir -p", "rm -rf", "|| fail", "2>/dev/null", "<<'EOF'"];
+    let mut found = Vec::new();
+    for (file, text) in source_files() {
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for mark in marks {
+            if code.contains(mark) {
+                found.push(format!("{file}: {mark}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "shell in src/, move it to templates/: {found:?}"
+    );
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let in_templates = fs::read_dir(templates)
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .filter(|t| marks.iter().any(|m| t.contains(m)))
+        .count();
+    assert!(in_templates >= 3, "the scan finds the templates' own shell");
+}

@@ -512,7 +512,7 @@ impl<'a> SshSession<'a> {
     /// Unpacks a bundle in the running system and runs its `bake.sh`.
     fn run_bundle(&self, bundle_dir: &Path, script: String, what: &str) -> Result<String> {
         let tar = pack_bundle(bundle_dir, script)?;
-        self.run(what, &bake_protocol::ssh_run_bundle(), fs::read(&tar)?)
+        self.run(what, &bake_protocol::ssh_run_bundle()?, fs::read(&tar)?)
     }
 
     /// Runs the provisioners that need a running system, in order, and returns their output:

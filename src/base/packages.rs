@@ -14,7 +14,9 @@
 
 use crate::apt::{Archive, PackageSet};
 use crate::bake_protocol::sh_quote;
+use crate::render::{render_script, ROOTFS_DEBS_IN, ROOTFS_DEBS_OUT};
 use anyhow::{Context, Result};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs;
@@ -147,31 +149,34 @@ impl PackageCache {
 
     /// mmdebstrap options that put the cached packages of `set` into the tree's archive
     /// directory before the download and the packages found there into `out` after the
-    /// installation.
+    /// installation: hooks rendered from `templates/rootfs-debs-{in,out}.sh.hbs` into `hooks`.
     /// Both are hard links where the file system allows (nothing writes a package in place:
     /// dpkg reads it, `apt-get clean` unlinks it), copies elsewhere; mmdebstrap's own
     /// `sync-in`/`sync-out` copy through tar, which cost more here than the download saved.
     /// The options must come before any customize hook that cleans the archive directory.
-    pub fn mmdebstrap_args(&self, set: &PackageSet, out: &Path) -> Vec<String> {
-        let archives = "\"$1\"/var/cache/apt/archives";
-        let cache = sh_quote(&self.dir.display().to_string());
-        let names: Vec<String> = set
-            .packages
-            .iter()
-            .map(|p| sh_quote(&p.file_name()))
-            .collect();
-        vec![
+    pub fn mmdebstrap_args(
+        &self,
+        set: &PackageSet,
+        out: &Path,
+        hooks: &Path,
+    ) -> Result<Vec<String>> {
+        let debs_in = hooks.join("debs-in.sh");
+        let names: Vec<String> = set.packages.iter().map(|p| p.file_name()).collect();
+        fs::write(
+            &debs_in,
+            render_script(ROOTFS_DEBS_IN, &json!({ "cache": self.dir, "debs": names }))?,
+        )?;
+        let debs_out = hooks.join("debs-out.sh");
+        fs::write(
+            &debs_out,
+            render_script(ROOTFS_DEBS_OUT, &json!({ "out": out }))?,
+        )?;
+        let hook = |path: &Path| format!("sh {} \"$1\"", sh_quote(&path.display().to_string()));
+        Ok(vec![
             "--skip=essential/unlink".into(),
-            format!(
-                "--setup-hook=mkdir -p {archives} && for f in {}; do ln {cache}/\"$f\" {archives}/ \
-                 2>/dev/null || cp {cache}/\"$f\" {archives}/; done",
-                names.join(" ")
-            ),
-            format!(
-                "--customize-hook={}",
-                link_debs(archives, &sh_quote(&out.display().to_string()))
-            ),
-        ]
+            format!("--setup-hook={}", hook(&debs_in)),
+            format!("--customize-hook={}", hook(&debs_out)),
+        ])
     }
 
     /// Links (else copies) the cached packages of `set` into `dir`; [`Self::fetch`] first.
@@ -228,15 +233,6 @@ fn remove_package(path: &Path) -> Result<()> {
     fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     fs::remove_file(digest_path(path)).ok();
     Ok(())
-}
-
-/// Shell code linking (else copying) every `.deb` of directory `from` into directory `to`;
-/// both are shell words.
-fn link_debs(from: &str, to: &str) -> String {
-    format!(
-        "for f in {from}/*.deb; do [ -e \"$f\" ] || continue; \
-         ln \"$f\" {to}/ 2>/dev/null || cp \"$f\" {to}/; done"
-    )
 }
 
 /// Names of the `.deb` files in `dir`.
@@ -305,6 +301,64 @@ mod tests {
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(age_s))
             .unwrap();
+    }
+
+    #[test]
+    fn the_mmdebstrap_hooks_link_the_set_in_and_every_deb_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache_dir, tree, out, hooks) = (
+            dir.path().join("cache dir"),
+            dir.path().join("tree"),
+            dir.path().join("out"),
+            dir.path().join("hooks"),
+        );
+        for d in [&cache_dir, &tree, &out, &hooks] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let package = |name: &str, version: &str| crate::apt::Package {
+            name: name.into(),
+            version: version.into(),
+            arch: "amd64".into(),
+            sha256: String::new(),
+            source: String::new(),
+        };
+        let set = PackageSet {
+            packages: vec![package("passwd", "1:4.13"), package("it's", "1.0")],
+        };
+        for p in &set.packages {
+            fs::write(cache_dir.join(p.file_name()), p.name.as_bytes()).unwrap();
+        }
+        let cache = PackageCache {
+            dir: cache_dir,
+            before: BTreeSet::new(),
+            damaged: 0,
+            fetched: BTreeSet::new(),
+        };
+        let args = cache.mmdebstrap_args(&set, &out, &hooks).unwrap();
+        for hook in ["debs-in.sh", "debs-out.sh"] {
+            let script = fs::read_to_string(hooks.join(hook)).unwrap();
+            crate::render::assert_valid_shell(&script);
+            let arg = args.iter().find(|a| a.contains(hook)).unwrap();
+            // mmdebstrap runs `sh FILE "$1"` with the tree as $1.
+            let command = arg.split_once('=').unwrap().1.replace("\"$1\"", "\"$0\"");
+            let status = std::process::Command::new("sh")
+                .args(["-c", &command])
+                .arg(&tree)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{arg}");
+        }
+        let archives = tree.join("var/cache/apt/archives");
+        for p in &set.packages {
+            assert_eq!(
+                fs::read(archives.join(p.file_name())).unwrap(),
+                p.name.as_bytes()
+            );
+            assert_eq!(
+                fs::read(out.join(p.file_name())).unwrap(),
+                p.name.as_bytes()
+            );
+        }
     }
 
     #[test]

@@ -146,6 +146,8 @@ fn make_tree(
     package_cache.fetch(&resolved.set, &archive)?;
     let synced = staging.path("packages");
     fs::create_dir_all(&synced)?;
+    let package_hooks = staging.path("package-hooks");
+    fs::create_dir_all(&package_hooks)?;
     let pinned: Vec<String> = resolved.set.packages.iter().map(|p| p.pinned()).collect();
     let mut cmd = Command::new("mmdebstrap")
         .arg(format!("--variant={}", def.builder.variant()))
@@ -155,7 +157,7 @@ fn make_tree(
             selections.display()
         ));
     // The package cache's hooks first: the customize hook below cleans the archive directory.
-    for arg in package_cache.mmdebstrap_args(&resolved.set, &synced) {
+    for arg in package_cache.mmdebstrap_args(&resolved.set, &synced, &package_hooks)? {
         cmd = cmd.arg(arg);
     }
     cmd = cmd
@@ -186,6 +188,7 @@ fn make_tree(
         used.downloaded
     ));
     fs::remove_dir_all(&synced).ok();
+    fs::remove_dir_all(&package_hooks).ok();
     if package_limit > 0 {
         packages::trim(&packages::cache_root(), package_limit, false)?;
     }
