@@ -120,10 +120,9 @@ fn write_artifact(
     );
     let path = target.out_dir.join(&file);
     if format == DiskFormat::VagrantLibvirt {
-        let Some(box_disk) = &sealed.box_disk else {
-            anyhow::bail!("the seal step made no disk for the Vagrant box {file}");
-        };
-        crate::vagrant::write_box(def, box_disk, target.work, target.out_dir, &file)?;
+        let box_disk = crate::vagrant::box_disk(def, sealed, target.work)?;
+        crate::vagrant::write_box(def, &box_disk, target.work, target.out_dir, &file)?;
+        std::fs::remove_file(&box_disk).ok();
     } else {
         Command::new("qemu-img")
             .arg("convert")

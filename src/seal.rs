@@ -6,7 +6,7 @@
 
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
-use crate::definition::{Definition, DiskFormat, OsFamily};
+use crate::definition::{Definition, OsFamily};
 use crate::disk::loopmount::{Access, RootMount};
 use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
@@ -40,9 +40,9 @@ pub struct Sealed {
     pub documents: Vec<DocumentRecord>,
     /// Whether the disk was written again from its tree, reproducibly (rootfs builder).
     pub reproducible: bool,
-    /// The Vagrant box's raw disk (the image plus the vagrant user), when the definition
-    /// asks for a `vagrant-libvirt` box.
-    pub box_disk: Option<PathBuf>,
+    /// The root filesystem's UUID when the disk was written again from its tree (rootfs
+    /// builder): export writes a Vagrant box's disk the same way.
+    pub root_uuid: Option<String>,
 }
 
 /// Seals the baked disk (see the module documentation).
@@ -83,25 +83,16 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             disk: raw,
             documents: Vec::new(),
             reproducible: false,
-            box_disk: None,
+            root_uuid: None,
         });
     };
     let documents = write_records(input, root.path(), reporter)?;
-    let wants_box = input
-        .def
-        .output
-        .formats
-        .contains(&DiskFormat::VagrantLibvirt);
     let Some(boot) = &input.base.direct_boot else {
-        drop(root);
-        let box_disk = wants_box
-            .then(|| crate::vagrant::disk_from_disk(input.def, &raw, input.work))
-            .transpose()?;
         return Ok(Sealed {
             disk: raw,
             documents,
             reproducible: false,
-            box_disk,
+            root_uuid: None,
         });
     };
     let sealed = input.work.join("sealed.raw");
@@ -112,18 +103,13 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         &boot.root_uuid,
     )
     .context("cannot write the image again from its file tree")?;
-    let box_disk = wants_box
-        .then(|| {
-            crate::vagrant::disk_from_tree(input.def, root.path(), input.work, &boot.root_uuid)
-        })
-        .transpose()?;
     drop(root);
     std::fs::remove_file(&raw).ok();
     Ok(Sealed {
         disk: sealed,
         documents,
         reproducible: true,
-        box_disk,
+        root_uuid: Some(boot.root_uuid.clone()),
     })
 }
 

@@ -7,6 +7,7 @@ use crate::definition::Definition;
 use crate::disk::loopmount::{Access, RootMount};
 use crate::manifest::{DocumentKind, DocumentRecord};
 use crate::process::Command;
+use crate::seal::Sealed;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,32 @@ use std::path::{Path, PathBuf};
 /// (`keys/vagrant.pub`). `vagrant up` replaces it with a key of its own at the first boot.
 pub const INSECURE_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key";
 
+/// The box's raw disk in `work`, made from the sealed image: written again from its tree when
+/// the seal wrote the image from its tree ([`Sealed::root_uuid`]), else a copy of the disk.
+pub fn box_disk(def: &Definition, sealed: &Sealed, work: &Path) -> Result<PathBuf> {
+    let Some(uuid) = &sealed.root_uuid else {
+        return disk_from_disk(def, &sealed.disk, work);
+    };
+    let root = RootMount::find(
+        &sealed.disk,
+        work,
+        Access::ReadOnly,
+        crate::apt::is_debian_root,
+    )?
+    .with_context(|| {
+        format!(
+            "{}: the sealed disk has no root filesystem to make the Vagrant box from",
+            sealed.disk.display()
+        )
+    })?;
+    disk_from_tree(def, root.path(), work, uuid)
+}
+
 /// The box's raw disk written from `tree` (the sealed image's root, mounted read-only) the way
 /// the seal writes the image: the vagrant user is added on an overlay of the tree, and the
 /// disk gets the image's derived identifiers and clamped times, so the same inputs give the
 /// same box.
-pub fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) -> Result<PathBuf> {
+fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) -> Result<PathBuf> {
     let overlay = Overlay::mount(tree, work)?;
     add_vagrant_user(&overlay.merged(), def.source_date_epoch())?;
     let raw = work.join("vagrant.raw");
@@ -30,7 +52,7 @@ pub fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) ->
 
 /// The box's raw disk for an image the seal does not write again (installer builder): a copy
 /// of `disk` with the vagrant user added in place.
-pub fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf> {
+fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf> {
     let raw = work.join("vagrant.raw");
     Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
