@@ -10,9 +10,10 @@ use crate::bake::Baked;
 use crate::base::BaseLayer;
 use crate::definition::Definition;
 use crate::events::{Event, Reporter};
+use crate::layer_store::{LayerStore, Origin};
 use crate::layers::{short, LayerIds, Resolved};
 use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
-use crate::remote_cache::{Layer, RemoteCache};
+use crate::remote_cache::RemoteCache;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -81,17 +82,13 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     if opts.base_only {
         let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
-        let (base, cached) = crate::base::ensure(
-            &def,
-            &answer,
-            &ids,
-            resolved.packages.as_ref(),
-            remote.as_ref(),
-            reporter,
-        )?;
+        let store = LayerStore::new(remote.as_ref(), reporter);
+        let (base, origin) = store.base(&ids.base, |staging| {
+            crate::base::build(&def, &answer, resolved.packages.as_ref(), staging, reporter)
+        })?;
         return Ok(BuildResult::Base {
             base: Box::new(base),
-            cached,
+            cached: origin == Origin::Local,
         });
     }
     report_ids(&def, &ids, reporter);
@@ -103,19 +100,24 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
     }
 
     let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
-    let remote = remote.as_ref();
+    let store = LayerStore::new(remote.as_ref(), reporter);
     let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
-    let (base, base_cached) = ctx.step("base", |c| {
-        crate::base::ensure(
-            &c.def,
-            &answer,
-            &c.ids,
-            c.resolved.packages.as_ref(),
-            remote,
-            reporter,
-        )
+    let (base, base_origin) = ctx.step("base", |c| {
+        store.base(&c.ids.base, |staging| {
+            crate::base::build(
+                &c.def,
+                &answer,
+                c.resolved.packages.as_ref(),
+                staging,
+                reporter,
+            )
+        })
     })?;
-    let (baked, bake_fetched) = ctx.step("bake", |c| c.bake(&base, remote))?;
+    let (baked, bake_origin) = ctx.step("bake", |c| {
+        store.bake(&c.ids.bake, &base, c.work.path(), || {
+            crate::bake::bake(&c.bake_input(&base), reporter)
+        })
+    })?;
     let mut sealed = ctx.step("seal", |c| c.seal(&base, &baked))?;
     let exported = ctx.step("export", |c| {
         let target = crate::export::ExportTarget {
@@ -132,16 +134,14 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
         ctx.step("verify", |c| c.verify(&artifacts, &sealed.disk))?;
     }
     // Shared only once its image has passed the checks: never from a build without them.
-    if let (Some(remote), false, false) = (remote, bake_fetched, opts.no_verify) {
-        let dir = ctx.work.path().join("bake-layer-out");
-        baked.save(&dir)?;
-        remote.upload(Layer::Bake, &ctx.ids.bake, &dir, reporter)?;
+    if bake_origin == Origin::Built && !opts.no_verify {
+        store.publish_bake(&ctx.ids.bake, &baked, ctx.work.path())?;
     }
     crate::cancel::check()?;
     ctx.timings
         .insert("total".into(), started.elapsed().as_secs_f64());
     let manifest = ctx.manifest(&base, &baked, artifacts, sealed);
-    ctx.publish(manifest, base_cached, &out)
+    ctx.publish(manifest, base_origin == Origin::Local, &out)
 }
 
 /// Reports the build's layer ids.
@@ -276,22 +276,6 @@ impl<'a> BuildContext<'a> {
         self.timings
             .insert(name.to_string(), started.elapsed().as_secs_f64());
         Ok(out)
-    }
-
-    /// The bake layer, from the remote cache when it has this bake id, else baked here; the
-    /// bool says whether it was downloaded.
-    fn bake(&self, base: &BaseLayer, remote: Option<&RemoteCache>) -> Result<(Baked, bool)> {
-        if let Some(remote) = remote {
-            let dir = self.work.path().join("bake-layer");
-            std::fs::create_dir_all(&dir)?;
-            if remote.download(Layer::Bake, &self.ids.bake, &dir, self.reporter)? {
-                return Ok((Baked::open(&dir, &base.disk())?, true));
-            }
-        }
-        Ok((
-            crate::bake::bake(&self.bake_input(base), self.reporter)?,
-            false,
-        ))
     }
 
     /// Records what the baked image holds and, where the builder allows, writes it again

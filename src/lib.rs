@@ -47,6 +47,7 @@ mod doctor;
 pub mod events;
 mod export;
 mod httpserve;
+mod layer_store;
 mod layers;
 mod lock;
 pub mod manifest;

@@ -5,10 +5,11 @@
 use crate::base::BaseLayer;
 use crate::build::OutputDir;
 use crate::definition::Definition;
+use crate::layer_store::{LayerStore, Presence};
 use crate::layers::{short, LayerIds};
 use crate::lock::ResolvedPackages;
 use crate::manifest::{Manifest, FILE_NAME};
-use crate::remote_cache::{Layer, RemoteCache};
+use crate::remote_cache::RemoteCache;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -98,16 +99,15 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
         _ if bake_in_output(&out.name_dir, &ids.bake) => LayerState::Built,
         _ => LayerState::Missing,
     };
-    let remote = || -> Result<bool> {
-        match RemoteCache::for_definition(cache_url, &def)? {
-            Some(r) => r.has(Layer::Base, &ids.base),
-            None => Ok(false),
-        }
+    // The remote cache is asked only when the local one lacks the base.
+    let remote = match BaseLayer::open(&ids.base) {
+        Some(_) => None,
+        None => RemoteCache::for_definition(cache_url, &def)?,
     };
-    let base = match BaseLayer::open(&ids.base) {
-        Some(_) => LayerState::Cached,
-        None if remote()? => LayerState::Remote,
-        None => LayerState::Missing,
+    let base = match LayerStore::base_presence(remote.as_ref(), &ids.base)? {
+        Presence::Local => LayerState::Cached,
+        Presence::Remote => LayerState::Remote,
+        Presence::Missing => LayerState::Missing,
     };
     let upstream = resolved
         .packages

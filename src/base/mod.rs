@@ -15,10 +15,8 @@ mod rootfs;
 
 use crate::definition::{BuilderKind, Definition};
 use crate::events::{Event, Reporter};
-use crate::layers::{short, LayerIds};
 use crate::lock::ResolvedPackages;
 use crate::process::Command;
-use crate::remote_cache::{Layer, RemoteCache};
 use crate::render::AnswerFile;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -203,67 +201,23 @@ impl BaseStaging {
 /// Comment on the build key, so hygiene can remove exactly its authorized_keys line.
 pub const BUILD_KEY_COMMENT: &str = "imgforge-build-key";
 
-/// Returns the cached base layer for `ids.base`: from the local cache, else from the remote
-/// cache, else built (and then stored in the remote cache); the bool says whether it was
-/// cached locally.
-pub fn ensure(
+/// Makes the base layer of `def` in `staging` with its builder: the rootfs builder from the
+/// resolved package set `packages` (patching a cached base of its lineage when it can), the
+/// installer builder from the answer file. The layer store calls it when no cache has the base.
+pub fn build(
     def: &Definition,
     answer: &AnswerFile,
-    ids: &LayerIds,
     packages: Option<&ResolvedPackages>,
-    remote: Option<&RemoteCache>,
+    staging: &BaseStaging,
     reporter: &Reporter,
-) -> Result<(BaseLayer, bool)> {
-    // One build of a base at a time, across threads and processes: the others wait here and
-    // then find it cached.
-    let lock = crate::store::Store::current().base_lock(&ids.base)?;
-    if lock.try_lock().is_err() {
-        reporter.println(&format!(
-            "    base layer {} is being built by another build; waiting for it",
-            short(&ids.base)
-        ));
-        lock.lock()
-            .with_context(|| format!("cannot lock base layer {}", short(&ids.base)))?;
-    }
-    if let Some(base) = BaseLayer::open(&ids.base) {
-        // Last used now: `imgforge cache gc` keeps it.
-        crate::sources::mark_used(&base.dir.join("base.json"))?;
-        reporter.event(
-            Event::BaseCached,
-            &format!(
-                "base layer {} is cached: the OS is not rebuilt",
-                short(&ids.base)
-            ),
-            serde_json::json!({ "base": ids.base, "cached": true }),
-        );
-        if let Some(remote) = remote {
-            if !remote.has(Layer::Base, &ids.base)? {
-                remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
-            }
-        }
-        return Ok((base, true));
-    }
-    if let Some(base) = remote
-        .map(|r| download(r, &ids.base, reporter))
-        .transpose()?
-        .flatten()
-    {
-        return Ok((base, false));
-    }
-    let staging = BaseStaging::new(&ids.base)?;
-    let info = match def.builder.kind() {
+) -> Result<BaseInfo> {
+    match def.builder.kind() {
         BuilderKind::Rootfs => {
             let packages = packages.context("the rootfs builder needs the resolved package set")?;
-            build_rootfs(def, packages, &staging, reporter)?
+            build_rootfs(def, packages, staging, reporter)
         }
-        BuilderKind::Installer => installer::build(def, answer, &staging, reporter)?,
-    };
-    crate::cancel::check()?;
-    let base = staging.commit(info)?;
-    if let Some(remote) = remote {
-        remote.upload(Layer::Base, &ids.base, &base.dir, reporter)?;
+        BuilderKind::Installer => installer::build(def, answer, staging, reporter),
     }
-    Ok((base, false))
 }
 
 /// The cached base a new base would be patched from, as `plan` reports it.
@@ -367,14 +321,6 @@ fn patched_or_cold(
 
 /// The base layer `id` from the remote cache, unpacked into the local one; `None` when the
 /// remote cache does not have it, or has a corrupt copy (reported, deleted, to be rebuilt).
-fn download(remote: &RemoteCache, id: &str, reporter: &Reporter) -> Result<Option<BaseLayer>> {
-    let staging = BaseStaging::empty(id)?;
-    match remote.download(Layer::Base, id, staging.dir.path(), reporter)? {
-        true => Ok(Some(staging.commit_unpacked()?)),
-        false => Ok(None),
-    }
-}
-
 /// Copies `from` to `to` keeping nothing but the bytes.
 pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to)
