@@ -77,7 +77,7 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
 
 fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let started = Instant::now();
-    let def = Definition::load(&opts.file)?;
+    let def = crate::load::definition(&opts.file)?;
     let answer = crate::render::render(&def)?;
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     if opts.base_only {

@@ -13,14 +13,13 @@
 //! - build: the bake id and the output settings; it names the output directory.
 
 use crate::canonical::digest;
-use crate::definition::{BuilderKind, Definition, DefinitionError, Provisioner};
+use crate::definition::{BuilderKind, Definition, Provisioner};
 use crate::lock::ResolvedPackages;
 use crate::render::AnswerFile;
 use crate::sources::{sha256_file, tree_digest, ResolvedData, ResolvedService};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// The ids of one build's layers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -196,21 +195,6 @@ fn bake_inputs(def: &Definition, base: &str, resolved: &Resolved) -> Result<Valu
             "private_ec2": def.cloud_private_ec2(),
         },
     }))
-}
-
-/// Every check `imgforge validate` makes, none needing a build, the network or a download:
-/// the definition loads and is consistent, its answer file renders, and a service repository
-/// on this machine has the ref and the unit file.
-pub fn validate(file: &Path) -> std::result::Result<Definition, DefinitionError> {
-    let def = Definition::load(file)?;
-    crate::render::render(&def).map_err(|e| DefinitionError::Render {
-        path: file.to_path_buf(),
-        message: format!("{e:#}"),
-    })?;
-    crate::sources::check_local_service(&def).map_err(|e| DefinitionError::Source {
-        message: format!("{e:#}"),
-    })?;
-    Ok(def)
 }
 
 /// Resolves the package set (from the lock, else the archive), the service and the data of

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use imgforge::definition::{Definition, DefinitionError};
+use imgforge::definition::DefinitionError;
 use imgforge::events::{Event, Reporter};
 
 mod cli;
@@ -198,7 +198,7 @@ fn init_tracing(verbose: u8) {
 /// `imgforge lock`: writes each definition's lock (or, without `update`, keeps one that exists).
 fn lock(files: &[PathBuf], update: bool, reporter: &Reporter) -> Result<()> {
     for file in files {
-        let def = Definition::load(file)?;
+        let def = imgforge::load_definition(file)?;
         let path = imgforge::lock_path(file);
         if path.is_file() && !update {
             reporter.event(
@@ -323,7 +323,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
 
 /// `imgforge render`: the answer file on stdout, or written atomically to `output`.
 fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
-    let def = Definition::load(file)?;
+    let def = imgforge::load_definition(file)?;
     let answer = imgforge::render(&def)?;
     match output {
         Some(out) => imgforge::write_atomically(out, answer.text.as_bytes()),
@@ -336,7 +336,7 @@ fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
 
 /// `imgforge id`: the layer ids, with the service commit and data digest they cover.
 fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
-    let def = Definition::load(file)?;
+    let def = imgforge::load_definition(file)?;
     let answer = imgforge::render(&def)?;
     let (ids, resolved) = imgforge::resolve_and_compute(&def, &answer)?;
     let value = json!({

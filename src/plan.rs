@@ -4,7 +4,6 @@
 
 use crate::base::BaseLayer;
 use crate::build::OutputDir;
-use crate::definition::Definition;
 use crate::layer_store::{LayerStore, Presence};
 use crate::layers::{short, LayerIds};
 use crate::lock::ResolvedPackages;
@@ -85,7 +84,7 @@ pub fn plan(
 }
 
 fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<PlanItem> {
-    let def = Definition::load(file)?;
+    let def = crate::load::definition(file)?;
     let answer = crate::render::render(&def)?;
     let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
     let out = OutputDir::new(output_dir, &def, &ids);

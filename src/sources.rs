@@ -64,6 +64,21 @@ pub fn mark_used(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot mark {} as used", path.display()))
 }
 
+/// (field, what is wrong) for each pinned file the definition names by a local path that is
+/// not on this machine (installer media, the data tarball).
+pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
+    def.artifacts()
+        .into_iter()
+        .filter_map(|(field, artifact)| match &artifact.location {
+            ArtifactLocation::Path(path) if !def.resolve(path).is_file() => Some((
+                format!("{field}.path"),
+                format!("the file {} does not exist", def.resolve(path).display()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Makes a pinned file available locally and checks its sha256; `field` names it in errors.
 ///
 /// A URL is downloaded once into the cache, under its digest, through a temporary file that is

@@ -137,6 +137,33 @@ impl Source {
     }
 }
 
+/// (field, what is wrong) for the key files the sources name (`system.mirror_key`, each
+/// repository's `signed_by`) that are not on this machine.
+pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
+    let keys = def
+        .system
+        .mirror_key
+        .iter()
+        .map(|k| ("system.mirror_key".to_string(), k));
+    let repositories = def
+        .system
+        .repositories
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.signed_by
+                .as_ref()
+                .map(|k| (format!("system.repositories[{i}].signed_by"), k))
+        });
+    keys.chain(repositories)
+        .filter(|(_, key)| !def.resolve(key).is_file())
+        .map(|(field, key)| {
+            let message = format!("the key file {} does not exist", def.resolve(key).display());
+            (field, message)
+        })
+        .collect()
+}
+
 /// The sources of a Debian definition: the mirror (with `-updates`), the security archive,
 /// then each `[[system.repositories]]`; empty for other families.
 pub fn sources(def: &Definition) -> Result<Vec<Source>> {

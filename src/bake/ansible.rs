@@ -10,7 +10,7 @@ use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How a provisioner's steps and failures are named: `provisioners[0] (ansible site.yml)`.
 pub fn label(index: usize, a: &AnsibleProvisioner) -> String {
@@ -183,6 +183,96 @@ pub fn run_from_host(
         );
     }
     Ok(HostRun { output, version })
+}
+
+/// (key, what is wrong) for the files playbook `a` needs on this machine: the playbook, its
+/// roles directories, and vendored in its project what its requirements file names. (A
+/// playbook in the service repository comes with the service.)
+pub fn file_problems(def: &Definition, a: &AnsibleProvisioner) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if a.in_service {
+        return problems;
+    }
+    let playbook = def.resolve(&a.playbook);
+    if !playbook.is_file() {
+        problems.push(("playbook", format!("{} does not exist", playbook.display())));
+        return problems;
+    }
+    let project = &def.ansible_project(a);
+    let mut role_dirs = vec![project.join("roles")];
+    for dir in &a.roles_path {
+        let dir = project.join(dir);
+        if !dir.is_dir() {
+            problems.push((
+                "roles_path",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        role_dirs.push(dir);
+    }
+    if let Some(req) = &a.requirements {
+        if let Err(message) = requirements_vendored(&project.join(req), project, &role_dirs) {
+            problems.push(("requirements", message));
+        }
+    }
+    problems
+}
+
+/// Checks that every role and collection an Ansible requirements file names is vendored: a
+/// role in one of `role_dirs`, a collection under `project/collections/ansible_collections/`.
+fn requirements_vendored(file: &Path, project: &Path, role_dirs: &[PathBuf]) -> Result<(), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: not YAML: {e}", file.display()))?;
+    let (roles, collections) = match &doc {
+        serde_yaml_ng::Value::Sequence(roles) => (roles.clone(), Vec::new()),
+        serde_yaml_ng::Value::Mapping(m) => {
+            let list = |key: &str| match m.get(key) {
+                Some(serde_yaml_ng::Value::Sequence(s)) => s.clone(),
+                _ => Vec::new(),
+            };
+            (list("roles"), list("collections"))
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    let name_of = |entry: &serde_yaml_ng::Value| -> Option<String> {
+        let text = entry
+            .as_str()
+            .or_else(|| entry.get("name").and_then(|n| n.as_str()))
+            .or_else(|| entry.get("src").and_then(|n| n.as_str()))?;
+        // A URL or path names the role by its last component, without `.git` or a version.
+        let last = text.trim_end_matches('/').rsplit(['/', ':']).next()?;
+        Some(last.split(',').next()?.trim_end_matches(".git").to_string())
+    };
+    for entry in &roles {
+        let name = name_of(entry).ok_or(format!("{}: a role without a name", file.display()))?;
+        if !role_dirs.iter().any(|d| d.join(&name).is_dir()) {
+            return Err(format!(
+                "role `{name}` from {} is not vendored: put it in {} (nothing is downloaded at bake time)",
+                file.display(),
+                role_dirs[0].join(&name).display()
+            ));
+        }
+    }
+    for entry in &collections {
+        let name =
+            name_of(entry).ok_or(format!("{}: a collection without a name", file.display()))?;
+        let dir = name.split_once('.').map(|(ns, coll)| {
+            project
+                .join("collections/ansible_collections")
+                .join(ns)
+                .join(coll)
+        });
+        if !dir.as_ref().is_some_and(|d| d.is_dir()) {
+            return Err(format!(
+                "collection `{name}` from {} is not vendored: put it in {}/collections/ansible_collections/NAMESPACE/NAME",
+                file.display(),
+                project.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The last task Ansible started, from its `TASK [name] ****` lines.

@@ -59,6 +59,65 @@ pub fn stage(def: &Definition, index: usize, c: &ChefProvisioner, staged: &Path)
     }))
 }
 
+/// (key, what is wrong) for the files Chef run list `c` needs on this machine: the cookbooks,
+/// each run-list entry's recipe or role, and the environment.
+pub fn file_problems(def: &Definition, c: &ChefProvisioner) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let cookbooks = def.resolve(&c.cookbooks);
+    if !cookbooks.is_dir() {
+        problems.push((
+            "cookbooks",
+            format!("{} is not a directory", cookbooks.display()),
+        ));
+        return problems;
+    }
+    let roles = c.roles.as_ref().map(|r| def.resolve(r));
+    for entry in &c.run_list {
+        let found = match ChefRunItem::parse(entry) {
+            Some(ChefRunItem::Recipe { cookbook, recipe }) => {
+                let file = cookbooks.join(&cookbook).join("recipes").join(format!("{recipe}.rb"));
+                file.is_file().then_some(()).ok_or(format!(
+                    "`{entry}`: {} does not exist (cookbook `{cookbook}`, recipe `{recipe}`)",
+                    file.display()
+                ))
+            }
+            Some(ChefRunItem::Role(name)) => match &roles {
+                Some(dir) if chef_named_file(dir, &name) => Ok(()),
+                Some(dir) => Err(format!("`{entry}`: no {name}.json or {name}.rb in {}", dir.display())),
+                None => Err(format!("`{entry}`: a role needs `roles`, the directory it is in")),
+            },
+            None => Err(format!(
+                "`{entry}` is not `recipe[cookbook::recipe]`, `cookbook::recipe`, `cookbook` or `role[name]`"
+            )),
+        };
+        if let Err(message) = found {
+            problems.push(("run_list", message));
+        }
+    }
+    match (&c.environment, &c.environments) {
+        (Some(env), Some(dir)) if !chef_named_file(&def.resolve(dir), env) => problems.push((
+            "environment",
+            format!(
+                "no {env}.json or {env}.rb in {}",
+                def.resolve(dir).display()
+            ),
+        )),
+        (Some(_), None) => problems.push((
+            "environment",
+            "an environment needs `environments`, the directory it is in".to_string(),
+        )),
+        _ => {}
+    }
+    problems
+}
+
+/// Whether `dir` holds `NAME.json` or `NAME.rb`, as Chef roles and environments are stored.
+fn chef_named_file(dir: &Path, name: &str) -> bool {
+    ["json", "rb"]
+        .iter()
+        .any(|ext| dir.join(format!("{name}.{ext}")).is_file())
+}
+
 /// The client's configuration: everything it reads and writes stays under `dir`.
 fn solo_rb(dir: &str) -> String {
     format!(

@@ -158,6 +158,33 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     })
 }
 
+/// (field, what is wrong) for the files the bake will read on this machine: each shell
+/// provisioner's script, each file provisioner's source, and what Ansible and Chef
+/// provisioners need (see `ansible::file_problems`, `chef::file_problems`).
+pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (index, p) in def.provisioners.iter().enumerate() {
+        let missing = |path: &Path| format!("{} does not exist", def.resolve(path).display());
+        let found = match p {
+            Provisioner::Shell { script, .. } if !def.resolve(script).is_file() => {
+                vec![("script", missing(script))]
+            }
+            Provisioner::File { source, .. } if !def.resolve(source).is_file() => {
+                vec![("source", missing(source))]
+            }
+            Provisioner::Ansible(a) => ansible::file_problems(def, a),
+            Provisioner::Chef(c) => chef::file_problems(def, c),
+            _ => Vec::new(),
+        };
+        problems.extend(
+            found
+                .into_iter()
+                .map(|(key, message)| (format!("provisioners[{index}].{key}"), message)),
+        );
+    }
+    problems
+}
+
 /// Appends one step's output to the bake's, on a line of its own: a console cut off mid-line
 /// (a VM powering off) must not hide the next step's first marker, which the protocol reads
 /// at the start of a line.

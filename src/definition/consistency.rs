@@ -3,18 +3,19 @@
 
 use super::locate::locate_field;
 use super::{
-    rules, AnsibleProvisioner, AnsibleRunner, Builder, BuilderKind, ChefProvisioner, ChefRunItem,
-    CloudInit, Definition, DefinitionError, DiskFormat, Firmware, Initramfs, OsFamily, Provisioner,
-    UploadPath,
+    rules, AnsibleRunner, Builder, BuilderKind, CloudInit, Definition, DefinitionError, DiskFormat,
+    Firmware, Initramfs, OsFamily, Provisioner, UploadPath,
 };
-use std::path::{Path, PathBuf};
 
 impl Definition {
-    /// Checks rules that span several fields, locating the error at the named table or key.
-    /// Checks what no single field can: every problem is reported, each at its own line.
-    pub(super) fn check_consistency(&self, text: &str) -> Result<(), DefinitionError> {
-        let problems: Vec<DefinitionError> = self
-            .consistency_problems()
+    /// Refuses the definition for `problems` (field, what is wrong), each located at its
+    /// table or key in `text`, the definition's text; nothing to refuse is `Ok`.
+    pub(super) fn refuse(
+        &self,
+        text: &str,
+        problems: Vec<(String, String)>,
+    ) -> Result<(), DefinitionError> {
+        let problems: Vec<DefinitionError> = problems
             .into_iter()
             .map(|(field, message)| {
                 let (line, column) = locate_field(text, &field);
@@ -35,7 +36,7 @@ impl Definition {
     }
 
     /// (field, what is wrong) for each rule the definition breaks.
-    fn consistency_problems(&self) -> Vec<(String, String)> {
+    pub(super) fn consistency_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut fail =
             |field: &str, message: &str| problems.push((field.to_string(), message.to_string()));
@@ -103,28 +104,10 @@ impl Definition {
     }
 
     /// (field, what is wrong) for the package sources: a repository that is neither signed nor
-    /// trusted (or both), a key file that is not there, a source the builder cannot take.
+    /// trusted (or both), a source the builder cannot take. (That its key file is there is
+    /// the Debian seam's check, `apt::file_problems`.)
     fn source_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        let mut key_file = |field: String, path: &Path| {
-            if !self.resolve(path).is_file() {
-                problems.push((
-                    field,
-                    format!(
-                        "the key file {} does not exist",
-                        self.resolve(path).display()
-                    ),
-                ));
-            }
-        };
-        if let Some(key) = &self.system.mirror_key {
-            key_file("system.mirror_key".into(), key);
-        }
-        for (i, r) in self.system.repositories.iter().enumerate() {
-            if let Some(key) = &r.signed_by {
-                key_file(format!("system.repositories[{i}].signed_by"), key);
-            }
-        }
         let mut fail = |field: String, message: &str| problems.push((field, message.to_string()));
         for (i, r) in self.system.repositories.iter().enumerate() {
             let field = |key: &str| format!("system.repositories[{i}].{key}");
@@ -225,192 +208,42 @@ impl Definition {
         problems
     }
 
-    /// (key, what is wrong) for one provisioner: files it names that are missing, and for
-    /// Ansible and Chef what their run would need but cannot find.
+    /// (key, what is wrong) for one provisioner, from its settings alone (the files it names
+    /// are the bake's check, `bake::file_problems`).
     fn provisioner_problems(&self, p: &Provisioner) -> Vec<(&'static str, String)> {
-        let missing = |path: &Path| format!("{} does not exist", self.resolve(path).display());
         let mut problems = Vec::new();
         match p {
-            Provisioner::Shell { script, .. } if !self.resolve(script).is_file() => {
-                problems.push(("script", missing(script)))
-            }
-            Provisioner::File { source, .. } if !self.resolve(source).is_file() => {
-                problems.push(("source", missing(source)))
-            }
-            Provisioner::Ansible(a) => problems = self.ansible_problems(a),
-            Provisioner::Chef(c) => problems = self.chef_problems(c),
-            _ => {}
-        }
-        problems
-    }
-
-    fn ansible_problems(&self, a: &AnsibleProvisioner) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if a.runner == AnsibleRunner::Host && !a.needs_running_system {
-            problems.push((
-                "runner",
-                "the host's Ansible reaches the image over SSH: set needs_running_system = true, \
-                 or use runner = \"image\""
-                    .to_string(),
-            ));
-        }
-        if a.in_service {
-            if a.runner == AnsibleRunner::Host {
-                problems.push((
-                    "in_service",
-                    "the host's Ansible reads the playbook on the host: a playbook in the service \
-                     runs with runner = \"image\""
-                        .to_string(),
-                ));
-            }
-            if self.service.is_none() {
-                problems.push((
-                    "in_service",
-                    "the playbook is said to be in the service repository, but there is no [service]"
-                        .to_string(),
-                ));
-            }
-            return problems;
-        }
-        let playbook = self.resolve(&a.playbook);
-        if !playbook.is_file() {
-            problems.push(("playbook", format!("{} does not exist", playbook.display())));
-            return problems;
-        }
-        let project = &self.ansible_project(a);
-        let mut role_dirs = vec![project.join("roles")];
-        for dir in &a.roles_path {
-            let dir = project.join(dir);
-            if !dir.is_dir() {
-                problems.push((
-                    "roles_path",
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
-            role_dirs.push(dir);
-        }
-        if let Some(req) = &a.requirements {
-            if let Err(message) = requirements_vendored(&project.join(req), project, &role_dirs) {
-                problems.push(("requirements", message));
-            }
-        }
-        problems
-    }
-
-    fn chef_problems(&self, c: &ChefProvisioner) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        let cookbooks = self.resolve(&c.cookbooks);
-        if !cookbooks.is_dir() {
-            problems.push((
-                "cookbooks",
-                format!("{} is not a directory", cookbooks.display()),
-            ));
-            return problems;
-        }
-        if c.run_list.is_empty() {
-            problems.push(("run_list", "name at least one recipe".to_string()));
-        }
-        let roles = c.roles.as_ref().map(|r| self.resolve(r));
-        for entry in &c.run_list {
-            let found = match ChefRunItem::parse(entry) {
-                Some(ChefRunItem::Recipe { cookbook, recipe }) => {
-                    let file = cookbooks.join(&cookbook).join("recipes").join(format!("{recipe}.rb"));
-                    file.is_file().then_some(()).ok_or(format!(
-                        "`{entry}`: {} does not exist (cookbook `{cookbook}`, recipe `{recipe}`)",
-                        file.display()
-                    ))
+            Provisioner::Ansible(a) => {
+                if a.runner == AnsibleRunner::Host && !a.needs_running_system {
+                    problems.push((
+                        "runner",
+                        "the host's Ansible reaches the image over SSH: set needs_running_system \
+                         = true, or use runner = \"image\""
+                            .to_string(),
+                    ));
                 }
-                Some(ChefRunItem::Role(name)) => match &roles {
-                    Some(dir) if chef_named_file(dir, &name) => Ok(()),
-                    Some(dir) => Err(format!("`{entry}`: no {name}.json or {name}.rb in {}", dir.display())),
-                    None => Err(format!("`{entry}`: a role needs `roles`, the directory it is in")),
-                },
-                None => Err(format!(
-                    "`{entry}` is not `recipe[cookbook::recipe]`, `cookbook::recipe`, `cookbook` or `role[name]`"
-                )),
-            };
-            if let Err(message) = found {
-                problems.push(("run_list", message));
+                if a.in_service && a.runner == AnsibleRunner::Host {
+                    problems.push((
+                        "in_service",
+                        "the host's Ansible reads the playbook on the host: a playbook in the \
+                         service runs with runner = \"image\""
+                            .to_string(),
+                    ));
+                }
+                if a.in_service && self.service.is_none() {
+                    problems.push((
+                        "in_service",
+                        "the playbook is said to be in the service repository, but there is no \
+                         [service]"
+                            .to_string(),
+                    ));
+                }
             }
-        }
-        match (&c.environment, &c.environments) {
-            (Some(env), Some(dir)) if !chef_named_file(&self.resolve(dir), env) => problems.push((
-                "environment",
-                format!(
-                    "no {env}.json or {env}.rb in {}",
-                    self.resolve(dir).display()
-                ),
-            )),
-            (Some(_), None) => problems.push((
-                "environment",
-                "an environment needs `environments`, the directory it is in".to_string(),
-            )),
+            Provisioner::Chef(c) if c.run_list.is_empty() => {
+                problems.push(("run_list", "name at least one recipe".to_string()))
+            }
             _ => {}
         }
         problems
     }
-}
-
-/// Whether `dir` holds `NAME.json` or `NAME.rb`, as Chef roles and environments are stored.
-fn chef_named_file(dir: &Path, name: &str) -> bool {
-    ["json", "rb"]
-        .iter()
-        .any(|ext| dir.join(format!("{name}.{ext}")).is_file())
-}
-
-/// Checks that every role and collection an Ansible requirements file names is vendored: a
-/// role in one of `role_dirs`, a collection under `project/collections/ansible_collections/`.
-fn requirements_vendored(file: &Path, project: &Path, role_dirs: &[PathBuf]) -> Result<(), String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: not YAML: {e}", file.display()))?;
-    let (roles, collections) = match &doc {
-        serde_yaml_ng::Value::Sequence(roles) => (roles.clone(), Vec::new()),
-        serde_yaml_ng::Value::Mapping(m) => {
-            let list = |key: &str| match m.get(key) {
-                Some(serde_yaml_ng::Value::Sequence(s)) => s.clone(),
-                _ => Vec::new(),
-            };
-            (list("roles"), list("collections"))
-        }
-        _ => (Vec::new(), Vec::new()),
-    };
-    let name_of = |entry: &serde_yaml_ng::Value| -> Option<String> {
-        let text = entry
-            .as_str()
-            .or_else(|| entry.get("name").and_then(|n| n.as_str()))
-            .or_else(|| entry.get("src").and_then(|n| n.as_str()))?;
-        // A URL or path names the role by its last component, without `.git` or a version.
-        let last = text.trim_end_matches('/').rsplit(['/', ':']).next()?;
-        Some(last.split(',').next()?.trim_end_matches(".git").to_string())
-    };
-    for entry in &roles {
-        let name = name_of(entry).ok_or(format!("{}: a role without a name", file.display()))?;
-        if !role_dirs.iter().any(|d| d.join(&name).is_dir()) {
-            return Err(format!(
-                "role `{name}` from {} is not vendored: put it in {} (nothing is downloaded at bake time)",
-                file.display(),
-                role_dirs[0].join(&name).display()
-            ));
-        }
-    }
-    for entry in &collections {
-        let name =
-            name_of(entry).ok_or(format!("{}: a collection without a name", file.display()))?;
-        let dir = name.split_once('.').map(|(ns, coll)| {
-            project
-                .join("collections/ansible_collections")
-                .join(ns)
-                .join(coll)
-        });
-        if !dir.as_ref().is_some_and(|d| d.is_dir()) {
-            return Err(format!(
-                "collection `{name}` from {} is not vendored: put it in {}/collections/ansible_collections/NAMESPACE/NAME",
-                file.display(),
-                project.display()
-            ));
-        }
-    }
-    Ok(())
 }

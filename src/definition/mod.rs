@@ -521,15 +521,34 @@ fn default_true() -> bool {
 impl Definition {
     /// Reads and validates the definition at `path`.
     pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
+        Definition::load_with(path, |_| Vec::new())
+    }
+
+    /// Reads the definition at `path` and refuses it, all at once, for the problems of its
+    /// own rules together with those `more` finds in it (the stages' checks of the files they
+    /// will read, `crate::load`).
+    pub fn load_with(
+        path: &Path,
+        more: impl FnOnce(&Definition) -> Vec<(String, String)>,
+    ) -> Result<Definition, DefinitionError> {
         let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Definition::parse(&text, path)
+        Definition::parse_with(&text, path, more)
     }
 
     /// Parses and validates definition text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Definition, DefinitionError> {
+        Definition::parse_with(text, path, |_| Vec::new())
+    }
+
+    /// [`Definition::parse`], refusing also for what `more` finds.
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        more: impl FnOnce(&Definition) -> Vec<(String, String)>,
+    ) -> Result<Definition, DefinitionError> {
         let de = toml::Deserializer::new(text);
         let fields: DefinitionFields = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
@@ -551,7 +570,9 @@ impl Definition {
             }
         })?;
         let def = Definition::from_fields(fields, text, path)?;
-        def.check_consistency(text)?;
+        let mut problems = def.consistency_problems();
+        problems.extend(more(&def));
+        def.refuse(text, problems)?;
         Ok(def)
     }
 

@@ -1,8 +1,9 @@
 //! The rules a definition's values must keep beyond their types: what the build VM needs,
 //! the names the OS and the network have rules for, the values the OS knows the list of
-//! (checked against this host's lists), the checks' ports and paths, and every file the
-//! definition names. Each refusal says the rule and, where there is one, the nearest valid
-//! value; `validate` (and so `id`, `plan` and `build`) reports them all at once.
+//! (checked against this host's lists), and the checks' ports and paths. Each refusal says
+//! the rule and, where there is one, the nearest valid value; `validate` (and so `id`, `plan`
+//! and `build`) reports them all at once. The files the definition names are checked by the
+//! stages that read them (`crate::load`).
 
 use super::{BuilderKind, Check, Definition, Firmware, OsFamily};
 use std::path::Path;
@@ -50,7 +51,6 @@ pub(super) fn problems(def: &Definition) -> Vec<(String, String)> {
     names(def, &mut out);
     host_lists(def, &mut out);
     checks(def, &mut out);
-    files(def, &mut out);
     out
 }
 
@@ -381,32 +381,6 @@ impl Check {
             }
         }
         out
-    }
-}
-
-fn files(def: &Definition, out: &mut Vec<(String, String)>) {
-    let mut need = |field: String, path: &Path| {
-        let full = def.resolve(path);
-        if !full.is_file() {
-            out.push((field, format!("the file {} does not exist", full.display())));
-        }
-    };
-    for (field, artifact) in def.artifacts() {
-        if let super::ArtifactLocation::Path(path) = &artifact.location {
-            need(format!("{field}.path"), path);
-        }
-    }
-    if let Some(template) = def.builder.installer().and_then(|i| i.template.as_ref()) {
-        need("installer.template".into(), template);
-    }
-    if let Some(e) = &def.publish.eucalyptus {
-        for (key, path) in [
-            ("cloud_cert", &e.cloud_cert),
-            ("cert", &e.cert),
-            ("private_key", &e.private_key),
-        ] {
-            need(format!("publish.eucalyptus.{key}"), path);
-        }
     }
 }
 

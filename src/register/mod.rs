@@ -243,6 +243,28 @@ impl RegisterOptions {
     }
 }
 
+/// (field, what is wrong) for each key or certificate of `[publish.eucalyptus]` that is not on
+/// this machine: `build --register` bundles with them.
+pub fn file_problems(def: &crate::definition::Definition) -> Vec<(String, String)> {
+    let Some(e) = &def.publish.eucalyptus else {
+        return Vec::new();
+    };
+    [
+        ("cloud_cert", &e.cloud_cert),
+        ("cert", &e.cert),
+        ("private_key", &e.private_key),
+    ]
+    .into_iter()
+    .filter(|(_, path)| !def.resolve(path).is_file())
+    .map(|(key, path)| {
+        (
+            format!("publish.eucalyptus.{key}"),
+            format!("the file {} does not exist", def.resolve(path).display()),
+        )
+    })
+    .collect()
+}
+
 /// How the bytes got to the cloud.
 #[derive(Debug, Clone, Serialize)]
 pub struct UploadStats {
