@@ -246,6 +246,130 @@ mod tests {
         }
     }
 
+    /// Which layers a change of the definition moves: (base, bake, build).
+    fn moved(edit: impl Fn(&str) -> String) -> (bool, bool, bool) {
+        let ids = |def: &Definition| {
+            let answer = crate::render::render(def).unwrap();
+            let resolved = Resolved {
+                packages: Some(resolved(&[])),
+                service: None,
+                data: None,
+            };
+            compute(def, &answer, &resolved).unwrap()
+        };
+        let (before, after) = (ids(&minimal(str::to_string)), ids(&minimal(edit)));
+        (
+            before.base != after.base,
+            before.bake != after.bake,
+            before.build != after.build,
+        )
+    }
+
+    #[test]
+    fn each_field_moves_the_id_of_the_layer_it_shapes_and_those_above_only() {
+        let replace = |from: &'static str, to: &'static str| {
+            move |t: &str| {
+                assert!(t.contains(from), "{from}");
+                t.replace(from, to)
+            }
+        };
+        let base = [
+            (
+                "hostname",
+                replace("hostname = \"debian\"", "hostname = \"web\""),
+            ),
+            ("timezone", replace("Etc/UTC", "Europe/Berlin")),
+            ("locale", replace("en_US.UTF-8", "de_DE.UTF-8")),
+            (
+                "keyboard",
+                replace("keyboard = \"us\"", "keyboard = \"de\""),
+            ),
+            (
+                "mirror",
+                replace(
+                    "http://deb.debian.org/debian",
+                    "http://ftp.de.debian.org/debian",
+                ),
+            ),
+            ("disk_size", replace("\"3G\"", "\"4G\"")),
+            ("firmware", replace("\"bios\"", "\"uefi\"")),
+            (
+                "release",
+                replace("release = \"bookworm\"", "release = \"trixie\""),
+            ),
+            (
+                "packages",
+                replace("[system]\n", "[system]\npackages = [\"less\"]\n"),
+            ),
+            (
+                "updates",
+                replace("[system]\n", "[system]\nupdates = false\n"),
+            ),
+            (
+                "initramfs",
+                replace("accelerator = \"auto\"", "initramfs = \"virtual\""),
+            ),
+        ];
+        for (field, edit) in base {
+            assert_eq!(moved(edit), (true, true, true), "{field} shapes the base");
+        }
+        let bake = [
+            (
+                "name",
+                replace("name = \"debian-12-minimal\"", "name = \"other\""),
+            ),
+            (
+                "version",
+                replace("version = \"1.0.0\"", "version = \"1.0.1\""),
+            ),
+        ];
+        for (field, edit) in bake {
+            assert_eq!(moved(edit), (false, true, true), "{field} is baked in");
+        }
+        let build = [
+            (
+                "formats",
+                replace("formats = [\"qcow2\"]", "formats = [\"raw\"]"),
+            ),
+            (
+                "compress",
+                replace("[output]\n", "[output]\ncompress = true\n"),
+            ),
+        ];
+        for (field, edit) in build {
+            assert_eq!(
+                moved(edit),
+                (false, false, true),
+                "{field} shapes the artifacts"
+            );
+        }
+        // Outside every image: how it is described, built and checked, and where it goes.
+        let none = [
+            (
+                "description",
+                replace("minimal, built by mmdebstrap", "minimal"),
+            ),
+            ("cpus", replace("cpus = 2", "cpus = 1")),
+            ("memory", replace("memory_mib = 1024", "memory_mib = 2048")),
+            ("accelerator", replace("\"auto\"", "\"tcg\"")),
+            ("checks", replace("port = 22", "port = 2222")),
+            (
+                "cache",
+                replace(
+                    "[output]\n",
+                    "[cache]\nurl = \"s3://layers/ci\"\n\n[output]\n",
+                ),
+            ),
+        ];
+        for (field, edit) in none {
+            assert_eq!(
+                moved(edit),
+                (false, false, false),
+                "{field} is outside every image"
+            );
+        }
+    }
+
     #[test]
     fn a_lineage_leaves_out_the_packages_asked_for_and_keeps_every_other_base_input() {
         let plain = base_lineage(&minimal(str::to_string), &resolved(&[])).unwrap();
