@@ -47,13 +47,40 @@ pub struct Resolved {
 pub fn compute(def: &Definition, answer: &AnswerFile, resolved: &Resolved) -> Result<LayerIds> {
     let base = digest(&base_inputs(def, answer, resolved.packages.as_ref())?);
     let bake = digest(&bake_inputs(def, &base, resolved)?);
-    let build = digest(&json!({
+    let mut build = json!({
         "bake": bake,
         "formats": def.output.formats,
         "compress": def.output.compress,
         "box_url": def.output.box_url,
-    }));
+    });
+    if let Some(machine) = box_machine(def) {
+        build["box_machine"] = json!(machine);
+    }
+    let build = digest(&build);
     Ok(LayerIds { base, bake, build })
+}
+
+/// The machine a Vagrant box's `Vagrantfile` gives a project by default. It is in the box's
+/// bytes, so it is an input of the build id of a definition that makes a box, and the box is
+/// written from this value, not from the definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BoxMachine {
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+}
+
+/// The box machine of `def`, when it makes a `vagrant-libvirt` box.
+pub fn box_machine(def: &Definition) -> Option<BoxMachine> {
+    let makes_box = def
+        .output
+        .formats
+        .contains(&crate::definition::DiskFormat::VagrantLibvirt);
+    makes_box.then_some(BoxMachine {
+        memory_mib: def.machine.memory_mib,
+        cpus: def.machine.cpus,
+    })
 }
 
 /// The base's lineage: the digest of every base input except the package set and the
@@ -248,6 +275,14 @@ mod tests {
 
     /// Which layers a change of the definition moves: (base, bake, build).
     fn moved(edit: impl Fn(&str) -> String) -> (bool, bool, bool) {
+        moved_from(str::to_string, edit)
+    }
+
+    /// Which layers `edit` moves in the definition `start` makes of `debian-12-minimal`.
+    fn moved_from(
+        start: impl Fn(&str) -> String,
+        edit: impl Fn(&str) -> String,
+    ) -> (bool, bool, bool) {
         let ids = |def: &Definition| {
             let answer = crate::render::render(def).unwrap();
             let resolved = Resolved {
@@ -257,7 +292,7 @@ mod tests {
             };
             compute(def, &answer, &resolved).unwrap()
         };
-        let (before, after) = (ids(&minimal(str::to_string)), ids(&minimal(edit)));
+        let (before, after) = (ids(&minimal(&start)), ids(&minimal(|t| edit(&start(t)))));
         (
             before.base != after.base,
             before.bake != after.bake,
@@ -366,6 +401,20 @@ mod tests {
                 moved(edit),
                 (false, false, false),
                 "{field} is outside every image"
+            );
+        }
+        // A Vagrant box's Vagrantfile holds the build VM's memory and CPUs: they move the build
+        // id of a definition that makes one.
+        let with_box = |t: &str| t.replace("[\"qcow2\"]", "[\"qcow2\", \"vagrant-libvirt\"]");
+        assert_eq!(moved(with_box), (false, false, true));
+        for (field, edit) in [
+            ("cpus", replace("cpus = 2", "cpus = 1")),
+            ("memory", replace("memory_mib = 1024", "memory_mib = 2048")),
+        ] {
+            assert_eq!(
+                moved_from(with_box, edit),
+                (false, false, true),
+                "{field} is in the box"
             );
         }
     }

@@ -5,6 +5,7 @@
 
 use crate::definition::Definition;
 use crate::disk::loopmount::{Access, RootMount};
+use crate::layers::BoxMachine;
 use crate::manifest::{DocumentKind, DocumentRecord};
 use crate::process::Command;
 use crate::seal::Sealed;
@@ -80,6 +81,8 @@ pub fn write_box(
     out_dir: &Path,
     file: &str,
 ) -> Result<()> {
+    let machine = crate::layers::box_machine(def)
+        .context("a Vagrant box is written for a definition with the vagrant-libvirt format")?;
     let image = work.join("box.img");
     let mut convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]);
     if def.output.compress {
@@ -88,7 +91,10 @@ pub fn write_box(
     convert.arg(raw).arg(&image).run()?;
     let entries = [
         ("metadata.json", metadata(def).into_bytes()),
-        ("Vagrantfile", vagrantfile(def).into_bytes()),
+        (
+            "Vagrantfile",
+            vagrantfile(&def.image.name.0, machine).into_bytes(),
+        ),
     ];
     let packed = pack(
         &out_dir.join(file),
@@ -170,7 +176,7 @@ fn metadata(def: &Definition) -> String {
 }
 
 /// The box's `Vagrantfile`: defaults a project's own Vagrantfile overrides.
-fn vagrantfile(def: &Definition) -> String {
+fn vagrantfile(name: &str, machine: BoxMachine) -> String {
     format!(
         "# Written by imgforge: the defaults of the {name} box; a project's Vagrantfile overrides them.
 Vagrant.configure(\"2\") do |config|
@@ -183,9 +189,8 @@ Vagrant.configure(\"2\") do |config|
   end
 end
 ",
-        name = def.image.name,
-        memory = def.machine.memory_mib,
-        cpus = def.machine.cpus,
+        memory = machine.memory_mib,
+        cpus = machine.cpus,
     )
 }
 
