@@ -186,3 +186,21 @@ fn no_shell_script_text_in_the_source() {
         .count();
     assert!(in_templates >= 3, "the scan finds the templates' own shell");
 }
+
+/// A module a newcomer can read: no source file over 800 lines (split by what it holds, as
+/// `definition/`, `apt/` and `register/bundle/` are).
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let files = source_files();
+    assert!(
+        files.len() > 40,
+        "the scan reads the sources: {}",
+        files.len()
+    );
+    let long: Vec<(String, usize)> = files
+        .into_iter()
+        .map(|(file, text)| (file, text.lines().count()))
+        .filter(|(_, lines)| *lines > 800)
+        .collect();
+    assert!(long.is_empty(), "split these: {long:?}");
+}
