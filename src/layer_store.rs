@@ -101,13 +101,16 @@ impl<'a> LayerStore<'a> {
         Ok((base, Origin::Built))
     }
 
-    /// Where base layer `id` is, in this process's local cache or in `remote`, without
-    /// fetching it.
-    pub fn base_presence(remote: Option<&RemoteCache>, id: &str) -> Result<Presence> {
+    /// Where base layer `id` is, in this process's local cache or else in the remote cache
+    /// `remote` connects to (only asked when the local cache lacks it), without fetching it.
+    pub fn base_presence(
+        id: &str,
+        remote: impl FnOnce() -> Result<Option<RemoteCache>>,
+    ) -> Result<Presence> {
         if BaseLayer::open(id).is_some() {
             return Ok(Presence::Local);
         }
-        match remote {
+        match remote()? {
             Some(remote) if remote.has(Layer::Base, id)? => Ok(Presence::Remote),
             _ => Ok(Presence::Missing),
         }

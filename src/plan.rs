@@ -2,7 +2,6 @@
 //! finished build in the output directory, a base layer in the local or remote cache), so
 //! that a CI system can emit a job matrix of only what must be built.
 
-use crate::base::BaseLayer;
 use crate::build::OutputDir;
 use crate::layer_store::{LayerStore, Presence};
 use crate::layers::{short, LayerIds};
@@ -98,12 +97,8 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
         _ if bake_in_output(&out.name_dir, &ids.bake) => LayerState::Built,
         _ => LayerState::Missing,
     };
-    // The remote cache is asked only when the local one lacks the base.
-    let remote = match BaseLayer::open(&ids.base) {
-        Some(_) => None,
-        None => RemoteCache::for_definition(cache_url, &def)?,
-    };
-    let base = match LayerStore::base_presence(remote.as_ref(), &ids.base)? {
+    let remote = || RemoteCache::for_definition(cache_url, &def);
+    let base = match LayerStore::base_presence(&ids.base, remote)? {
         Presence::Local => LayerState::Cached,
         Presence::Remote => LayerState::Remote,
         Presence::Missing => LayerState::Missing,

@@ -75,13 +75,12 @@ pub fn render(def: &Definition) -> Result<AnswerFile> {
 /// (field, what is wrong) when the answer-file template the definition names
 /// (`installer.template`) is not on this machine.
 pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
-    match def.builder.installer().and_then(|i| i.template.as_ref()) {
-        Some(t) if !def.resolve(t).is_file() => vec![(
-            "installer.template".to_string(),
-            format!("the file {} does not exist", def.resolve(t).display()),
-        )],
-        _ => Vec::new(),
-    }
+    def.builder
+        .installer()
+        .and_then(|i| i.template.as_ref())
+        .and_then(|t| def.missing_file("installer.template".to_string(), t))
+        .into_iter()
+        .collect()
 }
 
 /// Renders `template` strictly against `ctx`, without HTML escaping.

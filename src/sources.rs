@@ -70,11 +70,8 @@ pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
     def.artifacts()
         .into_iter()
         .filter_map(|(field, artifact)| match &artifact.location {
-            ArtifactLocation::Path(path) if !def.resolve(path).is_file() => Some((
-                format!("{field}.path"),
-                format!("the file {} does not exist", def.resolve(path).display()),
-            )),
-            _ => None,
+            ArtifactLocation::Path(path) => def.missing_file(format!("{field}.path"), path),
+            ArtifactLocation::Url(_) => None,
         })
         .collect()
 }

@@ -164,23 +164,23 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
 pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     for (index, p) in def.provisioners.iter().enumerate() {
-        let missing = |path: &Path| format!("{} does not exist", def.resolve(path).display());
-        let found = match p {
-            Provisioner::Shell { script, .. } if !def.resolve(script).is_file() => {
-                vec![("script", missing(script))]
-            }
-            Provisioner::File { source, .. } if !def.resolve(source).is_file() => {
-                vec![("source", missing(source))]
-            }
-            Provisioner::Ansible(a) => ansible::file_problems(def, a),
-            Provisioner::Chef(c) => chef::file_problems(def, c),
-            _ => Vec::new(),
-        };
-        problems.extend(
+        let field = |key: &str| format!("provisioners[{index}].{key}");
+        let keyed = |found: Vec<(&str, String)>| {
             found
                 .into_iter()
-                .map(|(key, message)| (format!("provisioners[{index}].{key}"), message)),
-        );
+                .map(|(key, message)| (field(key), message))
+                .collect::<Vec<_>>()
+        };
+        match p {
+            Provisioner::Shell { script, .. } => {
+                problems.extend(def.missing_file(field("script"), script))
+            }
+            Provisioner::File { source, .. } => {
+                problems.extend(def.missing_file(field("source"), source))
+            }
+            Provisioner::Ansible(a) => problems.extend(keyed(ansible::file_problems(def, a))),
+            Provisioner::Chef(c) => problems.extend(keyed(chef::file_problems(def, c))),
+        }
     }
     problems
 }

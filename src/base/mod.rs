@@ -319,8 +319,6 @@ fn patched_or_cold(
     }
 }
 
-/// The base layer `id` from the remote cache, unpacked into the local one; `None` when the
-/// remote cache does not have it, or has a corrupt copy (reported, deleted, to be rebuilt).
 /// Copies `from` to `to` keeping nothing but the bytes.
 pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to)

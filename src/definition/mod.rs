@@ -566,6 +566,13 @@ impl Definition {
         all
     }
 
+    /// (`field`, "the file … does not exist") when `path`, resolved against the definition's
+    /// directory, is not a file on this machine: the stages' checks of the files they read.
+    pub fn missing_file(&self, field: String, path: &Path) -> Option<(String, String)> {
+        let full = self.resolve(path);
+        (!full.is_file()).then(|| (field, format!("the file {} does not exist", full.display())))
+    }
+
     /// Resolves a path written in the definition against the definition's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

@@ -255,13 +255,7 @@ pub fn file_problems(def: &crate::definition::Definition) -> Vec<(String, String
         ("private_key", &e.private_key),
     ]
     .into_iter()
-    .filter(|(_, path)| !def.resolve(path).is_file())
-    .map(|(key, path)| {
-        (
-            format!("publish.eucalyptus.{key}"),
-            format!("the file {} does not exist", def.resolve(path).display()),
-        )
-    })
+    .filter_map(|(key, path)| def.missing_file(format!("publish.eucalyptus.{key}"), path))
     .collect()
 }
 
