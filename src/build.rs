@@ -11,9 +11,10 @@ use crate::base::BaseLayer;
 use crate::definition::Definition;
 use crate::events::{Event, Reporter};
 use crate::layer_store::{LayerStore, Origin};
-use crate::layers::{short, LayerIds, Resolved};
+use crate::layers::{short, LayerIds};
 use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
 use crate::remote_cache::RemoteCache;
+use crate::spec::Specs;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -78,13 +79,13 @@ pub fn build(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
 fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> {
     let started = Instant::now();
     let def = crate::load::definition(&opts.file)?;
-    let answer = crate::render::render(&def)?;
-    let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
+    let specs = Specs::derive(&def)?;
+    let ids = LayerIds::of(&specs);
     if opts.base_only {
-        let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
+        let remote = RemoteCache::chosen(opts.cache_url.as_deref(), def.cache.url.as_deref())?;
         let store = LayerStore::new(remote.as_ref(), reporter);
         let (base, origin) = store.base(&ids.base, |staging| {
-            crate::base::build(&def, &answer, resolved.packages.as_ref(), staging, reporter)
+            crate::base::build(&specs.base, staging, reporter)
         })?;
         return Ok(BuildResult::Base {
             base: Box::new(base),
@@ -99,18 +100,12 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
         }
     }
 
-    let remote = RemoteCache::for_definition(opts.cache_url.as_deref(), &def)?;
+    let remote = RemoteCache::chosen(opts.cache_url.as_deref(), def.cache.url.as_deref())?;
     let store = LayerStore::new(remote.as_ref(), reporter);
-    let mut ctx = BuildContext::new(opts, def, ids, resolved, &out, reporter)?;
+    let mut ctx = BuildContext::new(opts, def, specs, ids, &out, reporter)?;
     let (base, base_origin) = ctx.step("base", |c| {
         store.base(&c.ids.base, |staging| {
-            crate::base::build(
-                &c.def,
-                &answer,
-                c.resolved.packages.as_ref(),
-                staging,
-                reporter,
-            )
+            crate::base::build(&c.specs.base, staging, reporter)
         })
     })?;
     let (baked, bake_origin) = ctx.step("bake", |c| {
@@ -126,7 +121,7 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
             work: c.work.path(),
             built_at: &c.provenance.built_at,
         };
-        crate::export::export(&c.def, &sealed, &target, reporter)
+        crate::export::export(&c.specs.output, &sealed, &target, reporter)
     })?;
     sealed.documents.extend(exported.documents);
     let artifacts = exported.artifacts;
@@ -220,8 +215,8 @@ impl OutputDir {
 struct BuildContext<'a> {
     opts: &'a BuildOptions,
     def: Definition,
+    specs: Specs,
     ids: LayerIds,
-    resolved: Resolved,
     provenance: Provenance,
     /// The output directory being assembled beside its final place.
     staging: tempfile::TempDir,
@@ -236,8 +231,8 @@ impl<'a> BuildContext<'a> {
     fn new(
         opts: &'a BuildOptions,
         def: Definition,
+        specs: Specs,
         ids: LayerIds,
-        resolved: Resolved,
         out: &OutputDir,
         reporter: &'a Reporter,
     ) -> Result<BuildContext<'a>> {
@@ -254,11 +249,11 @@ impl<'a> BuildContext<'a> {
             .tempdir_in(&work_root)?;
         Ok(BuildContext {
             console_log: staging.path().join("console.log"),
-            provenance: Provenance::new(&def, &ids, &resolved),
+            provenance: Provenance::new(&specs, &ids),
             opts,
             def,
+            specs,
             ids,
-            resolved,
             staging,
             work,
             timings: BTreeMap::new(),
@@ -283,7 +278,8 @@ impl<'a> BuildContext<'a> {
     fn seal(&self, base: &BaseLayer, baked: &Baked) -> Result<crate::seal::Sealed> {
         crate::seal::seal(
             &crate::seal::SealInput {
-                def: &self.def,
+                spec: &self.specs.bake,
+                layout: self.specs.base.layout(),
                 base: &base.info,
                 provenance: &self.provenance,
                 baked_disk: &baked.disk,
@@ -297,9 +293,8 @@ impl<'a> BuildContext<'a> {
 
     fn bake_input<'b>(&'b self, base: &'b BaseLayer) -> crate::bake::BakeInput<'b> {
         crate::bake::BakeInput {
-            def: &self.def,
+            spec: &self.specs.bake,
             base,
-            resolved: &self.resolved,
             provenance: &self.provenance,
             work: self.work.path(),
             console_log: &self.console_log,

@@ -2,12 +2,13 @@
 //! each with its size and sha256, plus a `SHA256SUMS` file; a Vagrant box ([`crate::vagrant`])
 //! with its catalogue.
 
-use crate::definition::{Definition, DiskFormat};
+use crate::definition::DiskFormat;
 use crate::events::{Event, Reporter};
 use crate::manifest::{ArtifactRecord, DocumentRecord, SUMS_FILE_NAME};
 use crate::process::Command;
 use crate::seal::Sealed;
 use crate::sources::sha256_file;
+use crate::spec::OutputSpec;
 use anyhow::Result;
 use std::path::Path;
 
@@ -43,22 +44,21 @@ pub struct Exported {
     pub documents: Vec<DocumentRecord>,
 }
 
-/// Converts the sealed disk into every format of the definition inside `target.out_dir`, and
+/// Converts the sealed disk into every format of `spec` inside `target.out_dir`, and
 /// writes `SHA256SUMS` there, listing the artifacts, the seal's documents and the Vagrant
 /// catalogue when there is a box. The formats are converted and hashed at the same time, each
 /// on its own thread; the records keep the definition's order.
 pub fn export(
-    def: &Definition,
+    spec: &OutputSpec,
     sealed: &Sealed,
     target: &ExportTarget,
     reporter: &Reporter,
 ) -> Result<Exported> {
     let records = std::thread::scope(|scope| {
-        let writers: Vec<_> = def
-            .output
+        let writers: Vec<_> = spec
             .formats
             .iter()
-            .map(|&format| scope.spawn(move || write_artifact(def, sealed, format, target)))
+            .map(|&format| scope.spawn(move || write_artifact(spec, sealed, format, target)))
             .collect();
         writers
             .into_iter()
@@ -77,7 +77,7 @@ pub fn export(
         .filter(|r| r.format == DiskFormat::VagrantLibvirt)
         .map(|r| {
             crate::vagrant::write_catalogue(
-                def,
+                spec,
                 &r.file,
                 &r.sha256,
                 target.final_dir,
@@ -107,26 +107,26 @@ pub fn export(
 
 /// Writes the sealed disk as one `format` into `out_dir` and hashes it.
 fn write_artifact(
-    def: &Definition,
+    spec: &OutputSpec,
     sealed: &Sealed,
     format: DiskFormat,
     target: &ExportTarget,
 ) -> Result<ArtifactRecord> {
     let file = format!(
         "{}-{}.{}",
-        def.image.name,
-        def.image.version,
+        spec.image.name,
+        spec.image.version,
         format.extension()
     );
     let path = target.out_dir.join(&file);
     if format == DiskFormat::VagrantLibvirt {
-        let box_disk = crate::vagrant::box_disk(def, sealed, target.work)?;
-        crate::vagrant::write_box(def, &box_disk, target.work, target.out_dir, &file)?;
+        let box_disk = crate::vagrant::box_disk(spec, sealed, target.work)?;
+        crate::vagrant::write_box(spec, &box_disk, target.work, target.out_dir, &file)?;
         std::fs::remove_file(&box_disk).ok();
     } else {
         Command::new("qemu-img")
             .arg("convert")
-            .args(convert_args(format, def.output.compress))
+            .args(convert_args(format, spec.compress))
             .arg(&sealed.disk)
             .arg(&path)
             .run()?;

@@ -3,8 +3,8 @@
 //! The crate reads as one pipeline, a module per stage, in the order a build runs them:
 //!
 //! ```text
-//! definition ─► render ─► layers (ids) ─► base ─► bake ─► export ─► verify ─► manifest
-//!                                      (rootfs | installer)                    │
+//! definition ─► render ─► spec (ids) ─► base ─► bake ─► export ─► verify ─► manifest
+//!                                    (rootfs | installer)                    │
 //!                                                     register ─► rotate ─► prune
 //! ```
 //!
@@ -19,8 +19,7 @@
 //! ```no_run
 //! use std::path::Path;
 //! let def = imgforge::definition::Definition::load(Path::new("images/debian-12-web.toml"))?;
-//! let answer = imgforge::render(&def)?;
-//! let (ids, _resolved) = imgforge::resolve_and_compute(&def, &answer)?;
+//! let ids = imgforge::LayerIds::of(&imgforge::Specs::derive(&def)?);
 //! println!("base {} bake {}", ids.base, ids.bake);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
@@ -65,6 +64,7 @@ mod sbom;
 mod seal;
 mod signature;
 mod sources;
+mod spec;
 mod store;
 mod vagrant;
 mod verify;
@@ -80,7 +80,7 @@ pub use cancel::install_handlers;
 pub use cloud::{parse_age, CloudOptions};
 pub use diff::{diff, Difference};
 pub use doctor::run as doctor;
-pub use layers::{resolve_and_compute, LayerIds, Resolved};
+pub use layers::LayerIds;
 pub use load::{definition as load_definition, validate};
 pub use lock::{path_for as lock_path, write_lock};
 pub use outdated::{outdated, table as outdated_table, OutdatedPackage};
@@ -95,5 +95,6 @@ pub use render::{render, AnswerFile};
 pub use rotate::health::AddressKind;
 pub use rotate::{parse_filter, run as rotate, RotateOptions};
 pub use signature::{check_build as check_build_signature, sign_build, Signer};
+pub use spec::Specs;
 pub use store::cache_dir;
 pub use verify::{verify_manifest, VerifyOverrides};

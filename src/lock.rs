@@ -65,7 +65,7 @@ pub fn packages(def: &Definition, use_lock: bool) -> Result<Option<ResolvedPacka
             lock: Some(lock_path),
         }));
     }
-    let archive = Archive::for_definition(def, &sources)?;
+    let archive = Archive::for_system(&def.system, &sources)?;
     let _lock = archive.update().with_context(|| {
         format!(
             "{}: cannot resolve the base's package set, so its id cannot be known",

@@ -337,15 +337,15 @@ fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
 /// `imgforge id`: the layer ids, with the service commit and data digest they cover.
 fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
     let def = imgforge::load_definition(file)?;
-    let answer = imgforge::render(&def)?;
-    let (ids, resolved) = imgforge::resolve_and_compute(&def, &answer)?;
+    let specs = imgforge::Specs::derive(&def)?;
+    let ids = imgforge::LayerIds::of(&specs);
     let value = json!({
         "name": def.image.name.0,
         "base": ids.base,
         "bake": ids.bake,
         "build": ids.build,
-        "service_commit": resolved.service.as_ref().map(|s| s.commit.clone()),
-        "data_digest": resolved.data.as_ref().map(|d| d.digest().to_string()),
+        "service_commit": specs.bake.service.as_ref().map(|s| s.commit.clone()),
+        "data_digest": specs.bake.data.as_ref().map(|d| d.digest.clone()),
     });
     let human = format!(
         "base  {}\nbake  {}\nbuild {}",

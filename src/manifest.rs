@@ -1,8 +1,9 @@
 //! `manifest.json`: the record of one build, written next to its artifacts and read by
 //! `verify`, `register` and `rotate`.
 
-use crate::definition::{Arch, Check, Definition, DiskFormat, Firmware, Machine, Publish};
-use crate::layers::{LayerIds, Resolved};
+use crate::definition::{Arch, Check, DiskFormat, Firmware, Machine, Publish};
+use crate::layers::LayerIds;
+use crate::spec::Specs;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,36 +116,33 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// The provenance of building `def` with these ids and resolved sources, stamped now.
-    pub fn new(def: &Definition, ids: &LayerIds, resolved: &Resolved) -> Provenance {
+    /// The provenance of building `specs` (whose ids are `ids`), stamped now.
+    pub fn new(specs: &Specs, ids: &LayerIds) -> Provenance {
+        let bake = &specs.bake;
         Provenance {
             imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
-            name: def.image.name.0.clone(),
-            version: def.image.version.clone(),
+            name: bake.image.name.clone(),
+            version: bake.image.version.clone(),
             ids: ids.clone(),
-            service: resolved.service.as_ref().map(|s| ServiceRecord {
-                repo: def
-                    .service
-                    .as_ref()
-                    .map(|d| d.repo.clone())
-                    .unwrap_or_default(),
+            service: bake.service.as_ref().map(|s| ServiceRecord {
+                repo: s.repo.clone(),
                 commit: s.commit.clone(),
             }),
-            data_digest: resolved.data.as_ref().map(|d| d.digest().to_string()),
+            data_digest: bake.data.as_ref().map(|d| d.digest.clone()),
             built_at: now_rfc3339(),
-            source_date_epoch: Some(def.source_date_epoch()),
-            packages: resolved.packages.clone(),
+            source_date_epoch: Some(bake.source_date_epoch),
+            packages: specs.base.packages.clone(),
         }
     }
 
-    /// `/etc/imgforge/build.json` as the image carries it (the same for the same inputs: no
-    /// build time); `packages` and `tools` (the versions
-    /// of what the provisioners ran) are placeholders filled in inside the image.
+    /// `/etc/imgforge/build.json` as the image carries it: only what the bake id covers (no
+    /// build time, no build id: one bake layer serves builds of several output settings);
+    /// `packages` and `tools` (the versions of what the provisioners ran) are placeholders
+    /// filled in inside the image.
     pub fn image_record(&self, packages: &str, tools: &str) -> serde_json::Value {
         serde_json::json!({
             "name": self.name,
             "version": self.version,
-            "build_id": self.ids.build,
             "base_id": self.ids.base,
             "bake_id": self.ids.bake,
             "service": self.service,

@@ -84,8 +84,9 @@ pub fn plan(
 
 fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<PlanItem> {
     let def = crate::load::definition(file)?;
-    let answer = crate::render::render(&def)?;
-    let (ids, resolved) = crate::layers::resolve_and_compute(&def, &answer)?;
+    let specs = crate::spec::Specs::derive(&def)?;
+    let ids = LayerIds::of(&specs);
+    let packages = specs.base.packages.as_ref();
     let out = OutputDir::new(output_dir, &def, &ids);
     let build = match Manifest::load(&out.manifest_path) {
         Err(_) => LayerState::Missing,
@@ -97,22 +98,19 @@ fn plan_one(file: &Path, output_dir: &Path, cache_url: Option<&str>) -> Result<P
         _ if bake_in_output(&out.name_dir, &ids.bake) => LayerState::Built,
         _ => LayerState::Missing,
     };
-    let remote = || RemoteCache::for_definition(cache_url, &def);
+    let remote = || RemoteCache::chosen(cache_url, def.cache.url.as_deref());
     let base = match LayerStore::base_presence(&ids.base, remote)? {
         Presence::Local => LayerState::Cached,
         Presence::Remote => LayerState::Remote,
         Presence::Missing => LayerState::Missing,
     };
-    let upstream = resolved
-        .packages
-        .as_ref()
-        .and_then(|now| upstream_since_last_build(&out.name_dir, now));
-    let patch_from = match (base, resolved.packages.as_ref()) {
-        (LayerState::Missing, Some(packages)) => crate::base::patch_candidate(&def, packages)?,
+    let upstream = packages.and_then(|now| upstream_since_last_build(&out.name_dir, now));
+    let patch_from = match (base, packages) {
+        (LayerState::Missing, Some(_)) => crate::base::patch_candidate(&specs.base)?,
         _ => None,
     };
     Ok(PlanItem {
-        packages_from: resolved.packages.as_ref().map(|p| match &p.lock {
+        packages_from: packages.map(|p| match &p.lock {
             Some(lock) => lock.display().to_string(),
             None => "archive".to_string(),
         }),

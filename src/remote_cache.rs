@@ -16,7 +16,6 @@
 //! sign with reads the cache and stores nothing.
 
 use crate::cloud::{sdk_error, CloudOptions};
-use crate::definition::Definition;
 use crate::events::{Event, Reporter};
 use crate::layers::short;
 use anyhow::{bail, Context, Result};
@@ -121,12 +120,10 @@ enum Stored {
 }
 
 impl RemoteCache {
-    /// The remote cache a build of `def` uses: `url` (`--cache-url`, `IMGFORGE_CACHE_URL`)
-    /// or the definition's `[cache] url`; none when neither is set.
-    pub fn for_definition(url: Option<&str>, def: &Definition) -> Result<Option<RemoteCache>> {
-        url.or(def.cache.url.as_deref())
-            .map(RemoteCache::connect)
-            .transpose()
+    /// The remote cache a build uses: `url` (`--cache-url`, `IMGFORGE_CACHE_URL`) or else
+    /// the definition's `[cache] url`; none when neither is set.
+    pub fn chosen(url: Option<&str>, definitions: Option<&str>) -> Result<Option<RemoteCache>> {
+        url.or(definitions).map(RemoteCache::connect).transpose()
     }
 
     /// Connects to the cache at `url` (`s3://bucket/prefix`) with the standard AWS chain

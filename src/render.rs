@@ -182,8 +182,8 @@ pub fn assert_valid_shell(script: &str) {
 
 /// The definition's users as templates see them: `name`, `password_hash` (or null),
 /// `ssh_keys`, `sudo`.
-pub fn users(def: &Definition) -> Vec<Value> {
-    def.system
+pub fn users(system: &crate::definition::System) -> Vec<Value> {
+    system
         .users
         .iter()
         .map(|u| {
@@ -209,7 +209,7 @@ pub fn context(def: &Definition) -> Result<Value> {
             sys.mirror
         )
     })?;
-    let users = users(def);
+    let users = users(&def.system);
     let first_user = users.first().cloned().unwrap_or_else(
         || json!({ "name": "imgforge", "password_hash": "!", "ssh_keys": [], "sudo": false }),
     );

@@ -6,18 +6,22 @@
 
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
-use crate::definition::{Definition, OsFamily};
+use crate::definition::OsFamily;
 use crate::disk::loopmount::{Access, RootMount};
+use crate::disk::Layout;
 use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
 use crate::process::Command;
+use crate::spec::BakeSpec;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// What sealing needs.
 pub struct SealInput<'a> {
-    /// The definition built.
-    pub def: &'a Definition,
+    /// What was baked (the image's name, version, family and data).
+    pub spec: &'a BakeSpec,
+    /// The disk the image is written on again (the base's).
+    pub layout: Layout,
     /// The base the bake started from (its root UUID, for a disk written again).
     pub base: &'a BaseInfo,
     /// The build's provenance (name, version, ids, service, data).
@@ -66,7 +70,7 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         crate::apt::is_debian_root,
     )?
     else {
-        if input.def.os.family == OsFamily::Debian {
+        if input.spec.family == OsFamily::Debian {
             bail!(
                 "{}: no partition of the baked disk holds a Debian root filesystem \
                  (var/lib/dpkg/status)",
@@ -96,13 +100,8 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         });
     };
     let sealed = input.work.join("sealed.raw");
-    crate::disk::assemble(
-        &crate::disk::Layout::of(input.def),
-        root.path(),
-        &sealed,
-        &boot.root_uuid,
-    )
-    .context("cannot write the image again from its file tree")?;
+    crate::disk::assemble(&input.layout, root.path(), &sealed, &boot.root_uuid)
+        .context("cannot write the image again from its file tree")?;
     drop(root);
     std::fs::remove_file(&raw).ok();
     Ok(Sealed {
@@ -119,8 +118,8 @@ fn write_records(
     root: &Path,
     reporter: &Reporter,
 ) -> Result<Vec<DocumentRecord>> {
-    let def = input.def;
-    let stem = format!("{}-{}", def.image.name, def.image.version);
+    let spec = input.spec;
+    let stem = format!("{}-{}", spec.image.name, spec.image.version);
     let mut packages = PackageList::new();
     for p in crate::apt::installed_packages(root)? {
         let key = match packages.contains_key(&p.name) {
@@ -135,16 +134,13 @@ fn write_records(
         .service
         .as_ref()
         .map(|s| (s.repo.as_str(), s.commit.as_str()));
-    let data = match (&def.data, &prov.data_digest) {
-        (Some(d), Some(digest)) => Some((&*d.dest, digest.as_str())),
-        _ => None,
-    };
+    let data = spec.data.as_ref().map(|d| (&*d.dest, d.digest.as_str()));
     let sbom = crate::sbom::spdx_document(&crate::sbom::SbomInput {
         root,
         name: &prov.name,
         version: &prov.version,
         build_id: &prov.ids.build,
-        created: &rfc3339(def.source_date_epoch()),
+        created: &rfc3339(spec.source_date_epoch),
         tool: &format!("imgforge-{}", prov.imgforge_version),
         service,
         data,

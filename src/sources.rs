@@ -80,7 +80,11 @@ pub fn file_problems(def: &Definition) -> Vec<(String, String)> {
 ///
 /// A URL is downloaded once into the cache, under its digest, through a temporary file that is
 /// renamed only after the digest matched.
-pub fn fetch_artifact(def: &Definition, field: &str, artifact: &Artifact) -> Result<PathBuf> {
+pub fn fetch_artifact(
+    def: &crate::definition::DefinitionFile,
+    field: &str,
+    artifact: &Artifact,
+) -> Result<PathBuf> {
     let expected = &artifact.sha256.0;
     let url = match &artifact.location {
         ArtifactLocation::Url(url) => url,
@@ -332,7 +336,7 @@ impl ResolvedData {
 pub fn resolve_data(def: &Definition, data: &DataSnapshot) -> Result<ResolvedData> {
     Ok(match &data.source {
         DataSource::Tarball(t) => ResolvedData::Tarball {
-            path: fetch_artifact(def, "data.tarball", t)?,
+            path: fetch_artifact(&def.file(), "data.tarball", t)?,
             sha256: t.sha256.0.clone(),
         },
         DataSource::Git(g) => ResolvedData::Git {

@@ -3,12 +3,11 @@
 //! box (the `vagrant` user with Vagrant's well-known insecure key, passwordless sudo, sshd
 //! without DNS lookups). Only the box gets them: the other formats never carry that key.
 
-use crate::definition::Definition;
 use crate::disk::loopmount::{Access, RootMount};
-use crate::layers::BoxMachine;
 use crate::manifest::{DocumentKind, DocumentRecord};
 use crate::process::Command;
 use crate::seal::Sealed;
+use crate::spec::{BoxMachine, OutputSpec};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -19,9 +18,9 @@ pub const INSECURE_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp
 
 /// The box's raw disk in `work`, made from the sealed image: written again from its tree when
 /// the seal wrote the image from its tree ([`Sealed::root_uuid`]), else a copy of the disk.
-pub fn box_disk(def: &Definition, sealed: &Sealed, work: &Path) -> Result<PathBuf> {
+pub fn box_disk(spec: &OutputSpec, sealed: &Sealed, work: &Path) -> Result<PathBuf> {
     let Some(uuid) = &sealed.root_uuid else {
-        return disk_from_disk(def, &sealed.disk, work);
+        return disk_from_disk(spec, &sealed.disk, work);
     };
     let root = RootMount::find(
         &sealed.disk,
@@ -35,25 +34,25 @@ pub fn box_disk(def: &Definition, sealed: &Sealed, work: &Path) -> Result<PathBu
             sealed.disk.display()
         )
     })?;
-    disk_from_tree(def, root.path(), work, uuid)
+    disk_from_tree(spec, root.path(), work, uuid)
 }
 
 /// The box's raw disk written from `tree` (the sealed image's root, mounted read-only) the way
 /// the seal writes the image: the vagrant user is added on an overlay of the tree, and the
 /// disk gets the image's derived identifiers and clamped times, so the same inputs give the
 /// same box.
-fn disk_from_tree(def: &Definition, tree: &Path, work: &Path, uuid: &str) -> Result<PathBuf> {
+fn disk_from_tree(spec: &OutputSpec, tree: &Path, work: &Path, uuid: &str) -> Result<PathBuf> {
     let overlay = Overlay::mount(tree, work)?;
-    add_vagrant_user(&overlay.merged(), def.source_date_epoch())?;
+    add_vagrant_user(&overlay.merged(), spec.disk.epoch)?;
     let raw = work.join("vagrant.raw");
-    crate::disk::assemble(&crate::disk::Layout::of(def), &overlay.merged(), &raw, uuid)
+    crate::disk::assemble(&spec.disk, &overlay.merged(), &raw, uuid)
         .context("cannot write the Vagrant box's disk from the image's tree")?;
     Ok(raw)
 }
 
 /// The box's raw disk for an image the seal does not write again (installer builder): a copy
 /// of `disk` with the vagrant user added in place.
-fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf> {
+fn disk_from_disk(spec: &OutputSpec, disk: &Path, work: &Path) -> Result<PathBuf> {
     let raw = work.join("vagrant.raw");
     Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
@@ -67,7 +66,7 @@ fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf>
             raw.display()
         );
     };
-    add_vagrant_user(root.path(), def.source_date_epoch())?;
+    add_vagrant_user(root.path(), spec.disk.epoch)?;
     root.unmount()?;
     Ok(raw)
 }
@@ -75,33 +74,29 @@ fn disk_from_disk(def: &Definition, disk: &Path, work: &Path) -> Result<PathBuf>
 /// Writes the box `out_dir/file` from its raw disk (made by [`disk_from_tree`] or
 /// [`disk_from_disk`]), converting it to qcow2 in `work`.
 pub fn write_box(
-    def: &Definition,
+    spec: &OutputSpec,
     raw: &Path,
     work: &Path,
     out_dir: &Path,
     file: &str,
 ) -> Result<()> {
-    let machine = crate::layers::box_machine(def)
+    let machine = spec
+        .box_machine
         .context("a Vagrant box is written for a definition with the vagrant-libvirt format")?;
     let image = work.join("box.img");
     let mut convert = Command::new("qemu-img").args(["convert", "-O", "qcow2"]);
-    if def.output.compress {
+    if spec.compress {
         convert = convert.arg("-c");
     }
     convert.arg(raw).arg(&image).run()?;
     let entries = [
-        ("metadata.json", metadata(def).into_bytes()),
+        ("metadata.json", metadata(spec.disk.size).into_bytes()),
         (
             "Vagrantfile",
-            vagrantfile(&def.image.name.0, machine).into_bytes(),
+            vagrantfile(&spec.image.name, machine).into_bytes(),
         ),
     ];
-    let packed = pack(
-        &out_dir.join(file),
-        &entries,
-        &image,
-        def.source_date_epoch(),
-    );
+    let packed = pack(&out_dir.join(file), &entries, &image, spec.disk.epoch);
     std::fs::remove_file(&image).ok();
     packed.with_context(|| format!("cannot write the Vagrant box {file}"))
 }
@@ -170,8 +165,8 @@ impl Drop for Overlay {
 }
 
 /// The box's `metadata.json`: vagrant-libvirt needs the disk's format and size (whole GiB).
-fn metadata(def: &Definition) -> String {
-    let gib = def.machine.disk_size.0.div_ceil(1 << 30);
+fn metadata(disk_size: u64) -> String {
+    let gib = disk_size.div_ceil(1 << 30);
     json!({ "provider": "libvirt", "format": "qcow2", "virtual_size": gib }).to_string()
 }
 
@@ -224,14 +219,14 @@ fn pack(path: &Path, entries: &[(&str, Vec<u8>)], image: &Path, epoch: u32) -> R
 /// The version is the image's version with the build time appended, so each nightly build is
 /// newer than the last: `1.0.0.20261127032535`.
 pub fn write_catalogue(
-    def: &Definition,
+    spec: &OutputSpec,
     box_file: &str,
     box_sha256: &str,
     final_dir: &Path,
     built_at: &str,
     out_dir: &Path,
 ) -> Result<DocumentRecord> {
-    let url = match &def.output.box_url {
+    let url = match &spec.box_url {
         Some(base) => format!("{}/{box_file}", base.trim_end_matches('/')),
         None => format!(
             "file://{}",
@@ -240,10 +235,10 @@ pub fn write_catalogue(
     };
     let stamp: String = built_at.chars().filter(char::is_ascii_digit).collect();
     let catalogue = json!({
-        "name": def.image.name.0,
-        "description": def.image.description,
+        "name": spec.image.name,
+        "description": spec.description,
         "versions": [{
-            "version": format!("{}.{stamp}", def.image.version),
+            "version": format!("{}.{stamp}", spec.image.version),
             "providers": [{
                 "name": "libvirt",
                 "url": url,
@@ -252,7 +247,7 @@ pub fn write_catalogue(
             }],
         }],
     });
-    let file = format!("{}.json", def.image.name);
+    let file = format!("{}.json", spec.image.name);
     let bytes = serde_json::to_vec_pretty(&catalogue)?;
     crate::atomic::write(&out_dir.join(&file), &bytes)?;
     Ok(DocumentRecord::of(

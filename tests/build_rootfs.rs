@@ -79,7 +79,7 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         &read_from_image(&raw, "/etc/imgforge/build.json").expect("provenance is recorded"),
     )
     .expect("/etc/imgforge/build.json is JSON");
-    assert_eq!(provenance["build_id"], m1["ids"]["build"]);
+    assert_eq!(provenance["bake_id"], m1["ids"]["bake"]);
     assert_eq!(provenance["base_id"], m1["ids"]["base"]);
     assert_eq!(provenance["data_sha256"], m1["data_digest"]);
     assert_eq!(provenance["service"]["commit"], m1["service"]["commit"]);

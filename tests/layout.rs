@@ -204,3 +204,46 @@ fn no_source_file_is_over_800_lines() {
         .collect();
     assert!(long.is_empty(), "split these: {long:?}");
 }
+
+/// A stage receives its spec (`spec.rs`), never the whole definition: `&Definition` is taken
+/// only by the definition module, the spec derivation and what resolves its inputs (`render`,
+/// `lock`, `sources`, `apt/mod.rs`), the loading of a definition with the stages' checks of
+/// the files it names (`load`, and each stage's `file_problems`, run before any spec exists),
+/// and the orchestration (`build`, `plan`, `batch`, the binary).
+#[test]
+fn stages_take_their_spec_not_the_definition() {
+    let allowed = [
+        "definition/",
+        "spec.rs",
+        "render.rs",
+        "lock.rs",
+        "sources.rs",
+        "apt/mod.rs",
+        "load.rs",
+        "build.rs",
+        "plan.rs",
+        "batch.rs",
+        "main.rs",
+        "lib.rs",
+    ];
+    let mut found = Vec::new();
+    let mut checks = 0;
+    for (file, text) in source_files() {
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for line in code.lines().filter(|l| l.contains("&Definition")) {
+            if line.contains("fn file_problems(") {
+                checks += 1;
+            } else if !allowed.iter().any(|a| file.starts_with(a)) {
+                found.push(format!("{file}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "stages that read the definition: {found:?}"
+    );
+    assert!(
+        checks >= 4,
+        "the scan finds the stages' file checks: {checks}"
+    );
+}

@@ -2,7 +2,7 @@
 //! solver, and downloads checked against the index.
 
 use super::{sources_identity, Package, PackageSet, Source};
-use crate::definition::Definition;
+use crate::definition::System;
 use crate::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,12 +60,12 @@ impl Archive {
         })
     }
 
-    /// The archive of a Debian definition's sources.
-    pub fn for_definition(def: &Definition, sources: &[Source]) -> Result<Archive> {
+    /// The archive of `sources`, fetched through the system's proxy.
+    pub fn for_system(system: &System, sources: &[Source]) -> Result<Archive> {
         Archive::open(
             sources,
-            def.system.proxy.as_deref(),
-            crate::definition::snapshot_time(&def.system.mirror).is_some(),
+            system.proxy.as_deref(),
+            crate::definition::snapshot_time(&system.mirror).is_some(),
         )
     }
 

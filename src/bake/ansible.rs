@@ -7,6 +7,7 @@
 use crate::bake_protocol::{Step, BUNDLE_DIR};
 use crate::definition::{AnsibleProvisioner, Definition};
 use crate::process::Command;
+use crate::spec::BakeSpec;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::fs;
@@ -17,10 +18,10 @@ pub fn label(index: usize, a: &AnsibleProvisioner) -> String {
     format!("provisioners[{index}] (ansible {})", a.playbook.display())
 }
 
-/// Stages playbook `a` into `staged` (its directory in the bundle) and returns the bake step
-/// that runs it in the image.
+/// Stages playbook `a` into `staged` (its directory in the bundle), its project checked
+/// against the digest the bake id covers, and returns the bake step that runs it in the image.
 pub fn stage_in_image(
-    def: &Definition,
+    spec: &BakeSpec,
     index: usize,
     a: &AnsibleProvisioner,
     staged: &Path,
@@ -28,7 +29,7 @@ pub fn stage_in_image(
     fs::create_dir_all(staged)?;
     fs::write(staged.join("vars.json"), serde_json::to_vec(&a.extra_vars)?)?;
     let guest_dir = format!("{BUNDLE_DIR}/provisioners/{index}");
-    let project = match (a.in_service, &def.service) {
+    let project = match (a.in_service, &spec.service) {
         (true, Some(service)) => {
             let parent = a.playbook.parent().unwrap_or(Path::new(""));
             format!(
@@ -39,16 +40,10 @@ pub fn stage_in_image(
         }
         (true, None) => bail!(
             "{}: field `provisioners[{index}].in_service`: there is no [service]",
-            def.path.display()
+            spec.file.display()
         ),
         (false, _) => {
-            crate::sources::copy_tree(&def.ansible_project(a), &staged.join("project"))
-                .with_context(|| {
-                    format!(
-                        "{}: field `provisioners[{index}].playbook`",
-                        def.path.display()
-                    )
-                })?;
+            stage_project(spec, index, a, &staged.join("project"))?;
             format!("{guest_dir}/project")
         }
     };
@@ -67,6 +62,18 @@ pub fn stage_in_image(
         "env": env,
         "args": args,
     }))
+}
+
+/// Copies playbook `a`'s project to `to` and checks the copy against the digest the bake id
+/// covers: the playbook runs from that copy, never from files changed since.
+fn stage_project(spec: &BakeSpec, index: usize, a: &AnsibleProvisioner, to: &Path) -> Result<()> {
+    crate::sources::copy_tree(&spec.file.ansible_project(a), to).with_context(|| {
+        format!(
+            "{}: field `provisioners[{index}].playbook`",
+            spec.file.display()
+        )
+    })?;
+    spec.check_staged(index, "project", to)
 }
 
 /// The arguments that pick what `ansible-playbook` runs: `--tags` when the definition names
@@ -131,7 +138,7 @@ pub struct HostRun {
 /// Runs playbook `a` with the host's `ansible-playbook` against the build VM; `scratch` is a
 /// directory of the build for Ansible's own files. A failure names the task that failed.
 pub fn run_from_host(
-    def: &Definition,
+    spec: &BakeSpec,
     index: usize,
     a: &AnsibleProvisioner,
     vm: &SshTarget,
@@ -149,7 +156,8 @@ pub fn run_from_host(
     fs::create_dir_all(scratch)?;
     let vars = scratch.join("vars.json");
     fs::write(&vars, serde_json::to_vec(&a.extra_vars)?)?;
-    let project = def.ansible_project(a);
+    let project = scratch.join("project");
+    stage_project(spec, index, a, &project)?;
     let mut cmd = Command::new("ansible-playbook")
         .current_dir(&project)
         .args(["-i", "127.0.0.1,", "-u", "root", "-e"])
@@ -176,7 +184,7 @@ pub fn run_from_host(
     if code != 0 {
         bail!(
             "{}: {} failed at task {} (exit status {code}); its output:\n{}",
-            def.path.display(),
+            spec.file.display(),
             label(index, a),
             failed_task(&output).unwrap_or("(none started)"),
             crate::process::tail_lines(&output, 30)
@@ -198,7 +206,7 @@ pub fn file_problems(def: &Definition, a: &AnsibleProvisioner) -> Vec<(&'static 
         problems.push(("playbook", format!("{} does not exist", playbook.display())));
         return problems;
     }
-    let project = &def.ansible_project(a);
+    let project = &def.file().ansible_project(a);
     let mut role_dirs = vec![project.join("roles")];
     for dir in &a.roles_path {
         let dir = project.join(dir);

@@ -5,6 +5,7 @@
 
 use crate::bake_protocol::{Step, BUNDLE_DIR};
 use crate::definition::{ChefProvisioner, ChefRunItem, Definition};
+use crate::spec::BakeSpec;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::fs;
@@ -25,7 +26,8 @@ fn run_list(c: &ChefProvisioner) -> Vec<String> {
 
 /// Stages cookbooks, roles and environments, `solo.rb` and `node.json` into `staged` (the
 /// provisioner's directory in the bundle) and returns the bake step that converges them.
-pub fn stage(def: &Definition, index: usize, c: &ChefProvisioner, staged: &Path) -> Result<String> {
+/// Each tree is checked against the digest the bake id covers.
+pub fn stage(spec: &BakeSpec, index: usize, c: &ChefProvisioner, staged: &Path) -> Result<String> {
     fs::create_dir_all(staged)?;
     let trees = [
         ("cookbooks", Some(&c.cookbooks)),
@@ -34,14 +36,15 @@ pub fn stage(def: &Definition, index: usize, c: &ChefProvisioner, staged: &Path)
     ];
     for (name, dir) in trees {
         if let Some(dir) = dir {
-            crate::sources::copy_tree(&def.resolve(dir), &staged.join(name)).with_context(
+            crate::sources::copy_tree(&spec.file.resolve(dir), &staged.join(name)).with_context(
                 || {
                     format!(
                         "{}: field `provisioners[{index}].{name}`",
-                        def.path.display()
+                        spec.file.display()
                     )
                 },
             )?;
+            spec.check_staged(index, name, &staged.join(name))?;
         }
     }
     let guest_dir = format!("{BUNDLE_DIR}/provisioners/{index}");

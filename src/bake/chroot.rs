@@ -52,7 +52,7 @@ pub fn run(
     let wrapper = input.work.join("chroot-bake.sh");
     std::fs::write(&wrapper, wrapper_script()?)?;
     // `timeout` ends `unshare`, and with it every process of the bake (`--kill-child`).
-    let limit = input.def.machine.timeouts.bake.0;
+    let limit = input.spec.vm.timeouts.bake.0;
     let (code, out) = Command::new("timeout")
         .args(["--kill-after=10", &format!("{}s", limit.as_secs().max(1))])
         .args([
@@ -81,7 +81,7 @@ pub fn run(
         bail!(
             "{}: the bake took longer than machine.timeouts.bake ({}) and was stopped; its last \
              lines:\n{}",
-            input.def.path.display(),
+            input.spec.file.display(),
             humantime::format_duration(limit),
             crate::process::tail_lines(&output, 20)
         );
@@ -90,7 +90,7 @@ pub fn run(
         Some(0) => {}
         Some(code) => bail!(
             "{}: {} failed (exit status {code}); its output:\n{}",
-            input.def.path.display(),
+            input.spec.file.display(),
             bake_protocol::failed_step(&output).unwrap_or("the bake script"),
             bake_protocol::step_output(&output)
         ),

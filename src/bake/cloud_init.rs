@@ -1,7 +1,7 @@
 //! `[cloud] init = "cloud-init"`: the settings cloud-init reads in every instance, written by
 //! the bake's last pass, and the per-instance state that pass clears in every image.
 
-use crate::definition::Definition;
+use crate::spec::CloudSpec;
 use serde_json::{json, Value};
 
 /// Where imgforge's settings for cloud-init go.
@@ -16,10 +16,10 @@ pub const PRIVATE_EC2_FILE: &str = "/etc/cloud/cloud.cfg.d/91_imgforge_ec2.cfg";
 /// settings and ds-identify's policy. In every image that has cloud-init, that pass also
 /// removes its state, logs and generated network files so that each instance initialises
 /// afresh.
-pub fn hygiene_values(def: &Definition) -> Value {
-    let private = def.cloud_init() && def.cloud_private_ec2();
+pub fn hygiene_values(cloud: &CloudSpec) -> Value {
+    let private = cloud.init && cloud.private_ec2;
     json!({
-        "settings": def.cloud_init().then(|| settings(def)),
+        "settings": cloud.init.then(|| settings(&cloud.user)),
         "settings_file": SETTINGS_FILE,
         "private_ec2": private.then_some(PRIVATE_EC2),
         "private_ec2_file": PRIVATE_EC2_FILE,
@@ -28,7 +28,7 @@ pub fn hygiene_values(def: &Definition) -> Value {
 }
 
 /// `90_imgforge.cfg`. ds-identify reads `datasource_list` line by line, so it stays on one line.
-fn settings(def: &Definition) -> String {
+fn settings(user: &str) -> String {
     format!(
         "# Written by imgforge for [cloud] init = \"cloud-init\".
 # A NoCloud seed (a disk labelled cidata) wins; then the EC2 metadata service.
@@ -52,7 +52,6 @@ system_info:
     sudo: [\"ALL=(ALL) NOPASSWD:ALL\"]
     shell: /bin/bash
 ",
-        user = def.cloud_user()
     )
 }
 
@@ -72,6 +71,7 @@ const PRIVATE_EC2_POLICY: &str = "policy: search,found=all,maybe=all,notfound=di
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::definition::Definition;
 
     fn definition(extra: &str) -> Definition {
         let text = format!(
@@ -82,7 +82,12 @@ mod tests {
     }
 
     fn hygiene_script(def: &Definition) -> String {
-        let script = super::super::hygiene_script(def).unwrap();
+        let script = super::super::hygiene_script(
+            def.os.family,
+            &def.bake_only_packages(),
+            &CloudSpec::of(def),
+        )
+        .unwrap();
         crate::render::assert_valid_shell(
             &(crate::bake_protocol::prelude(1_700_000_000).unwrap() + &script),
         );

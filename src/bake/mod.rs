@@ -16,11 +16,11 @@ use crate::bake_protocol::{self, Step, TOOLS_FILE};
 use crate::base::{BaseLayer, DirectBoot, BUILD_KEY_COMMENT};
 use crate::definition::{AnsibleRunner, BakeIn, Definition, Firmware, OsFamily, Provisioner};
 use crate::events::Reporter;
-use crate::layers::Resolved;
 use crate::manifest::Provenance;
 use crate::process::Command;
 use crate::qemu::{append_console_section, create_overlay, free_port, Drive, Vm, VmConfig};
 use crate::sources::ResolvedData;
+use crate::spec::{BakeSpec, CloudSpec, ProvisionerSpec};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -30,12 +30,10 @@ use std::time::{Duration, Instant};
 
 /// Everything the bake needs.
 pub struct BakeInput<'a> {
-    /// The definition.
-    pub def: &'a Definition,
+    /// What it puts on the base, and how.
+    pub spec: &'a BakeSpec,
     /// The cached base layer.
     pub base: &'a BaseLayer,
-    /// Resolved service and data.
-    pub resolved: &'a Resolved,
     /// The build's provenance, written into the image.
     pub provenance: &'a Provenance,
     /// Work directory of this build (removed by the caller).
@@ -63,7 +61,7 @@ enum Pass<'a> {
 /// What a [`Pass::Ssh`] runs, in order.
 enum SshStep<'a> {
     Bundle(Bundle),
-    Provisioners(Vec<(usize, &'a Provisioner)>),
+    Provisioners(Vec<(usize, &'a ProvisionerSpec)>),
 }
 
 /// What the bake made.
@@ -119,7 +117,7 @@ impl Baked {
 pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
     let overlay = input.work.join("image.qcow2");
     let mut passes = passes(input)?;
-    if let ([Pass::Offline(..)], true) = (passes.as_slice(), in_chroot(input.def)?) {
+    if let ([Pass::Offline(..)], true) = (passes.as_slice(), in_chroot(input.spec)?) {
         let Some(Pass::Offline(_, bundle)) = passes.pop() else {
             unreachable!("matched one offline pass")
         };
@@ -197,15 +195,15 @@ fn append_output(output: &mut String, text: &str) {
 
 /// Whether an offline bake runs in a chroot (`machine.bake`): `auto` where the host allows
 /// it, `chroot` only where it does.
-fn in_chroot(def: &Definition) -> Result<bool> {
-    match def.machine.bake {
+fn in_chroot(spec: &BakeSpec) -> Result<bool> {
+    match spec.vm.bake {
         BakeIn::Vm => Ok(false),
         BakeIn::Auto => Ok(chroot::available()),
         BakeIn::Chroot if chroot::available() => Ok(true),
         BakeIn::Chroot => bail!(
             "{}: field `machine.bake` is \"chroot\", but a chroot bake needs root and `unshare`: \
              run imgforge as root, or set machine.bake = \"vm\"",
-            def.path.display()
+            spec.file.display()
         ),
     }
 }
@@ -215,19 +213,19 @@ fn in_chroot(def: &Definition) -> Result<bool> {
 /// everything runs over SSH. Image hygiene always comes last.
 fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
     let (online, offline): (Vec<_>, Vec<_>) = input
-        .def
+        .spec
         .provisioners
         .iter()
         .enumerate()
-        .partition(|(_, p)| p.needs_running_system());
+        .partition(|(_, p)| p.settings.needs_running_system());
     let dir = input.work.join("bundle");
     fs::create_dir_all(&dir)?;
-    let epoch = input.def.source_date_epoch();
+    let epoch = input.spec.source_date_epoch;
     let mut script = bake_protocol::prelude(epoch)?;
     script += &stage_service(input, &dir)?;
     script += &stage_data(input, &dir)?;
     for (index, p) in &offline {
-        script += &stage_provisioner(input.def, *index, p, &dir)?;
+        script += &stage_provisioner(input.spec, *index, &p.settings, &dir)?;
     }
     let hygiene_dir = input.work.join("bundle-final");
     fs::create_dir_all(&hygiene_dir)?;
@@ -266,12 +264,12 @@ fn passes<'a>(input: &'a BakeInput<'a>) -> Result<Vec<Pass<'a>>> {
 }
 
 fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
-    let (Some(service), Some(resolved)) = (&input.def.service, &input.resolved.service) else {
+    let Some(service) = &input.spec.service else {
         return Ok(String::new());
     };
     crate::sources::git_archive(
-        &resolved.location,
-        &resolved.commit,
+        &service.location,
+        &service.commit,
         service.subdir.as_deref(),
         &bundle.join("service.tar"),
     )
@@ -295,11 +293,11 @@ fn stage_service(input: &BakeInput, bundle: &Path) -> Result<String> {
 }
 
 fn stage_data(input: &BakeInput, bundle: &Path) -> Result<String> {
-    let (Some(data), Some(resolved)) = (&input.def.data, &input.resolved.data) else {
+    let Some(data) = &input.spec.data else {
         return Ok(String::new());
     };
     let tar = bundle.join("data.tar");
-    match resolved {
+    match &data.resolved {
         ResolvedData::Tarball { path, .. } => crate::base::copy_file(path, &tar)?,
         ResolvedData::Git { location, commit } => {
             crate::sources::git_archive(location, commit, None, &tar)?
@@ -308,8 +306,10 @@ fn stage_data(input: &BakeInput, bundle: &Path) -> Result<String> {
     Step::Data.script(json!({ "dest": data.dest.to_string() }))
 }
 
+/// Stages provisioner `index` into `bundle`, each file or tree checked against the digest its
+/// bake id covers, and returns its bake step.
 fn stage_provisioner(
-    def: &Definition,
+    spec: &BakeSpec,
     index: usize,
     p: &Provisioner,
     bundle: &Path,
@@ -319,24 +319,26 @@ fn stage_provisioner(
     let staged = dir.join(index.to_string());
     match p {
         Provisioner::Shell { script, .. } => {
-            let src = def.resolve(script);
+            let src = spec.file.resolve(script);
             crate::base::copy_file(&src, &staged).with_context(|| {
                 format!(
                     "{}: field `provisioners[{index}].script`",
-                    def.path.display()
+                    spec.file.display()
                 )
             })?;
+            spec.check_staged(index, "script", &staged)?;
             let label = format!("provisioners[{index}] ({})", script.display());
             Step::Shell.script(json!({ "label": label, "index": index.to_string() }))
         }
         Provisioner::File { source, dest, mode } => {
-            let src = def.resolve(source);
+            let src = spec.file.resolve(source);
             crate::base::copy_file(&src, &staged).with_context(|| {
                 format!(
                     "{}: field `provisioners[{index}].source`",
-                    def.path.display()
+                    spec.file.display()
                 )
             })?;
+            spec.check_staged(index, "source", &staged)?;
             Step::File.script(json!({
                 "label": format!("provisioners[{index}] (file {dest})"),
                 "index": index.to_string(),
@@ -344,8 +346,8 @@ fn stage_provisioner(
                 "mode": mode.as_deref().unwrap_or("0644"),
             }))
         }
-        Provisioner::Ansible(a) => ansible::stage_in_image(def, index, a, &staged),
-        Provisioner::Chef(c) => chef::stage(def, index, c, &staged),
+        Provisioner::Ansible(a) => ansible::stage_in_image(spec, index, a, &staged),
+        Provisioner::Chef(c) => chef::stage(spec, index, c, &staged),
     }
 }
 
@@ -357,20 +359,21 @@ fn hygiene(input: &BakeInput, bundle: &Path) -> Result<String> {
         bundle.join("build.json"),
         serde_json::to_string_pretty(&input.provenance.image_record("@PACKAGES@", "@TOOLS@"))?,
     )?;
-    hygiene_script(input.def)
+    let spec = input.spec;
+    hygiene_script(spec.family, &spec.purge, &spec.cloud)
 }
 
 /// The hygiene and provenance steps, rendered from `templates/bake-hygiene.sh.hbs` for the
-/// definition's OS family. Debian's Ansible, installed into the base only for the playbooks,
-/// is purged with what it pulled in; named in system.packages, it stays.
-fn hygiene_script(def: &Definition) -> Result<String> {
+/// OS family. What the base holds only for the bake (`purge`: Debian's Ansible for the
+/// playbooks) is purged with what it pulled in.
+fn hygiene_script(family: OsFamily, purge: &[&str], cloud: &CloudSpec) -> Result<String> {
     crate::render::render_script(
         crate::render::BAKE_HYGIENE,
         &serde_json::json!({
             "build_key_comment": BUILD_KEY_COMMENT,
-            "debian": def.os.family == OsFamily::Debian,
-            "purge": def.bake_only_packages(),
-            "cloud": cloud_init::hygiene_values(def),
+            "debian": family == OsFamily::Debian,
+            "purge": purge,
+            "cloud": cloud_init::hygiene_values(cloud),
             "tools_file": TOOLS_FILE,
         }),
     )
@@ -399,7 +402,7 @@ fn run_offline(
     let what = bundle.what;
     reporter.phase(what);
     let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
-    let def = input.def;
+    let spec = input.spec;
     let mut cfg = VmConfig {
         // Direct kernel boot: the firmware does not matter.
         firmware: Firmware::Bios,
@@ -420,7 +423,7 @@ fn run_offline(
             ),
         )),
         vga: false,
-        ..VmConfig::for_machine(&def.machine, overlay)
+        ..VmConfig::for_machine(&spec.vm, overlay)
     };
     cfg.drives.push(Drive {
         path: bundle_tar.clone(),
@@ -431,7 +434,7 @@ fn run_offline(
     fs::create_dir_all(&run_dir)?;
     let serial = run_dir.join("console.log");
     let mut vm = Vm::start(&cfg, &run_dir, &serial)?;
-    let waited = vm.wait_poweroff(def.machine.timeouts.bake.0, &|line| reporter.detail(line));
+    let waited = vm.wait_poweroff(spec.vm.timeouts.bake.0, &|line| reporter.detail(line));
     let console = strip_ansi_escapes::strip_str(vm.console());
     append_console_section(input.console_log, what, &console)?;
     waited?;
@@ -441,7 +444,7 @@ fn run_offline(
             let failed = bake_protocol::failed_step(&console).unwrap_or("the bake script");
             bail!(
                 "{}: {failed} failed (exit status {code}); its output:\n{}",
-                def.path.display(),
+                spec.file.display(),
                 bake_protocol::step_output(&console)
             )
         }
@@ -488,24 +491,24 @@ impl<'a> SshSession<'a> {
         reporter: &Reporter,
     ) -> Result<SshSession<'a>> {
         reporter.phase("bake (running system, SSH)");
-        let def = input.def;
+        let spec = input.spec;
         let port = free_port()?;
         let cfg = VmConfig {
             forwards: vec![(port, 22)],
-            ..VmConfig::for_machine(&def.machine, overlay)
+            ..VmConfig::for_machine(&spec.vm, overlay)
         };
         let run_dir = input.work.join("vm-ssh");
         fs::create_dir_all(&run_dir)?;
         let vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
         let session = SshSession { input, vm, port };
-        let deadline = Instant::now() + def.machine.timeouts.boot.0;
+        let deadline = Instant::now() + spec.vm.timeouts.boot.0;
         while session.ssh().arg("true").run().is_err() {
             if Instant::now() > deadline || crate::cancel::requested() {
                 let tail = session.vm.console_tail(15);
                 session.keep_console()?;
                 bail!(
                     "sshd in the build VM did not answer on 127.0.0.1:{port} within {}; last console lines:\n{tail}",
-                    humantime::format_duration(def.machine.timeouts.boot.0),
+                    humantime::format_duration(spec.vm.timeouts.boot.0),
                 );
             }
             reporter.detail(&session.vm.console_last_line());
@@ -529,7 +532,7 @@ impl<'a> SshSession<'a> {
             let failed = bake_protocol::failed_step(&text).unwrap_or(what);
             bail!(
                 "{}: {failed} failed over SSH (exit status {code}); its output:\n{}",
-                self.input.def.path.display(),
+                self.input.spec.file.display(),
                 bake_protocol::step_output(&text)
             );
         }
@@ -546,21 +549,22 @@ impl<'a> SshSession<'a> {
     /// scripts as they are, Ansible from the host or as a bundle, Chef as a bundle.
     fn run_provisioners(
         &self,
-        list: &[(usize, &Provisioner)],
+        list: &[(usize, &ProvisionerSpec)],
         reporter: &Reporter,
     ) -> Result<String> {
-        let def = self.input.def;
+        let spec = self.input.spec;
         let mut output = String::new();
         for (index, p) in list {
             let index = *index;
-            let text = match p {
+            let text = match &p.settings {
                 Provisioner::Shell { script, .. } => {
-                    let body = fs::read(def.resolve(script)).with_context(|| {
+                    let body = fs::read(spec.file.resolve(script)).with_context(|| {
                         format!(
                             "{}: field `provisioners[{index}].script`",
-                            def.path.display()
+                            spec.file.display()
                         )
                     })?;
+                    spec.check_bytes(index, "script", &body)?;
                     let what = format!("provisioners[{index}] ({})", script.display());
                     reporter.println(&format!("    {what} over SSH"));
                     self.run(&what, "sh -es 2>&1", body)?
@@ -571,8 +575,8 @@ impl<'a> SshSession<'a> {
                 _ => {
                     let dir = self.input.work.join(format!("bundle-{index}"));
                     fs::create_dir_all(&dir)?;
-                    let script = bake_protocol::prelude(def.source_date_epoch())?
-                        + &stage_provisioner(def, index, p, &dir)?;
+                    let script = bake_protocol::prelude(spec.source_date_epoch)?
+                        + &stage_provisioner(spec, index, &p.settings, &dir)?;
                     reporter.println(&format!("    provisioners[{index}] over SSH"));
                     self.run_bundle(&dir, script, &format!("provisioners[{index}]"))?
                 }
@@ -598,7 +602,7 @@ impl<'a> SshSession<'a> {
             key: &key,
         };
         let scratch = self.input.work.join(format!("ansible-{index}"));
-        let run = ansible::run_from_host(self.input.def, index, a, &target, &scratch);
+        let run = ansible::run_from_host(self.input.spec, index, a, &target, &scratch);
         let run = run.inspect_err(|e| {
             let _ = append_console_section(self.input.console_log, &what, &format!("{e:#}"));
         })?;
@@ -654,7 +658,12 @@ mod tests {
         let path = root.join("images").join(name);
         let text = edit(fs::read_to_string(&path).unwrap());
         let def = Definition::parse(&text, &path).unwrap();
-        bake_protocol::prelude(1_700_000_000).unwrap() + &hygiene_script(&def).unwrap()
+        let script = hygiene_script(
+            def.os.family,
+            &def.bake_only_packages(),
+            &CloudSpec::of(&def),
+        );
+        bake_protocol::prelude(1_700_000_000).unwrap() + &script.unwrap()
     }
 
     #[test]

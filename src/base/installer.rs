@@ -6,12 +6,12 @@
 //! `url=` or `inst.ks=`), or an ISO whose boot prompt gets a typed boot command.
 
 use super::{BaseInfo, BaseStaging};
-use crate::definition::{BuilderKind, Definition, Installer};
+use crate::definition::{BuilderKind, Installer};
 use crate::events::{Event, Reporter};
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
 use crate::process::Command;
 use crate::qemu::{Vm, VmConfig};
-use crate::render::AnswerFile;
+use crate::spec::{AnswerSpec, BaseSpec};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -22,17 +22,16 @@ use std::time::{Duration, Instant};
 const KEY_INTERVAL: Duration = Duration::from_millis(60);
 
 /// Builds the base layer by running the installer.
-pub fn build(
-    def: &Definition,
-    answer: &AnswerFile,
-    staging: &BaseStaging,
-    reporter: &Reporter,
-) -> Result<BaseInfo> {
+pub fn build(spec: &BaseSpec, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
     let started = Instant::now();
-    let installer = def
+    let installer = spec
         .builder
         .installer()
         .context("builder `installer` needs an [installer] table")?;
+    let answer = spec
+        .answer
+        .as_ref()
+        .context("builder `installer` needs its answer file")?;
     let server = serve_answer_file(answer, staging, reporter)?;
     let ctx = json!({
         "http_ip": GUEST_HOST_IP,
@@ -44,12 +43,12 @@ pub fn build(
     Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
-        .arg(def.machine.disk_size.0.to_string())
+        .arg(spec.disk.size.to_string())
         .run()?;
-    let cfg = installer_vm(def, installer, &ctx, &disk)?;
+    let cfg = installer_vm(spec, installer, &ctx, &disk)?;
     reporter.phase("install");
     let install = Install {
-        def,
+        spec,
         installer,
         ctx,
         server: &server,
@@ -85,7 +84,7 @@ pub fn build(
 /// Starts the build's HTTP server with the answer file and the build key the late command
 /// fetches.
 fn serve_answer_file(
-    answer: &AnswerFile,
+    answer: &AnswerSpec,
     staging: &BaseStaging,
     reporter: &Reporter,
 ) -> Result<FileServer> {
@@ -114,14 +113,14 @@ fn serve_answer_file(
 /// The installer's VM: direct kernel boot with the rendered `append` line when the definition
 /// gives a kernel and initrd, else the ISO as a CD-ROM.
 fn installer_vm(
-    def: &Definition,
+    spec: &BaseSpec,
     installer: &Installer,
     ctx: &serde_json::Value,
     disk: &Path,
 ) -> Result<VmConfig> {
     let fetch = |field: &str, a: &Option<crate::definition::Artifact>| -> Result<Option<PathBuf>> {
         a.as_ref()
-            .map(|a| crate::sources::fetch_artifact(def, field, a))
+            .map(|a| crate::sources::fetch_artifact(&spec.file, field, a))
             .transpose()
     };
     let kernel = fetch("installer.kernel", &installer.kernel)?;
@@ -131,7 +130,9 @@ fn installer_vm(
         (Some(k), Some(i)) => {
             let append =
                 crate::render::render_template(installer.append.as_deref().unwrap_or(""), ctx)
-                    .with_context(|| format!("{}: field `installer.append`", def.path.display()))?;
+                    .with_context(|| {
+                        format!("{}: field `installer.append`", spec.file.display())
+                    })?;
             Some((k, i, append))
         }
         _ => None,
@@ -139,18 +140,18 @@ fn installer_vm(
     Ok(VmConfig {
         cdrom: if kernel_boot.is_none() { iso } else { None },
         kernel: kernel_boot,
-        ..VmConfig::for_machine(&def.machine, disk)
+        ..VmConfig::for_machine(&spec.vm, disk)
     })
 }
 
 /// One unattended install: what the installer is served and typed.
 struct Install<'a> {
-    def: &'a Definition,
+    spec: &'a BaseSpec,
     installer: &'a Installer,
     /// The values boot commands and `append` may name (`{{answer_url}}`, …).
     ctx: serde_json::Value,
     server: &'a FileServer,
-    answer: &'a AnswerFile,
+    answer: &'a AnswerSpec,
     staging: &'a BaseStaging,
     reporter: &'a Reporter,
 }
@@ -161,7 +162,7 @@ impl Install<'_> {
     /// when the server first served it.
     fn run(&self, cfg: &VmConfig) -> Result<f64> {
         let Install {
-            def,
+            spec,
             installer,
             ref ctx,
             server,
@@ -195,15 +196,15 @@ impl Install<'_> {
                 std::thread::sleep(installer.boot_wait.0);
                 let command = crate::render::render_template(&installer.boot_command.concat(), ctx)
                     .with_context(|| {
-                        format!("{}: field `installer.boot_command`", def.path.display())
+                        format!("{}: field `installer.boot_command`", spec.file.display())
                     })?;
                 let actions = crate::bootcmd::parse(&command).with_context(|| {
-                    format!("{}: field `installer.boot_command`", def.path.display())
+                    format!("{}: field `installer.boot_command`", spec.file.display())
                 })?;
                 reporter.println("    typing the boot command");
                 crate::bootcmd::type_into(&mut vm, &actions, KEY_INTERVAL)?;
             }
-            vm.wait_poweroff(def.machine.timeouts.install.0, &|line| {
+            vm.wait_poweroff(spec.vm.timeouts.install.0, &|line| {
                 reporter.detail(line);
                 announce_fetch();
             })

@@ -13,11 +13,10 @@ pub mod packages;
 mod patch;
 mod rootfs;
 
-use crate::definition::{BuilderKind, Definition};
+use crate::definition::BuilderKind;
 use crate::events::{Event, Reporter};
-use crate::lock::ResolvedPackages;
 use crate::process::Command;
-use crate::render::AnswerFile;
+use crate::spec::BaseSpec;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -46,7 +45,7 @@ pub struct BaseInfo {
     /// The exact package set the base was built from (Debian family).
     #[serde(default)]
     pub package_set: Option<crate::apt::PackageSet>,
-    /// Its lineage (`layers::base_lineage`): bases of one lineage differ only in
+    /// Its lineage ([`BaseSpec::lineage`]): bases of one lineage differ only in
     /// their packages, so a new one can be patched from a cached one.
     #[serde(default)]
     pub lineage: Option<String>,
@@ -201,22 +200,13 @@ impl BaseStaging {
 /// Comment on the build key, so hygiene can remove exactly its authorized_keys line.
 pub const BUILD_KEY_COMMENT: &str = "imgforge-build-key";
 
-/// Makes the base layer of `def` in `staging` with its builder: the rootfs builder from the
-/// resolved package set `packages` (patching a cached base of its lineage when it can), the
-/// installer builder from the answer file. The layer store calls it when no cache has the base.
-pub fn build(
-    def: &Definition,
-    answer: &AnswerFile,
-    packages: Option<&ResolvedPackages>,
-    staging: &BaseStaging,
-    reporter: &Reporter,
-) -> Result<BaseInfo> {
-    match def.builder.kind() {
-        BuilderKind::Rootfs => {
-            let packages = packages.context("the rootfs builder needs the resolved package set")?;
-            build_rootfs(def, packages, staging, reporter)
-        }
-        BuilderKind::Installer => installer::build(def, answer, staging, reporter),
+/// Makes the base layer `spec` in `staging` with its builder: the rootfs builder from the
+/// resolved package set (patching a cached base of its lineage when it can), the installer
+/// builder from the answer file. The layer store calls it when no cache has the base.
+pub fn build(spec: &BaseSpec, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
+    match spec.builder.kind() {
+        BuilderKind::Rootfs => build_rootfs(spec, staging, reporter),
+        BuilderKind::Installer => installer::build(spec, staging, reporter),
     }
 }
 
@@ -231,43 +221,35 @@ pub struct PatchPlan {
     pub remove: usize,
 }
 
-/// Where a rootfs base for `def` with the set `packages` would be patched from, if a cached
-/// base of its lineage is near enough; the build still falls back to a cold base when the
-/// patch could differ from one.
-pub fn patch_candidate(def: &Definition, packages: &ResolvedPackages) -> Result<Option<PatchPlan>> {
-    if def.builder.kind() != BuilderKind::Rootfs {
+/// Where the rootfs base `spec` would be patched from, if a cached base of its lineage is
+/// near enough; the build still falls back to a cold base when the patch could differ from
+/// one.
+pub fn patch_candidate(spec: &BaseSpec) -> Result<Option<PatchPlan>> {
+    if spec.builder.kind() != BuilderKind::Rootfs {
         return Ok(None);
     }
-    Ok(patch_source(def, packages)?.1.map(|p| PatchPlan {
+    Ok(patch_source(spec)?.1.map(|p| PatchPlan {
         from: p.from.info.id.clone(),
         install: p.install.len(),
         remove: p.remove.len(),
     }))
 }
 
-/// The lineage of a rootfs base for `def` with `packages`, and the cached base of that
-/// lineage to patch it from, if one is near enough.
-fn patch_source(
-    def: &Definition,
-    packages: &ResolvedPackages,
-) -> Result<(String, Option<patch::Patch>)> {
-    let lineage = crate::layers::base_lineage(def, packages)?;
-    let patch = patch::find(&lineage, &packages.set);
+/// The lineage of the rootfs base `spec`, and the cached base of that lineage to patch it
+/// from, if one is near enough.
+fn patch_source(spec: &BaseSpec) -> Result<(String, Option<patch::Patch>)> {
+    let lineage = spec.lineage();
+    let patch = patch::find(&lineage, &spec.package_set()?.set);
     Ok((lineage, patch))
 }
 
 /// A rootfs base, with its lineage: patched from a cached base of that lineage when one is
 /// near enough and the patch gives what a cold build would, else built cold.
-fn build_rootfs(
-    def: &Definition,
-    packages: &ResolvedPackages,
-    staging: &BaseStaging,
-    reporter: &Reporter,
-) -> Result<BaseInfo> {
-    let (lineage, patch) = patch_source(def, packages)?;
+fn build_rootfs(spec: &BaseSpec, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
+    let (lineage, patch) = patch_source(spec)?;
     let mut info = match patch {
-        Some(patch) => patched_or_cold(def, packages, staging, &patch, reporter)?,
-        None => rootfs::build(def, packages, staging, reporter)?,
+        Some(patch) => patched_or_cold(spec, staging, &patch, reporter)?,
+        None => rootfs::build(spec, staging, reporter)?,
     };
     info.lineage = Some(lineage);
     Ok(info)
@@ -276,8 +258,7 @@ fn build_rootfs(
 /// Patches `patch.from` into the new base, or builds it cold when the patch is refused or
 /// fails; the `base_patch` event says which, and why.
 fn patched_or_cold(
-    def: &Definition,
-    packages: &ResolvedPackages,
+    spec: &BaseSpec,
     staging: &BaseStaging,
     patch: &patch::Patch,
     reporter: &Reporter,
@@ -294,7 +275,7 @@ fn patched_or_cold(
             "seconds": started.elapsed().as_secs_f64(),
         })
     };
-    match patch::build(def, packages, staging, patch, reporter) {
+    match patch::build(spec, staging, patch, reporter) {
         Ok(info) => {
             reporter.event(
                 Event::BasePatch,
@@ -314,7 +295,7 @@ fn patched_or_cold(
                 ),
                 payload("cold", Some(reason.clone())),
             );
-            rootfs::build(def, packages, staging, reporter)
+            rootfs::build(spec, staging, reporter)
         }
     }
 }

@@ -68,10 +68,10 @@ pub struct PackageCache {
 const DIGEST_SUFFIX: &str = ".sha256";
 
 impl PackageCache {
-    /// The cache the rootfs base of `def` fetches its packages into: the shared one, or
+    /// The cache the rootfs base `spec` fetches its packages into: the shared one, or
     /// `private` (a directory of that build's own) when `limit` is 0 and the cache is off.
-    pub fn for_definition(
-        def: &crate::definition::Definition,
+    pub fn for_base(
+        spec: &crate::spec::BaseSpec,
         limit: u64,
         private: &Path,
     ) -> Result<PackageCache> {
@@ -79,8 +79,8 @@ impl PackageCache {
             0 => private.to_path_buf(),
             _ => cache_root(),
         };
-        let suite = crate::apt::suite(&def.os.release);
-        PackageCache::open(&root, &suite, &def.system.mirror)
+        let suite = crate::apt::suite(&spec.os.release);
+        PackageCache::open(&root, &suite, &spec.system.mirror)
     }
 
     /// The cache for `suite` from `mirror` under `root` ([`cache_root`]), created if missing,

@@ -1,5 +1,5 @@
 //! Patch day without a cold build: a new rootfs base made from a cached base of the same
-//! lineage (every base input but the package set, [`crate::layers::base_lineage`]) by
+//! lineage (every base input but the package set, [`BaseSpec::lineage`]) by
 //! installing exactly the packages that changed into its tree, as apt patches a running Debian
 //! system, instead of running mmdebstrap again.
 //!
@@ -17,11 +17,10 @@ use super::rootfs::{self, MadeTree};
 use super::{BaseInfo, BaseLayer, BaseStaging, BUILD_KEY_COMMENT};
 use crate::apt::{Archive, Package, PackageSet};
 use crate::contents::{self, FileList};
-use crate::definition::Definition;
 use crate::disk::loopmount::{Access, RootMount};
 use crate::events::Reporter;
-use crate::lock::ResolvedPackages;
 use crate::process::Command;
+use crate::spec::BaseSpec;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -165,13 +164,13 @@ fn difference(old: &PackageSet, new: &PackageSet) -> (Vec<Package>, Vec<Package>
 /// Builds the new base into `staging` by patching `patch.from`'s tree; an error says why the
 /// patched tree could differ from a cold build's, and nothing of the attempt is left.
 pub fn build(
-    def: &Definition,
-    resolved: &ResolvedPackages,
+    spec: &BaseSpec,
     staging: &BaseStaging,
     patch: &Patch,
     reporter: &Reporter,
 ) -> Result<BaseInfo> {
     let started = Instant::now();
+    let resolved = spec.package_set()?;
     reporter.phase("patch base");
     // The cached base stays while its tree is read: `cache gc` skips a locked base.
     let lock = crate::store::Store::current().base_lock(&patch.from.info.id)?;
@@ -180,7 +179,7 @@ pub fn build(
         .prefix("patch-")
         .tempdir_in(staging.dir.path())?;
     let debs = work.path().join("debs");
-    fetch(def, resolved, &patch.install, &debs)?;
+    fetch(spec, &patch.install, &debs)?;
     let raw = work.path().join("tree.raw");
     Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
@@ -209,7 +208,7 @@ pub fn build(
         .map(|b| b.root_uuid.clone())
         .context("the cached base records no root filesystem UUID")?;
     rewrite_identity(tree, &old_uuid, &rootfs::root_uuid(staging), staging)?;
-    run_apt(def, patch, tree, &debs, reporter)?;
+    run_apt(spec.source_date_epoch, patch, tree, &debs, reporter)?;
     crate::apt::check_installed(tree, &resolved.set)?;
     let after = contents::list_files(tree)?;
     let mut owned = owned_files(tree, &patch.install)?;
@@ -227,7 +226,7 @@ pub fn build(
             rootfs::tool_version("apt-get", "--version"),
         )]),
     };
-    let mut info = rootfs::finish(def, resolved, staging, made, reporter)?;
+    let mut info = rootfs::finish(spec, staging, made, reporter)?;
     root.unmount()?;
     info.patched_from = Some(patch.from.info.id.clone());
     Ok(info)
@@ -235,21 +234,16 @@ pub fn build(
 
 /// Fetches the packages to install through the package cache (each checked against the set's
 /// sha256, as the cold build's) and links them into `dir`.
-fn fetch(
-    def: &Definition,
-    resolved: &ResolvedPackages,
-    install: &[Package],
-    dir: &Path,
-) -> Result<()> {
+fn fetch(spec: &BaseSpec, install: &[Package], dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
     if install.is_empty() {
         return Ok(());
     }
-    let archive = Archive::for_definition(def, &resolved.sources)?;
+    let archive = Archive::for_system(&spec.system, &spec.package_set()?.sources)?;
     let _indexes = archive.update()?;
     let set = PackageSet::new(install.to_vec());
-    let mut cache = super::packages::PackageCache::for_definition(
-        def,
+    let mut cache = super::packages::PackageCache::for_base(
+        spec,
         super::packages::limit()?,
         &dir.join(".cache"),
     )?;
@@ -270,19 +264,11 @@ fn render(install: &[Package], remove: &[Package], source_date_epoch: u32) -> Re
     crate::render::render_script(crate::render::ROOTFS_PATCH, &ctx)
 }
 
-/// Runs apt in the tree (templates/rootfs-patch.sh.hbs) in namespaces of its own.
-fn run_apt(
-    def: &Definition,
-    patch: &Patch,
-    tree: &Path,
-    debs: &Path,
-    reporter: &Reporter,
-) -> Result<()> {
+/// Runs apt in the tree (templates/rootfs-patch.sh.hbs) in namespaces of its own, with
+/// `SOURCE_DATE_EPOCH` at `epoch`.
+fn run_apt(epoch: u32, patch: &Patch, tree: &Path, debs: &Path, reporter: &Reporter) -> Result<()> {
     let script = debs.with_file_name("patch.sh");
-    fs::write(
-        &script,
-        render(&patch.install, &patch.remove, def.source_date_epoch())?,
-    )?;
+    fs::write(&script, render(&patch.install, &patch.remove, epoch)?)?;
     let (code, out) = Command::new("unshare")
         .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh"])
         .arg(&script)

@@ -5,10 +5,10 @@ use super::packages::{self, PackageCache, PackageUse};
 use super::{BaseInfo, BaseStaging, DirectBoot};
 use crate::apt::{Archive, Source};
 use crate::bake_protocol;
-use crate::definition::{Definition, Firmware, Initramfs, VIRTUAL_DRIVERS};
+use crate::definition::{Firmware, Initramfs, VIRTUAL_DRIVERS};
 use crate::events::Reporter;
-use crate::lock::ResolvedPackages;
 use crate::process::Command;
+use crate::spec::BaseSpec;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -22,17 +22,12 @@ fn kernel_cmdline(uuid: &str) -> String {
 }
 
 /// Builds the base layer into `staging` and returns its facts.
-pub fn build(
-    def: &Definition,
-    packages: &ResolvedPackages,
-    staging: &BaseStaging,
-    reporter: &Reporter,
-) -> Result<BaseInfo> {
+pub fn build(spec: &BaseSpec, staging: &BaseStaging, reporter: &Reporter) -> Result<BaseInfo> {
     let started = Instant::now();
     let uuid = root_uuid(staging);
     let tree = staging.path("tree");
     reporter.phase("mmdebstrap");
-    let package_use = make_tree(def, packages, staging, &uuid, &tree, reporter)?;
+    let package_use = make_tree(spec, staging, &uuid, &tree, reporter)?;
     let made = MadeTree {
         tree: &tree,
         started,
@@ -42,7 +37,7 @@ pub fn build(
             tool_version("mmdebstrap", "--version"),
         )]),
     };
-    let info = finish(def, packages, staging, made, reporter)?;
+    let info = finish(spec, staging, made, reporter)?;
     fs::remove_dir_all(&tree).ok();
     Ok(info)
 }
@@ -67,8 +62,7 @@ pub(super) fn root_uuid(staging: &BaseStaging) -> String {
 /// Assembles the disk of a made tree into `staging` (with the kernel and initrd for direct
 /// boot) and returns the base's facts.
 pub(super) fn finish(
-    def: &Definition,
-    packages: &ResolvedPackages,
+    spec: &BaseSpec,
     staging: &BaseStaging,
     made: MadeTree,
     reporter: &Reporter,
@@ -77,7 +71,7 @@ pub(super) fn finish(
     let uuid = root_uuid(staging);
     copy_boot_files(made.tree, staging)?;
     let raw = staging.path("disk.raw");
-    crate::disk::assemble(&crate::disk::Layout::of(def), made.tree, &raw, &uuid)?;
+    crate::disk::assemble(&spec.layout(), made.tree, &raw, &uuid)?;
     Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])
         .arg(&raw)
@@ -97,7 +91,7 @@ pub(super) fn finish(
         tools,
         answer_file_fetched_after_s: None,
         packages: made.package_use,
-        package_set: Some(packages.set.clone()),
+        package_set: Some(spec.package_set()?.set.clone()),
         lineage: None,
         patched_from: None,
     })
@@ -108,14 +102,14 @@ pub(super) fn finish(
 /// which mmdebstrap takes it, and the tree's installed packages are checked against the set
 /// after; returns how the package cache was used.
 fn make_tree(
-    def: &Definition,
-    resolved: &ResolvedPackages,
+    spec: &BaseSpec,
     staging: &BaseStaging,
     uuid: &str,
     tree: &Path,
     reporter: &Reporter,
 ) -> Result<Option<PackageUse>> {
-    let archive = Archive::for_definition(def, &resolved.sources)?;
+    let resolved = spec.package_set()?;
+    let archive = Archive::for_system(&spec.system, &resolved.sources)?;
     let _indexes = archive.update()?;
     if resolved.lock.is_some() {
         archive.check_available(&resolved.set)?;
@@ -134,15 +128,14 @@ fn make_tree(
     let hook = staging.path("customize.sh");
     fs::write(
         &hook,
-        customize_script(def, &resolved.sources, uuid, &staging.public_key()?)?,
+        customize_script(spec, &resolved.sources, uuid, &staging.public_key()?)?,
     )?;
     let selections = staging.path("debconf.txt");
-    fs::write(&selections, debconf_selections(def))?;
-    let suite = crate::apt::suite(&def.os.release);
+    fs::write(&selections, debconf_selections(&spec.system))?;
+    let suite = crate::apt::suite(&spec.os.release);
     let package_limit = packages::limit()?;
     // With the cache off, the packages are fetched into the staging directory instead.
-    let mut package_cache =
-        PackageCache::for_definition(def, package_limit, &staging.path("fetched"))?;
+    let mut package_cache = PackageCache::for_base(spec, package_limit, &staging.path("fetched"))?;
     package_cache.fetch(&resolved.set, &archive)?;
     let synced = staging.path("packages");
     fs::create_dir_all(&synced)?;
@@ -150,7 +143,7 @@ fn make_tree(
     fs::create_dir_all(&package_hooks)?;
     let pinned: Vec<String> = resolved.set.packages.iter().map(|p| p.pinned()).collect();
     let mut cmd = Command::new("mmdebstrap")
-        .arg(format!("--variant={}", def.builder.variant()))
+        .arg(format!("--variant={}", spec.builder.variant()))
         .arg(format!("--include={}", pinned.join(",")))
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
@@ -165,14 +158,14 @@ fn make_tree(
         .arg(suite)
         .arg(tree)
         .args(resolved.sources.iter().flat_map(Source::one_line_entries));
-    if crate::definition::snapshot_time(&def.system.mirror).is_some() {
+    if crate::definition::snapshot_time(&spec.system.mirror).is_some() {
         // A dated snapshot's Release file has long expired; its date is the point.
         cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
     }
-    if let Some(proxy) = &def.system.proxy {
+    if let Some(proxy) = &spec.system.proxy {
         cmd = cmd.env("http_proxy", proxy).env("https_proxy", proxy);
     }
-    cmd.env("SOURCE_DATE_EPOCH", &def.source_date_epoch().to_string())
+    cmd.env("SOURCE_DATE_EPOCH", &spec.source_date_epoch.to_string())
         .run()
         .context("mmdebstrap could not build the OS tree")?;
     crate::apt::check_installed(tree, &resolved.set)?;
@@ -196,13 +189,13 @@ fn make_tree(
 }
 
 /// The locale's own selections (so `locales` configures cleanly), then the definition's.
-fn debconf_selections(def: &Definition) -> String {
-    let locale = &def.system.locale;
+fn debconf_selections(system: &crate::definition::System) -> String {
+    let locale = &system.locale;
     let mut lines = vec![
         format!("locales locales/locales_to_be_generated multiselect {locale} UTF-8"),
         format!("locales locales/default_environment_locale select {locale}"),
     ];
-    lines.extend(def.system.debconf.iter().cloned());
+    lines.extend(system.debconf.iter().cloned());
     lines.join("\n") + "\n"
 }
 
@@ -230,12 +223,12 @@ pub(super) fn tool_version(program: &str, flag: &str) -> String {
 /// apt sources the base was built from, users, the build key, first-boot SSH host keys, the
 /// offline bake init, and GRUB's configuration.
 fn customize_script(
-    def: &Definition,
+    spec: &BaseSpec,
     sources: &[Source],
     uuid: &str,
     build_key: &str,
 ) -> Result<String> {
-    let sys = &def.system;
+    let sys = &spec.system;
     let mut keyrings = Vec::new();
     let (mut debian, mut extra) = (String::new(), String::new());
     for source in sources {
@@ -262,7 +255,7 @@ fn customize_script(
         .filter(|(_, text)| !text.is_empty())
         .map(|(name, text)| json!({ "name": name, "text": text }))
         .collect();
-    let virtual_drivers: &[&str] = match def.machine.initramfs {
+    let virtual_drivers: &[&str] = match spec.disk.initramfs {
         Initramfs::Virtual => &VIRTUAL_DRIVERS,
         _ => &[],
     };
@@ -273,18 +266,18 @@ fn customize_script(
         "locale": sys.locale,
         "keyboard": sys.keyboard,
         "uuid": uuid,
-        "uefi": def.machine.firmware == Firmware::Uefi,
+        "uefi": spec.disk.firmware == Firmware::Uefi,
         "keyrings": keyrings,
         "source_files": source_files,
         "proxy": sys.proxy,
-        "users": crate::render::users(def),
+        "users": crate::render::users(sys),
         "build_key": build_key,
         "hostkeys_unit": HOSTKEYS_UNIT,
         "sshd_host_keys": SSHD_HOST_KEYS,
         "virtual_drivers": virtual_drivers,
         "init_path": bake_protocol::INIT_PATH,
         "init_script": bake_protocol::init_script()?,
-        "grub_platform": match def.machine.firmware {
+        "grub_platform": match spec.disk.firmware {
             Firmware::Bios => "i386-pc",
             Firmware::Uefi => "x86_64-efi",
         },
@@ -355,10 +348,12 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let path = root.join("images").join(name);
         let text = edit(fs::read_to_string(&path).unwrap());
-        let def = Definition::parse(&text, &path).unwrap();
+        let def = crate::definition::Definition::parse(&text, &path).unwrap();
         let sources = crate::apt::sources(&def).unwrap();
+        let answer = crate::render::render(&def).unwrap();
+        let specs = crate::spec::Specs::from_resolved(&def, &answer, None).unwrap();
         customize_script(
-            &def,
+            &specs.base,
             &sources,
             "0f0e0d0c-0b0a-4908-8706-050403020100",
             "ssh-ed25519 AAAA build",

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod builder;
 mod consistency;
+mod file;
 mod locate;
 mod machine;
 mod output;
@@ -18,6 +19,7 @@ mod rules;
 mod values;
 
 pub use builder::*;
+pub use file::DefinitionFile;
 pub use machine::*;
 pub use output::*;
 pub use provision::*;
@@ -539,13 +541,6 @@ impl Definition {
         }
     }
 
-    /// The directory staged for a playbook outside the service: the playbook's own directory,
-    /// with its roles, templates and variables.
-    pub fn ansible_project(&self, a: &AnsibleProvisioner) -> PathBuf {
-        let playbook = self.resolve(&a.playbook);
-        playbook.parent().unwrap_or(Path::new(".")).to_path_buf()
-    }
-
     /// Every pinned file of the definition with the dotted name of its field.
     pub fn artifacts(&self) -> Vec<(String, &Artifact)> {
         let mut all = Vec::new();
@@ -573,13 +568,17 @@ impl Definition {
         (!full.is_file()).then(|| (field, format!("the file {} does not exist", full.display())))
     }
 
+    /// Where the definition file is, for the stages' specs.
+    pub fn file(&self) -> DefinitionFile {
+        DefinitionFile {
+            path: self.path.clone(),
+            dir: self.base_dir.clone(),
+        }
+    }
+
     /// Resolves a path written in the definition against the definition's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        self.file().resolve(p)
     }
 }
 

@@ -8,33 +8,22 @@ pub mod ext4_times;
 pub mod loopmount;
 pub mod sparse;
 
-use crate::definition::{Definition, Firmware};
+use crate::definition::Firmware;
 use crate::process::Command;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// What a disk is made of, besides its tree: all a disk reads of the definition.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Layout {
+/// What a disk is made of, besides its tree.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Layout {
     /// Size of the disk in bytes.
     pub size: u64,
     /// BIOS (MBR, GRUB in the gap) or UEFI (GPT, an EFI system partition).
     pub firmware: Firmware,
     /// Every timestamp is clamped to this (`SOURCE_DATE_EPOCH`).
     pub epoch: u32,
-}
-
-impl Layout {
-    /// The disk `def` asks for.
-    pub(crate) fn of(def: &Definition) -> Layout {
-        Layout {
-            size: def.machine.disk_size.0,
-            firmware: def.machine.firmware,
-            epoch: def.source_date_epoch(),
-        }
-    }
 }
 
 /// Offset of the first partition: 1 MiB, leaving the MBR gap for GRUB's core image.
