@@ -1,5 +1,5 @@
 //! A definition loaded for a command: parsed into its types with the rules across its fields
-//! (`definition`), then checked by each stage for the files on this machine it will read,
+//! (`definition`), checked against what its OS family can do (`os`), then checked by each stage for the files on this machine it will read,
 //! each check next to the code that reads them (the package sources' keys, the pinned files,
 //! the answer-file template, the provisioners' files, the Eucalyptus keys). Every problem is
 //! refused at once, each at its own line.
@@ -15,7 +15,7 @@ pub fn definition(path: &Path) -> Result<Definition, DefinitionError> {
 /// (field, what is wrong) for each file `def` names that a stage will read and that is not
 /// on this machine, or not what that stage needs.
 fn file_problems(def: &Definition) -> Vec<(String, String)> {
-    let mut problems = crate::apt::file_problems(def);
+    let mut problems = crate::os::problems(def);
     problems.extend(crate::sources::file_problems(def));
     problems.extend(crate::render::file_problems(def));
     problems.extend(crate::bake::file_problems(def));

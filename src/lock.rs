@@ -8,7 +8,8 @@
 //! of the sources and the request it was resolved for, so a lock that no longer fits its
 //! definition is refused rather than silently used.
 
-use crate::apt::{self, Archive, Package, PackageSet, Source};
+use crate::apt::{self, Archive, Package, Source};
+pub use crate::apt::{Changes, PackageSet, Upgrade};
 use crate::definition::Definition;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,37 @@ pub struct ResolvedPackages {
     pub set: PackageSet,
     /// The lock file it was read from, if any.
     pub lock: Option<PathBuf>,
+}
+
+impl ResolvedPackages {
+    /// What the base id covers of it: the sources with their keys, and every package of the
+    /// set by name, version, architecture and sha256 (not where or when it was resolved).
+    pub fn identity(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sources": apt::sources_identity(&self.sources),
+            "set": self.set.identity(),
+        })
+    }
+
+    /// The same sources, without the packages asked of them, and no set: what bases of one
+    /// lineage share (see `spec::BaseSpec::lineage`).
+    pub fn unrequested(&self) -> ResolvedPackages {
+        let mut sources = self.sources.clone();
+        for source in &mut sources {
+            source.packages.clear();
+        }
+        ResolvedPackages {
+            sources,
+            set: PackageSet::new(Vec::new()),
+            lock: self.lock.clone(),
+        }
+    }
+
+    /// What changed from the set `before` to this one, each upgrade marked when its version
+    /// comes from a security source.
+    pub fn changes_since(&self, before: &PackageSet) -> Changes {
+        apt::changes(before, &self.set, &apt::security_sources(&self.sources))
+    }
 }
 
 /// The lock file of the definition at `definition`: its name with `.lock` for `.toml`.
@@ -41,7 +73,7 @@ fn inputs_digest(sources: &[Source], request: &[String]) -> String {
 /// The package set of `def` (Debian family; `None` for others): from its lock file when
 /// there is one and `use_lock`, else resolved against the archive now.
 pub fn packages(def: &Definition, use_lock: bool) -> Result<Option<ResolvedPackages>> {
-    if def.os.family != crate::definition::OsFamily::Debian {
+    if !crate::os::family(def.os.family).resolves_packages() {
         return Ok(None);
     }
     let sources = apt::sources(def)?;
@@ -82,7 +114,7 @@ pub fn packages(def: &Definition, use_lock: bool) -> Result<Option<ResolvedPacka
 
 /// Writes the lock of `def` (resolved now), atomically; returns its path and the packages
 /// that changed from the lock it replaces.
-pub fn write_lock(def: &Definition) -> Result<(PathBuf, Option<apt::Changes>)> {
+pub fn write_lock(def: &Definition) -> Result<(PathBuf, Option<Changes>)> {
     let resolved = packages(def, false)?.with_context(|| {
         format!(
             "{}: only Debian-family definitions have a package set to lock",
@@ -90,10 +122,9 @@ pub fn write_lock(def: &Definition) -> Result<(PathBuf, Option<apt::Changes>)> {
         )
     })?;
     let path = path_for(&def.path);
-    let security = apt::security_sources(&resolved.sources);
     let before = read(&path)
         .ok()
-        .map(|(_, old)| apt::changes(&old, &resolved.set, &security));
+        .map(|(_, old)| resolved.changes_since(&old));
     let request = apt::request(def, &resolved.sources);
     let mut text = format!(
         "# imgforge lock of {}: the exact packages its base installs.\n\

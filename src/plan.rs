@@ -65,7 +65,7 @@ pub struct Upstream {
     pub built_at: String,
     /// Packages added, removed and upgraded since.
     #[serde(flatten)]
-    pub changes: crate::apt::Changes,
+    pub changes: crate::lock::Changes,
 }
 
 /// Plans every definition in `files` against the output directory `output_dir`, the local
@@ -153,12 +153,11 @@ fn upstream_since_last_build(name_dir: &Path, now: &ResolvedPackages) -> Option<
         })
         .filter(|p| p.packages.is_some())
         .max_by(|a, b| a.built_at.cmp(&b.built_at))?;
-    let security = crate::apt::security_sources(&now.sources);
     let before = &newest.packages.as_ref()?.set;
     Some(Upstream {
         since_build: newest.ids.build,
         built_at: newest.built_at,
-        changes: crate::apt::changes(before, &now.set, &security),
+        changes: now.changes_since(before),
     })
 }
 

@@ -5,7 +5,7 @@
 //! empty string. The answer file carries nothing specific to one build run (the build key is
 //! fetched next to the answer file by its late command), so it can be part of the base layer id.
 
-use crate::definition::{Definition, OsFamily};
+use crate::definition::Definition;
 use anyhow::{anyhow, Context, Result};
 use handlebars::Handlebars;
 use serde_json::{json, Value};
@@ -43,10 +43,7 @@ pub fn template_path(def: &Definition) -> PathBuf {
     if let Some(t) = def.builder.installer().and_then(|i| i.template.as_ref()) {
         return def.resolve(t);
     }
-    match def.os.family {
-        OsFamily::Debian => data_dir().join("preseed/debian.cfg.hbs"),
-        OsFamily::Rhel => data_dir().join("templates/kickstart.ks.hbs"),
-    }
+    data_dir().join(crate::os::family(def.os.family).answer_file().0)
 }
 
 /// Renders the definition's answer file.
@@ -60,10 +57,7 @@ pub fn render(def: &Definition) -> Result<AnswerFile> {
     })?;
     let text = render_template(&template_text, &context(def)?)
         .map_err(|e| anyhow!("{}: {e}", template_path.display()))?;
-    let file_name = match def.os.family {
-        OsFamily::Debian => "preseed.cfg",
-        OsFamily::Rhel => "ks.cfg",
-    };
+    let file_name = crate::os::family(def.os.family).answer_file().1;
     Ok(AnswerFile {
         file_name,
         text,
@@ -224,24 +218,12 @@ pub fn context(def: &Definition) -> Result<Value> {
             .into_iter()
             .filter(|p| p != "openssh-server"),
     );
-    let security = url::Url::parse(&crate::apt::security_mirror(def)).with_context(|| {
-        format!(
-            "{}: field `system.security_mirror`: not a URL",
-            def.path.display()
-        )
-    })?;
-    // rhel: the repository of updates kickstart adds, where the definition gives one.
-    let updates_url = match (def.os.family, sys.updates, &sys.security_mirror) {
-        (OsFamily::Rhel, true, Some(url)) => url.clone(),
-        _ => String::new(),
-    };
     let disk_mib = def.machine.disk_size.mib();
     let uefi = def.machine.firmware == crate::definition::Firmware::Uefi;
     // Room for the partition table (and the ESP under UEFI).
     let root_mib = disk_mib.saturating_sub(if uefi { 202 } else { 2 });
-    Ok(json!({
+    let mut values = json!({
         "release": def.os.release,
-        "suite": crate::apt::suite(&def.os.release),
         "hostname": sys.hostname,
         "domain": sys.domain,
         "timezone": sys.timezone,
@@ -252,15 +234,10 @@ pub fn context(def: &Definition) -> Result<Value> {
         "mirror": {
             "url": sys.mirror,
             "protocol": mirror.scheme(),
-            "host": host_and_port(&mirror),
+            "host": &mirror[url::Position::BeforeHost..url::Position::AfterPort],
             "directory": mirror.path().trim_end_matches('/'),
         },
         "updates": sys.updates,
-        "security": {
-            "host": host_and_port(&security),
-            "directory": security.path().trim_end_matches('/'),
-        },
-        "updates_url": updates_url,
         "proxy": sys.proxy.clone().unwrap_or_default(),
         "users": users,
         "first_user": first_user,
@@ -270,15 +247,12 @@ pub fn context(def: &Definition) -> Result<Value> {
         "disk_mib": disk_mib,
         "root_mib": root_mib,
         "uefi": uefi,
-    }))
-}
-
-/// `host` or `host:port` of a URL.
-fn host_and_port(url: &url::Url) -> String {
-    match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
+    });
+    let family = crate::os::family(def.os.family).answer_values(def)?;
+    if let (Value::Object(values), Value::Object(family)) = (&mut values, family) {
+        values.extend(family);
     }
+    Ok(values)
 }
 
 /// The language (`index` 0) or country (1) of a locale like `en_US.UTF-8`; `en` and `US` when the

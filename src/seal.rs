@@ -6,11 +6,11 @@
 
 use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
-use crate::definition::OsFamily;
 use crate::disk::loopmount::{Access, RootMount};
 use crate::disk::Layout;
 use crate::events::{Event, Reporter};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
+use crate::os::InstalledPackage;
 use crate::process::Command;
 use crate::spec::BakeSpec;
 use anyhow::{bail, Context, Result};
@@ -63,25 +63,22 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             raw
         }
     };
-    let Some(root) = RootMount::find(
-        &raw,
-        input.work,
-        Access::ReadOnly,
-        crate::apt::is_debian_root,
-    )?
-    else {
-        if input.spec.family == OsFamily::Debian {
-            bail!(
-                "{}: no partition of the baked disk holds a Debian root filesystem \
-                 (var/lib/dpkg/status)",
-                raw.display()
-            );
-        }
-        // Red Hat family: its package database is not read yet, so no records.
+    let family = crate::os::family(input.spec.family);
+    let is_root = |tree: &Path| family.is_root(tree);
+    let Some(root) = RootMount::find(&raw, input.work, Access::ReadOnly, &is_root)? else {
+        bail!(
+            "{}: no partition of the baked disk holds a root filesystem of the image's OS \
+             family ({:?})",
+            raw.display(),
+            input.spec.family
+        );
+    };
+    let Some(installed) = family.installed_packages(root.path())? else {
         reporter.event(
             Event::Warning,
-            "no package list, file list or SBOM: they are recorded for Debian images only",
-            serde_json::json!({ "reason": "not a Debian root filesystem" }),
+            "no package list, file list or SBOM: imgforge does not read this OS family's \
+             package database yet",
+            serde_json::json!({ "reason": "package database not read", "family": input.spec.family }),
         );
         return Ok(Sealed {
             disk: raw,
@@ -90,7 +87,7 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             root_uuid: None,
         });
     };
-    let documents = write_records(input, root.path(), reporter)?;
+    let documents = write_records(input, root.path(), &installed, reporter)?;
     let Some(boot) = &input.base.direct_boot else {
         return Ok(Sealed {
             disk: raw,
@@ -116,12 +113,13 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
 fn write_records(
     input: &SealInput,
     root: &Path,
+    installed: &[InstalledPackage],
     reporter: &Reporter,
 ) -> Result<Vec<DocumentRecord>> {
     let spec = input.spec;
     let stem = format!("{}-{}", spec.image.name, spec.image.version);
     let mut packages = PackageList::new();
-    for p in crate::apt::installed_packages(root)? {
+    for p in installed {
         let key = match packages.contains_key(&p.name) {
             true => format!("{}:{}", p.name, p.architecture),
             false => p.name.clone(),

@@ -7,7 +7,6 @@
 //! (the build VM's size and timeouts, where the definition file lives) is `#[serde(skip)]`,
 //! each with its reason.
 
-use crate::apt::PackageSet;
 use crate::canonical::digest;
 use crate::definition::{
     Builder, BuilderKind, Definition, DefinitionFile, DiskFormat, Firmware, GuestPath, Initramfs,
@@ -19,7 +18,6 @@ use crate::render::AnswerFile;
 use crate::sources::{sha256_file, tree_digest, ResolvedData};
 use anyhow::{bail, Context, Result};
 use serde::{Serialize, Serializer};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -98,12 +96,7 @@ fn package_identity<S: Serializer>(
 ) -> Result<S::Ok, S::Error> {
     packages
         .as_ref()
-        .map(|p| {
-            json!({
-                "sources": crate::apt::sources_identity(&p.sources),
-                "set": p.set.identity(),
-            })
-        })
+        .map(ResolvedPackages::identity)
         .serialize(s)
 }
 
@@ -130,12 +123,7 @@ impl BaseSpec {
         for repository in &mut spec.system.repositories {
             repository.packages.clear();
         }
-        if let Some(packages) = &mut spec.packages {
-            for source in &mut packages.sources {
-                source.packages.clear();
-            }
-            packages.set = PackageSet::new(Vec::new());
-        }
+        spec.packages = spec.packages.as_ref().map(ResolvedPackages::unrequested);
         spec.id()
     }
 
@@ -313,6 +301,8 @@ pub struct OutputSpec {
     pub box_machine: Option<BoxMachine>,
     /// The disk a Vagrant box's disk is written on.
     pub disk: Layout,
+    /// The OS family (where a Vagrant box's user is added).
+    pub family: OsFamily,
     /// Describes the box in its catalogue, which is dated by each build anyway.
     #[serde(skip)]
     pub description: Option<String>,
@@ -517,6 +507,7 @@ fn output_spec(def: &Definition, bake: String, disk: Layout) -> OutputSpec {
             cpus: def.machine.cpus,
         }),
         disk,
+        family: def.os.family,
         description: def.image.description.clone(),
     }
 }
@@ -525,6 +516,7 @@ fn output_spec(def: &Definition, bake: String, disk: Layout) -> OutputSpec {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use serde_json::json;
 
     /// `images/debian-12-minimal.toml` with `edit` applied to its text.
     pub fn minimal(edit: impl Fn(&str) -> String) -> Definition {
@@ -542,7 +534,7 @@ pub(crate) mod fixtures {
                 "packages": packages,
             }))
             .unwrap()],
-            set: PackageSet::new(Vec::new()),
+            set: crate::lock::PackageSet::new(Vec::new()),
             lock: None,
         }
     }
@@ -559,6 +551,7 @@ mod tests {
     use super::fixtures::{minimal, specs};
     use super::*;
     use crate::definition::{AnsibleRunner, Machine};
+    use serde_json::json;
     use std::collections::BTreeSet;
     use std::path::PathBuf;
 
@@ -678,6 +671,7 @@ mod tests {
                     })
                 }),
                 ("disk", |s| s.disk.epoch += 1),
+                ("family", |s| s.family = OsFamily::Rhel),
             ],
         );
 

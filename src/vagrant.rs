@@ -22,12 +22,9 @@ pub fn box_disk(spec: &OutputSpec, sealed: &Sealed, work: &Path) -> Result<PathB
     let Some(uuid) = &sealed.root_uuid else {
         return disk_from_disk(spec, &sealed.disk, work);
     };
-    let root = RootMount::find(
-        &sealed.disk,
-        work,
-        Access::ReadOnly,
-        crate::apt::is_debian_root,
-    )?
+    let root = RootMount::find(&sealed.disk, work, Access::ReadOnly, &|tree| {
+        crate::os::family(spec.family).is_root(tree)
+    })?
     .with_context(|| {
         format!(
             "{}: the sealed disk has no root filesystem to make the Vagrant box from",
@@ -59,8 +56,8 @@ fn disk_from_disk(spec: &OutputSpec, disk: &Path, work: &Path) -> Result<PathBuf
         .arg(disk)
         .arg(&raw)
         .run()?;
-    let Some(root) = RootMount::find(&raw, work, Access::ReadWrite, crate::apt::is_debian_root)?
-    else {
+    let is_root = |tree: &Path| crate::os::family(spec.family).is_root(tree);
+    let Some(root) = RootMount::find(&raw, work, Access::ReadWrite, &is_root)? else {
         bail!(
             "{}: no partition holds a root filesystem to add the vagrant user to",
             raw.display()

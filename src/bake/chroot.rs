@@ -42,12 +42,9 @@ pub fn run(
         .arg(&base)
         .arg(&raw)
         .run()?;
-    let root = RootMount::find(
-        &raw,
-        input.work,
-        Access::ReadWrite,
-        crate::apt::is_debian_root,
-    )?
+    let root = RootMount::find(&raw, input.work, Access::ReadWrite, &|tree| {
+        crate::os::family(input.spec.family).is_root(tree)
+    })?
     .context("the base disk has no root filesystem to bake in")?;
     let wrapper = input.work.join("chroot-bake.sh");
     std::fs::write(&wrapper, wrapper_script()?)?;

@@ -371,7 +371,7 @@ fn hygiene_script(family: OsFamily, purge: &[&str], cloud: &CloudSpec) -> Result
         crate::render::BAKE_HYGIENE,
         &serde_json::json!({
             "build_key_comment": BUILD_KEY_COMMENT,
-            "debian": family == OsFamily::Debian,
+            "family": crate::os::family(family).hygiene_values(),
             "purge": purge,
             "cloud": cloud_init::hygiene_values(cloud),
             "tools_file": TOOLS_FILE,

@@ -44,7 +44,7 @@ pub struct BaseInfo {
     pub packages: Option<packages::PackageUse>,
     /// The exact package set the base was built from (Debian family).
     #[serde(default)]
-    pub package_set: Option<crate::apt::PackageSet>,
+    pub package_set: Option<crate::lock::PackageSet>,
     /// Its lineage ([`BaseSpec::lineage`]): bases of one lineage differ only in
     /// their packages, so a new one can be patched from a cached one.
     #[serde(default)]

@@ -190,7 +190,7 @@ pub fn build(
         &raw,
         work.path(),
         Access::ReadWrite,
-        crate::apt::is_debian_root,
+        &crate::apt::is_debian_root,
     )?
     .context("the cached base's disk has no Debian root filesystem")?;
     let tree = root.path();

@@ -40,27 +40,20 @@ impl Definition {
         let mut problems = Vec::new();
         let mut fail =
             |field: &str, message: &str| problems.push((field.to_string(), message.to_string()));
-        match &self.builder {
-            Builder::Installer(i) => {
-                let kernel_boot = i.kernel.is_some() && i.initrd.is_some();
-                if !kernel_boot && i.iso.is_none() {
-                    fail(
-                        "installer",
-                        "give both `kernel` and `initrd` (direct kernel boot) or `iso`",
-                    );
-                }
-                if i.iso.is_some() && !kernel_boot && i.boot_command.is_empty() {
-                    fail(
-                        "installer.boot_command",
-                        "ISO boot needs a boot_command, like [\"<esc><wait>\", \"auto url={{http_url}}/answer<enter>\"]",
-                    );
-                }
+        if let Builder::Installer(i) = &self.builder {
+            let kernel_boot = i.kernel.is_some() && i.initrd.is_some();
+            if !kernel_boot && i.iso.is_none() {
+                fail(
+                    "installer",
+                    "give both `kernel` and `initrd` (direct kernel boot) or `iso`",
+                );
             }
-            Builder::Rootfs { .. } if self.os.family != OsFamily::Debian => fail(
-                "builder.kind",
-                "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" for rhel",
-            ),
-            _ => {}
+            if i.iso.is_some() && !kernel_boot && i.boot_command.is_empty() {
+                fail(
+                    "installer.boot_command",
+                    "ISO boot needs a boot_command, like [\"<esc><wait>\", \"auto url={{http_url}}/answer<enter>\"]",
+                );
+            }
         }
         if self.builder.kind() == BuilderKind::Installer
             && self.machine.initramfs == Initramfs::Virtual

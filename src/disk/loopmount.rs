@@ -23,13 +23,13 @@ pub struct RootMount {
 
 impl RootMount {
     /// Mounts each partition of `raw` in turn and keeps the first whose tree `is_root` accepts
-    /// (the OS family's test, such as `apt::is_debian_root`); `None` if none does. The mount
+    /// (its OS family's test, `os::Family::is_root`); `None` if none does. The mount
     /// point is a new directory in `work`.
     pub fn find(
         raw: &Path,
         work: &Path,
         access: Access,
-        is_root: fn(&Path) -> bool,
+        is_root: &dyn Fn(&Path) -> bool,
     ) -> Result<Option<RootMount>> {
         for (start, size) in candidates(raw)? {
             let device = Command::new("losetup")
