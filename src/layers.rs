@@ -193,5 +193,14 @@ mod tests {
         assert_eq!(lineage(&minimal(str::to_string), &["tool"]), plain);
         let other_host = minimal(|t| t.replace("hostname = \"debian\"", "hostname = \"other\""));
         assert_ne!(lineage(&other_host, &[]), plain);
+        // The set is the input, not the request: asked of the system or of a repository, the
+        // same set is the same base; another set is another base of the same lineage.
+        let base = |def: &Definition, packages: &[&str]| specs(def, packages).base.id();
+        let plain_base = base(&minimal(str::to_string), &[]);
+        assert_eq!(
+            base(&more_packages, &[]),
+            base(&minimal(str::to_string), &["less"])
+        );
+        assert_ne!(base(&more_packages, &[]), plain_base);
     }
 }

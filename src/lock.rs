@@ -28,25 +28,25 @@ pub struct ResolvedPackages {
 
 impl ResolvedPackages {
     /// What the base id covers of it: the sources with their keys, and every package of the
-    /// set by name, version, architecture and sha256 (not where or when it was resolved).
+    /// set by name, version, architecture and sha256 (not the packages asked of each source,
+    /// which only chose the set, nor where or when it was resolved).
     pub fn identity(&self) -> serde_json::Value {
-        serde_json::json!({
-            "sources": apt::sources_identity(&self.sources),
-            "set": self.set.identity(),
-        })
-    }
-
-    /// The same sources, without the packages asked of them, and no set: what bases of one
-    /// lineage share (see `spec::BaseSpec::lineage`).
-    pub fn unrequested(&self) -> ResolvedPackages {
         let mut sources = self.sources.clone();
         for source in &mut sources {
             source.packages.clear();
         }
+        serde_json::json!({
+            "sources": apt::sources_identity(&sources),
+            "set": self.set.identity(),
+        })
+    }
+
+    /// The same sources with no set: what bases of one lineage share (see
+    /// `spec::BaseSpec::lineage`).
+    pub fn without_set(&self) -> ResolvedPackages {
         ResolvedPackages {
-            sources,
             set: PackageSet::new(Vec::new()),
-            lock: self.lock.clone(),
+            ..self.clone()
         }
     }
 

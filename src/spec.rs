@@ -60,7 +60,9 @@ pub struct BaseSpec {
     pub os: Os,
     /// The disk.
     pub disk: DiskSpec,
-    /// The installed system's settings.
+    /// The installed system's settings; where the package set is resolved, without the
+    /// packages asked for (`system.packages`, a repository's `packages`): the set they
+    /// resolve to is the input, so two requests for the same set share a base.
     pub system: System,
     /// The answer file (installer builder).
     pub answer: Option<AnswerSpec>,
@@ -113,17 +115,12 @@ impl BaseSpec {
             .context("the rootfs builder needs the resolved package set")
     }
 
-    /// The base's lineage: its id without the package set and the packages asked for
-    /// (`system.packages`, a repository's `packages`), which only choose that set. Two
-    /// rootfs bases of one lineage differ only in the packages installed, so one can be
-    /// patched into the other (see `base::patch`).
+    /// The base's lineage: its id without the package set. Two rootfs bases of one lineage
+    /// differ only in the packages installed, so one can be patched into the other (see
+    /// `base::patch`).
     pub fn lineage(&self) -> String {
         let mut spec = self.clone();
-        spec.system.packages.clear();
-        for repository in &mut spec.system.repositories {
-            repository.packages.clear();
-        }
-        spec.packages = spec.packages.as_ref().map(ResolvedPackages::unrequested);
+        spec.packages = spec.packages.as_ref().map(ResolvedPackages::without_set);
         spec.id()
     }
 
@@ -386,6 +383,13 @@ fn base_spec(
             Vec::new(),
         ),
     };
+    let mut system = def.system.clone();
+    if packages.is_some() {
+        system.packages.clear();
+        for repository in &mut system.repositories {
+            repository.packages.clear();
+        }
+    }
     Ok(BaseSpec {
         imgforge: env!("CARGO_PKG_VERSION"),
         layout: BASE_LAYOUT,
@@ -397,7 +401,7 @@ fn base_spec(
             firmware: def.machine.firmware,
             initramfs: def.machine.initramfs,
         },
-        system: def.system.clone(),
+        system,
         answer,
         guest_scripts,
         packages,
@@ -525,8 +529,19 @@ pub(crate) mod fixtures {
         Definition::parse(&edit(&text), &path).unwrap()
     }
 
-    /// A resolution from one source that installs `packages`, with an empty set.
-    pub fn resolved(packages: &[&str]) -> ResolvedPackages {
+    /// A resolution from one source asked for `packages`, to a set of what `def` asks for and
+    /// `packages` (each at version 1).
+    pub fn resolved(def: &Definition, packages: &[&str]) -> ResolvedPackages {
+        let names = def.base_packages().into_iter();
+        let set = names
+            .chain(packages.iter().map(|p| p.to_string()))
+            .map(|name| crate::apt::Package {
+                sha256: format!("{:064x}", name.len()),
+                name,
+                version: "1".into(),
+                arch: "amd64".into(),
+                source: "repo1".into(),
+            });
         ResolvedPackages {
             sources: vec![serde_json::from_value(json!({
                 "name": "repo1", "uri": "http://repo.example/debian", "suites": ["stable"],
@@ -534,15 +549,15 @@ pub(crate) mod fixtures {
                 "packages": packages,
             }))
             .unwrap()],
-            set: crate::lock::PackageSet::new(Vec::new()),
+            set: crate::lock::PackageSet::new(set.collect()),
             lock: None,
         }
     }
 
-    /// The specs of `def` resolved to an empty set from one source that installs `packages`.
+    /// The specs of `def` resolved from one source asked for `packages` (see [`resolved`]).
     pub fn specs(def: &Definition, packages: &[&str]) -> Specs {
         let answer = crate::render::render(def).unwrap();
-        Specs::from_resolved(def, &answer, Some(resolved(packages))).unwrap()
+        Specs::from_resolved(def, &answer, Some(resolved(def, packages))).unwrap()
     }
 }
 
