@@ -9,7 +9,7 @@
 use crate::bake::Baked;
 use crate::base::BaseLayer;
 use crate::definition::Definition;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::layer_store::{LayerStore, Origin};
 use crate::layers::{short, LayerIds};
 use crate::manifest::{ArtifactRecord, Manifest, Provenance, FILE_NAME};
@@ -141,8 +141,7 @@ fn build_image(opts: &BuildOptions, reporter: &Reporter) -> Result<BuildResult> 
 
 /// Reports the build's layer ids.
 fn report_ids(def: &Definition, ids: &LayerIds, reporter: &Reporter) {
-    reporter.event(
-        Event::Ids,
+    reporter.emit(
         &format!(
             "{} {}: base {} bake {} build {}",
             def.image.name,
@@ -151,7 +150,10 @@ fn report_ids(def: &Definition, ids: &LayerIds, reporter: &Reporter) {
             short(&ids.bake),
             short(&ids.build)
         ),
-        json!({ "name": def.image.name.0, "ids": ids }),
+        &payload::Ids {
+            name: def.image.name.0.clone(),
+            ids: ids.clone(),
+        },
     );
 }
 
@@ -185,13 +187,15 @@ impl OutputDir {
         let short_id = short(&self.build_id);
         match manifest.check_all(&self.manifest_path) {
             Ok(()) => {
-                reporter.event(
-                    Event::Cached,
+                reporter.emit(
                     &format!(
                         "build {short_id} is up to date: {}",
                         self.manifest_path.display()
                     ),
-                    json!({ "manifest": self.manifest_path, "cached": true }),
+                    &payload::Cached {
+                        manifest: self.manifest_path.clone(),
+                        cached: true,
+                    },
                 );
                 Ok(Some(BuildOutcome {
                     manifest_path: self.manifest_path.clone(),
@@ -200,10 +204,12 @@ impl OutputDir {
                 }))
             }
             Err(damage) => {
-                reporter.event(
-                    Event::OutputDamaged,
+                reporter.emit(
                     &format!("build {short_id} is not intact, building it again: {damage}"),
-                    json!({ "manifest": self.manifest_path, "problem": damage.to_string() }),
+                    &payload::OutputDamaged {
+                        manifest: self.manifest_path.clone(),
+                        problem: damage.to_string(),
+                    },
                 );
                 Ok(None)
             }

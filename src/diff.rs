@@ -4,11 +4,10 @@
 //! before it is read.
 
 use crate::contents::{self, FileEntry, FileList, PackageList};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::{DocumentKind, Manifest};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -188,5 +187,6 @@ fn report(d: &Difference, reporter: &Reporter) {
     if !d.any() {
         lines.push("the builds are identical".into());
     }
-    reporter.event(Event::Diff, &lines.join("\n"), json!(d));
+    let difference = serde_json::to_value(d).expect("a difference serialises");
+    reporter.emit(&lines.join("\n"), &payload::Diff { difference });
 }

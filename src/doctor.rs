@@ -1,9 +1,8 @@
 //! `imgforge doctor`: what this host has for building images, and what to install if not.
 
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::process::{on_path, Command};
 use anyhow::{bail, Result};
-use serde_json::json;
 
 /// One finding.
 struct Finding {
@@ -107,15 +106,19 @@ pub fn run(reporter: &Reporter) -> Result<()> {
         required: false,
     });
     for f in &findings {
-        reporter.event(
-            Event::Doctor,
+        reporter.emit(
             &format!(
                 "{} {:<20} {}",
                 if f.ok { "ok  " } else { "MISS" },
                 f.name,
                 f.detail
             ),
-            json!({ "check": f.name, "ok": f.ok, "detail": f.detail, "required": f.required }),
+            &payload::Doctor {
+                check: f.name.to_string(),
+                ok: f.ok,
+                detail: f.detail.clone(),
+                required: f.required,
+            },
         );
     }
     let missing: Vec<&str> = findings

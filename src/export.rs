@@ -3,7 +3,7 @@
 //! with its catalogue.
 
 use crate::definition::DiskFormat;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::{ArtifactRecord, DocumentRecord, SUMS_FILE_NAME};
 use crate::process::Command;
 use crate::seal::Sealed;
@@ -66,10 +66,14 @@ pub fn export(
             .collect::<Result<Vec<_>>>()
     })?;
     for r in &records {
-        reporter.event(
-            Event::Artifact,
+        reporter.emit(
             &format!("    {}  {} bytes  sha256 {}", r.file, r.size, r.sha256),
-            serde_json::json!({ "file": r.file, "format": r.format, "size": r.size, "sha256": r.sha256 }),
+            &payload::Artifact {
+                file: r.file.clone(),
+                format: Some(r.format),
+                size: r.size,
+                sha256: r.sha256.clone(),
+            },
         );
     }
     let documents = records

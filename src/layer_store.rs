@@ -6,7 +6,7 @@
 
 use crate::bake::Baked;
 use crate::base::{BaseInfo, BaseLayer, BaseStaging};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::layers::short;
 use crate::remote_cache::{Layer, RemoteCache};
 use crate::store::Store;
@@ -73,10 +73,12 @@ impl<'a> LayerStore<'a> {
         if let Some(base) = BaseLayer::open(id) {
             // Last used now: `imgforge cache gc` keeps it.
             crate::sources::mark_used(&base.dir.join("base.json"))?;
-            self.reporter.event(
-                Event::BaseCached,
+            self.reporter.emit(
                 &format!("base layer {} is cached: the OS is not rebuilt", short(id)),
-                serde_json::json!({ "base": id, "cached": true }),
+                &payload::BaseCached {
+                    base: id.to_string(),
+                    cached: true,
+                },
             );
             if let Some(remote) = self.remote {
                 if !remote.has(Layer::Base, id)? {

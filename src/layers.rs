@@ -11,7 +11,7 @@ use crate::spec::Specs;
 use serde::Serialize;
 
 /// The ids of one build's layers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LayerIds {
     /// The OS layer, cached and shared by every bake on it.
     pub base: String,

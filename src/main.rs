@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use imgforge::definition::DefinitionError;
-use imgforge::events::{Event, Reporter};
+use imgforge::events::{payload, Reporter};
 
 mod cli;
 use serde_json::json;
@@ -170,7 +170,9 @@ fn main() -> ExitCode {
             }
             let bad_input = e.downcast_ref::<DefinitionError>().is_some();
             if reporter.is_json() {
-                let line = json!({ "event": Event::Error.name(), "message": format!("{e:#}") });
+                let line = imgforge::events::result_line(&payload::Error {
+                    message: format!("{e:#}"),
+                });
                 let _ = writeln!(std::io::stdout(), "{line}");
             }
             eprintln!("error: {e:#}");
@@ -201,13 +203,17 @@ fn lock(files: &[PathBuf], update: bool, reporter: &Reporter) -> Result<()> {
         let def = imgforge::load_definition(file)?;
         let path = imgforge::lock_path(file);
         if path.is_file() && !update {
-            reporter.event(
-                Event::Locked,
+            reporter.emit(
                 &format!(
                     "{} is locked already: `imgforge lock --update` resolves it again",
                     path.display()
                 ),
-                json!({ "definition": file, "lock": path, "written": false }),
+                &payload::Locked {
+                    definition: file.clone(),
+                    lock: path.clone(),
+                    written: false,
+                    changes: None,
+                },
             );
             continue;
         }
@@ -217,10 +223,14 @@ fn lock(files: &[PathBuf], update: bool, reporter: &Reporter) -> Result<()> {
             Some(c) => c.summary(),
             None => "new".to_string(),
         };
-        reporter.event(
-            Event::Locked,
+        reporter.emit(
             &format!("wrote {}: {what}", path.display()),
-            json!({ "definition": file, "lock": path, "written": true, "changes": changes }),
+            &payload::Locked {
+                definition: file.clone(),
+                lock: path.clone(),
+                written: true,
+                changes: Some(changes),
+            },
         );
     }
     Ok(())
@@ -252,9 +262,11 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
                 .filter(|i| i.needs_build)
                 .map(|i| &i.file)
                 .collect();
-            let mut value = json!({ "definitions": items, "to_build": to_build });
-            value["event"] = json!(Event::BuildPlan.name());
-            reporter.result(&imgforge::plan_table(&items), &value);
+            let plan = payload::BuildPlan {
+                definitions: serde_json::to_value(&items)?,
+                to_build: to_build.into_iter().cloned().collect(),
+            };
+            reporter.result(&imgforge::plan_table(&items), &plan);
             Ok(())
         }
         Command::Lock { files, update } => lock(&files, update, reporter),
@@ -262,8 +274,10 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             let packages = imgforge::outdated(&manifest)?;
             reporter.result(
                 &imgforge::outdated_table(&packages),
-                &json!({ "event": Event::Outdated.name(), "manifest": manifest,
-                         "packages": packages }),
+                &payload::Outdated {
+                    manifest: manifest.clone(),
+                    packages: packages.clone(),
+                },
             );
             match packages.len() {
                 0 => Ok(()),
@@ -294,7 +308,10 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             } else {
                 image.image_id.clone()
             };
-            reporter.result(&human, &serde_json::to_value(&image)?);
+            let registered = payload::Registered {
+                image: serde_json::to_value(&image)?,
+            };
+            reporter.result(&human, &registered);
             Ok(())
         }
         Command::Unbundle(args) => {
@@ -339,14 +356,14 @@ fn print_ids(file: &Path, reporter: &Reporter) -> Result<()> {
     let def = imgforge::load_definition(file)?;
     let specs = imgforge::Specs::derive(&def)?;
     let ids = imgforge::LayerIds::of(&specs);
-    let value = json!({
-        "name": def.image.name.0,
-        "base": ids.base,
-        "bake": ids.bake,
-        "build": ids.build,
-        "service_commit": specs.bake.service.as_ref().map(|s| s.commit.clone()),
-        "data_digest": specs.bake.data.as_ref().map(|d| d.digest.clone()),
-    });
+    let value = payload::Id {
+        name: def.image.name.0.clone(),
+        base: ids.base.clone(),
+        bake: ids.bake.clone(),
+        build: ids.build.clone(),
+        service_commit: specs.bake.service.as_ref().map(|s| s.commit.clone()),
+        data_digest: specs.bake.data.as_ref().map(|d| d.digest.clone()),
+    };
     let human = format!(
         "base  {}\nbake  {}\nbuild {}",
         ids.base, ids.bake, ids.build
@@ -363,10 +380,13 @@ fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
     }
     let jobs = imgforge::jobs_that_fit(args.jobs, &args.files);
     if jobs < args.jobs.min(args.files.len()) {
-        reporter.event(
-            Event::Warning,
+        reporter.emit(
             &format!("running {jobs} build(s) at once, not {}: the host's available memory holds no more build VMs", args.jobs),
-            json!({ "jobs": jobs, "asked": args.jobs }),
+            &payload::Warning {
+                jobs: Some(jobs),
+                asked: Some(args.jobs),
+                ..Default::default()
+            },
         );
     }
     let builds: Vec<_> = args.files.iter().map(|f| args.options(f)).collect();
@@ -416,7 +436,10 @@ fn build_image(args: &cli::BuildArgs, reporter: &Reporter) -> Result<()> {
         .collect();
     reporter.result(
         &imgforge::events::table(["definition", "time", "result", "build"], &table),
-        &json!({ "event": Event::BuildSummary.name(), "builds": rows, "failed": failed.len() }),
+        &payload::BuildSummary {
+            builds: rows,
+            failed: failed.len(),
+        },
     );
     match failed.as_slice() {
         [] => Ok(()),
@@ -445,23 +468,23 @@ fn report_build(
             } else {
                 format!("built: {}", outcome.manifest_path.display())
             };
-            let mut value = serde_json::to_value(&outcome.manifest)?;
-            value["event"] = json!(Event::Manifest.name());
-            value["cached"] = json!(outcome.cached);
-            value["manifest_path"] = json!(outcome.manifest_path);
-            reporter.result(&human, &value);
+            let manifest = payload::Manifest {
+                manifest: Some(outcome.manifest.clone()),
+                cached: outcome.cached,
+                manifest_path: outcome.manifest_path.clone(),
+            };
+            reporter.result(&human, &manifest);
             if args.register {
                 register_build(file, outcome, args.sign.as_deref(), reporter)?;
             }
         }
         imgforge::BuildResult::Base { base, cached } => {
-            let value = json!({
-                "event": Event::Base.name(),
-                "cached": cached,
-                "dir": base.dir,
-                "disk": base.disk(),
-                "info": base.info,
-            });
+            let value = payload::Base {
+                cached: *cached,
+                dir: base.dir.clone(),
+                disk: base.disk(),
+                info: serde_json::to_value(&base.info)?,
+            };
             reporter.result(&format!("base layer: {}", base.disk().display()), &value);
         }
     }
@@ -495,9 +518,10 @@ fn collect_cache(
         report.packages.files,
         report.freed_bytes as f64 / f64::from(1 << 20)
     );
-    let mut value = serde_json::to_value(&report)?;
-    value["event"] = json!(Event::CacheGc.name());
-    reporter.result(&human, &value);
+    let gc = payload::CacheGc {
+        report: serde_json::to_value(&report)?,
+    };
+    reporter.result(&human, &gc);
     Ok(())
 }
 
@@ -526,9 +550,10 @@ fn register_build(
             opts,
             reporter,
         ))?;
-        let mut value = serde_json::to_value(&image)?;
-        value["event"] = json!(Event::Registered.name());
-        reporter.result(&format!("registered: {}", image.image_id), &value);
+        let registered = payload::Registered {
+            image: serde_json::to_value(&image)?,
+        };
+        reporter.result(&format!("registered: {}", image.image_id), &registered);
     }
     Ok(())
 }
@@ -539,32 +564,40 @@ fn validate(files: &[PathBuf], reporter: &Reporter) -> Result<()> {
     for file in files {
         let outcome = imgforge::validate(file);
         if outcome.as_ref().is_ok_and(|d| d.checks.is_empty()) {
-            reporter.event(
-                Event::Warning,
+            reporter.emit(
                 &format!(
                     "{}: no [[checks]]: verify will prove only that the image boots (sshd \
                      answers on port 22), not that the service works",
                     file.display()
                 ),
-                json!({ "file": file, "checks": 0 }),
+                &payload::Warning {
+                    file: Some(file.clone()),
+                    checks: Some(0),
+                    ..Default::default()
+                },
             );
         }
         match outcome {
-            Ok(def) => reporter.event(
-                Event::Valid,
+            Ok(def) => reporter.emit(
                 &format!(
                     "{}: ok ({} {})",
                     file.display(),
                     def.image.name,
                     def.image.version
                 ),
-                json!({ "file": file, "valid": true }),
+                &payload::Valid {
+                    file: file.clone(),
+                    valid: true,
+                },
             ),
             Err(e) => {
-                reporter.event(
-                    Event::Invalid,
+                reporter.emit(
                     &format!("{e}"),
-                    json!({ "file": file, "valid": false, "error": e.to_string() }),
+                    &payload::Invalid {
+                        file: file.clone(),
+                        valid: false,
+                        error: e.to_string(),
+                    },
                 );
                 invalid += 1;
             }

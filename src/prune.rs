@@ -8,12 +8,11 @@
 use crate::cloud::{
     self, describe_instances, format_age, summary, tag, tags, ApiCalls, Clients, CloudOptions,
 };
-use crate::events::{table, Event, Reporter};
+use crate::events::{payload, table, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_ec2::types::{Filter, Image};
 use futures::{stream, StreamExt};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
@@ -86,7 +85,11 @@ pub async fn run(args: PruneOptions, reporter: &Reporter) -> Result<()> {
             reporter,
             &calls,
             &message,
-            json!({ "removed": 0, "dry_run": args.dry_run }),
+            payload::Summary {
+                removed: Some(0),
+                dry_run: Some(args.dry_run),
+                ..Default::default()
+            },
         );
         return Ok(());
     }
@@ -178,18 +181,24 @@ async fn remove_all(
                         snapshots.join(", ")
                     ),
                 };
-                reporter.event(
-                    Event::Removed,
+                reporter.emit(
                     &message,
-                    json!({ "image": id, "snapshots": snapshots, "disabled": disable }),
+                    &payload::Removed {
+                        image: id.to_string(),
+                        snapshots: snapshots.clone(),
+                        disabled: disable,
+                    },
                 );
             }
             Err(e) => {
                 let msg = format!("{id}: {e:#}");
-                reporter.event(
-                    Event::Failed,
+                reporter.emit(
                     &msg,
-                    json!({ "image": id, "reason": format!("{e:#}") }),
+                    &payload::Failed {
+                        image: Some(id.to_string()),
+                        reason: format!("{e:#}"),
+                        ..Default::default()
+                    },
                 );
                 failures.push(msg);
             }
@@ -199,7 +208,11 @@ async fn remove_all(
         reporter,
         calls,
         &format!("removed {removed}, failed {}", failures.len()),
-        json!({ "removed": removed, "failed": failures.len() }),
+        payload::Summary {
+            removed: Some(removed),
+            failed: Some(failures.len()),
+            ..Default::default()
+        },
     );
     if let Some(first) = failures.first() {
         bail!(
@@ -565,18 +578,29 @@ fn report(reporter: &Reporter, images: &[Image], reasons: &Reasons, dry_run: boo
             None => format!("{verb} (snapshots {})", snapshots.join(", ")),
         };
         if reporter.is_json() {
-            let (kind, fields) = match reasons.get(id) {
-                Some(r) => (
-                    Event::Keep,
-                    json!({ "image": id, "created": created, "build_id": build, "reasons": r }),
+            let message = format!("{id}: {action}");
+            let (image, created, build_id) = (id.to_string(), created.to_string(), build.into());
+            match reasons.get(id) {
+                Some(r) => reporter.emit(
+                    &message,
+                    &payload::Keep {
+                        image,
+                        created,
+                        build_id,
+                        reasons: r.clone(),
+                    },
                 ),
-                None => (
-                    Event::Remove,
-                    json!({ "image": id, "created": created, "build_id": build,
-                            "snapshots": snapshots, "dry_run": dry_run }),
+                None => reporter.emit(
+                    &message,
+                    &payload::Remove {
+                        image,
+                        created,
+                        build_id,
+                        snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
+                        dry_run,
+                    },
                 ),
-            };
-            reporter.event(kind, &format!("{id}: {action}"), fields);
+            }
         }
         rows.push([
             id.to_string(),

@@ -16,11 +16,10 @@
 //! sign with reads the cache and stores nothing.
 
 use crate::cloud::{sdk_error, CloudOptions};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::layers::short;
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -74,13 +73,6 @@ impl Layer {
         match self {
             Layer::Base => "base",
             Layer::Bake => "bake",
-        }
-    }
-
-    fn events(self) -> (Event, Event) {
-        match self {
-            Layer::Base => (Event::BaseDownloaded, Event::BaseUploaded),
-            Layer::Bake => (Event::BakeDownloaded, Event::BakeUploaded),
         }
     }
 }
@@ -239,33 +231,53 @@ impl RemoteCache {
                 expected,
                 actual,
             } => {
-                reporter.event(
-                    Event::Warning,
+                reporter.emit(
                     &format!(
                         "{object} is corrupt (sha256 {actual}, recorded {expected}): not used, \
                          deleted; the {name} layer is made again"
                     ),
-                    json!({ "object": object, "expected": expected, "actual": actual }),
+                    &payload::Warning {
+                        object: Some(object.clone()),
+                        expected: Some(expected.clone()),
+                        actual: Some(actual.clone()),
+                        ..Default::default()
+                    },
                 );
                 Ok(false)
             }
             Fetched::Untrusted { object, reason } => {
-                reporter.event(
-                    Event::Warning,
+                reporter.emit(
                     &format!(
                         "{object} is not signed by a key of {TRUST_VAR}: {reason}; not used, \
                          deleted; the {name} layer is made again"
                     ),
-                    json!({ "object": object, "untrusted": reason }),
+                    &payload::Warning {
+                        object: Some(object.clone()),
+                        untrusted: Some(reason.clone()),
+                        ..Default::default()
+                    },
                 );
                 Ok(false)
             }
             Fetched::Unpacked => {
-                reporter.event(
-                    layer.events().0,
-                    &format!("{name} layer {} came from the remote cache", short(id)),
-                    json!({ "layer": name, "id": id }),
-                );
+                let message = format!("{name} layer {} came from the remote cache", short(id));
+                let (layer_name, id) = (name.to_string(), id.to_string());
+                match layer {
+                    Layer::Base => reporter.emit(
+                        &message,
+                        &payload::BaseDownloaded {
+                            layer: layer_name,
+                            id,
+                        },
+                    ),
+                    Layer::Bake => reporter.emit(
+                        &message,
+                        &payload::BakeDownloaded {
+                            layer: layer_name,
+                            id,
+                        },
+                    ),
+                }
                 Ok(true)
             }
         }
@@ -279,14 +291,17 @@ impl RemoteCache {
             Stored::Uploaded(bytes, digest) => (Some(bytes), Some(digest)),
             Stored::AlreadyThere => (None, None),
             Stored::Unsigned => {
-                reporter.event(
-                    Event::Warning,
+                reporter.emit(
                     &format!(
                         "{name} layer {} not stored in the remote cache: no {KEY_VAR} to sign \
                          it with (runners use only signed layers)",
                         short(id)
                     ),
-                    json!({ "layer": name, "id": id }),
+                    &payload::Warning {
+                        layer: Some(name.to_string()),
+                        id: Some(id.to_string()),
+                        ..Default::default()
+                    },
                 );
                 return Ok(());
             }
@@ -301,12 +316,29 @@ impl RemoteCache {
                 short(id)
             ),
         };
-        reporter.event(
-            layer.events().1,
-            &message,
-            json!({ "layer": name, "id": id, "bytes": bytes, "sha256": digest,
-                    "already_there": bytes.is_none() }),
-        );
+        let (layer_name, id, already_there) = (name.to_string(), id.to_string(), bytes.is_none());
+        match layer {
+            Layer::Base => reporter.emit(
+                &message,
+                &payload::BaseUploaded {
+                    layer: layer_name,
+                    id,
+                    bytes,
+                    sha256: digest,
+                    already_there,
+                },
+            ),
+            Layer::Bake => reporter.emit(
+                &message,
+                &payload::BakeUploaded {
+                    layer: layer_name,
+                    id,
+                    bytes,
+                    sha256: digest,
+                    already_there,
+                },
+            ),
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use crate::base::BaseInfo;
 use crate::contents::{self, PackageList};
 use crate::disk::loopmount::{Access, RootMount};
 use crate::disk::Layout;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::{DocumentKind, DocumentRecord, Provenance};
 use crate::os::InstalledPackage;
 use crate::process::Command;
@@ -74,11 +74,14 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
         );
     };
     let Some(installed) = family.installed_packages(root.path())? else {
-        reporter.event(
-            Event::Warning,
+        reporter.emit(
             "no package list, file list or SBOM: imgforge does not read this OS family's \
              package database yet",
-            serde_json::json!({ "reason": "package database not read", "family": input.spec.family }),
+            &payload::Warning {
+                reason: Some("package database not read".into()),
+                family: Some(input.spec.family),
+                ..Default::default()
+            },
         );
         return Ok(Sealed {
             disk: raw,

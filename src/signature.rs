@@ -11,7 +11,7 @@ use ssh_key::private::{KeypairData, RsaKeypair};
 use ssh_key::sha2::{Digest, Sha256, Sha512};
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::Manifest;
 
 /// The namespace of every imgforge signature (`ssh-keygen -Y sign -n imgforge`).
@@ -377,10 +377,13 @@ pub fn sign_build(manifest_path: &Path, key: &Path, reporter: &Reporter) -> anyh
     for file in &files {
         fingerprint = sign(file, key)?;
     }
-    reporter.event(
-        Event::Signed,
+    reporter.emit(
         &format!("signed {} ({fingerprint})", manifest_path.display()),
-        serde_json::json!({ "manifest": manifest_path, "files": files, "fingerprint": fingerprint }),
+        &payload::Signed {
+            manifest: manifest_path.to_path_buf(),
+            files: files.to_vec(),
+            fingerprint: fingerprint.clone(),
+        },
     );
     Ok(fingerprint)
 }
@@ -404,13 +407,16 @@ pub fn check_build(
             sums_signer.fingerprint
         );
     }
-    reporter.event(
-        Event::SignatureChecked,
+    reporter.emit(
         &format!(
             "    signed by {} ({}), an allowed signer",
             signer.principal, signer.fingerprint
         ),
-        serde_json::json!({ "manifest": manifest_path, "principal": signer.principal, "fingerprint": signer.fingerprint }),
+        &payload::SignatureChecked {
+            manifest: manifest_path.to_path_buf(),
+            principal: signer.principal.clone(),
+            fingerprint: signer.fingerprint.clone(),
+        },
     );
     Ok(signer)
 }

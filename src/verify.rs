@@ -10,7 +10,7 @@
 //! disk, or a guest that stops fails verification at once, naming what was seen.
 
 use crate::definition::{Accelerator, Check, Machine};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::Manifest;
 use crate::qemu::{append_console_section, create_overlay, free_port, Qmp, Vm, VmConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -117,10 +117,12 @@ fn wait_for_checks(
         pending.retain_mut(
             |(check, seen)| match run_check(check, ports, deadline, qmp.as_mut()) {
                 Ok(evidence) => {
-                    reporter.event(
-                        Event::CheckPassed,
+                    reporter.emit(
                         &format!("    check passed: {} ({evidence})", describe(check)),
-                        serde_json::json!({ "check": check, "evidence": evidence }),
+                        &payload::CheckPassed {
+                            check: Some(check.clone()),
+                            evidence: evidence.clone(),
+                        },
                     );
                     false
                 }
@@ -421,16 +423,25 @@ pub fn verify_manifest(
         if file.file() == record.file {
             bootable = Some(pinned);
         }
-        reporter.event(
-            Event::ArtifactChecked,
+        reporter.emit(
             &format!("    {}: sha256 {} as recorded", file.file(), file.sha256()),
-            serde_json::json!({ "file": file.file(), "sha256": file.sha256() }),
+            &payload::ArtifactChecked {
+                file: file.file().to_string(),
+                sha256: file.sha256().to_string(),
+            },
         );
     }
     if overrides.no_boot {
         reporter.result(
-            &format!("{}: every digest as recorded (not booted)", manifest_path.display()),
-            &serde_json::json!({ "event": Event::Verified.name(), "manifest": manifest_path, "checks": 0, "booted": false }),
+            &format!(
+                "{}: every digest as recorded (not booted)",
+                manifest_path.display()
+            ),
+            &payload::Verified {
+                manifest: manifest_path.to_path_buf(),
+                checks: 0,
+                booted: false,
+            },
         );
         return Ok(());
     }
@@ -461,7 +472,11 @@ pub fn verify_manifest(
     let passed = manifest.checks.len().max(1);
     reporter.result(
         &format!("{}: all {passed} checks passed", manifest_path.display()),
-        &serde_json::json!({ "event": Event::Verified.name(), "manifest": manifest_path, "checks": passed, "booted": true }),
+        &payload::Verified {
+            manifest: manifest_path.to_path_buf(),
+            checks: passed,
+            booted: true,
+        },
     );
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use super::{BaseInfo, BaseStaging};
 use crate::definition::{BuilderKind, Installer};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::httpserve::{FileServer, GUEST_HOST_IP};
 use crate::process::Command;
 use crate::qemu::{Vm, VmConfig};
@@ -57,10 +57,11 @@ pub fn build(spec: &BaseSpec, staging: &BaseStaging, reporter: &Reporter) -> Res
         reporter,
     };
     let fetched_after_s = install.run(&cfg)?;
-    reporter.event(
-        Event::Installed,
+    reporter.emit(
         "    the installer powered off",
-        json!({ "requests": server.requests() }),
+        &payload::Installed {
+            requests: server.requests(),
+        },
     );
     let mut tools = BTreeMap::new();
     tools.insert(
@@ -98,14 +99,15 @@ fn serve_answer_file(
         format!("{}\n", staging.public_key()?).into_bytes(),
     );
     let server = FileServer::start(files)?;
-    reporter.event(
-        Event::HttpServer,
+    reporter.emit(
         &format!(
             "    serving the answer file at {}/{}",
             server.guest_url(),
             answer.file_name
         ),
-        json!({ "url": server.guest_url() }),
+        &payload::HttpServer {
+            url: server.guest_url(),
+        },
     );
     Ok(server)
 }
@@ -181,13 +183,15 @@ impl Install<'_> {
             }
             if let Some(request) = server.first_fetch(answer.file_name) {
                 fetched.set(Some(request.at_s));
-                reporter.event(
-                    Event::AnswerFileFetched,
+                reporter.emit(
                     &format!(
                         "    the installer fetched {} after {:.1} s",
                         answer.file_name, request.at_s
                     ),
-                    json!({ "file": answer.file_name, "after_s": request.at_s }),
+                    &payload::AnswerFileFetched {
+                        file: answer.file_name.to_string(),
+                        after_s: request.at_s,
+                    },
                 );
             }
         };

@@ -14,7 +14,7 @@ mod patch;
 mod rootfs;
 
 use crate::definition::BuilderKind;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::process::Command;
 use crate::spec::BaseSpec;
 use anyhow::{bail, Context, Result};
@@ -264,36 +264,32 @@ fn patched_or_cold(
     reporter: &Reporter,
 ) -> Result<BaseInfo> {
     let started = std::time::Instant::now();
-    let payload = |outcome: &str, reason: Option<String>| {
-        serde_json::json!({
-            "base": staging.id,
-            "from": patch.from.info.id,
-            "install": patch.install.iter().map(|p| p.pinned()).collect::<Vec<_>>(),
-            "remove": patch.remove.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-            "outcome": outcome,
-            "reason": reason,
-            "seconds": started.elapsed().as_secs_f64(),
-        })
+    let outcome = |outcome: &str, reason: Option<String>| payload::BasePatch {
+        base: staging.id.clone(),
+        from: patch.from.info.id.clone(),
+        install: patch.install.iter().map(|p| p.pinned()).collect(),
+        remove: patch.remove.iter().map(|p| p.name.clone()).collect(),
+        outcome: outcome.to_string(),
+        reason,
+        seconds: started.elapsed().as_secs_f64(),
     };
     match patch::build(spec, staging, patch, reporter) {
         Ok(info) => {
-            reporter.event(
-                Event::BasePatch,
+            reporter.emit(
                 &format!("base layer patched: {}", patch.summary()),
-                payload("patched", None),
+                &outcome("patched", None),
             );
             Ok(info)
         }
         Err(e) => {
             crate::cancel::check()?;
             let reason = format!("{e:#}");
-            reporter.event(
-                Event::BasePatch,
+            reporter.emit(
                 &format!(
                     "base layer not patched ({}): {reason}; building it cold",
                     patch.summary()
                 ),
-                payload("cold", Some(reason.clone())),
+                &outcome("cold", Some(reason.clone())),
             );
             rootfs::build(spec, staging, reporter)
         }

@@ -115,14 +115,17 @@ fn make_tree(
         archive.check_available(&resolved.set)?;
     }
     for s in resolved.sources.iter().filter(|s| s.keyring.is_none()) {
-        reporter.event(
-            crate::events::Event::Warning,
+        reporter.emit(
             &format!(
                 "the repository `{}` ({}) is trusted unsigned (`trusted = true`): nothing \
                  checks what it serves",
                 s.name, s.uri
             ),
-            serde_json::json!({ "repository": s.uri, "trusted": true }),
+            &crate::events::payload::Warning {
+                repository: Some(s.uri.clone()),
+                trusted: Some(true),
+                ..Default::default()
+            },
         );
     }
     let hook = staging.path("customize.sh");

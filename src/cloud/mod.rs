@@ -7,7 +7,7 @@ pub mod registration;
 
 pub use calls::{ApiCalls, Clients};
 
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -17,7 +17,6 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceStatus, Tag};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
-use serde_json::json;
 
 use std::time::Duration;
 
@@ -182,17 +181,17 @@ where
     Ok(all)
 }
 
-/// Reports a command's final `summary` event with the count of cloud API calls it made.
-pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, fields: serde_json::Value) {
-    let mut fields = fields;
-    if let Some(o) = fields.as_object_mut() {
-        o.insert("api_calls".into(), json!(calls.total()));
-        o.insert("api_calls_by_operation".into(), calls.by_operation());
-    }
-    reporter.event(
-        Event::Summary,
+/// Reports a command's final `summary` event, `outcome` with the count of cloud API calls it
+/// made.
+pub fn summary(reporter: &Reporter, calls: &ApiCalls, message: &str, outcome: payload::Summary) {
+    let summary = payload::Summary {
+        api_calls: calls.total(),
+        api_calls_by_operation: calls.by_operation(),
+        ..outcome
+    };
+    reporter.emit(
         &format!("{message} ({} API calls)", calls.total()),
-        fields,
+        &summary,
     );
 }
 

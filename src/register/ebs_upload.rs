@@ -9,7 +9,7 @@
 
 use super::Progress;
 use crate::cloud::sdk_error;
-use crate::events::Event;
+use crate::events::payload;
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_ebs::operation::put_snapshot_block::PutSnapshotBlockError;
 use aws_sdk_ebs::primitives::ByteStream;
@@ -129,10 +129,12 @@ impl SnapshotUploader {
             .map_err(|e| sdk_error(e, "EBS StartSnapshot"))?
             .snapshot_id
             .ok_or_else(|| anyhow!("EBS StartSnapshot returned no snapshot id"))?;
-        progress.event(
-            Event::SnapshotStarted,
+        progress.emit(
             &format!("started snapshot {snapshot_id} ({volume_size_gib} GiB)"),
-            serde_json::json!({ "snapshot_id": snapshot_id, "volume_size_gib": volume_size_gib }),
+            &payload::SnapshotStarted {
+                snapshot_id: snapshot_id.clone(),
+                volume_size_gib,
+            },
         );
         match self
             .send_blocks(&snapshot_id, req, file, params, progress, started)

@@ -7,13 +7,12 @@ use super::ami::{self, Flavor, ImageSpec, Root};
 use super::bundle::{self, Bundle, BundleKeys, BundleSpec};
 use super::{EucaKeys, Progress, UploadStats};
 use crate::cloud::sdk_error;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{anyhow, Context, Result};
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ObjectCannedAcl;
 use futures::{StreamExt, TryStreamExt};
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,15 +66,19 @@ pub async fn publish(p: &Publish<'_>, reporter: &Reporter) -> Result<Published> 
     let made = make_bundle(p, dir.path(), reporter).await?;
     let (keys_in_bucket, stats) = upload_bundle(p, &made, reporter).await?;
     let location = format!("{}/{}.manifest.xml", p.bucket, p.prefix);
-    reporter.event(
-        Event::Uploaded,
+    reporter.emit(
         &format!(
             "uploaded {} parts ({} bytes) and the manifest to s3://{location} in {:.1} s",
             made.parts.len(),
             made.bundled_size,
             stats.seconds
         ),
-        json!({ "location": location, "parts": made.parts.len(), "stats": stats }),
+        &payload::Uploaded {
+            location: Some(location.clone()),
+            parts: Some(made.parts.len()),
+            stats: serde_json::to_value(&stats)?,
+            ..Default::default()
+        },
     );
 
     reporter.phase("register: RegisterImage (Eucalyptus)");

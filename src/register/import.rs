@@ -5,7 +5,7 @@
 use super::emi::check_bucket;
 use super::{Progress, UploadStats};
 use crate::cloud::sdk_error;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::import_snapshot::builders::ImportSnapshotFluentBuilder;
@@ -13,7 +13,6 @@ use aws_sdk_ec2::types::{ResourceType, SnapshotDiskContainer, TagSpecification, 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt, TryStreamExt};
-use serde_json::json;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -56,13 +55,17 @@ pub async fn import(i: &Import<'_>, reporter: &Reporter) -> Result<(String, i32,
     check_bucket(i.s3, i.bucket).await?;
     reporter.phase("register: multipart upload to S3");
     let stats = upload(i, reporter).await?;
-    reporter.event(
-        Event::Uploaded,
+    reporter.emit(
         &format!(
             "uploaded {} bytes to s3://{}/{} in {:.1} s",
             stats.bytes_sent, i.bucket, i.key, stats.seconds
         ),
-        json!({ "bucket": i.bucket, "key": i.key, "stats": stats }),
+        &payload::Uploaded {
+            bucket: Some(i.bucket.to_string()),
+            key: Some(i.key.to_string()),
+            stats: serde_json::to_value(&stats)?,
+            ..Default::default()
+        },
     );
     reporter.phase("register: ImportSnapshot");
     let outcome = import_and_wait(i).await;

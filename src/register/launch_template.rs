@@ -3,13 +3,12 @@
 //! hand-edited template.
 
 use crate::cloud::{sdk_error, tags};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::layers::short;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::operation::create_launch_template_version::builders::CreateLaunchTemplateVersionFluentBuilder;
 use aws_sdk_ec2::types::{LaunchTemplateVersion, RequestLaunchTemplateData, Tag};
 use serde::Serialize;
-use serde_json::json;
 
 /// What `register --launch-template` did.
 #[derive(Debug, Clone, Serialize)]
@@ -88,15 +87,16 @@ pub async fn point_at_image(
         build_id: build_id.to_string(),
         reused,
     };
-    reporter.event(
-        Event::LaunchTemplateVersion,
+    reporter.emit(
         &format!(
             "launch template {} version {} (default{}) launches {image_id}",
             update.launch_template_id,
             update.version,
             if reused { ", already there" } else { ", new" }
         ),
-        serde_json::to_value(&update).unwrap_or(json!({})),
+        &payload::LaunchTemplateVersion {
+            version: serde_json::to_value(&update)?,
+        },
     );
     Ok(update)
 }

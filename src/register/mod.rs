@@ -33,13 +33,12 @@ mod request_tests;
 use crate::cloud::registration::{Statement, ARTIFACT_TAG};
 use crate::cloud::{self, CloudOptions};
 use crate::definition::Firmware;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::{DocumentKind, Manifest};
 use crate::signature::Signer;
 use ami::{BootMode, Flavor, ImageSpec, Root};
 use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -367,13 +366,15 @@ pub async fn register_manifest(
         );
     }
     if let Some(image_id) = existing {
-        reporter.event(
-            Event::ImageReused,
+        reporter.emit(
             &format!(
                 "{image_id} already holds build {}; reusing it, nothing uploaded",
                 run.build_id
             ),
-            json!({ "image_id": image_id, "build_id": run.build_id }),
+            &payload::ImageReused {
+                image_id: image_id.clone(),
+                build_id: run.build_id.clone(),
+            },
         );
         out.image_id = image_id;
         out.reused = true;
@@ -398,10 +399,13 @@ pub async fn register_manifest(
                 out.upload = Some(stats);
             }
         }
-        reporter.event(
-            Event::ImageRegistered,
+        reporter.emit(
             &format!("registered {} as {}", run.spec.name, out.image_id),
-            json!({ "image_id": out.image_id, "build_id": run.build_id, "name": run.spec.name }),
+            &payload::ImageRegistered {
+                image_id: out.image_id.clone(),
+                build_id: run.build_id.clone(),
+                name: run.spec.name.clone(),
+            },
         );
     }
     if let Some(key) = &opts.sign {
@@ -571,8 +575,7 @@ impl Registration<'_> {
             seconds: done.upload_seconds,
             hash_seconds: done.hash_seconds,
         };
-        self.reporter.event(
-            Event::Uploaded,
+        self.reporter.emit(
             &format!(
                 "snapshot {}: {} of {} blocks sent in {:.1} s (hashing {:.2} CPU s)",
                 done.snapshot_id,
@@ -581,8 +584,13 @@ impl Registration<'_> {
                 done.upload_seconds,
                 done.hash_seconds
             ),
-            json!({ "snapshot_id": done.snapshot_id, "blocks_sent": done.blocks_sent,
-                    "blocks_total": done.blocks_total, "stats": stats }),
+            &payload::Uploaded {
+                snapshot_id: Some(done.snapshot_id.clone()),
+                blocks_sent: Some(done.blocks_sent),
+                blocks_total: Some(done.blocks_total),
+                stats: serde_json::to_value(&stats)?,
+                ..Default::default()
+            },
         );
         Ok((done.snapshot_id, done.volume_size_gib as i32, stats))
     }
@@ -667,15 +675,23 @@ async fn share_and_copy(
         } else {
             format!("{region} already holds build {build_id} as {id}; not copied again")
         };
-        reporter.event(
-            if copied {
-                Event::ImageCopied
-            } else {
-                Event::ImageCopyReused
-            },
-            &message,
-            json!({ "region": region, "image_id": id }),
-        );
+        let (region_name, image_id) = (region.clone(), id.clone());
+        match copied {
+            true => reporter.emit(
+                &message,
+                &payload::ImageCopied {
+                    region: region_name,
+                    image_id,
+                },
+            ),
+            false => reporter.emit(
+                &message,
+                &payload::ImageCopyReused {
+                    region: region_name,
+                    image_id,
+                },
+            ),
+        }
         copies.push((region.clone(), id));
     }
     Ok(copies)
@@ -699,7 +715,12 @@ pub fn unbundle(
             done.size,
             done.parts
         ),
-        &json!({ "output": output, "name": done.name, "size": done.size, "parts": done.parts }),
+        &payload::Unbundled {
+            output: output.to_path_buf(),
+            name: done.name,
+            size: done.size,
+            parts: done.parts,
+        },
     );
     Ok(())
 }

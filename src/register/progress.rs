@@ -1,9 +1,8 @@
 //! Progress of a registration's transfers, and the clean-up of a snapshot left half made.
 
-use crate::events::{Event, Reporter};
+use crate::events::{Payload, Reporter};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 use std::io::IsTerminal;
 
 /// Deletes a snapshot this run made, reporting (not failing) if that is impossible.
@@ -73,9 +72,9 @@ impl<'a> Progress<'a> {
     }
 
     /// An event (JSON line, or a line for people above the bar).
-    pub fn event(&self, kind: Event, message: &str, fields: Value) {
+    pub fn emit<P: Payload>(&self, message: &str, payload: &P) {
         if self.reporter.is_json() {
-            self.reporter.event(kind, message, fields);
+            self.reporter.emit(message, payload);
         } else {
             self.println(message);
         }

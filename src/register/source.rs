@@ -2,10 +2,9 @@
 //! form.
 
 use crate::definition::DiskFormat;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use crate::manifest::Manifest;
 use anyhow::{anyhow, Context, Result};
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The artifact a registration uploads: the raw one, else the qcow2 one, checked against the
@@ -36,10 +35,12 @@ impl SourceImage {
             })?;
         reporter.phase("register: check the artifact against the build's digests");
         let pinned = manifest.checked_artifact(manifest_path, record)?;
-        reporter.event(
-            Event::ArtifactChecked,
+        reporter.emit(
             &format!("    {}: sha256 {} as recorded", record.file, record.sha256),
-            json!({ "file": record.file, "sha256": record.sha256 }),
+            &payload::ArtifactChecked {
+                file: record.file.clone(),
+                sha256: record.sha256.clone(),
+            },
         );
         Ok(SourceImage {
             format: record.format,

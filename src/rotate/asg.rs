@@ -9,11 +9,10 @@
 
 use super::plan::{Action, Item, Plan};
 use crate::cloud::{describe_instances, Clients};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, RefreshPreferences};
 use aws_sdk_ec2::types::Filter;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -212,10 +211,12 @@ async fn step(
             .send()
             .await
             .with_context(|| format!("cannot raise the desired capacity of {name}"))?;
-        reporter.event(
-            Event::AsgSurge,
+        reporter.emit(
             &format!("{name}: desired capacity {desired} → {}", desired + surge),
-            json!({ "group": name, "desired": desired + surge }),
+            &payload::AsgSurge {
+                group: name.to_string(),
+                desired: desired + surge,
+            },
         );
         let fresh =
             wait_for_new_members(clients, name, &before, surge as usize, settings, reporter)
@@ -226,14 +227,18 @@ async fn step(
         for item in batch.iter().take(surge as usize) {
             terminate_member(clients, &item.id).await?;
             done += 1;
-            reporter.event(
-                Event::Replaced,
+            reporter.emit(
                 &format!(
                     "{name}: {} terminated, new member(s) {} in service",
                     item.id,
                     fresh.join(", ")
                 ),
-                json!({ "instance": item.id, "group": name, "new_members": fresh }),
+                &payload::Replaced {
+                    instance: item.id.clone(),
+                    group: Some(name.to_string()),
+                    new_members: Some(fresh.clone()),
+                    ..Default::default()
+                },
             );
         }
     }
@@ -261,13 +266,18 @@ async fn warn_if_not_on(
         let image = i.image_id().unwrap_or("?");
         if image != target {
             let id = i.instance_id().unwrap_or("?");
-            reporter.event(
-                Event::Warning,
+            reporter.emit(
                 &format!(
                     "{name}: new member {id} runs {image}, not the target {target}: point the \
                      group's launch template at {target} and rotate again"
                 ),
-                json!({ "group": name, "instance": id, "image": image, "target": target }),
+                &payload::Warning {
+                    group: Some(name.to_string()),
+                    instance: Some(id.to_string()),
+                    image: Some(image.to_string()),
+                    target: Some(target.to_string()),
+                    ..Default::default()
+                },
             );
         }
     }
@@ -319,10 +329,14 @@ async fn refresh(
         .instance_refresh_id()
         .context("StartInstanceRefresh returned no id")?
         .to_string();
-    reporter.event(
-        Event::AsgRefresh,
+    reporter.emit(
         &format!("{name}: instance refresh {id} started for {old} old member(s)"),
-        json!({ "group": name, "refresh": id, "min_healthy": min, "max_healthy": max }),
+        &payload::AsgRefresh {
+            group: name.to_string(),
+            refresh: id.clone(),
+            min_healthy: min,
+            max_healthy: max,
+        },
     );
     let begun = Instant::now();
     loop {

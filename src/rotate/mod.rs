@@ -14,10 +14,9 @@ pub mod plan;
 pub mod replace;
 
 use crate::cloud::{self, summary, ApiCalls, CloudOptions};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{bail, Result};
 use aws_sdk_ec2::types::Filter;
-use serde_json::json;
 use std::time::{Duration, SystemTime};
 
 /// What `imgforge rotate` is asked to do.
@@ -102,7 +101,10 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
             reporter,
             &calls,
             "dry run: nothing changed",
-            json!({ "dry_run": true }),
+            payload::Summary {
+                dry_run: Some(true),
+                ..Default::default()
+            },
         );
         return Ok(());
     }
@@ -118,19 +120,23 @@ pub async fn run(args: RotateOptions, reporter: &Reporter) -> Result<()> {
         );
     }
     if plan.is_noop() {
-        reporter.event(
-            Event::Noop,
+        reporter.emit(
             &format!(
                 "nothing to do: none of the {} managed instance(s) needs replacing",
                 plan.items.len()
             ),
-            json!({ "instances": plan.items.len() }),
+            &payload::Noop {
+                instances: plan.items.len(),
+            },
         );
         summary(
             reporter,
             &calls,
             "nothing changed",
-            json!({ "changed": false }),
+            payload::Summary {
+                changed: Some(false),
+                ..Default::default()
+            },
         );
         return Ok(());
     }
@@ -233,12 +239,13 @@ fn report_outcome(
             ec2_outcome.not_started,
             plan.skipped()
         ),
-        json!({
-            "replaced": replaced,
-            "failed": failed,
-            "not_started": ec2_outcome.not_started,
-            "skipped": plan.skipped(),
-        }),
+        payload::Summary {
+            replaced: Some(replaced),
+            failed: Some(failed),
+            not_started: Some(ec2_outcome.not_started),
+            skipped: Some(plan.skipped()),
+            ..Default::default()
+        },
     );
     if let Some(first) = ec2_outcome.failures.first() {
         bail!(

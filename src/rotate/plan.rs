@@ -7,7 +7,7 @@ use crate::cloud::registration::Statement;
 use crate::cloud::tags;
 use crate::cloud::{self, describe_instances, format_age, tag, Clients};
 use crate::events::table;
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, Image, Instance};
 use futures::{stream, StreamExt, TryStreamExt};
@@ -173,12 +173,15 @@ impl Plan {
                     })
                 })
                 .collect();
-            reporter.event(
-                Event::Plan,
+            reporter.emit(
                 &format!("{} managed instance(s)", self.items.len()),
-                json!({ "instances": items, "floor": self.floor, "healthy": self.healthy,
-                        "max_age_s": self.max_age.map(|a| a.as_secs()),
-                        "superseded": self.superseded }),
+                &payload::Plan {
+                    instances: items,
+                    floor: self.floor,
+                    healthy: self.healthy,
+                    max_age_s: self.max_age.map(|a| a.as_secs()),
+                    superseded: self.superseded,
+                },
             );
         } else {
             reporter.finish();
@@ -193,10 +196,12 @@ impl Plan {
         }
         for i in &self.items {
             if let Action::Skip { reason } = &i.action {
-                reporter.event(
-                    Event::Skip,
+                reporter.emit(
                     &format!("skipped {}: {reason}", i.id),
-                    json!({ "instance": i.id, "reason": reason }),
+                    &payload::Skip {
+                        instance: i.id.clone(),
+                        reason: reason.to_string(),
+                    },
                 );
             }
         }

@@ -11,7 +11,7 @@
 use super::health::{AddressKind, HealthCheck};
 use super::plan::{Action, Item, Plan, Target};
 use crate::cloud::{self, tags, Clients};
-use crate::events::{Event, Reporter};
+use crate::events::{payload, Reporter};
 use anyhow::{Context, Result};
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -20,7 +20,6 @@ use aws_sdk_ec2::types::{
     RunInstancesMonitoringEnabled, Tag, TagSpecification, Volume, VolumeType,
 };
 use futures::future::join_all;
-use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -161,10 +160,13 @@ impl<'a> Replacement<'a> {
                 }),
                 Err(e) => {
                     let msg = format!("cannot launch a replacement for {}: {e:#}", item.id);
-                    self.reporter.event(
-                        Event::Failed,
+                    self.reporter.emit(
                         &msg,
-                        json!({ "instance": item.id, "reason": msg }),
+                        &payload::Failed {
+                            instance: Some(item.id.clone()),
+                            reason: msg.clone(),
+                            ..Default::default()
+                        },
                     );
                     self.outcome.failures.push(msg);
                     self.stopped = true;
@@ -220,10 +222,14 @@ impl<'a> Replacement<'a> {
                 "replacement {} for {old} failed: {reason}; terminated it, {old} keeps running",
                 f.new_id
             );
-            self.reporter.event(
-                Event::Failed,
+            self.reporter.emit(
                 &msg,
-                json!({ "instance": old, "replacement": f.new_id, "reason": reason }),
+                &payload::Failed {
+                    instance: Some(old.to_string()),
+                    replacement: Some(f.new_id.clone()),
+                    image: None,
+                    reason: reason.to_string(),
+                },
             );
             self.outcome.failures.push(msg);
         }
@@ -242,15 +248,18 @@ impl<'a> Replacement<'a> {
             .with_context(|| format!("cannot terminate the old instance(s) {}", done.join(", ")))?;
         for old in done {
             let f = self.take_inflight(&old);
-            self.reporter.event(
-                Event::Replaced,
+            self.reporter.emit(
                 &format!(
                     "{old} replaced by {} (healthy after {}s); terminated {old}",
                     f.new_id,
                     f.started.elapsed().as_secs()
                 ),
-                json!({ "instance": old, "replacement": f.new_id,
-                        "healthy_after_s": f.started.elapsed().as_secs() }),
+                &payload::Replaced {
+                    instance: old.clone(),
+                    replacement: Some(f.new_id.clone()),
+                    healthy_after_s: Some(f.started.elapsed().as_secs()),
+                    ..Default::default()
+                },
             );
             self.outcome.replaced.push((old, f.new_id));
         }
@@ -278,15 +287,17 @@ impl<'a> Replacement<'a> {
 
     /// Reports the replacements in flight (`waiting` as [`Replacement::waiting_for`] says).
     fn report_waiting(&self, waiting: &str) {
-        self.reporter.event(
-            Event::Waiting,
+        self.reporter.emit(
             &format!(
                 "waiting for {} replacement(s), {} queued: {waiting}",
                 self.inflight.len(),
                 self.queue.len()
             ),
-            json!({ "in_flight": self.inflight.len(), "queued": self.queue.len(),
-                    "replaced": self.outcome.replaced.len() }),
+            &payload::Waiting {
+                in_flight: self.inflight.len(),
+                queued: self.queue.len(),
+                replaced: self.outcome.replaced.len(),
+            },
         );
     }
 }
@@ -345,13 +356,15 @@ async fn start(
     reporter: &Reporter,
 ) -> Result<String> {
     if let Action::Resume { replacement } = &item.action {
-        reporter.event(
-            Event::Resume,
+        reporter.emit(
             &format!(
                 "{}: found its replacement {replacement} from an earlier run",
                 item.id
             ),
-            json!({ "instance": item.id, "replacement": replacement }),
+            &payload::Resume {
+                instance: item.id.clone(),
+                replacement: replacement.to_string(),
+            },
         );
         return Ok(replacement.clone());
     }
@@ -394,13 +407,16 @@ async fn start(
         .and_then(|i| i.instance_id())
         .context("RunInstances returned no instance")?
         .to_string();
-    reporter.event(
-        Event::Launch,
+    reporter.emit(
         &format!(
             "{}: launched replacement {new_id} from {}",
             item.id, target.image_id
         ),
-        json!({ "instance": item.id, "replacement": new_id, "image": target.image_id }),
+        &payload::Launch {
+            instance: item.id.clone(),
+            replacement: new_id.to_string(),
+            image: target.image_id.clone(),
+        },
     );
     Ok(new_id)
 }
