@@ -59,7 +59,7 @@ fn result_line(stdout: &str) -> Value {
     stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .find(|v| v["event"] == "registered")
         .unwrap_or_else(|| panic!("no result line in:\n{stdout}"))
 }
 

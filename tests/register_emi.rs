@@ -113,7 +113,7 @@ async fn register_to_emi_uploads_a_bundle_that_unbundles_and_registers_it_once()
     let result: Value = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .find(|v| v["event"] == "registered")
         .unwrap();
     let prefix = format!("emitest-2.0.0-{}", &build_id[..12]);
     assert_eq!(
@@ -222,7 +222,7 @@ async fn an_ebs_backed_emi_goes_through_the_snapshot_route() {
     let result: Value = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+        .find(|v| v["event"] == "registered")
         .unwrap();
     assert_eq!(result["target"], "emi");
     let snapshot_id = result["snapshot_id"].as_str().unwrap();

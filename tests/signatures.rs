@@ -257,7 +257,7 @@ async fn a_signed_registration_is_bound_to_its_image_and_a_copied_one_is_not_reu
         let result: Value = out
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v.get("image_id").is_some() && v.get("event").is_none())
+            .find(|v| v["event"] == "registered")
             .unwrap();
         (result, out)
     };
