@@ -255,39 +255,9 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             files,
             output_dir,
             cache_url,
-        } => {
-            let items = imgforge::plan(&files, &output_dir, cache_url.as_deref())?;
-            let to_build: Vec<_> = items
-                .iter()
-                .filter(|i| i.needs_build)
-                .map(|i| &i.file)
-                .collect();
-            let plan = payload::BuildPlan {
-                definitions: serde_json::to_value(&items)?,
-                to_build: to_build.into_iter().cloned().collect(),
-            };
-            reporter.result(&imgforge::plan_table(&items), &plan);
-            Ok(())
-        }
+        } => plan(&files, &output_dir, cache_url.as_deref(), reporter),
         Command::Lock { files, update } => lock(&files, update, reporter),
-        Command::Outdated { manifest } => {
-            let packages = imgforge::outdated(&manifest)?;
-            reporter.result(
-                &imgforge::outdated_table(&packages),
-                &payload::Outdated {
-                    manifest: manifest.clone(),
-                    packages: packages.clone(),
-                },
-            );
-            match packages.len() {
-                0 => Ok(()),
-                count => Err(PackagesOutdated {
-                    count,
-                    security: packages.iter().filter(|p| p.security).count(),
-                }
-                .into()),
-            }
-        }
+        Command::Outdated { manifest } => outdated(&manifest, reporter),
         Command::Build(args) => {
             imgforge::install_handlers()?;
             build_image(&args, reporter)
@@ -296,24 +266,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<()> {
             imgforge::install_handlers()?;
             imgforge::verify_manifest(&args.manifest, &args.overrides(), reporter)
         }
-        Command::Register(args) => {
-            let opts = args.options()?;
-            let image = runtime()?.block_on(imgforge::register_manifest(
-                &args.manifest,
-                &opts,
-                reporter,
-            ))?;
-            let human = if image.reused {
-                format!("{} (existing image of this build)", image.image_id)
-            } else {
-                image.image_id.clone()
-            };
-            let registered = payload::Registered {
-                image: serde_json::to_value(&image)?,
-            };
-            reporter.result(&human, &registered);
-            Ok(())
-        }
+        Command::Register(args) => register(&args, reporter),
         Command::Unbundle(args) => {
             imgforge::unbundle(&args.manifest, &args.private_key, &args.output, reporter)
         }
@@ -349,6 +302,64 @@ fn render_answer_file(file: &Path, output: Option<&Path>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `imgforge plan`: what each definition would build, and from which cached layers.
+fn plan(
+    files: &[PathBuf],
+    output_dir: &Path,
+    cache_url: Option<&str>,
+    reporter: &Reporter,
+) -> Result<()> {
+    let items = imgforge::plan(files, output_dir, cache_url)?;
+    let to_build = items
+        .iter()
+        .filter(|i| i.needs_build)
+        .map(|i| i.file.clone())
+        .collect();
+    let plan = payload::BuildPlan {
+        definitions: serde_json::to_value(&items)?,
+        to_build,
+    };
+    reporter.result(&imgforge::plan_table(&items), &plan);
+    Ok(())
+}
+
+/// `imgforge outdated`: fails (exit status by the worst kind) when a package is outdated.
+fn outdated(manifest: &Path, reporter: &Reporter) -> Result<()> {
+    let packages = imgforge::outdated(manifest)?;
+    reporter.result(
+        &imgforge::outdated_table(&packages),
+        &payload::Outdated {
+            manifest: manifest.to_path_buf(),
+            packages: packages.clone(),
+        },
+    );
+    match packages.len() {
+        0 => Ok(()),
+        count => Err(PackagesOutdated {
+            count,
+            security: packages.iter().filter(|p| p.security).count(),
+        }
+        .into()),
+    }
+}
+
+/// `imgforge register`: one build registered as its destination asks.
+fn register(args: &cli::RegisterArgs, reporter: &Reporter) -> Result<()> {
+    let opts = args.options()?;
+    let image =
+        runtime()?.block_on(imgforge::register_manifest(&args.manifest, &opts, reporter))?;
+    let human = if image.reused {
+        format!("{} (existing image of this build)", image.image_id)
+    } else {
+        image.image_id.clone()
+    };
+    let registered = payload::Registered {
+        image: serde_json::to_value(&image)?,
+    };
+    reporter.result(&human, &registered);
+    Ok(())
 }
 
 /// `imgforge id`: the layer ids, with the service commit and data digest they cover.

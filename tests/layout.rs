@@ -267,3 +267,44 @@ fn stages_take_their_spec_not_the_definition() {
         "the scan finds the stages' file checks: {checks}"
     );
 }
+
+/// A function a newcomer can read at once: none in `src/` (tests aside) over 80 lines, from its
+/// signature to its closing brace.
+#[test]
+fn no_function_is_over_80_lines() {
+    let mut long = Vec::new();
+    let mut functions = 0;
+    for (file, text) in source_files() {
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let lines: Vec<&str> = code.lines().collect();
+        for (start, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let is_fn = [
+                "fn ",
+                "pub fn ",
+                "pub(crate) fn ",
+                "pub(super) fn ",
+                "async fn ",
+            ]
+            .iter()
+            .chain(&["pub async fn ", "pub(crate) async fn "])
+            .any(|p| trimmed.starts_with(p));
+            if !is_fn || trimmed.ends_with(';') || trimmed.ends_with('}') {
+                continue;
+            }
+            let indent = &line[..line.len() - trimmed.len()];
+            let end = lines[start..]
+                .iter()
+                .position(|l| *l == format!("{indent}}}"));
+            if let Some(end) = end {
+                functions += 1;
+                if end + 1 > 80 {
+                    let name = trimmed.split('(').next().unwrap_or(trimmed);
+                    long.push(format!("{file}: {name} ({} lines)", end + 1));
+                }
+            }
+        }
+    }
+    assert!(functions > 500, "the scan finds the functions: {functions}");
+    assert!(long.is_empty(), "functions over 80 lines: {long:?}");
+}

@@ -114,20 +114,7 @@ fn make_tree(
     if resolved.lock.is_some() {
         archive.check_available(&resolved.set)?;
     }
-    for s in resolved.sources.iter().filter(|s| s.keyring.is_none()) {
-        reporter.emit(
-            &format!(
-                "the repository `{}` ({}) is trusted unsigned (`trusted = true`): nothing \
-                 checks what it serves",
-                s.name, s.uri
-            ),
-            &crate::events::payload::Warning {
-                repository: Some(s.uri.clone()),
-                trusted: Some(true),
-                ..Default::default()
-            },
-        );
-    }
+    warn_unsigned(&resolved.sources, reporter);
     let hook = staging.path("customize.sh");
     fs::write(
         &hook,
@@ -173,22 +160,43 @@ fn make_tree(
         .context("mmdebstrap could not build the OS tree")?;
     crate::apt::check_installed(tree, &resolved.set)?;
     let used = package_cache.absorb(&synced)?;
-    let damaged = match used.damaged {
-        0 => String::new(),
-        n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
-    };
-    reporter.println(&format!(
-        "    packages: {} of the set, {} reused from the package cache, {} downloaded{damaged}",
-        resolved.set.packages.len(),
-        used.reused,
-        used.downloaded
-    ));
+    report_package_use(resolved.set.packages.len(), &used, reporter);
     fs::remove_dir_all(&synced).ok();
     fs::remove_dir_all(&package_hooks).ok();
     if package_limit > 0 {
         packages::trim(&packages::cache_root(), package_limit, false)?;
     }
     Ok((package_limit > 0).then_some(used))
+}
+
+/// Warns of each source trusted without a signature (`trusted = true`).
+fn warn_unsigned(sources: &[Source], reporter: &Reporter) {
+    for s in sources.iter().filter(|s| s.keyring.is_none()) {
+        reporter.emit(
+            &format!(
+                "the repository `{}` ({}) is trusted unsigned (`trusted = true`): nothing \
+                 checks what it serves",
+                s.name, s.uri
+            ),
+            &crate::events::payload::Warning {
+                repository: Some(s.uri.clone()),
+                trusted: Some(true),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// Says how many of the set's `total` packages came from the package cache.
+fn report_package_use(total: usize, used: &PackageUse, reporter: &Reporter) {
+    let damaged = match used.damaged {
+        0 => String::new(),
+        n => format!(" ({n} damaged in the cache: removed, downloaded again)"),
+    };
+    reporter.println(&format!(
+        "    packages: {total} of the set, {} reused from the package cache, {} downloaded{damaged}",
+        used.reused, used.downloaded
+    ));
 }
 
 /// The locale's own selections (so `locales` configures cleanly), then the definition's.

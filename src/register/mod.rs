@@ -20,10 +20,12 @@ pub mod import;
 pub mod launch_template;
 mod progress;
 mod source;
+mod unbundle;
 
 pub(crate) use progress::delete_snapshot;
 pub use progress::Progress;
 use source::{RawImage, SourceImage};
+pub use unbundle::unbundle;
 
 #[cfg(test)]
 mod bundle_tests;
@@ -302,37 +304,8 @@ pub async fn register_manifest(
     opts: &RegisterOptions,
     reporter: &Reporter,
 ) -> Result<RegisteredImage> {
-    // Before any cloud call: the build is signed by an allowed key, and the bytes to upload are
-    // the bytes that were built and verified.
-    let signer = match &opts.require_signature {
-        Some(allowed) => Some(crate::signature::check_build(
-            manifest_path,
-            allowed,
-            reporter,
-        )?),
-        None => None,
-    };
-    let manifest = Manifest::load(manifest_path)?;
-    let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
+    let (run, source) = Registration::open(manifest_path, opts, reporter).await?;
     let artifact_sha256 = source.sha256.clone();
-    let config = cloud::load(&opts.cloud).await?;
-    let run = Registration {
-        ec2: aws_sdk_ec2::Client::new(&config),
-        spec: {
-            let mut spec = image_spec(&manifest, opts, signer.as_ref());
-            spec.tags
-                .push((ARTIFACT_TAG.to_string(), artifact_sha256.clone()));
-            spec
-        },
-        build_id: manifest.provenance.ids.build.clone(),
-        manifest,
-        config,
-        opts,
-        reporter,
-    };
-    if opts.destination.ami().is_some() {
-        run.spec.validate()?;
-    }
     let mut out = RegisteredImage {
         target: opts.destination.target(),
         image_id: String::new(),
@@ -345,27 +318,7 @@ pub async fn register_manifest(
         launch_template: None,
     };
     reporter.phase("register: look for an image of this build");
-    let mut existing = None;
-    let mut refused = None;
-    for id in ami::find_existing(&run.ec2, &run.build_id).await? {
-        match run.check_reusable(&id, &artifact_sha256).await {
-            Ok(()) => {
-                existing = Some(id);
-                break;
-            }
-            Err(e) => refused = refused.or(Some((id, e))),
-        }
-    }
-    if let (None, Some((id, e))) = (&existing, refused) {
-        bail!(
-            "{id} is tagged with build {} but is not reused: {e:#}. Nothing was registered, \
-             shared, copied or made a default; find out who made {id}, deregister it (or remove \
-             its {} tag), and register again",
-            run.build_id,
-            cloud::tags::BUILD_ID
-        );
-    }
-    if let Some(image_id) = existing {
+    if let Some(image_id) = run.existing_image(&artifact_sha256).await? {
         reporter.emit(
             &format!(
                 "{image_id} already holds build {}; reusing it, nothing uploaded",
@@ -379,26 +332,7 @@ pub async fn register_manifest(
         out.image_id = image_id;
         out.reused = true;
     } else {
-        let raw = RawImage::prepare(source, reporter).await?;
-        match &opts.destination {
-            Destination::EmiBundle { keys, bucket } => {
-                let published = run.publish_bundle(&raw, keys, bucket).await?;
-                out.image_id = published.image_id;
-                out.image_location = Some(published.location);
-                out.upload = Some(published.stats);
-            }
-            Destination::Ami(AmiSettings { snapshot, .. }) | Destination::EmiSnapshot(snapshot) => {
-                let (snapshot_id, volume_size_gib, stats) = match snapshot {
-                    SnapshotUpload::Direct => run.upload_direct(&raw).await?,
-                    SnapshotUpload::Import { bucket } => {
-                        run.upload_import(&raw.path, bucket).await?
-                    }
-                };
-                out.image_id = run.register_snapshot(&snapshot_id, volume_size_gib).await?;
-                out.snapshot_id = Some(snapshot_id);
-                out.upload = Some(stats);
-            }
-        }
+        run.upload_and_register(source, &mut out).await?;
         reporter.emit(
             &format!("registered {} as {}", run.spec.name, out.image_id),
             &payload::ImageRegistered {
@@ -422,18 +356,8 @@ pub async fn register_manifest(
         reporter,
     )
     .await?;
-    // A copy is another image: it gets a registration of its own, signed in its region.
     if let Some(key) = &opts.sign {
-        for (region, copy_id) in &out.copies {
-            let regional = run
-                .config
-                .to_builder()
-                .region(aws_config::Region::new(region.clone()))
-                .build();
-            let ec2 = aws_sdk_ec2::Client::new(&regional);
-            run.sign_registration(&ec2, copy_id, &artifact_sha256, key)
-                .await?;
-        }
+        run.sign_copies(&out.copies, &artifact_sha256, key).await?;
     }
     if let Some(template) = opts
         .destination
@@ -466,7 +390,117 @@ struct Registration<'a> {
 /// A snapshot made from the image: its id, size in GiB, and how the bytes got there.
 type Uploaded = (String, i32, UploadStats);
 
-impl Registration<'_> {
+impl<'a> Registration<'a> {
+    /// The registration of the build at `manifest_path`, and its artifact. Before any cloud
+    /// call: the build is signed by an allowed key (when `opts` asks), and the bytes to upload
+    /// are the bytes that were built and verified.
+    async fn open(
+        manifest_path: &Path,
+        opts: &'a RegisterOptions,
+        reporter: &'a Reporter,
+    ) -> Result<(Registration<'a>, SourceImage)> {
+        let signer = match &opts.require_signature {
+            Some(allowed) => Some(crate::signature::check_build(
+                manifest_path,
+                allowed,
+                reporter,
+            )?),
+            None => None,
+        };
+        let manifest = Manifest::load(manifest_path)?;
+        let source = SourceImage::checked(manifest_path, &manifest, reporter)?;
+        let mut spec = image_spec(&manifest, opts, signer.as_ref());
+        spec.tags
+            .push((ARTIFACT_TAG.to_string(), source.sha256.clone()));
+        if opts.destination.ami().is_some() {
+            spec.validate()?;
+        }
+        let config = cloud::load(&opts.cloud).await?;
+        let run = Registration {
+            ec2: aws_sdk_ec2::Client::new(&config),
+            spec,
+            build_id: manifest.provenance.ids.build.clone(),
+            manifest,
+            config,
+            opts,
+            reporter,
+        };
+        Ok((run, source))
+    }
+
+    /// The image already registered for this build, if one is tagged with its id and holds
+    /// its artifact; an image tagged so that is not reusable stops the registration.
+    async fn existing_image(&self, artifact_sha256: &str) -> Result<Option<String>> {
+        let mut refused = None;
+        for id in ami::find_existing(&self.ec2, &self.build_id).await? {
+            match self.check_reusable(&id, artifact_sha256).await {
+                Ok(()) => return Ok(Some(id)),
+                Err(e) => refused = refused.or(Some((id, e))),
+            }
+        }
+        if let Some((id, e)) = refused {
+            bail!(
+                "{id} is tagged with build {} but is not reused: {e:#}. Nothing was registered, \
+                 shared, copied or made a default; find out who made {id}, deregister it (or \
+                 remove its {} tag), and register again",
+                self.build_id,
+                cloud::tags::BUILD_ID
+            );
+        }
+        Ok(None)
+    }
+
+    /// Uploads the image by the destination's route and registers it, into `out`.
+    async fn upload_and_register(
+        &self,
+        source: SourceImage,
+        out: &mut RegisteredImage,
+    ) -> Result<()> {
+        let raw = RawImage::prepare(source, self.reporter).await?;
+        match &self.opts.destination {
+            Destination::EmiBundle { keys, bucket } => {
+                let published = self.publish_bundle(&raw, keys, bucket).await?;
+                out.image_id = published.image_id;
+                out.image_location = Some(published.location);
+                out.upload = Some(published.stats);
+            }
+            Destination::Ami(AmiSettings { snapshot, .. }) | Destination::EmiSnapshot(snapshot) => {
+                let (snapshot_id, volume_size_gib, stats) = match snapshot {
+                    SnapshotUpload::Direct => self.upload_direct(&raw).await?,
+                    SnapshotUpload::Import { bucket } => {
+                        self.upload_import(&raw.path, bucket).await?
+                    }
+                };
+                out.image_id = self
+                    .register_snapshot(&snapshot_id, volume_size_gib)
+                    .await?;
+                out.snapshot_id = Some(snapshot_id);
+                out.upload = Some(stats);
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a registration of each copy: a copy is another image, signed in its region.
+    async fn sign_copies(
+        &self,
+        copies: &[(String, String)],
+        artifact_sha256: &str,
+        key: &Path,
+    ) -> Result<()> {
+        for (region, copy_id) in copies {
+            let regional = self
+                .config
+                .to_builder()
+                .region(aws_config::Region::new(region.clone()))
+                .build();
+            let ec2 = aws_sdk_ec2::Client::new(&regional);
+            self.sign_registration(&ec2, copy_id, artifact_sha256, key)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Checks that the image of this build found in the account holds the artifact in hand:
     /// its `imgforge:artifact-sha256` tag matches, and with `--require-signature` its signed
     /// registration checks out against the allowed signers and names this build and artifact
@@ -695,34 +729,6 @@ async fn share_and_copy(
         copies.push((region.clone(), id));
     }
     Ok(copies)
-}
-
-/// Runs `imgforge unbundle`: the bundle whose manifest is `manifest`, decrypted with
-/// `private_key`, written to `output` after the signature and every digest were checked.
-pub fn unbundle(
-    manifest: &Path,
-    private_key: &Path,
-    output: &Path,
-    reporter: &Reporter,
-) -> Result<()> {
-    let key = bundle::load_private_key(private_key)?;
-    reporter.phase("unbundle");
-    let done = bundle::unbundle(manifest, &key, output)?;
-    reporter.result(
-        &format!(
-            "{}: {} bytes from {} parts, digests and signature verified",
-            output.display(),
-            done.size,
-            done.parts
-        ),
-        &payload::Unbundled {
-            output: output.to_path_buf(),
-            name: done.name,
-            size: done.size,
-            parts: done.parts,
-        },
-    );
-    Ok(())
 }
 
 fn s3_client(config: &aws_config::SdkConfig, opts: &RegisterOptions) -> aws_sdk_s3::Client {
