@@ -58,7 +58,6 @@ pub fn run(reporter: &Reporter) -> Result<()> {
     let mut findings = vec![
         program("qemu-system-x86_64", "qemu-system-x86", true),
         program("qemu-img", "qemu-utils", true),
-        program("mmdebstrap", "mmdebstrap", true),
         program("mkfs.ext4", "e2fsprogs", true),
         program("sfdisk", "fdisk", true),
         program("grub-mkimage", "grub-common", true),
@@ -69,6 +68,11 @@ pub fn run(reporter: &Reporter) -> Result<()> {
         program("xorriso", "xorriso", false),
         program("losetup", "mount", true),
     ];
+    for family in crate::os::FAMILIES {
+        for (name, package) in crate::os::family(family).host_programs() {
+            findings.push(program(name, package, true));
+        }
+    }
     findings.push(root());
     let accel = match crate::qemu::probe_kvm() {
         Ok(()) => Finding {

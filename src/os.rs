@@ -33,6 +33,9 @@ pub trait Family: Sync {
     fn resolves_packages(&self) -> bool;
     /// Why it has no rootfs builder, if it has none.
     fn lacks_rootfs_builder(&self) -> Option<&'static str>;
+    /// The programs (and the Debian packages that hold them) this host needs to build the
+    /// family's bases.
+    fn host_programs(&self) -> &'static [(&'static str, &'static str)];
     /// The values the bake's hygiene (`templates/bake-hygiene.sh.hbs`) chooses its package
     /// tools by.
     fn hygiene_values(&self) -> Value;
@@ -49,6 +52,9 @@ pub fn problems(def: &Definition) -> Vec<(String, String)> {
     }
     problems
 }
+
+/// Every family imgforge knows.
+pub const FAMILIES: [OsFamily; 2] = [OsFamily::Debian, OsFamily::Rhel];
 
 /// The seam of `family`.
 pub fn family(family: OsFamily) -> &'static dyn Family {
@@ -102,6 +108,10 @@ impl Family for Debian {
         None
     }
 
+    fn host_programs(&self) -> &'static [(&'static str, &'static str)] {
+        &[("mmdebstrap", "mmdebstrap")]
+    }
+
     fn hygiene_values(&self) -> Value {
         json!({ "debian": true })
     }
@@ -147,6 +157,10 @@ impl Family for Rhel {
             "the rootfs builder uses mmdebstrap and builds Debian only; use kind = \"installer\" \
              for rhel",
         )
+    }
+
+    fn host_programs(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
     }
 
     fn hygiene_values(&self) -> Value {

@@ -90,18 +90,24 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
             root_uuid: None,
         });
     };
-    let documents = write_records(input, root.path(), &installed, reporter)?;
     let Some(boot) = &input.base.direct_boot else {
         return Ok(Sealed {
+            documents: write_records(input, root.path(), &installed, reporter)?,
             disk: raw,
-            documents,
             reproducible: false,
             root_uuid: None,
         });
     };
+    // The records and the new disk both only read the tree: they are made at the same time.
     let sealed = input.work.join("sealed.raw");
-    crate::disk::assemble(&input.layout, root.path(), &sealed, &boot.root_uuid)
-        .context("cannot write the image again from its file tree")?;
+    let (documents, assembled) = std::thread::scope(|scope| {
+        let records = scope.spawn(|| write_records(input, root.path(), &installed, reporter));
+        let assembled = crate::disk::assemble(&input.layout, root.path(), &sealed, &boot.root_uuid);
+        let documents = records.join().expect("the records' thread panicked");
+        (documents, assembled)
+    });
+    assembled.context("cannot write the image again from its file tree")?;
+    let documents = documents?;
     drop(root);
     std::fs::remove_file(&raw).ok();
     Ok(Sealed {
