@@ -105,7 +105,7 @@ fn package_identity<S: Serializer>(
 impl BaseSpec {
     /// Its layer id.
     pub fn id(&self) -> String {
-        digest(&serde_json::to_value(self).expect("a spec serialises"))
+        id_of(self)
     }
 
     /// The resolved package set: the rootfs builder installs exactly it.
@@ -236,7 +236,7 @@ impl CloudSpec {
 impl BakeSpec {
     /// Its layer id.
     pub fn id(&self) -> String {
-        digest(&serde_json::to_value(self).expect("a spec serialises"))
+        id_of(self)
     }
 
     /// The digest the bake id covers for the `field` of provisioner `index`.
@@ -317,8 +317,13 @@ pub struct BoxMachine {
 impl OutputSpec {
     /// Its id: the build id.
     pub fn id(&self) -> String {
-        digest(&serde_json::to_value(self).expect("a spec serialises"))
+        id_of(self)
     }
+}
+
+/// The id of `spec`: the digest of its canonical JSON.
+fn id_of(spec: &impl Serialize) -> String {
+    digest(&serde_json::to_value(spec).expect("a spec serialises"))
 }
 
 /// The three specs of one build.
