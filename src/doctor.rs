@@ -53,8 +53,8 @@ fn root() -> Finding {
     }
 }
 
-/// Checks the host and reports; fails if something required is missing.
-pub fn run(reporter: &Reporter) -> Result<()> {
+/// The host programs imgforge runs, and each OS family's for its bases.
+fn programs() -> Vec<Finding> {
     let mut findings = vec![
         program("qemu-system-x86_64", "qemu-system-x86", true),
         program("qemu-img", "qemu-utils", true),
@@ -73,6 +73,12 @@ pub fn run(reporter: &Reporter) -> Result<()> {
             findings.push(program(name, package, true));
         }
     }
+    findings
+}
+
+/// Checks the host and reports; fails if something required is missing.
+pub fn run(reporter: &Reporter) -> Result<()> {
+    let mut findings = programs();
     findings.push(root());
     let accel = match crate::qemu::probe_kvm() {
         Ok(()) => Finding {
