@@ -22,11 +22,11 @@ pub struct LayerIds {
 }
 
 impl LayerIds {
-    /// The ids of `specs`' layers.
+    /// The ids of `specs`' layers: each spec holds the id of the layer below it.
     pub fn of(specs: &Specs) -> LayerIds {
         LayerIds {
-            base: specs.base.id(),
-            bake: specs.bake.id(),
+            base: specs.bake.base.clone(),
+            bake: specs.output.bake.clone(),
             build: specs.output.id(),
         }
     }
