@@ -1,6 +1,7 @@
 //! SPDX 2.3 JSON SBOM of a Debian root file tree: its dpkg packages, their declared licences
 //! (from machine-readable `copyright` files), the baked-in service and the data snapshot.
 
+use crate::apt::InstalledPackage;
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,8 +9,10 @@ use std::path::Path;
 
 /// What the SBOM describes besides the tree's packages.
 pub struct SbomInput<'a> {
-    /// Root of the image's file tree (reads var/lib/dpkg/status and usr/share/doc/*/copyright).
+    /// Root of the image's file tree (reads usr/share/doc/*/copyright).
     pub root: &'a Path,
+    /// The tree's installed packages, as dpkg records them.
+    pub packages: &'a [InstalledPackage],
     /// Image name, e.g. "debian-12-web".
     pub name: &'a str,
     /// Image version, e.g. "1.0.0".
@@ -63,7 +66,7 @@ pub fn spdx_document(input: &SbomInput) -> Result<Value> {
         "filesAnalyzed": false, "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
     })];
     let mut refs = Refs::new();
-    packages.extend(debian_packages(input.root, &distro, &mut refs)?);
+    packages.extend(debian_packages(input, &distro, &mut refs)?);
     packages.extend(
         input
             .service
@@ -98,12 +101,13 @@ pub fn spdx_document(input: &SbomInput) -> Result<Value> {
     }))
 }
 
-/// One SPDX package per installed Debian package of the tree at `root`, with its purl
-/// (`distro` is the purl's `&distro=` qualifier or empty) and declared licence.
-fn debian_packages(root: &Path, distro: &str, refs: &mut Refs) -> Result<Vec<Value>> {
+/// One SPDX package per installed Debian package of the image, with its purl (`distro` is
+/// the purl's `&distro=` qualifier or empty) and declared licence.
+fn debian_packages(input: &SbomInput, distro: &str, refs: &mut Refs) -> Result<Vec<Value>> {
+    let root = input.root;
     let mut ids = BTreeSet::new();
     let mut packages = Vec::new();
-    for p in crate::apt::installed_packages(root)? {
+    for p in input.packages {
         // Debian names are [a-z0-9+.-] and architectures [a-z0-9-]: 'P' for '+' and the '.'
         // before the architecture keep SPDXIDs unique.
         let id = format!(
@@ -382,13 +386,20 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    /// This host's installed packages.
+    fn host_packages() -> Vec<InstalledPackage> {
+        crate::apt::installed_packages(Path::new("/")).unwrap()
+    }
+
     fn input<'a>(
         root: &'a Path,
+        packages: &'a [InstalledPackage],
         service: Option<(&'a str, &'a str)>,
         data: Option<(&'a str, &'a str)>,
     ) -> SbomInput<'a> {
         SbomInput {
             root,
+            packages,
             name: "debian-12-web",
             version: "1.0.0",
             build_id: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
@@ -489,7 +500,7 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
         let start = std::time::Instant::now();
-        let doc = spdx_document(&input(Path::new("/"), None, None)).unwrap();
+        let doc = spdx_document(&input(Path::new("/"), &host_packages(), None, None)).unwrap();
         eprintln!(
             "SBOM of / with {} packages in {:?}",
             expected.len(),
@@ -502,10 +513,12 @@ mod tests {
     fn host_document_is_valid_spdx_and_deterministic() {
         let ssh = Some(("git@github.com:acme/web-app.git", SERVICE.unwrap().1));
         for (service, data) in [(None, None), (SERVICE, DATA_TAR), (ssh, DATA_GIT)] {
-            let doc = spdx_document(&input(Path::new("/"), service, data)).unwrap();
+            let doc =
+                spdx_document(&input(Path::new("/"), &host_packages(), service, data)).unwrap();
             let (ok, log) = pyspdxtools(&doc);
             assert!(ok, "pyspdxtools rejected the document:\n{log}");
-            let again = spdx_document(&input(Path::new("/"), service, data)).unwrap();
+            let again =
+                spdx_document(&input(Path::new("/"), &host_packages(), service, data)).unwrap();
             assert_eq!(
                 serde_json::to_vec_pretty(&doc).unwrap(),
                 serde_json::to_vec_pretty(&again).unwrap()
@@ -515,7 +528,8 @@ mod tests {
 
     #[test]
     fn validator_rejects_broken_documents() {
-        let doc = spdx_document(&input(Path::new("/"), SERVICE, DATA_TAR)).unwrap();
+        let doc =
+            spdx_document(&input(Path::new("/"), &host_packages(), SERVICE, DATA_TAR)).unwrap();
         let mut underscore = doc.clone();
         underscore["packages"][0]["SPDXID"] = json!("SPDXRef-Bad_Id");
         let mut no_describes = doc.clone();
@@ -584,7 +598,7 @@ mod tests {
             ("foo", "1:2.0-1")
         );
         assert_eq!(pkgs[0].source, "g++");
-        let doc = spdx_document(&input(root.path(), SERVICE, DATA_TAR)).unwrap();
+        let doc = spdx_document(&input(root.path(), &pkgs, SERVICE, DATA_TAR)).unwrap();
         let (ok, log) = pyspdxtools(&doc);
         assert!(ok, "{log}");
         let by_id = |id: &str| {

@@ -144,6 +144,7 @@ fn write_records(
     let data = spec.data.as_ref().map(|d| (&*d.dest, d.digest.as_str()));
     let sbom = crate::sbom::spdx_document(&crate::sbom::SbomInput {
         root,
+        packages: installed,
         name: &prov.name,
         version: &prov.version,
         build_id: &prov.ids.build,
