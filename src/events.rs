@@ -332,17 +332,14 @@ impl Reporter {
     /// Reports an event: `message` is for people, the payload (which names its kind) for
     /// machines.
     pub fn emit<P: Payload>(&self, message: &str, payload: &P) {
-        self.event(P::EVENT, message, payload_fields(payload));
-    }
-
-    fn event(&self, kind: Event, message: &str, fields: Value) {
         if self.json {
             let mut obj = json!({
-                "event": kind.name(),
+                "event": P::EVENT.name(),
                 "message": message,
                 "elapsed_s": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             });
-            if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields) {
+            if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), payload_fields(payload))
+            {
                 o.extend(extra);
             }
             if let (Some(o), Some(job)) = (obj.as_object_mut(), &self.job) {
