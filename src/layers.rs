@@ -105,7 +105,7 @@ mod tests {
             ),
             (
                 "initramfs",
-                replace("accelerator = \"auto\"", "initramfs = \"virtual\""),
+                replace("initramfs = \"virtual\"", "initramfs = \"generic\""),
             ),
         ];
         for (field, edit) in base {

@@ -98,6 +98,8 @@ pub fn sh_quote(s: &str) -> String {
 
 /// The guest script template of the rootfs builder's mmdebstrap customize hook.
 pub const ROOTFS_CUSTOMIZE: &str = "rootfs-customize.sh.hbs";
+/// mmdebstrap's essential hook: the initramfs's drivers, set before the kernel is installed.
+pub const ROOTFS_INITRAMFS: &str = "rootfs-initramfs.sh.hbs";
 /// mmdebstrap's setup hook: the package set's `.deb`s from the package cache into the tree.
 pub const ROOTFS_DEBS_IN: &str = "rootfs-debs-in.sh.hbs";
 /// mmdebstrap's customize hook: the tree's `.deb`s out to the package cache's side.

@@ -376,6 +376,7 @@ fn base_spec(
             None,
             vec![
                 crate::render::script_template(crate::render::ROOTFS_CUSTOMIZE)?,
+                crate::render::script_template(crate::render::ROOTFS_INITRAMFS)?,
                 crate::render::script_template(crate::render::BAKE_INIT)?,
             ],
         ),

@@ -122,6 +122,8 @@ fn make_tree(
     )?;
     let selections = staging.path("debconf.txt");
     fs::write(&selections, debconf_selections(&spec.system))?;
+    let initramfs = staging.path("initramfs.sh");
+    fs::write(&initramfs, initramfs_script(spec.disk.initramfs)?)?;
     let suite = crate::apt::suite(&spec.os.release);
     let package_limit = packages::limit()?;
     // With the cache off, the packages are fetched into the staging directory instead.
@@ -138,6 +140,10 @@ fn make_tree(
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
             selections.display()
+        ))
+        .arg(format!(
+            "--essential-hook=sh {} \"$1\"",
+            crate::render::sh_quote(&initramfs.display().to_string())
         ));
     // The package cache's hooks first: the customize hook below cleans the archive directory.
     for arg in package_cache.mmdebstrap_args(&resolved.set, &synced, &package_hooks)? {
@@ -266,10 +272,6 @@ fn customize_script(
         .filter(|(_, text)| !text.is_empty())
         .map(|(name, text)| json!({ "name": name, "text": text }))
         .collect();
-    let virtual_drivers: &[&str] = match spec.disk.initramfs {
-        Initramfs::Virtual => &VIRTUAL_DRIVERS,
-        _ => &[],
-    };
     let ctx = json!({
         "hostname": sys.hostname,
         "domain": sys.domain,
@@ -285,7 +287,6 @@ fn customize_script(
         "build_key": build_key,
         "hostkeys_unit": HOSTKEYS_UNIT,
         "sshd_host_keys": SSHD_HOST_KEYS,
-        "virtual_drivers": virtual_drivers,
         "init_path": bake_protocol::INIT_PATH,
         "init_script": bake_protocol::init_script()?,
         "grub_platform": match spec.disk.firmware {
@@ -295,6 +296,16 @@ fn customize_script(
         "grub_cfg": grub_cfg(uuid),
     });
     crate::render::render_script(crate::render::ROOTFS_CUSTOMIZE, &ctx)
+}
+
+/// mmdebstrap's essential hook, rendered from `templates/rootfs-initramfs.sh.hbs`: the drivers
+/// of the initramfs `kind`, set before the kernel's package makes it, so it is made once.
+fn initramfs_script(kind: Initramfs) -> Result<String> {
+    let ctx = json!({
+        "generic": kind == Initramfs::Generic,
+        "drivers": VIRTUAL_DRIVERS,
+    });
+    crate::render::render_script(crate::render::ROOTFS_INITRAMFS, &ctx)
 }
 
 /// First boot: SSH host keys are removed from images, so make new ones before sshd starts.
@@ -389,9 +400,9 @@ mod tests {
             bake_protocol::init_script().unwrap()
         )));
         assert!(!web.contains("/boot/efi"), "BIOS: no ESP");
-        // A user whose key holds a quote and shell syntax, UEFI, the `virtual` initramfs.
+        // A user whose key holds a quote and shell syntax, UEFI.
         let uefi = hook("debian-12-minimal.toml", |t| {
-            t.replace("firmware = \"bios\"", "firmware = \"uefi\"\ninitramfs = \"virtual\"")
+            t.replace("firmware = \"bios\"", "firmware = \"uefi\"")
                 + "\n[[system.users]]\nname = \"ops\"\nsudo = true\nssh_keys = [\"ssh-ed25519 AAAA it's $(reboot)\"]\n"
         });
         crate::render::assert_valid_shell(&uefi);
@@ -400,11 +411,27 @@ mod tests {
             uefi.contains("chroot \"$R\" usermod -aG sudo 'ops'"),
             "{uefi}"
         );
-        assert!(uefi.contains("printf '%s\\n' 'virtio_pci'"), "{uefi}");
         assert!(uefi.contains("mkdir -p \"$R/boot/efi\""));
         assert!(
             uefi.contains("cp -r /usr/lib/grub/'x86_64-efi' \"$R/boot/grub/\""),
             "{uefi}"
         );
+    }
+
+    #[test]
+    fn the_initramfs_hook_lists_every_local_disk_class_for_generic_and_the_vm_drivers_for_both() {
+        let generic = initramfs_script(Initramfs::Generic).unwrap();
+        let virtual_ = initramfs_script(Initramfs::Virtual).unwrap();
+        for script in [&generic, &virtual_] {
+            crate::render::assert_valid_shell(script);
+            assert!(script.contains("echo MODULES=list >"), "{script}");
+            assert!(
+                script.contains("echo 'manual_add_modules' 'virtio_pci' 'virtio_blk'"),
+                "{script}"
+            );
+        }
+        let classes = "auto_add_modules base ide scsi block ata mmc usb_storage firewire";
+        assert!(generic.contains(classes), "{generic}");
+        assert!(!virtual_.contains("auto_add_modules"), "{virtual_}");
     }
 }

@@ -30,9 +30,9 @@ pub struct Machine {
     /// it, else a VM), `chroot` or `vm`. Not part of any id: both give the same image.
     #[serde(default)]
     pub bake: BakeIn,
-    /// The drivers in the initramfs (rootfs builder): `generic` (any hardware, bare metal
-    /// included) or `virtual` (virtual machines and clouds only: a quarter of the size, and a
-    /// shorter boot).
+    /// The drivers in the initramfs (rootfs builder): `generic` (the local disks of any
+    /// hardware, bare metal included) or `virtual` (virtual machines and clouds only: a third
+    /// of the size, and a shorter boot).
     #[serde(default)]
     pub initramfs: Initramfs,
 }
@@ -41,7 +41,9 @@ pub struct Machine {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Initramfs {
-    /// initramfs-tools' `MODULES=most`: the storage drivers of most hardware.
+    /// initramfs-tools' `MODULES=most` without its network drivers (an image's root is a
+    /// local disk, never a network one): every disk controller, USB storage and keyboard of
+    /// most hardware, and [`VIRTUAL_DRIVERS`].
     #[default]
     Generic,
     /// Only [`VIRTUAL_DRIVERS`]: virtio, NVMe, Xen, Hyper-V, VMware, ENA, AHCI and IDE.
