@@ -289,7 +289,7 @@ impl<'a> BuildContext<'a> {
                 base: &base.info,
                 provenance: &self.provenance,
                 baked_disk: &baked.disk,
-                baked_raw: baked.raw.as_deref(),
+                baked_raw: baked.raw.as_ref().map(|raw| raw.disk.as_path()),
                 work: self.work.path(),
                 out_dir: self.staging.path(),
             },

@@ -127,7 +127,9 @@ fn write_artifact(
         let box_disk = crate::vagrant::box_disk(spec, sealed, target.work)?;
         crate::vagrant::write_box(spec, &box_disk, target.work, target.out_dir, &file)?;
         std::fs::remove_file(&box_disk).ok();
-    } else {
+    } else if format != DiskFormat::Raw || std::fs::hard_link(&sealed.disk, &path).is_err() {
+        // The sealed disk is raw and nothing writes it again: the raw artifact is the same
+        // file, linked, where the output directory is on the same file system.
         Command::new("qemu-img")
             .arg("convert")
             .args(convert_args(format, spec.compress))

@@ -109,7 +109,10 @@ pub fn seal(input: &SealInput, reporter: &Reporter) -> Result<Sealed> {
     assembled.context("cannot write the image again from its file tree")?;
     let documents = documents?;
     drop(root);
-    std::fs::remove_file(&raw).ok();
+    if input.baked_raw.is_none() {
+        // The seal's own conversion; a bake's raw disk may still make the layer's overlay.
+        std::fs::remove_file(&raw).ok();
+    }
     Ok(Sealed {
         disk: sealed,
         documents,

@@ -23,15 +23,11 @@ pub fn available() -> bool {
     crate::process::running_as_root() && crate::process::on_path("unshare").is_some()
 }
 
-/// Runs `bundle` in a chroot of the base's tree and writes the result to `overlay` (a qcow2
-/// backed by the base disk); returns the script's output and the baked disk as raw, which the
-/// seal step reads instead of converting the overlay back.
-pub fn run(
-    input: &BakeInput,
-    overlay: &Path,
-    bundle: Bundle,
-    reporter: &Reporter,
-) -> Result<(String, PathBuf)> {
+/// Runs `bundle` in a chroot of the base's tree; returns the script's output and the baked
+/// disk as raw, which the seal step reads. The layer's overlay is written from it only when
+/// the layer is saved for the remote cache ([`write_overlay`]): a build without one pays no
+/// conversion.
+pub fn run(input: &BakeInput, bundle: Bundle, reporter: &Reporter) -> Result<(String, PathBuf)> {
     reporter.phase(&format!("{} (chroot)", bundle.what));
     let what = bundle.what;
     let bundle_tar = pack_bundle(&bundle.dir, bundle.script)?;
@@ -96,14 +92,19 @@ pub fn run(
             crate::process::tail_lines(&output, 20)
         ),
     }
-    // Only what the bake changed goes into the overlay, on top of the base as before.
+    Ok((output, raw))
+}
+
+/// Writes the baked `raw` disk as `overlay`, a qcow2 on top of the `base` disk holding only
+/// what the bake changed.
+pub fn write_overlay(base: &Path, raw: &Path, overlay: &Path) -> Result<()> {
     Command::new("qemu-img")
         .args(["convert", "-O", "qcow2", "-F", "qcow2", "-B"])
-        .arg(&base)
-        .arg(&raw)
+        .arg(base)
+        .arg(raw)
         .arg(overlay)
         .run()?;
-    Ok((output, raw))
+    Ok(())
 }
 
 /// The host side of a chroot bake, rendered from `templates/bake-chroot.sh.hbs`: run in the

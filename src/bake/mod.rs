@@ -66,10 +66,11 @@ enum SshStep<'a> {
 
 /// What the bake made.
 pub struct Baked {
-    /// The overlay disk holding the finished image.
+    /// The overlay disk holding the finished image. After a chroot bake it is written only
+    /// when the layer is saved for the remote cache ([`Baked::save`]), from `raw`.
     pub disk: PathBuf,
-    /// The same disk as raw, when the bake wrote one anyway (the chroot bake).
-    pub raw: Option<PathBuf>,
+    /// The finished disk as raw, when the bake wrote one anyway (the chroot bake).
+    pub raw: Option<RawBake>,
     /// Versions of the tools provisioners ran in or against the image (`provisioners[N]` →
     /// Ansible's or Chef's version line).
     pub tools: BTreeMap<String, String>,
@@ -79,11 +80,22 @@ pub struct Baked {
 const LAYER_DISK: &str = "image.qcow2";
 const LAYER_RECORD: &str = "bake.json";
 
+/// A chroot bake's finished disk, written as raw.
+pub struct RawBake {
+    /// The raw disk, which the seal reads.
+    pub disk: PathBuf,
+    /// The base disk the layer's overlay is written on top of.
+    base: PathBuf,
+}
+
 impl Baked {
     /// Writes the bake layer into `dir` for the remote cache: the overlay (only what the bake
     /// changed, on top of the base) and `bake.json` with the tools that ran.
     pub fn save(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;
+        if let Some(raw) = self.raw.as_ref().filter(|_| !self.disk.exists()) {
+            chroot::write_overlay(&raw.base, &raw.disk, &self.disk)?;
+        }
         fs::hard_link(&self.disk, dir.join(LAYER_DISK))
             .or_else(|_| fs::copy(&self.disk, dir.join(LAYER_DISK)).map(|_| ()))
             .with_context(|| {
@@ -121,10 +133,13 @@ pub fn bake(input: &BakeInput, reporter: &Reporter) -> Result<Baked> {
         let Some(Pass::Offline(_, bundle)) = passes.pop() else {
             unreachable!("matched one offline pass")
         };
-        let (output, raw) = chroot::run(input, &overlay, bundle, reporter)?;
+        let (output, raw) = chroot::run(input, bundle, reporter)?;
         return Ok(Baked {
             disk: overlay,
-            raw: Some(raw),
+            raw: Some(RawBake {
+                disk: raw,
+                base: input.base.disk(),
+            }),
             tools: bake_protocol::tools(&output).into_iter().collect(),
         });
     }
