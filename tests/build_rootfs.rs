@@ -91,12 +91,7 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
     // The `generic` initramfs: the disk controllers of any hardware (a RAID controller of bare
     // metal, NVMe, virtio, ENA's Nitro), and no network card's driver, which only a network
     // root needs.
-    let table = Command::new("sfdisk")
-        .arg("--json")
-        .arg(&raw)
-        .output()
-        .unwrap();
-    let table: Value = serde_json::from_slice(&table.stdout).unwrap();
+    let table = partition_table(&raw);
     let partitions = table["partitiontable"]["partitions"].as_array().unwrap();
     let root = partitions
         .iter()
@@ -370,6 +365,17 @@ fn build_work_prefix(events: &[Value]) -> std::path::PathBuf {
         .join(format!("build-{}-", &build[..12]))
 }
 
+/// `sfdisk --json`'s account of the partition table of `raw`.
+fn partition_table(raw: &std::path::Path) -> Value {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The file list of the initramfs in the root filesystem at partition `part` of `raw`.
 fn initramfs_modules(raw: &std::path::Path, part: &Value, scratch: &std::path::Path) -> String {
     let image = scratch.join("root.img");
@@ -527,12 +533,7 @@ fn several_uefi_definitions_build_at_once_on_one_base_and_boot_through_ovmf() {
         .join("debian-12-minimal-1.0.0.raw");
     // A GPT disk: an EFI system partition holding GRUB as the removable-media boot loader, and
     // no BIOS boot code in the protective MBR, so only the UEFI path can have booted it.
-    let table = Command::new("sfdisk")
-        .arg("--json")
-        .arg(&raw)
-        .output()
-        .unwrap();
-    let table: Value = serde_json::from_slice(&table.stdout).unwrap();
+    let table = partition_table(&raw);
     assert_eq!(table["partitiontable"]["label"], "gpt", "{table}");
     let esp = &table["partitiontable"]["partitions"][0];
     assert_eq!(
