@@ -93,7 +93,7 @@ impl Baked {
     /// changed, on top of the base) and `bake.json` with the tools that ran.
     pub fn save(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;
-        if let Some(raw) = self.raw.as_ref().filter(|_| !self.disk.exists()) {
+        if let Some(raw) = &self.raw {
             chroot::write_overlay(&raw.base, &raw.disk, &self.disk)?;
         }
         fs::hard_link(&self.disk, dir.join(LAYER_DISK))

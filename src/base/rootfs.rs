@@ -139,7 +139,7 @@ fn make_tree(
         .arg(format!("--include={}", pinned.join(",")))
         .arg(format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
-            selections.display()
+            crate::render::sh_quote(&selections.display().to_string())
         ))
         .arg(format!(
             "--essential-hook=sh {} \"$1\"",
