@@ -293,7 +293,8 @@ fn tcp_check(
                     established = handshake_completed(qmp.as_deref_mut(), host, guest)?;
                 }
             }
-            Err(e) => return Err(e).context("cannot read from the forwarded connection"),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => bail!("cannot read from the forwarded connection: {e}"),
         }
         let text = String::from_utf8_lossy(&got);
         match expect {
