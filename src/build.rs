@@ -320,6 +320,7 @@ impl<'a> BuildContext<'a> {
             self.work.path(),
             &self.console_log,
             self.reporter,
+            &|| Ok(()),
         )
     }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What a cached base records and holds: bases of another layout are not reused.
-const BASE_LAYOUT: u32 = 7;
+const BASE_LAYOUT: u32 = 8;
 /// What the bake runs and writes: bake layers of another layout are not reused.
 const BAKE_LAYOUT: u32 = 4;
 

@@ -11,7 +11,7 @@
 
 use crate::definition::{Accelerator, Check, Machine};
 use crate::events::{payload, Reporter};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, PinnedFile, RecordedFile};
 use crate::qemu::{append_console_section, create_overlay, free_port, Qmp, Vm, VmConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 const NO_BOOTABLE_DEVICE: &str = "No bootable device";
 
 /// Boots `disk` and waits until every check passes; the console goes to `console_log`.
+/// `stop` is asked between tries: an error from it (work running beside the boot that failed)
+/// ends the boot with that error.
 pub fn verify(
     disk: &Path,
     machine: &Machine,
@@ -42,6 +44,7 @@ pub fn verify(
     work: &Path,
     console_log: &Path,
     reporter: &Reporter,
+    stop: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
     let proof_of_boot = [Check::Tcp {
         port: 22,
@@ -80,7 +83,14 @@ pub fn verify(
     let run_dir = work.join("vm-verify");
     std::fs::create_dir_all(&run_dir)?;
     let mut vm = Vm::start(&cfg, &run_dir, &run_dir.join("console.log"))?;
-    let outcome = wait_for_checks(&mut vm, checks, &ports, machine.timeouts.boot.0, reporter);
+    let outcome = wait_for_checks(
+        &mut vm,
+        checks,
+        &ports,
+        machine.timeouts.boot.0,
+        reporter,
+        stop,
+    );
     vm.kill();
     append_console_section(console_log, "verify", &vm.console())?;
     std::fs::remove_file(&overlay).ok();
@@ -94,6 +104,7 @@ fn wait_for_checks(
     ports: &BTreeMap<u16, u16>,
     timeout: Duration,
     reporter: &Reporter,
+    stop: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     // What each pending check saw last time it was tried.
@@ -136,6 +147,7 @@ fn wait_for_checks(
             return Ok(());
         }
         crate::cancel::check().context("verification stopped")?;
+        stop()?;
         if Instant::now() > deadline {
             let missing: Vec<String> = pending
                 .iter()
@@ -401,8 +413,9 @@ pub fn verify_machine(manifest: &Manifest, overrides: &VerifyOverrides) -> Machi
 }
 
 /// `imgforge verify`: checks the build's signature (with `allowed_signers`), then the digest
-/// of every file the manifest records, then runs the manifest's checks on the bootable artifact
-/// again (unless `no_boot`).
+/// of the bootable artifact, then boots it and runs the manifest's checks while the digests of
+/// the other files the manifest records are checked beside the boot (a wrong one stops it).
+/// With `no_boot`, the digests only.
 pub fn verify_manifest(
     manifest_path: &Path,
     overrides: &VerifyOverrides,
@@ -418,12 +431,8 @@ pub fn verify_manifest(
             manifest_path.display()
         )
     })?;
-    let mut bootable = None;
-    for file in manifest.recorded_files() {
+    let check = |file: &dyn RecordedFile| -> Result<PinnedFile> {
         let pinned = manifest.checked_artifact(manifest_path, file)?;
-        if file.file() == record.file {
-            bootable = Some(pinned);
-        }
         reporter.emit(
             &format!("    {}: sha256 {} as recorded", file.file(), file.sha256()),
             &payload::ArtifactChecked {
@@ -431,8 +440,12 @@ pub fn verify_manifest(
                 sha256: file.sha256().to_string(),
             },
         );
-    }
+        Ok(pinned)
+    };
     if overrides.no_boot {
+        for file in manifest.recorded_files() {
+            check(file)?;
+        }
         reporter.result(
             &format!(
                 "{}: every digest as recorded (not booted)",
@@ -446,6 +459,11 @@ pub fn verify_manifest(
         );
         return Ok(());
     }
+    let bootable = manifest
+        .recorded_files()
+        .find(|f| f.file() == record.file)
+        .context("the manifest records its bootable artifact")?;
+    let pinned = check(bootable)?;
     let machine = verify_machine(&manifest, overrides);
     // QEMU boots a link to the very file checked above (in a directory of ours beside it), not
     // whatever its path holds by now; where the build's directory is read-only, the path.
@@ -454,21 +472,45 @@ pub fn verify_manifest(
         .prefix(".imgforge-verify-")
         .tempdir_in(build_dir)
         .or_else(|_| tempfile::tempdir())?;
-    let pinned = bootable.context("the bootable artifact was checked")?;
     let disk = pinned
         .link_into(pinned_dir.path())
         .unwrap_or_else(|_| pinned.path().to_path_buf());
     // The VM's sockets need a short path: its own directory, not the build's.
     let work = tempfile::tempdir()?;
     reporter.phase("verify");
-    verify(
-        &disk,
-        &machine,
-        &manifest.checks,
-        work.path(),
-        &work.path().join("console.log"),
-        reporter,
-    )?;
+    // The other files' digests (the raw disk beside the qcow2: seconds of hashing) are checked
+    // while the guest boots; the first wrong one ends the boot, and nothing passes before all
+    // of them have been checked.
+    let wrong_digest = std::sync::OnceLock::new();
+    let booted = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for file in manifest
+                .recorded_files()
+                .filter(|f| f.file() != record.file)
+            {
+                if let Err(e) = crate::cancel::check().and_then(|()| check(file)) {
+                    let _ = wrong_digest.set(e);
+                    return;
+                }
+            }
+        });
+        verify(
+            &disk,
+            &machine,
+            &manifest.checks,
+            work.path(),
+            &work.path().join("console.log"),
+            reporter,
+            &|| match wrong_digest.get() {
+                Some(_) => bail!("a file the manifest records is not as recorded"),
+                None => Ok(()),
+            },
+        )
+    });
+    if let Some(e) = wrong_digest.into_inner() {
+        return Err(e);
+    }
+    booted?;
     // Without checks of its own, the image was proven by sshd's answer (one check).
     let passed = manifest.checks.len().max(1);
     reporter.result(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::web::{base_lock, build_dir, last_manifest, WebFixture};
+use common::web::{base_lock, build_dir, last_manifest, raw_disk, WebFixture};
 use common::{imgforge, run, write_build_record};
 use serde_json::{json, Value};
 use std::fs;
@@ -240,4 +240,45 @@ fn a_service_that_never_listens_fails_naming_its_port_and_sshd_still_passes() {
         "{out}"
     );
     assert!(!err.contains("tcp port 22"), "sshd's check passed: {err}");
+}
+
+#[test]
+fn a_changed_file_beside_the_booted_one_fails_verify_though_the_image_boots() {
+    let _guard = base_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let web = WebFixture::new("digest beside the boot test", "");
+    web.replace_checks(TCP_22);
+    let manifest = build_unverified(&web);
+    let dir = manifest.parent().unwrap();
+    // verify boots the qcow2 and checks the raw disk's digest while the guest boots. The raw
+    // disk may be a link to the cached layer's disk: a changed copy replaces it.
+    let raw = dir.join(raw_disk(dir).file_name().unwrap());
+    let changed = dir.join("changed.raw");
+    let copied = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .args([&raw, &changed])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::OpenOptions::new().write(true).open(&changed).unwrap();
+        file.seek(SeekFrom::Start(1 << 30)).unwrap();
+        file.write_all(b"X").unwrap();
+    }
+    fs::rename(&changed, &raw).unwrap();
+    let (code, out, err) = run(imgforge().args(["--json", "verify"]).arg(&manifest));
+    assert_eq!(
+        code, 1,
+        "an image with a changed raw disk passed verify: {err}"
+    );
+    assert!(
+        out.contains("\"event\":\"phase\"") && out.contains("\"phase\":\"verify\""),
+        "the qcow2 was checked and booted: {out}"
+    );
+    let raw_name = raw.file_name().unwrap().to_string_lossy();
+    assert!(
+        err.contains(&*raw_name) && err.contains("it changed after the build"),
+        "names the changed file: {err}"
+    );
+    assert!(!out.contains("\"event\":\"verified\""), "{out}");
 }

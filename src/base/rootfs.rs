@@ -293,7 +293,7 @@ fn customize_script(
             Firmware::Bios => "i386-pc",
             Firmware::Uefi => "x86_64-efi",
         },
-        "grub_cfg": grub_cfg(uuid),
+        "grub_cfg": grub_cfg(uuid, spec.disk.firmware),
     });
     crate::render::render_script(crate::render::ROOTFS_CUSTOMIZE, &ctx)
 }
@@ -333,7 +333,16 @@ const SSHD_HOST_KEYS: &str = "HostKey /etc/ssh/ssh_host_ed25519_key
 HostKey /etc/ssh/ssh_host_ecdsa_key
 ";
 
-fn grub_cfg(uuid: &str) -> String {
+/// GRUB's configuration: boots /vmlinuz with the serial console on. On BIOS through the
+/// kernel's 16-bit entry (`linux16`, as Red Hat's BIOS configurations do): GRUB's 32-bit `linux`
+/// loader moves the kernel into place with a byte-at-a-time copy (`rep movsb`), which under TCG
+/// held the boot about 2.4 s before the kernel's decompressor started (the instruction pointer
+/// sampled through QEMU's monitor); `linux16` leaves the kernel where it loaded it.
+fn grub_cfg(uuid: &str, firmware: Firmware) -> String {
+    let (linux, initrd) = match firmware {
+        Firmware::Bios => ("linux16", "initrd16"),
+        Firmware::Uefi => ("linux", "initrd"),
+    };
     format!(
         "# Written by imgforge: boots /vmlinuz with the serial console on.
 serial --unit=0 --speed=115200
@@ -342,8 +351,8 @@ terminal_output serial console
 set timeout=0
 search --no-floppy --fs-uuid --set=root {uuid}
 menuentry 'Debian GNU/Linux' {{
-  linux /vmlinuz {cmdline} quiet
-  initrd /initrd.img
+  {linux} /vmlinuz {cmdline} quiet
+  {initrd} /initrd.img
 }}
 ",
         cmdline = kernel_cmdline(uuid)

@@ -148,7 +148,8 @@ fn install_grub_bios(raw: &Path, early: &Path) -> Result<()> {
         .arg(early)
         .arg("-o")
         .arg(&core)
-        .arg("biosdisk")
+        // `linux16`: the BIOS configuration's loader (see `grub_cfg` in the rootfs builder).
+        .args(["biosdisk", "linux16"])
         .args(CORE_MODULES)
         .run()?;
     let mut core_img = fs::read(&core)?;
