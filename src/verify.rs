@@ -26,6 +26,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a TCP check waits for the guest's first bytes before asking QEMU (a loaded host may
 /// take seconds to send a banner such as sshd's, the better evidence).
 const TCP_READ_WAIT: Duration = Duration::from_secs(3);
+/// How long a fresh connection may wait for the guest's side of the handshake before it is
+/// dropped and tried again (see [`guest_accepts`]).
+const HANDSHAKE_WAIT: Duration = Duration::from_millis(600);
 /// How long an HTTP check waits for the guest's response.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -232,7 +235,10 @@ fn run_check(
         Check::Tcp { port, expect } => {
             tcp_check(*port, host_port, expect.as_deref(), deadline, qmp)
         }
-        Check::Http { path, expect, .. } => {
+        Check::Http {
+            port, path, expect, ..
+        } => {
+            guest_accepts(*port, host_port, qmp)?;
             // The path was checked (one leading `/`, no `@`): the request stays on the forward.
             let url = format!("http://127.0.0.1:{host_port}{path}");
             // No redirects: a page elsewhere proves nothing about this image.
@@ -329,6 +335,40 @@ fn tcp_check(
         Some(e) if got.is_empty() => bail!("the guest sent nothing, not \"{e}\""),
         Some(e) => bail!("the guest sent {}, not \"{e}\"", sent(&got)),
     }
+}
+
+/// Waits up to [`HANDSHAKE_WAIT`] for the guest to answer a fresh connection through the
+/// forward, before a request is sent. QEMU's user network accepts the host side at once and
+/// sends the guest a SYN; one sent before the guest's network was up is repeated only seconds
+/// later, and a request waiting on it held verify about 4 s past the moment the guest served
+/// the page. A connection still unanswered after the wait is dropped, and the next try sends a
+/// new SYN. An answer (the handshake, or a reset that closes the connection) lets the request
+/// go ahead and report what it gets; so does a missing monitor.
+fn guest_accepts(guest: u16, host: u16, qmp: Option<&mut Qmp>) -> Result<()> {
+    let Some(qmp) = qmp else {
+        return Ok(());
+    };
+    let _probe = TcpStream::connect(("127.0.0.1", host))
+        .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
+    let until = Instant::now() + HANDSHAKE_WAIT;
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        let states = forward_states(&qmp.usernet()?, host, guest);
+        // Gone after it was seen: the guest reset it.
+        if states.iter().any(|s| s == "ESTABLISHED") || (states.is_empty() && !seen.is_empty()) {
+            return Ok(());
+        }
+        seen = states;
+        std::thread::sleep(POLL_INTERVAL / 4);
+    }
+    if seen.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the guest has not answered the connection (QEMU user network: {}): it has not \
+         booted, or its network is not up yet",
+        seen.join(", ")
+    )
 }
 
 /// Whether QEMU's user network shows the forwarded connection as established with the guest;
@@ -635,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_forward_to_a_guest_that_never_boots_fails_the_tcp_check() {
+    fn a_silent_forward_to_a_guest_that_never_boots_fails_the_tcp_and_http_checks() {
         // A disk of zeros: the firmware finds nothing to boot, QEMU accepts on the host side
         // and the guest never answers the SYN.
         let dir = tempfile::tempdir().unwrap();
@@ -646,9 +686,9 @@ mod tests {
             .arg("1M")
             .run()
             .unwrap();
-        let host = free_port().unwrap();
+        let (host, http) = (free_port().unwrap(), free_port().unwrap());
         let cfg = VmConfig {
-            forwards: vec![(host, 22)],
+            forwards: vec![(host, 22), (http, 80)],
             accel: crate::qemu::Accel::Tcg,
             ..VmConfig::for_machine(&Machine::default(), &disk)
         };
@@ -666,6 +706,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sent nothing"), "{err}");
+        // The HTTP check drops a connection the guest leaves unanswered instead of sending its
+        // request into it.
+        let check = Check::Http {
+            port: 80,
+            path: "/".into(),
+            expect: "imgforge".into(),
+        };
+        let ports = BTreeMap::from([(80, http)]);
+        let err = run_check(&check, &ports, soon, Some(&mut qmp))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("has not answered") && err.contains("SYN_SENT"),
+            "{err}"
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         let failure = loop {
             if let Some(f) = boot_failure(&mut vm).unwrap() {
