@@ -88,23 +88,37 @@ fn cold_build_verifies_then_cached_then_rebake_serves_new_data() {
         .iter()
         .any(|p| p.as_str().unwrap().starts_with("nginx-light=")));
     assert_hygiene(&raw);
-    // The `generic` initramfs: the disk controllers of any hardware (a RAID controller of bare
-    // metal, NVMe, virtio, ENA's Nitro), and no network card's driver, which only a network
-    // root needs.
+    // The `generic` initramfs: the local disk controllers of any hardware (RAID controllers of
+    // bare metal, NVMe, virtio, ENA's Nitro), USB storage and keyboards, ext4; nothing only a
+    // root elsewhere or another file system needs (a network card, NFS, iSCSI, Fibre Channel,
+    // Ceph RBD, NVMe over TCP, XFS).
     let modules = in_image_chroot(&raw, &["sh", "-c", "lsinitramfs /boot/initrd.img-*"]);
     for driver in [
-        "megaraid_sas.ko",
-        "nvme.ko",
-        "virtio_blk.ko",
-        "ahci.ko",
-        "ena.ko",
+        "megaraid_sas",
+        "mpt3sas",
+        "hpsa",
+        "smartpqi",
+        "nvme",
+        "virtio_blk",
+        "ahci",
+        "ena",
+        "usb-storage",
+        "hid-generic",
+        "ext4",
     ] {
-        assert!(modules.contains(driver), "{driver} missing: {modules}");
+        assert!(
+            modules.contains(&format!("/{driver}.ko")),
+            "{driver} missing: {modules}"
+        );
     }
-    assert!(
-        !modules.contains("/e1000e.ko"),
-        "a network card's driver: {modules}"
-    );
+    for absent in [
+        "e1000e", "nfs", "libiscsi", "lpfc", "qla2xxx", "rbd", "nvme-tcp", "xfs",
+    ] {
+        assert!(
+            !modules.contains(&format!("/{absent}.ko")),
+            "{absent} is in the initramfs: {modules}"
+        );
+    }
     assert!(read_from_image(&raw, "/srv/web/index.html")
         .unwrap()
         .contains("imgforge test data v1"));

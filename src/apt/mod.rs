@@ -21,9 +21,12 @@ pub use archive::{newer, Archive};
 pub use installed::*;
 
 /// Packages every Debian base gets on top of its variant: a kernel, systemd, networking, SSH,
-/// and what the offline bake and the checks need.
+/// and what the offline bake and the checks need. `zstd`, which initramfs-tools recommends,
+/// compresses the initramfs (without it, gzip: 2.6 MB more for GRUB to read and 1.4 s more to
+/// make it).
 pub const BASE_PACKAGES: &[&str] = &[
     "linux-image-amd64",
+    "zstd",
     "systemd-sysv",
     "systemd-resolved",
     "udev",

@@ -439,8 +439,15 @@ mod tests {
                 "{script}"
             );
         }
-        let classes = "auto_add_modules base ide scsi block ata mmc usb_storage firewire";
-        assert!(generic.contains(classes), "{generic}");
+        for line in [
+            "auto_add_modules ide ata mmc usb_storage firewire",
+            "manual_add_modules ext4 atkbd",
+            "copy_modules_dir kernel/drivers/scsi lpfc qla2xxx",
+            "copy_modules_dir kernel/drivers/block rbd.ko drbd",
+        ] {
+            assert!(generic.contains(line), "{line}: {generic}");
+        }
+        assert!(!generic.contains("auto_add_modules base"), "{generic}");
         assert!(!virtual_.contains("auto_add_modules"), "{virtual_}");
     }
 }

@@ -41,9 +41,10 @@ pub struct Machine {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Initramfs {
-    /// initramfs-tools' `MODULES=most` without its network drivers (an image's root is a
-    /// local disk, never a network one): every disk controller, USB storage and keyboard of
-    /// most hardware, and [`VIRTUAL_DRIVERS`].
+    /// initramfs-tools' `MODULES=most` without what only a root elsewhere needs (network
+    /// cards, NFS, iSCSI, Fibre Channel, network block devices) and without root filesystems
+    /// other than ext4 (an image's root is an ext4 file system on a local disk): every local
+    /// disk controller, USB storage and keyboard of most hardware, and [`VIRTUAL_DRIVERS`].
     #[default]
     Generic,
     /// Only [`VIRTUAL_DRIVERS`]: virtio, NVMe, Xen, Hyper-V, VMware, ENA, AHCI and IDE.
