@@ -504,8 +504,50 @@ pub fn verify_manifest(
         .find(|f| f.file() == record.file)
         .context("the manifest records its bootable artifact")?;
     let pinned = check(bootable)?;
-    let machine = verify_machine(&manifest, overrides);
-    // QEMU boots a link to the very file checked above (in a directory of ours beside it), not
+    let check_the_rest = || {
+        for file in manifest
+            .recorded_files()
+            .filter(|f| f.file() != record.file)
+        {
+            crate::cancel::check()?;
+            check(file)?;
+        }
+        Ok(())
+    };
+    boot_beside(
+        &manifest,
+        manifest_path,
+        &pinned,
+        overrides,
+        reporter,
+        &check_the_rest,
+    )?;
+    // Without checks of its own, the image was proven by sshd's answer (one check).
+    let passed = manifest.checks.len().max(1);
+    reporter.result(
+        &format!("{}: all {passed} checks passed", manifest_path.display()),
+        &payload::Verified {
+            manifest: manifest_path.to_path_buf(),
+            checks: passed,
+            booted: true,
+        },
+    );
+    Ok(())
+}
+
+/// Boots the checked bootable artifact `pinned` and runs the manifest's checks while `beside`
+/// runs (the other files' digests: the raw disk beside the qcow2 is seconds of hashing). An
+/// error from `beside` ends the boot and is the outcome; nothing passes before it has finished.
+fn boot_beside(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    pinned: &PinnedFile,
+    overrides: &VerifyOverrides,
+    reporter: &Reporter,
+    beside: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<()> {
+    let machine = verify_machine(manifest, overrides);
+    // QEMU boots a link to the very file checked (in a directory of ours beside it), not
     // whatever its path holds by now; where the build's directory is read-only, the path.
     let build_dir = crate::manifest::build_dir(manifest_path);
     let pinned_dir = tempfile::Builder::new()
@@ -518,20 +560,11 @@ pub fn verify_manifest(
     // The VM's sockets need a short path: its own directory, not the build's.
     let work = tempfile::tempdir()?;
     reporter.phase("verify");
-    // The other files' digests (the raw disk beside the qcow2: seconds of hashing) are checked
-    // while the guest boots; the first wrong one ends the boot, and nothing passes before all
-    // of them have been checked.
-    let wrong_digest = std::sync::OnceLock::new();
+    let failed_beside = std::sync::OnceLock::new();
     let booted = std::thread::scope(|scope| {
         scope.spawn(|| {
-            for file in manifest
-                .recorded_files()
-                .filter(|f| f.file() != record.file)
-            {
-                if let Err(e) = crate::cancel::check().and_then(|()| check(file)) {
-                    let _ = wrong_digest.set(e);
-                    return;
-                }
+            if let Err(e) = beside() {
+                let _ = failed_beside.set(e);
             }
         });
         verify(
@@ -541,27 +574,16 @@ pub fn verify_manifest(
             work.path(),
             &work.path().join("console.log"),
             reporter,
-            &|| match wrong_digest.get() {
+            &|| match failed_beside.get() {
                 Some(_) => bail!("a file the manifest records is not as recorded"),
                 None => Ok(()),
             },
         )
     });
-    if let Some(e) = wrong_digest.into_inner() {
-        return Err(e);
+    match failed_beside.into_inner() {
+        Some(e) => Err(e),
+        None => booted,
     }
-    booted?;
-    // Without checks of its own, the image was proven by sshd's answer (one check).
-    let passed = manifest.checks.len().max(1);
-    reporter.result(
-        &format!("{}: all {passed} checks passed", manifest_path.display()),
-        &payload::Verified {
-            manifest: manifest_path.to_path_buf(),
-            checks: passed,
-            booted: true,
-        },
-    );
-    Ok(())
 }
 
 #[cfg(test)]
