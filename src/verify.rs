@@ -283,8 +283,7 @@ fn tcp_check(
     deadline: Instant,
     mut qmp: Option<&mut Qmp>,
 ) -> Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", host))
-        .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
+    let mut stream = connect_forward(host)?;
     stream.set_read_timeout(Some(TCP_READ_WAIT))?;
     let until = match expect {
         Some(_) => deadline.max(Instant::now() + TCP_READ_WAIT),
@@ -337,6 +336,12 @@ fn tcp_check(
     }
 }
 
+/// A connection to QEMU's forward on host port `host`.
+fn connect_forward(host: u16) -> Result<TcpStream> {
+    TcpStream::connect(("127.0.0.1", host))
+        .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))
+}
+
 /// Waits up to [`HANDSHAKE_WAIT`] for the guest to answer a fresh connection through the
 /// forward, before a request is sent. QEMU's user network accepts the host side at once and
 /// sends the guest a SYN; one sent before the guest's network was up is repeated only seconds
@@ -348,8 +353,7 @@ fn guest_accepts(guest: u16, host: u16, qmp: Option<&mut Qmp>) -> Result<()> {
     let Some(qmp) = qmp else {
         return Ok(());
     };
-    let _probe = TcpStream::connect(("127.0.0.1", host))
-        .with_context(|| format!("QEMU's forward on 127.0.0.1:{host} refused the connection"))?;
+    let _probe = connect_forward(host)?;
     let until = Instant::now() + HANDSHAKE_WAIT;
     let mut seen = Vec::new();
     while Instant::now() < until {

@@ -251,7 +251,7 @@ fn a_changed_file_beside_the_booted_one_fails_verify_though_the_image_boots() {
     let dir = manifest.parent().unwrap();
     // verify boots the qcow2 and checks the raw disk's digest while the guest boots. The raw
     // disk may be a link to the cached layer's disk: a changed copy replaces it.
-    let raw = dir.join(raw_disk(dir).file_name().unwrap());
+    let raw = raw_disk(dir);
     let changed = dir.join("changed.raw");
     let copied = std::process::Command::new("cp")
         .arg("--sparse=always")
